@@ -1,0 +1,139 @@
+"""The `polymodal` command: data ingest|inspect, train, eval.
+
+Each subcommand parses its arguments and calls one function of the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from polymodal.config import ConfigError
+
+EXAMPLES = """examples:
+  polymodal data ingest builtin:fashion-mnist data/fashion-mnist
+  polymodal data inspect data/fashion-mnist
+  polymodal train jobs/configs/fashion.yaml train.epochs=3 objective.weights.reconstruction=0.5
+  polymodal eval runs/fashion/checkpoint_... data/fashion-mnist
+"""
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from polymodal.data.ingest import ingest
+
+    report = ingest(
+        args.source, args.out, strict=args.strict, val_fraction=args.val_fraction,
+        rows_per_shard=args.rows_per_shard, limit=args.limit, overwrite=args.overwrite,
+    )
+    counts = ", ".join(f"{s}={i['rows']}" for s, i in report.manifest.splits.items())
+    print(f"wrote {report.rows_written} rows to {args.out} ({counts}) in {report.seconds:.1f}s")
+    if report.rejected:
+        print(f"skipped {sum(report.rejected.values())} bad rows: {dict(report.rejected)}")
+        for line in report.examples:
+            print(f"  {line}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from polymodal.data.inspect import inspect_dataset
+
+    print(inspect_dataset(args.dataset, rows=args.rows))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from polymodal.config import load_config
+    from polymodal.train.run import fit
+
+    cfg = load_config(args.config, args.overrides)
+    result = fit(cfg, address=args.address)
+    print(format_metrics(result.metrics, f"run {cfg.train.name}"))
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"metrics:    {result.run_dir}/metrics.json")
+    print(f"plot:       {result.run_dir}/loss_curves.png")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from polymodal.evaluation.run import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, split=args.split)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(format_metrics(metrics, f"eval {args.checkpoint} on {args.split}"))
+    if args.out:
+        Path(args.out).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def format_metrics(metrics: dict[str, float], title: str) -> str:
+    rows = [(k, v) for k, v in sorted(metrics.items()) if k.startswith("val/")]
+    width = max((len(k) for k, _ in rows), default=10)
+    lines = [title, "-" * (width + 10)]
+    lines += [f"{k:<{width}}  {v:.4f}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polymodal", description="Joint training of multimodal models on Ray.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="ingest and inspect datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    ing = data_sub.add_parser(
+        "ingest", help="write a source as a polymodal dataset (manifest + Parquet shards)",
+        description="SOURCE is builtin:digits, builtin:fashion-mnist, or a folder holding "
+        "index.csv / index.jsonl (columns: image (file path), text, label, optional id, split).",
+    )
+    ing.add_argument("source")
+    ing.add_argument("out", help="output dataset directory")
+    ing.add_argument("--strict", action="store_true", help="fail on the first bad row")
+    ing.add_argument("--val-fraction", type=float, default=0.1,
+                     help="share of ids in val when the source has no split (default 0.1)")
+    ing.add_argument("--rows-per-shard", type=int, default=10_000)
+    ing.add_argument("--limit", type=int, default=None, help="read at most N rows (per split)")
+    ing.add_argument("--overwrite", action="store_true",
+                     help="replace OUT (only once the new dataset is complete)")
+    ing.set_defaults(func=_cmd_ingest)
+    ins = data_sub.add_parser("inspect", help="print schema, counts per split and a few rows")
+    ins.add_argument("dataset")
+    ins.add_argument("--rows", type=int, default=5)
+    ins.set_defaults(func=_cmd_inspect)
+
+    train = sub.add_parser(
+        "train", help="train on Ray Train from a YAML config",
+        description="Train from CONFIG with key=value overrides. Starting a run name again "
+        "resumes it from its last checkpoint.",
+    )
+    train.add_argument("config", help="YAML config, e.g. jobs/configs/fashion.yaml")
+    train.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=3")
+    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="recall@K, accuracy and zero-shot accuracy of a checkpoint")
+    ev.add_argument("checkpoint", help="checkpoint directory (holds polymodal.json)")
+    ev.add_argument("dataset", nargs="?", help="dataset (default: the one it was trained on)")
+    ev.add_argument("--split", default="val")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.add_argument("--out", help="also write the metrics as JSON to this file")
+    ev.set_defaults(func=_cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"polymodal: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

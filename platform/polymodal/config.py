@@ -1,0 +1,272 @@
+"""Typed run configuration: dataclasses loaded from YAML plus `key=value` overrides.
+
+Unknown keys and wrong types raise ConfigError naming the dotted key and the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key."""
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/fashion-mnist"  # dataset directory written by `polymodal data ingest`
+    image_size: int = 28  # images are resized to image_size x image_size
+    image_channels: int = 0  # 0: take it from the manifest (1 for grayscale, 3 for RGB)
+    text_max_len: int = 48  # UTF-8 bytes kept per text
+    decode_batch_size: int = 1024  # rows per Ray Data decoding task
+    prefetch_batches: int = 4  # batches each worker decodes ahead of the step
+
+
+@dataclass
+class ImageModelConfig:
+    encoder: str = "small_cnn"  # key of models.build.IMAGE_ENCODERS
+    width: int = 32
+
+
+@dataclass
+class TextModelConfig:
+    encoder: str = "byte_transformer"  # key of models.build.TEXT_ENCODERS
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+
+
+@dataclass
+class ModelConfig:
+    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+    embed_dim: int = 128
+    dropout: float = 0.0
+    classifier_hidden: int = 256
+    image: ImageModelConfig = field(default_factory=ImageModelConfig)
+    text: TextModelConfig = field(default_factory=TextModelConfig)
+
+
+@dataclass
+class WeightsConfig:
+    contrastive: float = 1.0
+    reconstruction: float = 0.0
+    classification: float = 0.0
+
+
+@dataclass
+class ContrastiveConfig:
+    temperature_init: float = 0.07
+    learn_temperature: bool = True
+    max_logit_scale: float = 100.0
+    gather: str = "local"  # local | full | none (see objectives.contrastive.info_nce)
+    # Weight per modality pair, e.g. {"image-text": 1.0}; pairs not named weigh 1.0.
+    pair_weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TermModalitiesConfig:
+    modalities: list[str] = field(default_factory=list)  # empty: every modality of the model
+
+
+@dataclass
+class ObjectiveConfig:
+    weighting: str = "static"  # key of objectives.joint.WEIGHTINGS
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    reconstruction: TermModalitiesConfig = field(default_factory=TermModalitiesConfig)
+    # Modalities fused for the classifier head; leave out one that carries the label itself.
+    classification: TermModalitiesConfig = field(default_factory=TermModalitiesConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"  # run directory name under storage_path; same name again resumes
+    storage_path: str = "runs"
+    epochs: int = 10
+    batch_size: int = 256  # global batch, split evenly across workers
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 0
+    seed: int = 0
+    checkpoints_to_keep: int = 2
+    log_every_steps: int = 50
+
+
+@dataclass
+class EvalConfig:
+    recall_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    chunk_size: int = 1024  # query rows per similarity block, bounds eval memory
+    # Prompts for zero-shot; "{}" becomes the label name. Empty: the dataset's caption templates.
+    zero_shot_templates: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def _check_value(path: str, tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{path}' must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, path)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"'{path}' must be a list, got {value!r}")
+        return [_check_value(f"{path}[{i}]", item_tp, v) for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{path}' must be a mapping, got {value!r}")
+        return {
+            _check_value(f"{path}.{k}", key_tp, k): _check_value(f"{path}.{k}", val_tp, v)
+            for k, v in value.items()
+        }
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if ok is None:
+        raise ConfigError(f"'{path}' has unsupported type {tp}")
+    if not ok:
+        raise ConfigError(f"'{path}' must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+    return float(value) if tp is float else value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            valid = [f"{prefix}.{n}" if prefix else n for n in names]
+            raise ConfigError(f"unknown config key '{path}'{_suggest(path, valid)}")
+        kwargs[key] = _check_value(path, hints[key], value)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """`a.b=1` strings → (key, YAML-parsed value) pairs."""
+    pairs = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. train.epochs=3)")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{key}': cannot parse value {raw!r}: {exc}") from exc
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    tree = dict(data)
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (None: defaults) and apply `key=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+
+
+KNOWN_MODALITIES = ("image", "text")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    mods = cfg.model.modalities
+    for m in mods:
+        if m not in KNOWN_MODALITIES:
+            close = _suggest(m, list(KNOWN_MODALITIES))
+            raise ConfigError(f"'model.modalities': unknown modality '{m}'{close}")
+    if not mods:
+        raise ConfigError("'model.modalities' must name at least one modality")
+    for key in ("reconstruction", "classification"):
+        for m in getattr(cfg.objective, key).modalities:
+            if m not in mods:
+                raise ConfigError(
+                    f"'objective.{key}.modalities': '{m}' is not in model.modalities {mods}"
+                )
+    if cfg.objective.contrastive.gather not in ("local", "full", "none"):
+        raise ConfigError("'objective.contrastive.gather' must be one of local, full, none")
+    if cfg.objective.weights.contrastive > 0 and len(mods) < 2:
+        raise ConfigError("'objective.weights.contrastive' > 0 needs two or more modalities")
+    t = cfg.train
+    if t.num_workers < 0 or t.epochs < 1 or t.batch_size < 1:
+        raise ConfigError("'train.num_workers' >= 0, 'train.epochs' >= 1, 'train.batch_size' >= 1")
+    if t.batch_size % max(t.num_workers, 1):
+        raise ConfigError(
+            f"'train.batch_size' ({t.batch_size}) must divide evenly across "
+            f"train.num_workers ({t.num_workers})"
+        )
+    if cfg.optim.lr <= 0:
+        raise ConfigError("'optim.lr' must be > 0")

@@ -1,0 +1,1 @@
+"""Dataset format, ingest sources, decoding and the Ray Data pipeline."""

@@ -1,0 +1,181 @@
+"""The on-disk dataset format: manifest.json + Parquet shards per split.
+
+DatasetWriter stages everything in a sibling directory and writes the manifest last, then
+renames into place, so a half-written dataset never looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+# Arrow type of each modality column (DESIGN.md, "Dataset on disk").
+MODALITY_TYPES: dict[str, pa.DataType] = {
+    "image": pa.binary(),
+    "text": pa.string(),
+    "audio": pa.binary(),
+    "vector": pa.list_(pa.float32()),
+}
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read or written; the message names the file."""
+
+
+@dataclass
+class Manifest:
+    modalities: dict[str, dict[str, Any]]  # name -> {"encoding": "png" | "utf-8" | ...}
+    label_names: list[str] | None
+    splits: dict[str, dict[str, Any]]  # split -> {"rows": n, "shards": [{"path", "rows"}]}
+    source: str = ""
+    schema_version: int = SCHEMA_VERSION
+    # Source extras, e.g. "caption_templates" used to build zero-shot prompts.
+    extra: dict[str, Any] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> rows skipped at ingest
+
+    def rows(self, split: str) -> int:
+        return self.splits[split]["rows"] if split in self.splits else 0
+
+
+def arrow_schema(modalities: list[str], labelled: bool) -> pa.Schema:
+    fields = [pa.field("id", pa.string(), nullable=False)]
+    fields += [pa.field(m, MODALITY_TYPES[m]) for m in modalities]
+    if labelled:
+        fields.append(pa.field("label", pa.int64()))
+    return pa.schema(fields)
+
+
+def split_of(row_id: str, val_fraction: float) -> str:
+    """Deterministic split by id: the same id lands in the same split on every run."""
+    h = int.from_bytes(hashlib.sha1(row_id.encode()).digest()[:8], "big")
+    return "val" if h / 2**64 < val_fraction else "train"
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        raise DatasetError(
+            f"{path}: no {MANIFEST} — not a polymodal dataset, or its ingest did not finish"
+        )
+    try:
+        data = json.loads(file.read_text())
+        manifest = Manifest(**data)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise DatasetError(f"{file}: invalid manifest: {exc}") from exc
+    if manifest.schema_version != SCHEMA_VERSION:
+        raise DatasetError(
+            f"{file}: schema_version {manifest.schema_version}, this polymodal reads "
+            f"{SCHEMA_VERSION}"
+        )
+    return manifest
+
+
+def shard_paths(path: str | Path, manifest: Manifest, split: str) -> list[str]:
+    if split not in manifest.splits:
+        raise DatasetError(f"{path}: no split '{split}' (has {sorted(manifest.splits)})")
+    return [str(Path(path) / s["path"]) for s in manifest.splits[split]["shards"]]
+
+
+class DatasetWriter:
+    """Buffers rows per split and writes fixed-size Parquet shards into a staging directory."""
+
+    def __init__(
+        self,
+        out: str | Path,
+        modalities: list[str],
+        encodings: dict[str, str],
+        label_names: list[str] | None,
+        labelled: bool,
+        rows_per_shard: int = 10_000,
+        overwrite: bool = False,
+    ):
+        self.out = Path(out)
+        if self.out.exists() and not overwrite:
+            raise DatasetError(f"{self.out} already exists; pass --overwrite to replace it")
+        self.stage = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
+        self.stage.mkdir(parents=True)
+        self.modalities = modalities
+        self.encodings = encodings
+        self.label_names = label_names
+        self.schema = arrow_schema(modalities, labelled)
+        self.rows_per_shard = rows_per_shard
+        self.buffers: dict[str, list[dict[str, Any]]] = {}
+        self.shards: dict[str, list[dict[str, Any]]] = {}
+
+    def add(self, split: str, row: dict[str, Any]) -> None:
+        buf = self.buffers.setdefault(split, [])
+        buf.append(row)
+        if len(buf) >= self.rows_per_shard:
+            self._flush(split)
+
+    def _flush(self, split: str) -> None:
+        rows = self.buffers.get(split) or []
+        if not rows:
+            return
+        shards = self.shards.setdefault(split, [])
+        rel = f"{split}/part-{len(shards):05d}.parquet"
+        (self.stage / split).mkdir(exist_ok=True)
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        pq.write_table(table, self.stage / rel)
+        shards.append({"path": rel, "rows": len(rows)})
+        self.buffers[split] = []
+
+    def finish(self, source: str, extra: dict[str, Any], rejected: dict[str, int]) -> Manifest:
+        for split in list(self.buffers):
+            self._flush(split)
+        manifest = Manifest(
+            modalities={m: {"encoding": self.encodings[m]} for m in self.modalities},
+            label_names=self.label_names,
+            splits={
+                s: {"rows": sum(x["rows"] for x in shards), "shards": shards}
+                for s, shards in sorted(self.shards.items())
+            },
+            source=source,
+            extra=extra,
+            rejected=rejected,
+        )
+        # The manifest is written last: a directory without it is not a dataset.
+        (self.stage / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
+        if self.out.exists():  # --overwrite: move the old one aside only now the new one is whole
+            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.out, old)
+            os.replace(self.stage, self.out)
+            shutil.rmtree(old)
+        else:
+            os.replace(self.stage, self.out)
+        return manifest
+
+    def abort(self) -> None:
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+
+def read_columns(path: str | Path, manifest: Manifest, modalities: list[str]) -> list[str]:
+    """The columns a model over `modalities` reads: those modalities, plus label if any."""
+    missing = [m for m in modalities if m not in manifest.modalities]
+    if missing:
+        raise DatasetError(
+            f"{path}: dataset has no {missing} column (has {list(manifest.modalities)})"
+        )
+    first = next(iter(manifest.splits))
+    names = pq.read_schema(shard_paths(path, manifest, first)[0]).names
+    return list(modalities) + (["label"] if "label" in names else [])
+
+
+def iter_tables(path: str | Path, split: str, columns: list[str], batch_size: int):
+    """Record batches of one split, read shard by shard (memory bounded by batch_size)."""
+    manifest = read_manifest(path)
+    for file in shard_paths(path, manifest, split):
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size, columns=columns):
+            yield pa.Table.from_batches([batch])

@@ -1,0 +1,37 @@
+"""The Ray Data side: read a split's Parquet shards and decode them in CPU tasks.
+
+Train workers then take `get_dataset_shard(...).iter_torch_batches(drop_last=True)`, which
+with Train's equal streaming split gives every rank the same number of batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import ray.data
+
+from polymodal.data.decode import Preprocessing, decode_columns
+from polymodal.data.format import read_columns, read_manifest, shard_paths
+
+
+def decode_table(table: pa.Table, prep: dict[str, Any], with_hashes: bool = False) -> dict:
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    return decode_columns(columns, Preprocessing(**prep), with_hashes=with_hashes)
+
+
+def split_dataset(
+    path: str, split: str, prep: Preprocessing, decode_batch_size: int = 1024,
+    with_hashes: bool = False,
+) -> ray.data.Dataset:
+    """Lazy Ray Dataset of decoded arrays for one split (nothing is read until iterated)."""
+    manifest = read_manifest(path)
+    ds = ray.data.read_parquet(
+        shard_paths(path, manifest, split), columns=read_columns(path, manifest, prep.modalities)
+    )
+    return ds.map_batches(
+        decode_table,
+        batch_format="pyarrow",
+        batch_size=decode_batch_size,
+        fn_kwargs={"prep": prep.to_dict(), "with_hashes": with_hashes},
+    )

@@ -1,0 +1,32 @@
+"""What every ingest source yields: a description of the dataset and raw rows.
+
+Sources only read; checking images and writing shards is the ingest's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RawRow:
+    number: int  # 1-based position in the source, used in error messages
+    id: str
+    values: dict[str, Any]  # modality -> raw value (image bytes, text str); None when missing
+    label: int | None = None
+    split: str | None = None  # the source's own split ("train"/"val"); None: split by id
+    error: str | None = None  # set when the source already knows the row is bad
+
+
+@dataclass
+class Source:
+    name: str
+    modalities: list[str]
+    encodings: dict[str, str]
+    label_names: list[str] | None
+    labelled: bool
+    rows: Iterator[RawRow]
+    total: int | None = None  # for progress bars
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval recall@K for every modality pair, accuracy and zero-shot accuracy."""

@@ -1,0 +1,108 @@
+"""Run a JointModel over a split and compute DESIGN.md's val/ metrics.
+
+Plain torch: batches come from Ray Data inside training, or straight from Parquet in
+`polymodal eval`; both give dicts of tensors as made by data.decode.decode_columns.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from polymodal.config import EvalConfig, ObjectiveConfig
+from polymodal.data.decode import Preprocessing, decode_columns, encode_text
+from polymodal.data.format import iter_tables, read_columns, read_manifest
+from polymodal.evaluation.retrieval import recall_at_k
+from polymodal.models.joint import JointModel
+from polymodal.objectives.joint import joint_loss
+
+
+def decoded_batches(path: str, split: str, prep: Preprocessing, batch_size: int = 512):
+    """Ray-free batches of one split with content hashes, for evaluation."""
+    manifest = read_manifest(path)
+    columns = read_columns(path, manifest, prep.modalities)
+    for table in iter_tables(path, split, columns, batch_size):
+        cols = {name: table.column(name).to_pylist() for name in table.column_names}
+        yield {k: torch.from_numpy(v) for k, v in decode_columns(cols, prep, True).items()}
+
+
+@torch.no_grad()
+def zero_shot_prototypes(
+    model: JointModel, label_names: list[str], templates: list[str], prep: Preprocessing,
+    device: torch.device,
+) -> torch.Tensor:
+    """One normalised text embedding per class: the mean over prompt templates."""
+    protos = []
+    for name in label_names:
+        ids = np.stack([encode_text(t.format(name), prep.text_max_len) for t in templates])
+        emb = model.embed("text", torch.from_numpy(ids).to(device))
+        protos.append(F.normalize(emb.mean(0), dim=-1))
+    return torch.stack(protos)
+
+
+@torch.no_grad()
+def evaluate(
+    model: JointModel,
+    batches: Iterable[dict[str, torch.Tensor]],
+    prep: Preprocessing,
+    eval_cfg: EvalConfig,
+    objective: ObjectiveConfig | None = None,
+    label_names: list[str] | None = None,
+    templates: list[str] | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """val/ metrics: recall@K for each ordered modality pair, accuracy, zero-shot, loss."""
+    model.eval()
+    device = torch.device(device)
+    if objective is not None:  # validation loss uses in-batch negatives only
+        objective = copy.deepcopy(objective)
+        objective.contrastive.gather = "none"
+    store: dict[str, list[torch.Tensor]] = defaultdict(list)
+    loss_sums: dict[str, float] = defaultdict(float)
+    n_batches = 0
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(batch)
+        for m in model.modalities:
+            store[f"{m}_emb"].append(out["embeddings"][m].float().cpu())
+            store[f"{m}_present"].append(batch[f"{m}_present"].cpu())
+            store[f"{m}_hash"].append(batch[f"{m}_hash"].cpu())
+        store["label"].append(batch["label"].cpu())
+        if "class_logits" in out:
+            store["pred"].append(out["class_logits"].argmax(-1).cpu())
+        if objective is not None:
+            total, logs = joint_loss(out, batch, objective)
+            loss_sums["loss"] += float(total)
+            for name, value in logs.items():
+                loss_sums[f"loss/{name}"] += float(value)
+        n_batches += 1
+    if n_batches == 0:
+        raise ValueError("evaluation got no batches: is the split empty?")
+    data = {k: torch.cat(v) for k, v in store.items()}
+    metrics: dict[str, float] = {f"val/{k}": v / n_batches for k, v in loss_sums.items()}
+
+    for a, b in itertools.permutations(model.modalities, 2):
+        both = (data[f"{a}_present"] > 0) & (data[f"{b}_present"] > 0)
+        recalls = recall_at_k(
+            data[f"{a}_emb"][both], data[f"{b}_emb"][both], data[f"{b}_hash"][both],
+            eval_cfg.recall_ks, eval_cfg.chunk_size,
+        )
+        metrics.update({f"val/recall@{k}/{a}->{b}": r for k, r in recalls.items()})
+
+    labelled = data["label"] >= 0
+    if "pred" in data and labelled.any():
+        correct = data["pred"][labelled] == data["label"][labelled]
+        metrics["val/accuracy"] = float(correct.float().mean())
+    if label_names and templates and "text" in model.modalities and "image" in model.modalities:
+        rows = labelled & (data["image_present"] > 0)
+        if rows.any():
+            protos = zero_shot_prototypes(model, label_names, templates, prep, device).cpu()
+            pred = (data["image_emb"][rows] @ protos.t()).argmax(-1)
+            metrics["val/zero_shot_accuracy"] = float((pred == data["label"][rows]).float().mean())
+    return metrics

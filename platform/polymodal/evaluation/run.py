@@ -1,0 +1,31 @@
+"""`polymodal eval`: load a checkpoint, read a dataset split from Parquet, compute val/ metrics."""
+
+from __future__ import annotations
+
+import torch
+
+from polymodal.config import config_from_dict
+from polymodal.data.decode import Preprocessing
+from polymodal.data.format import read_manifest
+from polymodal.evaluation.evaluate import decoded_batches, evaluate
+from polymodal.train.checkpoint import load_model
+
+
+def evaluate_checkpoint(
+    checkpoint: str, dataset: str | None = None, split: str = "val", device: str | None = None
+) -> dict[str, float]:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, meta = load_model(checkpoint, device)
+    cfg = config_from_dict(meta["config"])
+    prep = Preprocessing(**meta["preprocessing"])
+    dataset = dataset or meta["dataset"]
+    manifest = read_manifest(dataset)
+    label_names = meta.get("label_names")
+    if manifest.label_names and label_names and manifest.label_names != label_names:
+        raise ValueError(
+            f"{dataset}: label names {manifest.label_names[:3]}... differ from the checkpoint's "
+            f"{label_names[:3]}..."
+        )
+    batches = decoded_batches(dataset, split, prep, batch_size=cfg.eval.chunk_size)
+    return evaluate(model, batches, prep, cfg.eval, cfg.objective, label_names,
+                    meta.get("zero_shot_templates"), device)

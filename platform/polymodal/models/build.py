@@ -1,0 +1,65 @@
+"""Build a JointModel from config through plain dict registries (grep for the key)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from polymodal.config import Config
+from polymodal.data.decode import Preprocessing
+from polymodal.models.decoders import ImageDecoder, TextDecoder
+from polymodal.models.encoders.image import ResNet18, SmallCNN
+from polymodal.models.encoders.text import ByteTransformer
+from polymodal.models.joint import JointModel
+
+EncoderBuilder = Callable[[Config, Preprocessing], nn.Module]
+
+IMAGE_ENCODERS: dict[str, EncoderBuilder] = {
+    "small_cnn": lambda cfg, prep: SmallCNN(prep.image_channels, cfg.model.image.width),
+    "resnet18": lambda cfg, prep: ResNet18(prep.image_channels),
+}
+TEXT_ENCODERS: dict[str, EncoderBuilder] = {
+    "byte_transformer": lambda cfg, prep: ByteTransformer(
+        prep.text_max_len, cfg.model.text.width, cfg.model.text.layers, cfg.model.text.heads,
+        cfg.model.dropout,
+    ),
+}
+ENCODERS: dict[str, dict[str, EncoderBuilder]] = {"image": IMAGE_ENCODERS, "text": TEXT_ENCODERS}
+
+DECODERS: dict[str, EncoderBuilder] = {
+    "image": lambda cfg, prep: ImageDecoder(
+        cfg.model.embed_dim, prep.image_channels, prep.image_size, cfg.model.image.width
+    ),
+    "text": lambda cfg, prep: TextDecoder(cfg.model.embed_dim, prep.text_max_len),
+}
+
+
+def _encoder_name(cfg: Config, modality: str) -> str:
+    return getattr(cfg.model, modality).encoder
+
+
+def build_model(cfg: Config, prep: Preprocessing, num_classes: int = 0) -> JointModel:
+    encoders = {}
+    for m in cfg.model.modalities:
+        name = _encoder_name(cfg, m)
+        registry = ENCODERS[m]
+        if name not in registry:
+            raise ValueError(f"model.{m}.encoder: unknown '{name}'; choose from {sorted(registry)}")
+        encoders[m] = registry[name](cfg, prep)
+    decoders = {}
+    if cfg.objective.weights.reconstruction > 0:
+        for m in cfg.objective.reconstruction.modalities or cfg.model.modalities:
+            decoders[m] = DECODERS[m](cfg, prep)
+    contrastive = cfg.objective.contrastive
+    return JointModel(
+        encoders,
+        cfg.model.embed_dim,
+        decoders=decoders,
+        num_classes=num_classes if cfg.objective.weights.classification > 0 else 0,
+        classifier_hidden=cfg.model.classifier_hidden,
+        classify_modalities=cfg.objective.classification.modalities or None,
+        temperature_init=contrastive.temperature_init,
+        learn_temperature=contrastive.learn_temperature,
+        max_logit_scale=contrastive.max_logit_scale,
+    )

@@ -1,0 +1,1 @@
+"""One encoder family per modality; each maps a batch to [B, width] features."""

@@ -1,0 +1,50 @@
+"""Image encoders: a small CNN (default, fast on CPU) and torchvision ResNet-18 from scratch."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+
+def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallCNN(nn.Module):
+    """Four conv blocks, two stride-2 downsamples, global average pool."""
+
+    def __init__(self, channels: int, width: int = 32):
+        super().__init__()
+        self.out_dim = width * 4
+        self.net = nn.Sequential(
+            _block(channels, width, 1),
+            _block(width, width * 2, 2),
+            _block(width * 2, width * 2, 1),
+            _block(width * 2, width * 4, 2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ResNet18(nn.Module):
+    """torchvision ResNet-18 with random init; a 3x3 stem keeps resolution for small images."""
+
+    def __init__(self, channels: int, width: int = 64):
+        super().__init__()
+        net = torchvision.models.resnet18(weights=None)
+        net.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+        net.fc = nn.Identity()
+        self.net = net
+        self.out_dim = 512
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -1,0 +1,36 @@
+"""Text encoder: a small transformer over UTF-8 byte ids (no vocabulary to download)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from polymodal.data.decode import TEXT_PAD, TEXT_VOCAB
+
+
+class ByteTransformer(nn.Module):
+    def __init__(self, max_len: int, width: int = 64, layers: int = 2, heads: int = 4,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.out_dim = width
+        self.embed = nn.Embedding(TEXT_VOCAB, width, padding_idx=TEXT_PAD)
+        self.pos = nn.Parameter(torch.zeros(max_len, width))
+        nn.init.normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=width * 4, dropout=dropout,
+            batch_first=True, norm_first=True, activation="gelu",
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        # Trim to the longest text in the batch: short captions cost little.
+        keep = ids.ne(TEXT_PAD)
+        length = max(int(keep.sum(1).max()), 1)
+        ids, keep = ids[:, :length], keep[:, :length]
+        x = self.embed(ids) + self.pos[:length]
+        x = self.encoder(x, src_key_padding_mask=~keep)
+        x = self.norm(x)
+        # Mean over real bytes; an empty text pools to zeros.
+        w = keep.unsqueeze(-1).to(x.dtype)
+        return (x * w).sum(1) / w.sum(1).clamp(min=1.0)

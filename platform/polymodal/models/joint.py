@@ -1,0 +1,83 @@
+"""JointModel: an encoder and projection per modality into one embedding space, optional
+decoders (reconstruction), a learnable contrastive temperature and a fused classifier head."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class JointModel(nn.Module):
+    def __init__(
+        self,
+        encoders: dict[str, nn.Module],
+        embed_dim: int,
+        decoders: dict[str, nn.Module] | None = None,
+        num_classes: int = 0,
+        classifier_hidden: int = 256,
+        classify_modalities: list[str] | None = None,
+        temperature_init: float = 0.07,
+        learn_temperature: bool = True,
+        max_logit_scale: float = 100.0,
+    ):
+        super().__init__()
+        self.modalities = list(encoders)
+        self.embed_dim = embed_dim
+        self.encoders = nn.ModuleDict(encoders)
+        self.projections = nn.ModuleDict(
+            {m: nn.Linear(enc.out_dim, embed_dim) for m, enc in encoders.items()}
+        )
+        self.decoders = nn.ModuleDict(decoders or {})
+        self.log_logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / temperature_init)), requires_grad=learn_temperature
+        )
+        self.max_log_scale = math.log(max_logit_scale)
+        self.classify_modalities = classify_modalities or self.modalities
+        self.classifier = None
+        if num_classes:
+            self.classifier = nn.Sequential(
+                nn.LayerNorm(embed_dim),
+                nn.Linear(embed_dim, classifier_hidden),
+                nn.GELU(),
+                nn.Linear(classifier_hidden, num_classes),
+            )
+
+    def logit_scale(self) -> torch.Tensor:
+        """exp(learned log-scale), clamped at max_logit_scale (CLIP clamps at 100)."""
+        return self.log_logit_scale.clamp(max=self.max_log_scale).exp()
+
+    def project(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """Raw (unnormalised) embedding of one modality."""
+        return self.projections[modality](self.encoders[modality](x))
+
+    def embed(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embedding, the one used for retrieval and serving."""
+        return F.normalize(self.project(modality, x), dim=-1)
+
+    def fuse(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]):
+        """Mean of the normalised embeddings of the modalities each row has."""
+        total, count = 0.0, 0.0
+        for m in self.classify_modalities:
+            mask = present[m].unsqueeze(-1)
+            total = total + embeddings[m] * mask
+            count = count + mask
+        return total / torch.clamp(count, min=1.0)
+
+    def classify(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]):
+        if self.classifier is None:
+            raise RuntimeError("this model has no classifier head (no labels or weight 0)")
+        return self.classifier(self.fuse(embeddings, present))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
+        raw = {m: self.project(m, batch[m]) for m in self.modalities}
+        emb = {m: F.normalize(z, dim=-1) for m, z in raw.items()}
+        present = {m: batch[f"{m}_present"] for m in self.modalities}
+        out: dict[str, object] = {"embeddings": emb, "present": present,
+                                  "logit_scale": self.logit_scale()}
+        out["reconstructions"] = {m: dec(raw[m]) for m, dec in self.decoders.items()}
+        if self.classifier is not None:
+            out["class_logits"] = self.classify(emb, present)
+        return out

@@ -1,0 +1,141 @@
+"""The per-worker training loop run by Ray Train's TorchTrainer.
+
+Reads top to bottom: setup (model, optimizer, resume) → epochs of steps → validate on rank 0 →
+report metrics with a checkpoint. The Ray-specific lines are the `ray.train.*` calls.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections import defaultdict
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from polymodal.config import config_from_dict
+from polymodal.data.decode import Preprocessing
+from polymodal.evaluation.evaluate import evaluate
+from polymodal.models.build import build_model
+from polymodal.objectives.joint import joint_loss
+from polymodal.train.checkpoint import load_model_state, load_train_state, read_meta, save_checkpoint
+from polymodal.train.optim import build_optimizer, build_scheduler
+
+
+def _all_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average a dict of floats over ranks (same keys on every rank)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    # ---- setup ----
+    cfg = config_from_dict(loop_config["config"])
+    prep = Preprocessing(**loop_config["preprocessing"])
+    label_names = loop_config["label_names"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+    if not cfg.train.use_gpu:
+        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed)  # same init on every rank; DDP broadcasts it anyway
+
+    model = build_model(cfg, prep, len(label_names or []))
+    start_epoch, step, history = 1, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # resume: same run name started again, or a restarted worker
+        with checkpoint.as_directory() as ckpt_dir:
+            meta = read_meta(ckpt_dir)
+            model.load_state_dict(load_model_state(ckpt_dir))
+            train_state = load_train_state(ckpt_dir)
+        start_epoch, step, history = meta["epoch"] + 1, meta["step"], meta["history"]
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": True}
+    )
+    raw_model = model.module if hasattr(model, "module") else model
+    per_worker_batch = cfg.train.batch_size // max(world, 1)
+    steps_per_epoch = max(loop_config["train_rows"] // max(world, 1) // per_worker_batch, 1)
+    optimizer = build_optimizer(raw_model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch * cfg.train.epochs)
+    if checkpoint is not None:
+        optimizer.load_state_dict(train_state["optimizer"])
+        scheduler.load_state_dict(train_state["scheduler"])
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    train_shard = ray.train.get_dataset_shard("train")
+    val_data = ray.train.get_dataset_shard("val") if rank == 0 else None
+
+    # ---- epochs ----
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        model.train()
+        sums: dict[str, float] = defaultdict(float)
+        window: dict[str, float] = defaultdict(float)
+        n_steps, samples, wait_s = 0, 0, 0.0
+        epoch_start = time.perf_counter()
+        batches = train_shard.iter_torch_batches(
+            batch_size=per_worker_batch, drop_last=True, device=device,
+            prefetch_batches=cfg.data.prefetch_batches,
+        )
+        fetch_start = time.perf_counter()
+        for batch in batches:
+            wait_s += time.perf_counter() - fetch_start
+            with autocast:
+                outputs = model(batch)
+                loss, logs = joint_loss(outputs, batch, cfg.objective)
+            if not math.isfinite(float(loss)):
+                raise FloatingPointError(f"loss is {float(loss)} at epoch {epoch}, step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            n_steps += 1
+            samples += batch["label"].shape[0]
+            values = {"loss": float(loss), **{f"loss/{k}": float(v) for k, v in logs.items()}}
+            for k, v in values.items():
+                sums[k] += v
+                window[k] += v
+            if rank == 0 and step % cfg.train.log_every_steps == 0:
+                n = cfg.train.log_every_steps
+                history.append({"step": step, "epoch": epoch,
+                                **{f"train/{k}": v / n for k, v in window.items()}})
+                window.clear()
+            fetch_start = time.perf_counter()
+        epoch_s = time.perf_counter() - epoch_start
+
+        # Every rank reached here with the same step count: equal shards, drop_last.
+        train_metrics = {f"train/{k}": v / max(n_steps, 1) for k, v in sums.items()}
+        train_metrics["train/data_wait_fraction"] = wait_s / max(epoch_s, 1e-9)
+        train_metrics = _all_mean(train_metrics, device)
+        train_metrics["train/samples_per_s"] = samples * world / max(epoch_s, 1e-9)
+        metrics = {"epoch": epoch, "step": step, **train_metrics,
+                   "train/lr": scheduler.get_last_lr()[0],
+                   "train/logit_scale": float(raw_model.logit_scale())}
+
+        # ---- validate and checkpoint on rank 0; every rank reports ----
+        if rank == 0:
+            val_batches = val_data.iter_torch_batches(batch_size=512, device=device)
+            metrics.update(evaluate(raw_model, val_batches, prep, cfg.eval, cfg.objective,
+                                    label_names, loop_config["zero_shot_templates"], device))
+            history.append({"step": step, "epoch": epoch,
+                            **{k: v for k, v in metrics.items() if k.startswith("val/loss")}})
+            meta = {**loop_config["meta"], "epoch": epoch, "step": step, "metrics": metrics,
+                    "history": history}
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(tmp, raw_model, meta, {
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                })
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+    return {"epochs_run": cfg.train.epochs - start_epoch + 1, "start_epoch": start_epoch}

@@ -1,0 +1,142 @@
+"""The driver of a training run: connect to (or start) Ray, build the datasets and the
+TorchTrainer, fit, then write metrics.json and the loss-curve PNG into the run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polymodal.config import Config
+from polymodal.data.decode import Preprocessing
+from polymodal.data.format import read_manifest
+from polymodal.evaluation.plots import plot_loss_curves
+from polymodal.train.checkpoint import read_meta
+
+QUIET_ENV = {
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+@dataclass
+class RunResult:
+    run_dir: str
+    checkpoint: str
+    metrics: dict[str, float]
+    epochs_run: int
+
+
+def ensure_ray(cfg: Config, address: str | None = None) -> None:
+    """Connect to RAY_ADDRESS / --address, or start an embedded local cluster."""
+    import ray
+
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    # Logical CPUs: one per worker plus at least one for Ray Data's decoding tasks. With only
+    # the physical count (2 here) the workers take every CPU and reading never starts.
+    need = cfg.train.num_workers * cfg.train.cpus_per_worker + 1
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+             runtime_env={"env_vars": QUIET_ENV})
+
+
+def preprocessing_for(cfg: Config, manifest) -> Preprocessing:
+    channels = cfg.data.image_channels or manifest.extra.get("image_channels", 1)
+    return Preprocessing(
+        modalities=list(cfg.model.modalities),
+        image_size=cfg.data.image_size,
+        image_channels=channels,
+        text_max_len=cfg.data.text_max_len,
+    )
+
+
+def run_dir_of(cfg: Config) -> str:
+    storage = cfg.train.storage_path
+    if "://" not in storage:
+        storage = os.path.abspath(storage)
+    return f"{storage.rstrip('/')}/{cfg.train.name}"
+
+
+def fit(cfg: Config, address: str | None = None) -> RunResult:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from polymodal.data.pipeline import split_dataset
+    from polymodal.train.loop import train_loop_per_worker
+
+    manifest = read_manifest(cfg.data.path)
+    for split in ("train", "val"):
+        if manifest.rows(split) == 0:
+            raise ValueError(f"{cfg.data.path}: split '{split}' is empty")
+    prep = preprocessing_for(cfg, manifest)
+    label_names = manifest.label_names
+    templates = cfg.eval.zero_shot_templates or manifest.extra.get("caption_templates", [])
+    ensure_ray(cfg, address)
+
+    datasets = {
+        "train": split_dataset(cfg.data.path, "train", prep, cfg.data.decode_batch_size),
+        "val": split_dataset(cfg.data.path, "val", prep, cfg.data.decode_batch_size, True),
+    }
+    loop_config = {
+        "config": cfg.to_dict(),
+        "preprocessing": prep.to_dict(),
+        "label_names": label_names,
+        "zero_shot_templates": templates,
+        "train_rows": manifest.rows("train"),
+        "meta": {
+            "config": cfg.to_dict(),
+            "preprocessing": prep.to_dict(),
+            "label_names": label_names,
+            "num_classes": len(label_names or []),
+            "zero_shot_templates": templates,
+            "dataset": cfg.data.path,
+        },
+    }
+    storage = run_dir_of(cfg).rsplit("/", 1)[0]
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.train.name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.checkpoints_to_keep
+            ),
+        ),
+        datasets=datasets,
+        # val is read whole by rank 0; only train is split across workers.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {cfg.train.name} finished without a checkpoint")
+    checkpoint = result.checkpoint.path
+    return_value = getattr(result, "return_value", None) or {}
+    return finish_run(run_dir_of(cfg), checkpoint, return_value.get("epochs_run", 0))
+
+
+def finish_run(run_dir: str, checkpoint: str, epochs_run: int) -> RunResult:
+    """Write metrics.json and loss_curves.png (local run dirs) from the last checkpoint."""
+    meta = read_meta(checkpoint)
+    metrics = meta["metrics"]
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"checkpoint": checkpoint, "epoch": meta["epoch"],
+                               "step": meta["step"], **metrics}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    plot_loss_curves(meta["history"], out / "loss_curves.png")
+    return RunResult(str(out), checkpoint, metrics, epochs_run)
