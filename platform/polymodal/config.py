@@ -28,6 +28,7 @@ class DataConfig:
     text_max_len: int = 48  # UTF-8 bytes kept per text
     decode_batch_size: int = 1024  # rows per Ray Data decoding task
     prefetch_batches: int = 4  # batches each worker decodes ahead of the step
+    cache_val_rows: int = 50_000  # rank 0 keeps a decoded val split this small in memory
 
 
 @dataclass
@@ -159,6 +160,11 @@ def _check_value(path: str, tp: Any, value: Any) -> Any:
         if value is None and type(None) in typing.get_args(tp):
             return None
         (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string; users mean the number
+            value = float(value)
+        except ValueError:
+            pass
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

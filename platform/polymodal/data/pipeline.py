@@ -26,9 +26,8 @@ def split_dataset(
 ) -> ray.data.Dataset:
     """Lazy Ray Dataset of decoded arrays for one split (nothing is read until iterated)."""
     manifest = read_manifest(path)
-    ds = ray.data.read_parquet(
-        shard_paths(path, manifest, split), columns=read_columns(path, manifest, prep.modalities)
-    )
+    columns = read_columns(path, manifest, prep.modalities)
+    ds = ray.data.read_parquet(shard_paths(path, manifest, split)).select_columns(columns)
     return ds.map_batches(
         decode_table,
         batch_format="pyarrow",

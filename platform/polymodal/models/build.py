@@ -60,6 +60,7 @@ def build_model(cfg: Config, prep: Preprocessing, num_classes: int = 0) -> Joint
         classifier_hidden=cfg.model.classifier_hidden,
         classify_modalities=cfg.objective.classification.modalities or None,
         temperature_init=contrastive.temperature_init,
-        learn_temperature=contrastive.learn_temperature,
+        # Without a contrastive term the temperature gets no gradient; freeze it (DDP needs that).
+        learn_temperature=contrastive.learn_temperature and cfg.objective.weights.contrastive > 0,
         max_logit_scale=contrastive.max_logit_scale,
     )

@@ -37,6 +37,17 @@ def _all_mean(values: dict[str, float], device: torch.device) -> dict[str, float
     return dict(zip(keys, t.tolist()))
 
 
+def has_unused_encoders(cfg) -> bool:
+    """Whether some modality's encoder feeds no active term (DDP must then look for it)."""
+    w, mods = cfg.objective.weights, set(cfg.model.modalities)
+    used = set(mods) if w.contrastive > 0 else set()
+    if w.reconstruction > 0:
+        used |= set(cfg.objective.reconstruction.modalities or mods)
+    if w.classification > 0:
+        used |= set(cfg.objective.classification.modalities or mods)
+    return used != mods
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     # ---- setup ----
     cfg = config_from_dict(loop_config["config"])
@@ -59,7 +70,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             train_state = load_train_state(ckpt_dir)
         start_epoch, step, history = meta["epoch"] + 1, meta["step"], meta["history"]
     model = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": True}
+        model, parallel_strategy_kwargs={"find_unused_parameters": has_unused_encoders(cfg)}
     )
     raw_model = model.module if hasattr(model, "module") else model
     per_worker_batch = cfg.train.batch_size // max(world, 1)
@@ -72,6 +83,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val") if rank == 0 else None
+    val_cache = None
 
     # ---- epochs ----
     for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -90,8 +102,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             with autocast:
                 outputs = model(batch)
                 loss, logs = joint_loss(outputs, batch, cfg.objective)
-            if not math.isfinite(float(loss)):
-                raise FloatingPointError(f"loss is {float(loss)} at epoch {epoch}, step {step}")
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at epoch {epoch}, step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip > 0:
@@ -101,7 +114,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             step += 1
             n_steps += 1
             samples += batch["label"].shape[0]
-            values = {"loss": float(loss), **{f"loss/{k}": float(v) for k, v in logs.items()}}
+            values = {"loss": loss_value, **{f"loss/{k}": float(v) for k, v in logs.items()}}
             for k, v in values.items():
                 sums[k] += v
                 window[k] += v
@@ -109,6 +122,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 n = cfg.train.log_every_steps
                 history.append({"step": step, "epoch": epoch,
                                 **{f"train/{k}": v / n for k, v in window.items()}})
+                rate = samples * world / (time.perf_counter() - epoch_start)
+                print(f"[epoch {epoch}/{cfg.train.epochs}] step {n_steps}/{steps_per_epoch} "
+                      f"loss {window['loss'] / n:.4f}  {rate:,.0f} samples/s", flush=True)
                 window.clear()
             fetch_start = time.perf_counter()
         epoch_s = time.perf_counter() - epoch_start
@@ -124,11 +140,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
         # ---- validate and checkpoint on rank 0; every rank reports ----
         if rank == 0:
-            val_batches = val_data.iter_torch_batches(batch_size=512, device=device)
+            if val_cache is None:
+                val_batches = val_data.iter_torch_batches(batch_size=512)
+                if loop_config["val_rows"] <= cfg.data.cache_val_rows:
+                    val_cache = val_batches = list(val_batches)  # decoded once, reused each epoch
+            else:
+                val_batches = val_cache
             metrics.update(evaluate(raw_model, val_batches, prep, cfg.eval, cfg.objective,
                                     label_names, loop_config["zero_shot_templates"], device))
             history.append({"step": step, "epoch": epoch,
                             **{k: v for k, v in metrics.items() if k.startswith("val/loss")}})
+            shown = ("train/loss", "val/loss", "val/accuracy", "val/zero_shot_accuracy")
+            summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics)
+            print(f"[epoch {epoch}/{cfg.train.epochs}] done in {epoch_s:.0f}s  {summary}  "
+                  f"{metrics['train/samples_per_s']:,.0f} samples/s", flush=True)
             meta = {**loop_config["meta"], "epoch": epoch, "step": step, "metrics": metrics,
                     "history": history}
             with tempfile.TemporaryDirectory() as tmp:

@@ -76,6 +76,10 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
     for split in ("train", "val"):
         if manifest.rows(split) == 0:
             raise ValueError(f"{cfg.data.path}: split '{split}' is empty")
+    if cfg.objective.weights.classification > 0 and not manifest.label_names:
+        raise ValueError(
+            f"{cfg.data.path}: objective.weights.classification > 0 but the dataset has no labels"
+        )
     prep = preprocessing_for(cfg, manifest)
     label_names = manifest.label_names
     templates = cfg.eval.zero_shot_templates or manifest.extra.get("caption_templates", [])
@@ -91,6 +95,7 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
         "label_names": label_names,
         "zero_shot_templates": templates,
         "train_rows": manifest.rows("train"),
+        "val_rows": manifest.rows("val"),
         "meta": {
             "config": cfg.to_dict(),
             "preprocessing": prep.to_dict(),

@@ -66,6 +66,8 @@ def folder(path: str, limit: int | None = None) -> Source:
     names = None
     if raw_labels and not by_int:
         names = sorted({v for v in raw_labels if isinstance(v, str) and not _is_int(v)})
+    elif by_int:  # integer labels: the class names are the integers themselves
+        names = [str(i) for i in range(max(int(v) for v in raw_labels) + 1)]
 
     def label_of(value: Any) -> tuple[int | None, str | None]:
         if value in (None, ""):

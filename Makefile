@@ -1,0 +1,22 @@
+# make demo | make test | make lint | make bench — each sets itself up on a fresh machine.
+VENV ?= .venv
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	bash scripts/demo.sh $(DEMO_ARGS)
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check platform tests jobs benchmarks
+	$(VENV)/bin/ruff format --check platform tests jobs benchmarks
+
+bench: setup
+	@for b in benchmarks/*.py; do echo "# $$b"; $(VENV)/bin/python $$b; done

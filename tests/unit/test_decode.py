@@ -1,0 +1,60 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from polymodal.data.decode import (
+    DecodeError,
+    Preprocessing,
+    decode_columns,
+    decode_image,
+    decode_text,
+    encode_text,
+)
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_image_decodes_to_range_and_size():
+    arr = np.full((10, 12), 255, dtype=np.uint8)
+    out = decode_image(_png(arr), size=8, channels=1)
+    assert out.shape == (1, 8, 8) and out.dtype == np.float32
+    assert out.max() == pytest.approx(1.0)
+    rgb = decode_image(_png(np.zeros((4, 4, 3), dtype=np.uint8)), size=4, channels=3)
+    assert rgb.shape == (3, 4, 4) and rgb.max() == 0.0
+
+
+def test_text_bytes_round_trip_any_language():
+    for text in ["a photo of a dress", "一件连衣裙的照片", "éàü"]:
+        ids = encode_text(text, 64)
+        assert ids.shape == (64,)
+        assert decode_text(ids) == text
+    assert encode_text("abc", 2).tolist() == [ord("a") + 1, ord("b") + 1]
+
+
+def test_corrupt_and_oversized_images_refused(monkeypatch):
+    with pytest.raises(DecodeError, match="unreadable image"):
+        decode_image(b"not an image", 8, 1)
+    import polymodal.data.decode as decode
+
+    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 50)
+    with pytest.raises(DecodeError, match="too large: 10x10"):
+        decode_image(_png(np.zeros((10, 10), dtype=np.uint8)), 8, 1)
+
+
+def test_decode_columns_masks_missing_values():
+    prep = Preprocessing(["image", "text"], image_size=4, image_channels=1, text_max_len=8)
+    png = _png(np.zeros((4, 4), dtype=np.uint8))
+    out = decode_columns(
+        {"image": [png, None], "text": [None, "hi"], "label": [3, None]}, prep, with_hashes=True
+    )
+    assert out["image"].shape == (2, 1, 4, 4)
+    assert out["image_present"].tolist() == [1.0, 0.0]
+    assert out["text_present"].tolist() == [0.0, 1.0]
+    assert out["label"].tolist() == [3, -1]
+    assert out["text_hash"][0] == 0 and out["text_hash"][1] != 0

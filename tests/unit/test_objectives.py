@@ -1,0 +1,89 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from polymodal.config import load_config
+from polymodal.objectives.classification import classification_loss
+from polymodal.objectives.contrastive import info_nce, multi_info_nce
+from polymodal.objectives.joint import joint_loss
+from polymodal.objectives.reconstruction import image_reconstruction, text_reconstruction
+
+
+def test_info_nce_matches_hand_computed_value():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    s = torch.tensor(2.0)
+    # logits = s * a @ b.T = [[2, 1.2], [0, 1.6]]
+    row0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(1.2)))
+    row1 = -math.log(math.exp(1.6) / (math.exp(0) + math.exp(1.6)))
+    col0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(0)))
+    col1 = -math.log(math.exp(1.6) / (math.exp(1.2) + math.exp(1.6)))
+    expected = 0.5 * ((row0 + row1) / 2 + (col0 + col1) / 2)
+    for gather in ("local", "full", "none"):  # identical in a single process
+        assert float(info_nce(a, b, s, gather)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_info_nce_rejects_unknown_gather():
+    with pytest.raises(ValueError, match="gather"):
+        info_nce(torch.eye(2), torch.eye(2), torch.tensor(1.0), "all")
+
+
+def test_info_nce_low_for_aligned_high_for_shuffled():
+    x = F.normalize(torch.randn(32, 16), dim=-1)
+    aligned = info_nce(x, x, torch.tensor(50.0))
+    shuffled = info_nce(x, x[torch.randperm(32)], torch.tensor(50.0))
+    assert float(aligned) < 0.01 < float(shuffled)
+
+
+def test_multi_info_nce_sums_every_pair_with_weights():
+    emb = {m: F.normalize(torch.randn(8, 4), dim=-1) for m in ("image", "text", "audio")}
+    s = torch.tensor(10.0)
+    total, pairs = multi_info_nce(emb, s, pair_weights={"text-image": 2.0})
+    assert set(pairs) == {"image-text", "image-audio", "text-audio"}
+    expected = 2 * pairs["image-text"] + pairs["image-audio"] + pairs["text-audio"]
+    assert float(total) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_reconstruction_values():
+    pred = torch.zeros(2, 1, 2, 2)
+    target = torch.ones(2, 1, 2, 2)
+    target[1] = 3.0
+    # row 0 error 1, row 1 error 9; the second row is missing, so only row 0 counts.
+    assert float(image_reconstruction(pred, target, torch.tensor([1.0, 0.0]))) == 1.0
+    assert float(image_reconstruction(pred, target, torch.tensor([1.0, 1.0]))) == 5.0
+    logits = torch.full((1, 3, 257), -1e4)
+    logits[0, 0, 5] = logits[0, 1, 7] = 0.0  # predicts bytes 5, 7 perfectly
+    ids = torch.tensor([[5, 7, 0]])
+    assert float(text_reconstruction(logits, ids, torch.ones(1))) == pytest.approx(0.0, abs=1e-4)
+    logits[0, 1] = 0.0  # uniform over 257 at position 1
+    value = float(text_reconstruction(logits, ids, torch.ones(1)))
+    assert value == pytest.approx(math.log(257) / 2, rel=1e-4)
+
+
+def test_classification_ignores_unlabelled():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 5.0]])
+    expected = -math.log(math.exp(2) / (math.exp(2) + 1))
+    assert float(classification_loss(logits, torch.tensor([0, -1]))) == pytest.approx(expected)
+    assert float(classification_loss(logits, torch.tensor([-1, -1]))) == 0.0
+
+
+def test_joint_loss_is_the_weighted_sum_and_logs_every_term():
+    cfg = load_config(None, ["objective.weights.contrastive=0.5",
+                             "objective.weights.reconstruction=2",
+                             "objective.weights.classification=3"]).objective
+    emb = {m: F.normalize(torch.randn(4, 8), dim=-1) for m in ("image", "text")}
+    batch = {"image": torch.rand(4, 1, 2, 2), "text": torch.randint(1, 9, (4, 3)),
+             "image_present": torch.ones(4), "text_present": torch.ones(4),
+             "label": torch.tensor([0, 1, 0, 1])}
+    outputs = {"embeddings": emb, "logit_scale": torch.tensor(5.0),
+               "reconstructions": {"image": torch.rand(4, 1, 2, 2),
+                                   "text": torch.randn(4, 3, 257)},
+               "class_logits": torch.randn(4, 2)}
+    total, logs = joint_loss(outputs, batch, cfg)
+    expected = 0.5 * logs["contrastive"] + 2 * logs["reconstruction"] + 3 * logs["classification"]
+    assert float(total) == pytest.approx(float(expected), rel=1e-6)
+    assert {"contrastive/image-text", "reconstruction/image", "reconstruction/text"} <= set(logs)
+    assert float(logs["reconstruction"]) == pytest.approx(
+        float(logs["reconstruction/image"] + logs["reconstruction/text"]))

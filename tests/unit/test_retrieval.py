@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from polymodal.evaluation.retrieval import recall_at_k
+
+
+def test_recall_hand_made_case():
+    # 3 queries, 3 gallery items on the unit circle; keys all distinct.
+    g = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    q = torch.tensor([[1.0, 0.0],    # nearest g0 (its partner): hit@1
+                      [1.0, 0.1],    # nearest g0, then g1 (partner): hit@2
+                      [0.0, 1.0]])   # order g1, then g0/g2 tie... partner g2 is last: hit@3
+    q = torch.nn.functional.normalize(q, dim=-1)
+    keys = torch.tensor([10, 11, 12])
+    r = recall_at_k(q, g, keys, ks=[1, 2, 3], chunk_size=2)
+    assert r[1] == pytest.approx(1 / 3)
+    assert r[2] == pytest.approx(2 / 3)
+    assert r[3] == pytest.approx(1.0)
+
+
+def test_identical_content_counts_as_a_hit():
+    g = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    q = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # Items 0 and 1 have the same content (same key): retrieving either is correct for both.
+    keys = torch.tensor([7, 7, 8])
+    assert recall_at_k(q, g, keys, ks=[1])[1] == 1.0
+    distinct = torch.tensor([7, 9, 8])
+    assert recall_at_k(q, g, distinct, ks=[1])[1] < 1.0
+
+
+def test_chunking_does_not_change_the_result():
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(50, 8), dim=-1)
+    g = torch.nn.functional.normalize(q + 0.5 * torch.randn(50, 8), dim=-1)
+    keys = torch.arange(50)
+    full = recall_at_k(q, g, keys, ks=[1, 5, 10], chunk_size=1000)
+    chunked = recall_at_k(q, g, keys, ks=[1, 5, 10], chunk_size=7)
+    assert full == chunked
