@@ -24,8 +24,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from polymodal.data.ingest import ingest
 
     report = ingest(
-        args.source, args.out, strict=args.strict, val_fraction=args.val_fraction,
-        rows_per_shard=args.rows_per_shard, limit=args.limit, overwrite=args.overwrite,
+        args.source,
+        args.out,
+        strict=args.strict,
+        val_fraction=args.val_fraction,
+        rows_per_shard=args.rows_per_shard,
+        limit=args.limit,
+        overwrite=args.overwrite,
     )
     counts = ", ".join(f"{s}={i['rows']}" for s, i in report.manifest.splits.items())
     print(f"wrote {report.rows_written} rows to {args.out} ({counts}) in {report.seconds:.1f}s")
@@ -79,27 +84,37 @@ def format_metrics(metrics: dict[str, float], title: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="polymodal", description="Joint training of multimodal models on Ray.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="polymodal",
+        description="Joint training of multimodal models on Ray.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="ingest and inspect datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     ing = data_sub.add_parser(
-        "ingest", help="write a source as a polymodal dataset (manifest + Parquet shards)",
+        "ingest",
+        help="write a source as a polymodal dataset (manifest + Parquet shards)",
         description="SOURCE is builtin:digits, builtin:fashion-mnist, or a folder holding "
         "index.csv / index.jsonl (columns: image (file path), text, label, optional id, split).",
     )
     ing.add_argument("source")
     ing.add_argument("out", help="output dataset directory")
     ing.add_argument("--strict", action="store_true", help="fail on the first bad row")
-    ing.add_argument("--val-fraction", type=float, default=0.1,
-                     help="share of ids in val when the source has no split (default 0.1)")
+    ing.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of ids in val when the source has no split (default 0.1)",
+    )
     ing.add_argument("--rows-per-shard", type=int, default=10_000)
     ing.add_argument("--limit", type=int, default=None, help="read at most N rows (per split)")
-    ing.add_argument("--overwrite", action="store_true",
-                     help="replace OUT (only once the new dataset is complete)")
+    ing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT (only once the new dataset is complete)",
+    )
     ing.set_defaults(func=_cmd_ingest)
     ins = data_sub.add_parser("inspect", help="print schema, counts per split and a few rows")
     ins.add_argument("dataset")
@@ -107,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     ins.set_defaults(func=_cmd_inspect)
 
     train = sub.add_parser(
-        "train", help="train on Ray Train from a YAML config",
+        "train",
+        help="train on Ray Train from a YAML config",
         description="Train from CONFIG with key=value overrides. Starting a run name again "
         "resumes it from its last checkpoint.",
     )

@@ -28,7 +28,9 @@ def _loss(model, xa, xb, scale, gather):
 
 def _data():
     g = torch.Generator().manual_seed(1)
-    return torch.randn(WORLD * B_LOCAL, 5, generator=g), torch.randn(WORLD * B_LOCAL, 7, generator=g)
+    return torch.randn(WORLD * B_LOCAL, 5, generator=g), torch.randn(
+        WORLD * B_LOCAL, 7, generator=g
+    )
 
 
 def _worker(rank: int, init_file: str, gather: str, out: str) -> None:

@@ -20,9 +20,17 @@ def ray_cluster():
     paths = [str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     temp_dir = tempfile.mkdtemp(prefix="ray-pm-", dir="/tmp")  # short: socket paths are limited
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-                                       "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        runtime_env={
+            "env_vars": {
+                "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+                "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+            }
+        },
+    )
     yield ray
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)

@@ -20,9 +20,14 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def first_run(ray_cluster, digits_dataset, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
-    overrides = [f"data.path={digits_dataset}", f"train.storage_path={storage}",
-                 "train.name=digits-it", "train.epochs=2", "train.num_workers=2",
-                 "train.cpus_per_worker=0.5"]
+    overrides = [
+        f"data.path={digits_dataset}",
+        f"train.storage_path={storage}",
+        "train.name=digits-it",
+        "train.epochs=2",
+        "train.num_workers=2",
+        "train.cpus_per_worker=0.5",
+    ]
     cfg = load_config(CONFIG, overrides)
     return fit(cfg), overrides
 
@@ -39,9 +44,16 @@ def test_train_writes_checkpoint_metrics_and_plot(first_run):
     run_dir = Path(result.run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (run_dir / "loss_curves.png").stat().st_size > 10_000
-    for name in ("val/recall@1/image->text", "val/recall@10/text->image", "val/accuracy",
-                 "val/zero_shot_accuracy", "val/loss", "val/loss/contrastive",
-                 "val/loss/reconstruction", "val/loss/classification"):
+    for name in (
+        "val/recall@1/image->text",
+        "val/recall@10/text->image",
+        "val/accuracy",
+        "val/zero_shot_accuracy",
+        "val/loss",
+        "val/loss/contrastive",
+        "val/loss/reconstruction",
+        "val/loss/classification",
+    ):
         assert name in metrics, name
     assert metrics["val/accuracy"] > 0.5  # chance is 0.1
     assert metrics["val/zero_shot_accuracy"] > 0.3
@@ -55,6 +67,30 @@ def test_offline_eval_matches_training_eval(first_run, digits_dataset):
     offline = evaluate_checkpoint(result.checkpoint, str(digits_dataset))
     for name in ("val/accuracy", "val/zero_shot_accuracy", "val/recall@5/image->text"):
         assert offline[name] == pytest.approx(result.metrics[name], abs=1e-6), name
+
+
+def test_eval_command_prints_the_same_metrics(first_run, digits_dataset):
+    import subprocess
+    import sys
+
+    result, _ = first_run
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "polymodal.cli",
+            "eval",
+            result.checkpoint,
+            str(digits_dataset),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    metrics = json.loads(proc.stdout)
+    assert metrics["val/accuracy"] == pytest.approx(result.metrics["val/accuracy"], abs=1e-6)
 
 
 def test_same_run_name_resumes_from_checkpoint(first_run):

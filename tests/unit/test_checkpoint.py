@@ -10,8 +10,16 @@ from polymodal.train.checkpoint import CheckpointError, load_model, save_checkpo
 
 
 def _meta(cfg, prep):
-    return {"config": cfg.to_dict(), "preprocessing": prep.to_dict(), "label_names": ["a", "b"],
-            "num_classes": 2, "epoch": 1, "step": 10, "metrics": {}, "history": []}
+    return {
+        "config": cfg.to_dict(),
+        "preprocessing": prep.to_dict(),
+        "label_names": ["a", "b"],
+        "num_classes": 2,
+        "epoch": 1,
+        "step": 10,
+        "metrics": {},
+        "history": [],
+    }
 
 
 def test_round_trip_restores_identical_outputs(tmp_path):

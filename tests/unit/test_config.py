@@ -26,8 +26,15 @@ def test_every_shipped_config_loads_and_builds(path):
 
 
 def test_overrides_apply_with_types():
-    cfg = load_config(CONFIGS[0], ["train.epochs=3", "objective.weights.reconstruction=0.5",
-                                   "model.modalities=[image, text]", "optim.lr=1e-3"])
+    cfg = load_config(
+        CONFIGS[0],
+        [
+            "train.epochs=3",
+            "objective.weights.reconstruction=0.5",
+            "model.modalities=[image, text]",
+            "optim.lr=1e-3",
+        ],
+    )
     assert cfg.train.epochs == 3
     assert cfg.objective.weights.reconstruction == 0.5
     assert cfg.optim.lr == pytest.approx(1e-3)

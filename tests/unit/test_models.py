@@ -49,7 +49,9 @@ def test_decoders_shapes():
 
 
 def test_joint_model_outputs():
-    cfg = load_config(None, ["objective.weights.reconstruction=1", "objective.weights.classification=1"])
+    cfg = load_config(
+        None, ["objective.weights.reconstruction=1", "objective.weights.classification=1"]
+    )
     model = build_model(cfg, Preprocessing(["image", "text"], 28, 1, 16), num_classes=10)
     out = model(_batch())
     for m in ("image", "text"):

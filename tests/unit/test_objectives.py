@@ -70,20 +70,32 @@ def test_classification_ignores_unlabelled():
 
 
 def test_joint_loss_is_the_weighted_sum_and_logs_every_term():
-    cfg = load_config(None, ["objective.weights.contrastive=0.5",
-                             "objective.weights.reconstruction=2",
-                             "objective.weights.classification=3"]).objective
+    cfg = load_config(
+        None,
+        [
+            "objective.weights.contrastive=0.5",
+            "objective.weights.reconstruction=2",
+            "objective.weights.classification=3",
+        ],
+    ).objective
     emb = {m: F.normalize(torch.randn(4, 8), dim=-1) for m in ("image", "text")}
-    batch = {"image": torch.rand(4, 1, 2, 2), "text": torch.randint(1, 9, (4, 3)),
-             "image_present": torch.ones(4), "text_present": torch.ones(4),
-             "label": torch.tensor([0, 1, 0, 1])}
-    outputs = {"embeddings": emb, "logit_scale": torch.tensor(5.0),
-               "reconstructions": {"image": torch.rand(4, 1, 2, 2),
-                                   "text": torch.randn(4, 3, 257)},
-               "class_logits": torch.randn(4, 2)}
+    batch = {
+        "image": torch.rand(4, 1, 2, 2),
+        "text": torch.randint(1, 9, (4, 3)),
+        "image_present": torch.ones(4),
+        "text_present": torch.ones(4),
+        "label": torch.tensor([0, 1, 0, 1]),
+    }
+    outputs = {
+        "embeddings": emb,
+        "logit_scale": torch.tensor(5.0),
+        "reconstructions": {"image": torch.rand(4, 1, 2, 2), "text": torch.randn(4, 3, 257)},
+        "class_logits": torch.randn(4, 2),
+    }
     total, logs = joint_loss(outputs, batch, cfg)
     expected = 0.5 * logs["contrastive"] + 2 * logs["reconstruction"] + 3 * logs["classification"]
     assert float(total) == pytest.approx(float(expected), rel=1e-6)
     assert {"contrastive/image-text", "reconstruction/image", "reconstruction/text"} <= set(logs)
     assert float(logs["reconstruction"]) == pytest.approx(
-        float(logs["reconstruction/image"] + logs["reconstruction/text"]))
+        float(logs["reconstruction/image"] + logs["reconstruction/text"])
+    )

@@ -7,9 +7,13 @@ from polymodal.evaluation.retrieval import recall_at_k
 def test_recall_hand_made_case():
     # 3 queries, 3 gallery items on the unit circle; keys all distinct.
     g = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
-    q = torch.tensor([[1.0, 0.0],    # nearest g0 (its partner): hit@1
-                      [1.0, 0.1],    # nearest g0, then g1 (partner): hit@2
-                      [0.0, 1.0]])   # order g1, then g0/g2 tie... partner g2 is last: hit@3
+    q = torch.tensor(
+        [
+            [1.0, 0.0],  # nearest g0 (its partner): hit@1
+            [1.0, 0.1],  # nearest g0, then g1 (partner): hit@2
+            [0.0, 1.0],
+        ]
+    )  # order g1, then g0/g2 tie... partner g2 is last: hit@3
     q = torch.nn.functional.normalize(q, dim=-1)
     keys = torch.tensor([10, 11, 12])
     r = recall_at_k(q, g, keys, ks=[1, 2, 3], chunk_size=2)

@@ -82,8 +82,14 @@ def ingest(
     examples: list[str] = []
     written = 0
     try:
-        bar = tqdm(source.rows, total=source.total, desc=f"ingest {source.name}", unit="row",
-                   disable=not progress, file=sys.stderr)
+        bar = tqdm(
+            source.rows,
+            total=source.total,
+            desc=f"ingest {source.name}",
+            unit="row",
+            disable=not progress,
+            file=sys.stderr,
+        )
         for row in bar:
             reason = check_row(row, source)
             if reason is not None:

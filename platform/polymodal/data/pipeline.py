@@ -21,7 +21,10 @@ def decode_table(table: pa.Table, prep: dict[str, Any], with_hashes: bool = Fals
 
 
 def split_dataset(
-    path: str, split: str, prep: Preprocessing, decode_batch_size: int = 1024,
+    path: str,
+    split: str,
+    prep: Preprocessing,
+    decode_batch_size: int = 1024,
     with_hashes: bool = False,
 ) -> ray.data.Dataset:
     """Lazy Ray Dataset of decoded arrays for one split (nothing is read until iterated)."""

@@ -34,7 +34,10 @@ def decoded_batches(path: str, split: str, prep: Preprocessing, batch_size: int 
 
 @torch.no_grad()
 def zero_shot_prototypes(
-    model: JointModel, label_names: list[str], templates: list[str], prep: Preprocessing,
+    model: JointModel,
+    label_names: list[str],
+    templates: list[str],
+    prep: Preprocessing,
     device: torch.device,
 ) -> torch.Tensor:
     """One normalised text embedding per class: the mean over prompt templates."""
@@ -90,8 +93,11 @@ def evaluate(
     for a, b in itertools.permutations(model.modalities, 2):
         both = (data[f"{a}_present"] > 0) & (data[f"{b}_present"] > 0)
         recalls = recall_at_k(
-            data[f"{a}_emb"][both], data[f"{b}_emb"][both], data[f"{b}_hash"][both],
-            eval_cfg.recall_ks, eval_cfg.chunk_size,
+            data[f"{a}_emb"][both],
+            data[f"{b}_emb"][both],
+            data[f"{b}_hash"][both],
+            eval_cfg.recall_ks,
+            eval_cfg.chunk_size,
         )
         metrics.update({f"val/recall@{k}/{a}->{b}": r for k, r in recalls.items()})
 

@@ -27,5 +27,13 @@ def evaluate_checkpoint(
             f"{label_names[:3]}..."
         )
     batches = decoded_batches(dataset, split, prep, batch_size=cfg.eval.chunk_size)
-    return evaluate(model, batches, prep, cfg.eval, cfg.objective, label_names,
-                    meta.get("zero_shot_templates"), device)
+    return evaluate(
+        model,
+        batches,
+        prep,
+        cfg.eval,
+        cfg.objective,
+        label_names,
+        meta.get("zero_shot_templates"),
+        device,
+    )

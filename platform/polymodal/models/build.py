@@ -21,7 +21,10 @@ IMAGE_ENCODERS: dict[str, EncoderBuilder] = {
 }
 TEXT_ENCODERS: dict[str, EncoderBuilder] = {
     "byte_transformer": lambda cfg, prep: ByteTransformer(
-        prep.text_max_len, cfg.model.text.width, cfg.model.text.layers, cfg.model.text.heads,
+        prep.text_max_len,
+        cfg.model.text.width,
+        cfg.model.text.layers,
+        cfg.model.text.heads,
         cfg.model.dropout,
     ),
 }

@@ -75,8 +75,11 @@ class JointModel(nn.Module):
         raw = {m: self.project(m, batch[m]) for m in self.modalities}
         emb = {m: F.normalize(z, dim=-1) for m, z in raw.items()}
         present = {m: batch[f"{m}_present"] for m in self.modalities}
-        out: dict[str, object] = {"embeddings": emb, "present": present,
-                                  "logit_scale": self.logit_scale()}
+        out: dict[str, object] = {
+            "embeddings": emb,
+            "present": present,
+            "logit_scale": self.logit_scale(),
+        }
         out["reconstructions"] = {m: dec(raw[m]) for m, dec in self.decoders.items()}
         if self.classifier is not None:
             out["class_logits"] = self.classify(emb, present)

@@ -70,8 +70,9 @@ def multi_info_nce(
     for a, b in itertools.combinations(embeddings, 2):
         name = pair_name(a, b)
         weight = pair_weights.get(name, pair_weights.get(pair_name(b, a), 1.0))
-        loss = info_nce(embeddings[a], embeddings[b], logit_scale, gather,
-                        gathered.get(a), gathered.get(b))
+        loss = info_nce(
+            embeddings[a], embeddings[b], logit_scale, gather, gathered.get(a), gathered.get(b)
+        )
         per_pair[name] = loss.detach()
         total = total + weight * loss
     return total, per_pair

@@ -22,7 +22,12 @@ from polymodal.data.decode import Preprocessing
 from polymodal.evaluation.evaluate import evaluate
 from polymodal.models.build import build_model
 from polymodal.objectives.joint import joint_loss
-from polymodal.train.checkpoint import load_model_state, load_train_state, read_meta, save_checkpoint
+from polymodal.train.checkpoint import (
+    load_model_state,
+    load_train_state,
+    read_meta,
+    save_checkpoint,
+)
 from polymodal.train.optim import build_optimizer, build_scheduler
 
 
@@ -83,7 +88,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val") if rank == 0 else None
-    val_cache = None
+    val_cache: list | None = None
+
+    def validate() -> dict[str, float]:
+        nonlocal val_cache
+        batches = val_cache
+        if batches is None:
+            batches = val_data.iter_torch_batches(batch_size=512)
+            if loop_config["val_rows"] <= cfg.data.cache_val_rows:
+                val_cache = batches = list(batches)  # decoded once, reused every epoch
+        templates = loop_config["zero_shot_templates"]
+        return evaluate(raw_model, batches, prep, cfg.eval, cfg.objective, label_names,
+                        templates, device)
+
+    if rank == 0 and start_epoch == 1:  # the untrained baseline, for the loss curves
+        history.append({"step": 0, "epoch": 0, **{
+            k: v for k, v in validate().items() if k.startswith("val/loss")}})
 
     # ---- epochs ----
     for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -93,7 +113,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         n_steps, samples, wait_s = 0, 0, 0.0
         epoch_start = time.perf_counter()
         batches = train_shard.iter_torch_batches(
-            batch_size=per_worker_batch, drop_last=True, device=device,
+            batch_size=per_worker_batch,
+            drop_last=True,
+            device=device,
             prefetch_batches=cfg.data.prefetch_batches,
         )
         fetch_start = time.perf_counter()
@@ -120,11 +142,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 window[k] += v
             if rank == 0 and step % cfg.train.log_every_steps == 0:
                 n = cfg.train.log_every_steps
-                history.append({"step": step, "epoch": epoch,
-                                **{f"train/{k}": v / n for k, v in window.items()}})
+                history.append(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        **{f"train/{k}": v / n for k, v in window.items()},
+                    }
+                )
                 rate = samples * world / (time.perf_counter() - epoch_start)
-                print(f"[epoch {epoch}/{cfg.train.epochs}] step {n_steps}/{steps_per_epoch} "
-                      f"loss {window['loss'] / n:.4f}  {rate:,.0f} samples/s", flush=True)
+                print(
+                    f"[epoch {epoch}/{cfg.train.epochs}] step {n_steps}/{steps_per_epoch} "
+                    f"loss {window['loss'] / n:.4f}  {rate:,.0f} samples/s",
+                    flush=True,
+                )
                 window.clear()
             fetch_start = time.perf_counter()
         epoch_s = time.perf_counter() - epoch_start
@@ -134,32 +164,48 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         train_metrics["train/data_wait_fraction"] = wait_s / max(epoch_s, 1e-9)
         train_metrics = _all_mean(train_metrics, device)
         train_metrics["train/samples_per_s"] = samples * world / max(epoch_s, 1e-9)
-        metrics = {"epoch": epoch, "step": step, **train_metrics,
-                   "train/lr": scheduler.get_last_lr()[0],
-                   "train/logit_scale": float(raw_model.logit_scale())}
+        metrics = {
+            "epoch": epoch,
+            "step": step,
+            **train_metrics,
+            "train/lr": scheduler.get_last_lr()[0],
+            "train/logit_scale": float(raw_model.logit_scale()),
+        }
 
         # ---- validate and checkpoint on rank 0; every rank reports ----
         if rank == 0:
-            if val_cache is None:
-                val_batches = val_data.iter_torch_batches(batch_size=512)
-                if loop_config["val_rows"] <= cfg.data.cache_val_rows:
-                    val_cache = val_batches = list(val_batches)  # decoded once, reused each epoch
-            else:
-                val_batches = val_cache
-            metrics.update(evaluate(raw_model, val_batches, prep, cfg.eval, cfg.objective,
-                                    label_names, loop_config["zero_shot_templates"], device))
-            history.append({"step": step, "epoch": epoch,
-                            **{k: v for k, v in metrics.items() if k.startswith("val/loss")}})
+            metrics.update(validate())
+            history.append(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    **{k: v for k, v in metrics.items() if k.startswith("val/loss")},
+                }
+            )
             shown = ("train/loss", "val/loss", "val/accuracy", "val/zero_shot_accuracy")
             summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in shown if k in metrics)
-            print(f"[epoch {epoch}/{cfg.train.epochs}] done in {epoch_s:.0f}s  {summary}  "
-                  f"{metrics['train/samples_per_s']:,.0f} samples/s", flush=True)
-            meta = {**loop_config["meta"], "epoch": epoch, "step": step, "metrics": metrics,
-                    "history": history}
+            print(
+                f"[epoch {epoch}/{cfg.train.epochs}] done in {epoch_s:.0f}s  {summary}  "
+                f"{metrics['train/samples_per_s']:,.0f} samples/s",
+                flush=True,
+            )
+            meta = {
+                **loop_config["meta"],
+                "epoch": epoch,
+                "step": step,
+                "metrics": metrics,
+                "history": history,
+            }
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(tmp, raw_model, meta, {
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                })
+                save_checkpoint(
+                    tmp,
+                    raw_model,
+                    meta,
+                    {
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                    },
+                )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)

@@ -44,8 +44,9 @@ def ensure_ray(cfg: Config, address: str | None = None) -> None:
     # Logical CPUs: one per worker plus at least one for Ray Data's decoding tasks. With only
     # the physical count (2 here) the workers take every CPU and reading never starts.
     need = cfg.train.num_workers * cfg.train.cpus_per_worker + 1
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
-             runtime_env={"env_vars": QUIET_ENV})
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), runtime_env={"env_vars": QUIET_ENV}
+    )
 
 
 def preprocessing_for(cfg: Config, manifest) -> Preprocessing:
@@ -66,6 +67,7 @@ def run_dir_of(cfg: Config) -> str:
 
 
 def fit(cfg: Config, address: str | None = None) -> RunResult:
+    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -84,6 +86,8 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
     label_names = manifest.label_names
     templates = cfg.eval.zero_shot_templates or manifest.extra.get("caption_templates", [])
     ensure_ray(cfg, address)
+    # One progress bar per dataset pass rather than one per operator: readable in a terminal.
+    ray.data.DataContext.get_current().enable_operator_progress_bars = False
 
     datasets = {
         "train": split_dataset(cfg.data.path, "train", prep, cfg.data.decode_batch_size),
@@ -118,9 +122,7 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
             name=cfg.train.name,
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.train.checkpoints_to_keep
-            ),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
         ),
         datasets=datasets,
         # val is read whole by rank 0; only train is split across workers.
@@ -140,8 +142,12 @@ def finish_run(run_dir: str, checkpoint: str, epochs_run: int) -> RunResult:
     metrics = meta["metrics"]
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"checkpoint": checkpoint, "epoch": meta["epoch"],
-                               "step": meta["step"], **metrics}
+    summary: dict[str, Any] = {
+        "checkpoint": checkpoint,
+        "epoch": meta["epoch"],
+        "step": meta["step"],
+        **metrics,
+    }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     plot_loss_curves(meta["history"], out / "loss_curves.png")
     return RunResult(str(out), checkpoint, metrics, epochs_run)

@@ -21,7 +21,11 @@ FASHION_LABELS = [
     "t-shirt", "trouser", "pullover", "dress", "coat",
     "sandal", "shirt", "sneaker", "bag", "ankle boot",
 ]  # fmt: skip
-FASHION_TEMPLATES = ["a photo of the {}", "a grayscale picture of the {}", "the {} on a plain background"]
+FASHION_TEMPLATES = [
+    "a photo of the {}",
+    "a grayscale picture of the {}",
+    "the {} on a plain background",
+]
 DIGIT_LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGIT_TEMPLATES = ["a handwritten digit {}", "the number {} written by hand", "a scan of a {}"]
 
@@ -84,8 +88,13 @@ def fashion_mnist(limit: int | None = None) -> Source:
             f"Fashion-MNIST not found in {FASHION_DIR} (missing {missing[0]}); "
             "install it with: sudo apt-get install dataset-fashion-mnist"
         )
-    arrays = {s: (_read_idx(FASHION_DIR / i), _read_idx(FASHION_DIR / lab)) for s, (i, lab) in files.items()}
-    per_split = {s: len(a[0]) if limit is None else min(limit, len(a[0])) for s, a in arrays.items()}
+    arrays = {
+        s: (_read_idx(FASHION_DIR / i), _read_idx(FASHION_DIR / lab))
+        for s, (i, lab) in files.items()
+    }
+    per_split = {
+        s: len(a[0]) if limit is None else min(limit, len(a[0])) for s, a in arrays.items()
+    }
 
     def rows() -> Iterator[RawRow]:
         number = 0

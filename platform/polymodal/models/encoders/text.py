@@ -9,16 +9,22 @@ from polymodal.data.decode import TEXT_PAD, TEXT_VOCAB
 
 
 class ByteTransformer(nn.Module):
-    def __init__(self, max_len: int, width: int = 64, layers: int = 2, heads: int = 4,
-                 dropout: float = 0.0):
+    def __init__(
+        self, max_len: int, width: int = 64, layers: int = 2, heads: int = 4, dropout: float = 0.0
+    ):
         super().__init__()
         self.out_dim = width
         self.embed = nn.Embedding(TEXT_VOCAB, width, padding_idx=TEXT_PAD)
         self.pos = nn.Parameter(torch.zeros(max_len, width))
         nn.init.normal_(self.pos, std=0.02)
         layer = nn.TransformerEncoderLayer(
-            width, heads, dim_feedforward=width * 4, dropout=dropout,
-            batch_first=True, norm_first=True, activation="gelu",
+            width,
+            heads,
+            dim_feedforward=width * 4,
+            dropout=dropout,
+            batch_first=True,
+            norm_first=True,
+            activation="gelu",
         )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
