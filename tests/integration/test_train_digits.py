@@ -59,7 +59,10 @@ def test_train_writes_checkpoint_metrics_and_plot(first_run):
     assert metrics["val/zero_shot_accuracy"] > 0.3
     assert 0.0 <= meta["metrics"]["train/data_wait_fraction"] <= 1.0
     assert meta["metrics"]["train/samples_per_s"] > 0
-    assert {"train/loss", "train/loss/contrastive"} <= set(meta["history"][0])
+    baseline, first_log = meta["history"][0], meta["history"][1]
+    assert baseline["step"] == 0 and "val/loss/reconstruction" in baseline  # untrained model
+    assert baseline["val/loss"] > metrics["val/loss"]
+    assert {"train/loss", "train/loss/contrastive"} <= set(first_log)
 
 
 def test_offline_eval_matches_training_eval(first_run, digits_dataset):
