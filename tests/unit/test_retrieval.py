@@ -32,6 +32,16 @@ def test_identical_content_counts_as_a_hit():
     assert recall_at_k(q, g, distinct, ks=[1])[1] < 1.0
 
 
+def test_duplicates_do_not_fill_the_top_k():
+    # 4 copies of caption A, 1 of caption B; query 0 prefers A but its partner is B.
+    g = torch.tensor([[1.0, 0.0]] * 4 + [[0.6, 0.8]])
+    keys = torch.tensor([1, 1, 1, 1, 2])
+    q = torch.tensor([[1.0, 0.0]] * 4 + [[1.0, 0.0]])
+    r = recall_at_k(q, g, keys, ks=[1, 2])
+    assert r[1] == pytest.approx(4 / 5)  # the B query's top-1 is A
+    assert r[2] == 1.0  # top-2 over distinct captions is {A, B}, not two copies of A
+
+
 def test_chunking_does_not_change_the_result():
     torch.manual_seed(0)
     q = torch.nn.functional.normalize(torch.randn(50, 8), dim=-1)
