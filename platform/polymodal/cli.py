@@ -116,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace OUT (only once the new dataset is complete)",
     )
     ing.set_defaults(func=_cmd_ingest)
-    ins = data_sub.add_parser("inspect", help="print schema, counts per split and a few rows")
+    ins = data_sub.add_parser(
+        "inspect",
+        help="print schema, counts per split and a few rows",
+        description="Print a dataset's schema, row counts per split and its first rows.",
+    )
     ins.add_argument("dataset")
     ins.add_argument("--rows", type=int, default=5)
     ins.set_defaults(func=_cmd_inspect)

@@ -98,12 +98,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             if loop_config["val_rows"] <= cfg.data.cache_val_rows:
                 val_cache = batches = list(batches)  # decoded once, reused every epoch
         templates = loop_config["zero_shot_templates"]
-        return evaluate(raw_model, batches, prep, cfg.eval, cfg.objective, label_names,
-                        templates, device)
+        return evaluate(
+            raw_model, batches, prep, cfg.eval, cfg.objective, label_names, templates, device
+        )
 
     if rank == 0 and start_epoch == 1:  # the untrained baseline, for the loss curves
-        history.append({"step": 0, "epoch": 0, **{
-            k: v for k, v in validate().items() if k.startswith("val/loss")}})
+        history.append(
+            {
+                "step": 0,
+                "epoch": 0,
+                **{k: v for k, v in validate().items() if k.startswith("val/loss")},
+            }
+        )
 
     # ---- epochs ----
     for epoch in range(start_epoch, cfg.train.epochs + 1):
