@@ -32,3 +32,30 @@ def plot_loss_curves(history: list[dict[str, float]], out: str | Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_reconstructions(model, batch: dict, out: str | Path, n: int = 8) -> Path | None:
+    """Originals (top) over their reconstructions (bottom); None without an image decoder."""
+    import torch
+
+    if "image" not in getattr(model, "decoders", {}):
+        return None
+    images = batch["image"][:n]
+    with torch.no_grad():
+        recon = model.decoders["image"](model.project("image", images)).clamp(0, 1)
+    n = images.shape[0]
+    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.6), squeeze=False)
+    for i in range(n):
+        for row, img in ((0, images[i]), (1, recon[i])):
+            ax = axes[row][i]
+            pixels = img.permute(1, 2, 0).squeeze(-1).cpu().numpy()
+            ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_ylabel("input")
+    axes[1][0].set_ylabel("decoded")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

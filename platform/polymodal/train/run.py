@@ -12,8 +12,9 @@ from typing import Any
 from polymodal.config import Config
 from polymodal.data.decode import Preprocessing
 from polymodal.data.format import read_manifest
-from polymodal.evaluation.plots import plot_loss_curves
-from polymodal.train.checkpoint import read_meta
+from polymodal.evaluation.evaluate import decoded_batches
+from polymodal.evaluation.plots import plot_loss_curves, plot_reconstructions
+from polymodal.train.checkpoint import load_model, read_meta
 
 QUIET_ENV = {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
@@ -137,7 +138,7 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
 
 
 def finish_run(run_dir: str, checkpoint: str, epochs_run: int) -> RunResult:
-    """Write metrics.json and loss_curves.png (local run dirs) from the last checkpoint."""
+    """Write metrics.json, loss_curves.png and (with an image decoder) reconstructions.png."""
     meta = read_meta(checkpoint)
     metrics = meta["metrics"]
     out = Path(run_dir)
@@ -150,4 +151,9 @@ def finish_run(run_dir: str, checkpoint: str, epochs_run: int) -> RunResult:
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     plot_loss_curves(meta["history"], out / "loss_curves.png")
+    model, _ = load_model(checkpoint)
+    prep = Preprocessing(**meta["preprocessing"])
+    if "image" in model.decoders:
+        batch = next(decoded_batches(meta["dataset"], "val", prep, batch_size=8))
+        plot_reconstructions(model, batch, out / "reconstructions.png")
     return RunResult(str(out), checkpoint, metrics, epochs_run)
