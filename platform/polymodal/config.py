@@ -114,6 +114,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     recall_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    batch_size: int = 512  # val batches; val/loss/contrastive uses in-batch negatives
     chunk_size: int = 1024  # query rows per similarity block, bounds eval memory
     # Prompts for zero-shot; "{}" becomes the label name. Empty: the dataset's caption templates.
     zero_shot_templates: list[str] = field(default_factory=list)

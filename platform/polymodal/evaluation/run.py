@@ -26,7 +26,7 @@ def evaluate_checkpoint(
             f"{dataset}: label names {manifest.label_names[:3]}... differ from the checkpoint's "
             f"{label_names[:3]}..."
         )
-    batches = decoded_batches(dataset, split, prep, batch_size=cfg.eval.chunk_size)
+    batches = decoded_batches(dataset, split, prep, batch_size=cfg.eval.batch_size)
     return evaluate(
         model,
         batches,

@@ -94,7 +94,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         nonlocal val_cache
         batches = val_cache
         if batches is None:
-            batches = val_data.iter_torch_batches(batch_size=512)
+            batches = val_data.iter_torch_batches(batch_size=cfg.eval.batch_size)
             if loop_config["val_rows"] <= cfg.data.cache_val_rows:
                 val_cache = batches = list(batches)  # decoded once, reused every epoch
         templates = loop_config["zero_shot_templates"]
