@@ -64,10 +64,14 @@ class WeightsConfig:
 
 @dataclass
 class ContrastiveConfig:
+    kind: str = "infonce"  # key of objectives.contrastive.CONTRASTIVE_KINDS: infonce | sigmoid
     temperature_init: float = 0.07
     learn_temperature: bool = True
     max_logit_scale: float = 100.0
+    bias_init: float = -10.0  # sigmoid only: SigLIP's learnable logit bias
     gather: str = "local"  # local | full | none (see objectives.contrastive.info_nce)
+    chunk_size: int = 4096  # sigmoid only: columns per recomputed block
+    positives: str = "diagonal"  # diagonal | label | text: which other rows count as positives
     # Weight per modality pair, e.g. {"image-text": 1.0}; pairs not named weigh 1.0.
     pair_weights: dict[str, float] = field(default_factory=dict)
 
@@ -97,6 +101,15 @@ class OptimConfig:
 
 
 @dataclass
+class GradCacheConfig:
+    # Rows per sub-batch; 0 turns the gradient cache off. With it, a worker's batch can be far
+    # larger than fits in memory: embeddings are computed without grad, the loss gradient is
+    # cached, then each sub-batch is re-encoded and back-propagated (exact for per-sample
+    # layers; BatchNorm statistics become per sub-batch).
+    chunk_size: int = 0
+
+
+@dataclass
 class TrainConfig:
     name: str = "run"  # run directory name under storage_path; same name again resumes
     storage_path: str = "runs"
@@ -109,6 +122,7 @@ class TrainConfig:
     seed: int = 0
     checkpoints_to_keep: int = 2
     log_every_steps: int = 50
+    grad_cache: GradCacheConfig = field(default_factory=GradCacheConfig)
 
 
 @dataclass
@@ -263,8 +277,23 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(
                     f"'objective.{key}.modalities': '{m}' is not in model.modalities {mods}"
                 )
-    if cfg.objective.contrastive.gather not in ("local", "full", "none"):
-        raise ConfigError("'objective.contrastive.gather' must be one of local, full, none")
+    c = cfg.objective.contrastive
+    for key, value, allowed in (
+        ("gather", c.gather, ("local", "full", "none")),
+        ("kind", c.kind, ("infonce", "sigmoid")),
+        ("positives", c.positives, ("diagonal", "label", "text")),
+    ):
+        if value not in allowed:
+            raise ConfigError(
+                f"'objective.contrastive.{key}' must be one of {', '.join(allowed)}, "
+                f"got {value!r}{_suggest(value, list(allowed))}"
+            )
+    if c.positives == "text" and "text" not in mods:
+        raise ConfigError("'objective.contrastive.positives: text' needs the text modality")
+    if cfg.train.grad_cache.chunk_size < 0 or c.chunk_size < 1:
+        raise ConfigError(
+            "'train.grad_cache.chunk_size' >= 0 and 'objective.contrastive.chunk_size' >= 1"
+        )
     if cfg.objective.weights.contrastive > 0 and len(mods) < 2:
         raise ConfigError("'objective.weights.contrastive' > 0 needs two or more modalities")
     t = cfg.train

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from polymodal.config import load_config
 from polymodal.objectives.classification import classification_loss
-from polymodal.objectives.contrastive import info_nce, multi_info_nce
+from polymodal.objectives.contrastive import info_nce, multi_contrastive
 from polymodal.objectives.joint import joint_loss
 from polymodal.objectives.reconstruction import image_reconstruction, text_reconstruction
 
@@ -37,10 +37,10 @@ def test_info_nce_low_for_aligned_high_for_shuffled():
     assert float(aligned) < 0.01 < float(shuffled)
 
 
-def test_multi_info_nce_sums_every_pair_with_weights():
+def test_multi_contrastive_sums_every_pair_with_weights():
     emb = {m: F.normalize(torch.randn(8, 4), dim=-1) for m in ("image", "text", "audio")}
     s = torch.tensor(10.0)
-    total, pairs = multi_info_nce(emb, s, pair_weights={"text-image": 2.0})
+    total, pairs = multi_contrastive(emb, s, pair_weights={"text-image": 2.0})
     assert set(pairs) == {"image-text", "image-audio", "text-audio"}
     expected = 2 * pairs["image-text"] + pairs["image-audio"] + pairs["text-audio"]
     assert float(total) == pytest.approx(float(expected), rel=1e-6)

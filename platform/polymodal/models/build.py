@@ -66,4 +66,5 @@ def build_model(cfg: Config, prep: Preprocessing, num_classes: int = 0) -> Joint
         # Without a contrastive term the temperature gets no gradient; freeze it (DDP needs that).
         learn_temperature=contrastive.learn_temperature and cfg.objective.weights.contrastive > 0,
         max_logit_scale=contrastive.max_logit_scale,
+        logit_bias_init=contrastive.bias_init if contrastive.kind == "sigmoid" else None,
     )

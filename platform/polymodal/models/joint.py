@@ -22,6 +22,7 @@ class JointModel(nn.Module):
         temperature_init: float = 0.07,
         learn_temperature: bool = True,
         max_logit_scale: float = 100.0,
+        logit_bias_init: float | None = None,
     ):
         super().__init__()
         self.modalities = list(encoders)
@@ -35,6 +36,11 @@ class JointModel(nn.Module):
             torch.tensor(math.log(1.0 / temperature_init)), requires_grad=learn_temperature
         )
         self.max_log_scale = math.log(max_logit_scale)
+        self.logit_bias = None  # SigLIP's learnable bias, only for the sigmoid loss
+        if logit_bias_init is not None:
+            self.logit_bias = nn.Parameter(
+                torch.tensor(float(logit_bias_init)), requires_grad=learn_temperature
+            )
         self.classify_modalities = classify_modalities or self.modalities
         self.classifier = None
         if num_classes:
@@ -79,6 +85,7 @@ class JointModel(nn.Module):
             "embeddings": emb,
             "present": present,
             "logit_scale": self.logit_scale(),
+            "logit_bias": self.logit_bias,
         }
         out["reconstructions"] = {m: dec(raw[m]) for m, dec in self.decoders.items()}
         if self.classifier is not None:

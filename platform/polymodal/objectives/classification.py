@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if bool(labels.ge(0).any()):
-        return F.cross_entropy(logits, labels, ignore_index=-1)
-    return logits.sum() * 0.0  # keeps the graph (and DDP) happy on an unlabelled batch
+def classification_loss(
+    logits: torch.Tensor, labels: torch.Tensor, count: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean over labelled rows; `count` overrides the denominator (for the gradient cache).
+
+    An unlabelled batch gives 0 while keeping the graph (DDP needs every parameter used).
+    """
+    total = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
+    total = (total * labels.ge(0)).sum()
+    denom = labels.ge(0).sum() if count is None else count
+    return total / denom.clamp(min=1)

@@ -1,10 +1,15 @@
-"""Gathering features from every rank with gradients flowing back to their owners."""
+"""Gathering features from every rank: with gradients flowing back to their owners, or
+without (masks, keys), and a guard that fails fast when ranks hold different batch sizes."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
+
+
+class RankMismatchError(RuntimeError):
+    pass
 
 
 def distributed() -> bool:
@@ -26,3 +31,31 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     out = funcol.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
     return funcol.wait_tensor(out)
+
+
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's rows, outside autograd (masks, keys, ids)."""
+    if not distributed():
+        return x
+    dtype = x.dtype
+    x = x.to(torch.int64) if dtype == torch.bool else x
+    out = funcol.wait_tensor(funcol.all_gather_tensor(x.detach().contiguous(), 0, dist.group.WORLD))
+    return out.to(dtype)
+
+
+def check_equal_batch(n: int) -> None:
+    """Raise on every rank (instead of hanging in a collective) if batch sizes differ."""
+    if not distributed():
+        return
+    sizes = gather_no_grad(torch.tensor([n], dtype=torch.int64, device=_device()))
+    if bool((sizes != n).any()):
+        raise RankMismatchError(
+            f"rank {dist.get_rank()}: batch sizes differ across ranks {sizes.tolist()}; gathered "
+            "contrastive losses need equal batches (drop_last=True, or pad with masked rows)"
+        )
+
+
+def _device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -12,25 +12,56 @@ import torch.nn.functional as F
 from polymodal.data.decode import TEXT_PAD
 
 
-def image_reconstruction(pred: torch.Tensor, target: torch.Tensor, present: torch.Tensor):
+def image_reconstruction_sum(pred, target, present) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ over present rows of the per-pixel MSE, number of present rows)."""
     per_row = (pred - target).pow(2).flatten(1).mean(1)
-    return (per_row * present).sum() / present.sum().clamp(min=1.0)
+    return (per_row * present).sum(), present.sum()
 
 
-def text_reconstruction(logits: torch.Tensor, ids: torch.Tensor, present: torch.Tensor):
+def text_reconstruction_sum(logits, ids, present) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ of byte cross-entropies over real bytes of present rows, number of such bytes)."""
     ids = ids[:, : logits.shape[1]].masked_fill(present.unsqueeze(1).eq(0), TEXT_PAD)
-    return F.cross_entropy(logits.flatten(0, 1), ids.flatten(), ignore_index=TEXT_PAD)
+    total = F.cross_entropy(
+        logits.flatten(0, 1), ids.flatten(), ignore_index=TEXT_PAD, reduction="sum"
+    )
+    return total, ids.ne(TEXT_PAD).sum().to(logits.dtype)
 
 
-RECONSTRUCTION_LOSSES = {"image": image_reconstruction, "text": text_reconstruction}
+RECONSTRUCTION_SUMS = {"image": image_reconstruction_sum, "text": text_reconstruction_sum}
+
+
+def image_reconstruction(pred, target, present) -> torch.Tensor:
+    total, count = image_reconstruction_sum(pred, target, present)
+    return total / count.clamp(min=1)
+
+
+def text_reconstruction(logits, ids, present) -> torch.Tensor:
+    total, count = text_reconstruction_sum(logits, ids, present)
+    return total / count.clamp(min=1)
+
+
+def reconstruction_counts(batch: dict[str, torch.Tensor], modalities) -> dict[str, torch.Tensor]:
+    """What each modality's mean divides by, over a whole batch (for the gradient cache)."""
+    counts = {}
+    for m in modalities:
+        present = batch[f"{m}_present"]
+        if m == "text":
+            counts[m] = (batch[m].ne(TEXT_PAD) & present.unsqueeze(1).bool()).sum().float()
+        else:
+            counts[m] = present.sum()
+    return counts
 
 
 def reconstruction_loss(
-    reconstructions: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    reconstructions: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    counts: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    per_modality = {
-        m: RECONSTRUCTION_LOSSES[m](pred, batch[m], batch[f"{m}_present"])
-        for m, pred in reconstructions.items()
-    }
+    """Σ over modalities of each modality's mean error; `counts` overrides the denominators."""
+    per_modality = {}
+    for m, pred in reconstructions.items():
+        total, count = RECONSTRUCTION_SUMS[m](pred, batch[m], batch[f"{m}_present"])
+        denom = counts[m] if counts is not None else count
+        per_modality[m] = total / denom.clamp(min=1)
     total = torch.stack(list(per_modality.values())).sum()
     return total, {m: v.detach() for m, v in per_modality.items()}
