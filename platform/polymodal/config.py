@@ -35,6 +35,7 @@ class DataConfig:
 class ImageModelConfig:
     encoder: str = "small_cnn"  # key of models.build.IMAGE_ENCODERS
     width: int = 32
+    norm: str = "batch"  # small_cnn: batch | group (per sample, exact with train.grad_cache)
 
 
 @dataclass

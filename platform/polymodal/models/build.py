@@ -16,7 +16,9 @@ from polymodal.models.joint import JointModel
 EncoderBuilder = Callable[[Config, Preprocessing], nn.Module]
 
 IMAGE_ENCODERS: dict[str, EncoderBuilder] = {
-    "small_cnn": lambda cfg, prep: SmallCNN(prep.image_channels, cfg.model.image.width),
+    "small_cnn": lambda cfg, prep: SmallCNN(
+        prep.image_channels, cfg.model.image.width, cfg.model.image.norm
+    ),
     "resnet18": lambda cfg, prep: ResNet18(prep.image_channels),
 }
 TEXT_ENCODERS: dict[str, EncoderBuilder] = {

@@ -116,7 +116,7 @@ def info_nce(
     pos = positive_mask(row_ids, col_ids, kr, kc)
     loss_ab = _soft_ce_sum(logit_scale * ra @ cb.t(), pos, vr, vc)
     loss_ba = _soft_ce_sum(logit_scale * rb @ ca.t(), pos, vr, vc)
-    return 0.5 * (loss_ab + loss_ba) / norm.clamp(min=1)
+    return 0.5 * (loss_ab + loss_ba) / norm.clamp(min=1e-6)  # the sum is 0 when no row is valid
 
 
 class _ChunkedSigmoid(torch.autograd.Function):
@@ -201,7 +201,7 @@ def sigmoid_loss(
         kr if kr is not None else empty, kc if kc is not None else empty,
         vr, vc, max(int(chunk_size), 1),
     )  # fmt: skip
-    return total / norm.clamp(min=1)
+    return total / norm.clamp(min=1e-6)  # the sum is 0 when no row is valid
 
 
 def pair_name(a: str, b: str) -> str:

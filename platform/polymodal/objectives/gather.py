@@ -39,7 +39,7 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     dtype = x.dtype
     x = x.to(torch.int64) if dtype == torch.bool else x
-    out = funcol.wait_tensor(funcol.all_gather_tensor(x.detach().contiguous(), 0, dist.group.WORLD))
+    out = funcol.wait_tensor(funcol.all_gather_single(x.detach().contiguous(), 0, dist.group.WORLD))
     return out.to(dtype)
 
 

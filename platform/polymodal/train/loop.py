@@ -21,6 +21,11 @@ from polymodal.config import config_from_dict
 from polymodal.data.decode import Preprocessing
 from polymodal.evaluation.evaluate import evaluate
 from polymodal.models.build import build_model
+from polymodal.objectives.grad_cache import (
+    broadcast_parameters,
+    grad_cache_backward,
+    sync_gradients,
+)
 from polymodal.objectives.joint import joint_loss
 from polymodal.train.checkpoint import (
     load_model_state,
@@ -74,11 +79,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             model.load_state_dict(load_model_state(ckpt_dir))
             train_state = load_train_state(ckpt_dir)
         start_epoch, step, history = meta["epoch"] + 1, meta["step"], meta["history"]
-    model = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": has_unused_encoders(cfg)}
-    )
-    raw_model = model.module if hasattr(model, "module") else model
     per_worker_batch = cfg.train.batch_size // max(world, 1)
+    grad_cache = 0 < cfg.train.grad_cache.chunk_size < per_worker_batch
+    if grad_cache:  # gradients are averaged once per step by sync_gradients, not by DDP
+        model = ray.train.torch.prepare_model(model, parallel_strategy=None)
+        broadcast_parameters(model)
+    else:
+        model = ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": has_unused_encoders(cfg)}
+        )
+    raw_model = model.module if hasattr(model, "module") else model
     steps_per_epoch = max(loop_config["train_rows"] // max(world, 1) // per_worker_batch, 1)
     optimizer = build_optimizer(raw_model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch * cfg.train.epochs)
@@ -127,14 +137,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         fetch_start = time.perf_counter()
         for batch in batches:
             wait_s += time.perf_counter() - fetch_start
+            optimizer.zero_grad(set_to_none=True)
             with autocast:
-                outputs = model(batch)
-                loss, logs = joint_loss(outputs, batch, cfg.objective)
+                if grad_cache:  # backward happens inside, sub-batch by sub-batch
+                    loss, logs = grad_cache_backward(
+                        raw_model, batch, cfg.objective, cfg.train.grad_cache.chunk_size
+                    )
+                else:
+                    loss, logs = joint_loss(model(batch), batch, cfg.objective)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss is {loss_value} at epoch {epoch}, step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if grad_cache:
+                sync_gradients(raw_model)
+            else:
+                loss.backward()
             if cfg.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()

@@ -91,7 +91,14 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
     ray.data.DataContext.get_current().enable_operator_progress_bars = False
 
     datasets = {
-        "train": split_dataset(cfg.data.path, "train", prep, cfg.data.decode_batch_size),
+        # Content hashes travel with training batches only when they define positives.
+        "train": split_dataset(
+            cfg.data.path,
+            "train",
+            prep,
+            cfg.data.decode_batch_size,
+            with_hashes=cfg.objective.contrastive.positives == "text",
+        ),
         "val": split_dataset(cfg.data.path, "val", prep, cfg.data.decode_batch_size, True),
     }
     loop_config = {

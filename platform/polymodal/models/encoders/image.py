@@ -6,11 +6,17 @@ import torch
 import torchvision
 from torch import nn
 
+# BatchNorm couples the rows of a batch; GroupNorm is per sample (exact under grad cache).
+NORMS = {
+    "batch": lambda c: nn.BatchNorm2d(c),
+    "group": lambda c: nn.GroupNorm(min(8, c), c),
+}
 
-def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+
+def _block(c_in: int, c_out: int, stride: int, norm: str) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
+        NORMS[norm](c_out),
         nn.ReLU(inplace=True),
     )
 
@@ -18,14 +24,16 @@ def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 class SmallCNN(nn.Module):
     """Four conv blocks, two stride-2 downsamples, global average pool."""
 
-    def __init__(self, channels: int, width: int = 32):
+    def __init__(self, channels: int, width: int = 32, norm: str = "batch"):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"model.image.norm: unknown '{norm}' ({sorted(NORMS)})")
         self.out_dim = width * 4
         self.net = nn.Sequential(
-            _block(channels, width, 1),
-            _block(width, width * 2, 2),
-            _block(width * 2, width * 2, 1),
-            _block(width * 2, width * 4, 2),
+            _block(channels, width, 1, norm),
+            _block(width, width * 2, 2, norm),
+            _block(width * 2, width * 2, 1, norm),
+            _block(width * 2, width * 4, 2, norm),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )

@@ -1,0 +1,128 @@
+"""Gradient cache: one optimisation step on a batch far larger than fits in memory.
+
+1. Encode sub-batches without grad and keep only their embeddings (and RNG states).
+2. Compute the contrastive loss on all embeddings at once (gathered across ranks) and its
+   gradient w.r.t. the embeddings, the temperature and the bias.
+3. Re-encode each sub-batch with grad under its saved RNG state (same dropout) and back-
+   propagate the cached embedding gradient plus the per-sample terms with whole-batch
+   denominators. Gradients are then averaged over ranks once — no DDP hooks per sub-batch.
+The result equals the full-batch gradients for models whose layers act per sample.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from polymodal.config import ObjectiveConfig
+from polymodal.objectives.gather import distributed
+from polymodal.objectives.joint import (
+    WEIGHTINGS,
+    active_terms,
+    batch_counts,
+    contrastive_term,
+    per_sample_terms,
+)
+
+
+def _rng_state(device: torch.device):
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def grad_cache_backward(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    cfg: ObjectiveConfig,
+    chunk_size: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Accumulate the full-batch gradients into `model`'s .grad; returns (loss, logs).
+
+    `model` is the plain JointModel (not DDP-wrapped): call sync_gradients afterwards.
+    """
+    weights = active_terms(cfg)
+    if cfg.weighting not in WEIGHTINGS or cfg.weighting != "static":
+        raise ValueError("the gradient cache supports objective.weighting: static")
+    n = batch["label"].shape[0]
+    device = batch["label"].device
+    chunks = [slice(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    subs = [{k: v[sl] for k, v in batch.items()} for sl in chunks]
+
+    # 1. embeddings without grad; BatchNorm running stats are restored so they move once.
+    states, cached = [], {m: [] for m in model.modalities}
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    with torch.no_grad():
+        for sub in subs:
+            states.append(_rng_state(device))
+            for m in model.modalities:
+                cached[m].append(model.embed(m, sub[m]))
+    for name, value in model.named_buffers():
+        value.copy_(buffers[name])
+
+    # 2. the contrastive loss once, on every embedding; its gradient is cached.
+    logs: dict[str, torch.Tensor] = {}
+    total = torch.zeros((), device=device)
+    emb_grads = None
+    if "contrastive" in weights:
+        leaves = {m: torch.cat(v).requires_grad_() for m, v in cached.items()}
+        outputs = {"embeddings": leaves, "logit_scale": model.logit_scale(),
+                   "logit_bias": model.logit_bias}  # fmt: skip
+        loss, pair_logs = contrastive_term(outputs, batch, cfg)
+        (weights["contrastive"] * loss).backward()  # temperature/bias grads land on the params
+        emb_grads = {m: leaf.grad for m, leaf in leaves.items()}
+        total += weights["contrastive"] * loss.detach()
+        logs.update(pair_logs)
+        logs["contrastive"] = loss.detach()
+
+    # 3. re-encode each sub-batch with grad and push the cached gradient through it.
+    counts = batch_counts(batch, list(getattr(model, "decoders", {})))
+    term_sums: dict[str, torch.Tensor] = {}
+    for sl, sub, state in zip(chunks, subs, states):
+        _set_rng_state(state, device)
+        out = model(sub)
+        surrogate = torch.zeros((), device=device)
+        if emb_grads is not None:
+            for m, emb in out["embeddings"].items():
+                surrogate = surrogate + (emb * emb_grads[m][sl]).sum()
+        terms, part_logs = per_sample_terms(out, sub, cfg, counts)
+        for name, value in terms.items():
+            surrogate = surrogate + weights[name] * value
+            term_sums[name] = term_sums.get(name, 0.0) + value.detach()
+        for name, value in part_logs.items():
+            term_sums[name] = term_sums.get(name, 0.0) + value
+        surrogate.backward()
+    for name, value in term_sums.items():
+        logs[name] = value
+        if name in weights:
+            total += weights[name] * value
+    return total, logs
+
+
+def sync_gradients(model: nn.Module) -> None:
+    """Average .grad over ranks in one flat all-reduce (what DDP would have done)."""
+    if not distributed():
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+
+
+def broadcast_parameters(model: nn.Module) -> None:
+    """Start every rank from rank 0's weights (DDP does this when it wraps a model)."""
+    if not distributed():
+        return
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(tensor.data, src=0)

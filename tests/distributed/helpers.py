@@ -1,0 +1,30 @@
+"""Running a function on W real gloo processes and collecting what rank 0 saved."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _entry(rank: int, world: int, init_file: str, fn: Callable, out: str, args: tuple) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        result = fn(rank, world, *args)
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_on_ranks(world: int, fn: Callable, *args):
+    """fn(rank, world, *args) on `world` processes; returns rank 0's return value."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.pt")
+        mp.spawn(_entry, args=(world, os.path.join(tmp, "init"), fn, out, args), nprocs=world)
+        return torch.load(out, weights_only=False)  # written by our own test process
