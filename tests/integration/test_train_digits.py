@@ -106,3 +106,20 @@ def test_same_run_name_resumes_from_checkpoint(first_run):
     assert meta["epoch"] == 3
     assert meta["step"] == first_meta["step"] * 3 // 2
     assert meta["history"][: len(first_meta["history"])] == first_meta["history"]
+
+
+def test_sigmoid_loss_with_grad_cache_and_label_positives_trains(
+    ray_cluster, digits_dataset, tmp_path
+):
+    cfg = load_config(CONFIG, [
+        f"data.path={digits_dataset}", f"train.storage_path={tmp_path}", "train.name=gc",
+        "train.epochs=1", "train.cpus_per_worker=0.5", "train.grad_cache.chunk_size=8",
+        "objective.contrastive.kind=sigmoid", "objective.contrastive.temperature_init=0.1",
+        "objective.contrastive.positives=label", "model.image.norm=group",
+    ])  # fmt: skip
+    result = fit(cfg)
+    meta = read_meta(result.checkpoint)
+    assert meta["step"] == 1612 // 2 // 32
+    assert result.metrics["val/accuracy"] > 0.2  # chance is 0.1 after 25 steps
+    history = [row for row in meta["history"] if "train/loss" in row]
+    assert history[0]["train/loss"] > history[-1]["train/loss"]

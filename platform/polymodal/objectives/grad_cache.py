@@ -68,7 +68,8 @@ def grad_cache_backward(
 
     # 2. the contrastive loss once, on every embedding; its gradient is cached.
     logs: dict[str, torch.Tensor] = {}
-    total = torch.zeros((), device=device)
+    dtype = next(model.parameters()).dtype
+    total = torch.zeros((), device=device, dtype=dtype)
     emb_grads = None
     if "contrastive" in weights:
         leaves = {m: torch.cat(v).requires_grad_() for m, v in cached.items()}
@@ -87,7 +88,7 @@ def grad_cache_backward(
     for sl, sub, state in zip(chunks, subs, states):
         _set_rng_state(state, device)
         out = model(sub)
-        surrogate = torch.zeros((), device=device)
+        surrogate = torch.zeros((), device=device, dtype=dtype)
         if emb_grads is not None:
             for m, emb in out["embeddings"].items():
                 surrogate = surrogate + (emb * emb_grads[m][sl]).sum()
