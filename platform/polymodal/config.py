@@ -29,6 +29,9 @@ class DataConfig:
     decode_batch_size: int = 1024  # rows per Ray Data decoding task
     prefetch_batches: int = 4  # batches each worker decodes ahead of the step
     cache_val_rows: int = 50_000  # rank 0 keeps a decoded val split this small in memory
+    # Training order changes every epoch: shard blocks in random order, then rows mixed in a
+    # buffer of this many rows on each worker (0: no row shuffle).
+    shuffle_buffer_rows: int = 2048
 
 
 @dataclass

@@ -26,11 +26,14 @@ def split_dataset(
     prep: Preprocessing,
     decode_batch_size: int = 1024,
     with_hashes: bool = False,
+    shuffle_blocks: bool = False,
 ) -> ray.data.Dataset:
     """Lazy Ray Dataset of decoded arrays for one split (nothing is read until iterated)."""
     manifest = read_manifest(path)
     columns = read_columns(path, manifest, prep.modalities)
     ds = ray.data.read_parquet(shard_paths(path, manifest, split)).select_columns(columns)
+    if shuffle_blocks:  # a new block order every epoch, without moving any row
+        ds = ds.randomize_block_order()
     return ds.map_batches(
         decode_table,
         batch_format="pyarrow",

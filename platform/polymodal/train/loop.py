@@ -133,6 +133,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             drop_last=True,
             device=device,
             prefetch_batches=cfg.data.prefetch_batches,
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows or None,
         )
         fetch_start = time.perf_counter()
         for batch in batches:

@@ -98,6 +98,7 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
             prep,
             cfg.data.decode_batch_size,
             with_hashes=cfg.objective.contrastive.positives == "text",
+            shuffle_blocks=True,
         ),
         "val": split_dataset(cfg.data.path, "val", prep, cfg.data.decode_batch_size, True),
     }
