@@ -29,9 +29,10 @@ class DataConfig:
     decode_batch_size: int = 1024  # rows per Ray Data decoding task
     prefetch_batches: int = 4  # batches each worker decodes ahead of the step
     cache_val_rows: int = 50_000  # rank 0 keeps a decoded val split this small in memory
-    # Training order changes every epoch: shard blocks in random order, then rows mixed in a
-    # buffer of this many rows on each worker (0: no row shuffle).
-    shuffle_buffer_rows: int = 2048
+    # Training order changes every epoch: blocks come in random order and rows are permuted
+    # within each decoded block (free). A worker-side buffer mixes rows across blocks too, at
+    # a cost (~35% slower steps on Fashion-MNIST with 2 CPU workers at 2,048 rows): 0 = off.
+    shuffle_buffer_rows: int = 0
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import ray.data
 
@@ -15,9 +16,15 @@ from polymodal.data.decode import Preprocessing, decode_columns
 from polymodal.data.format import read_columns, read_manifest, shard_paths
 
 
-def decode_table(table: pa.Table, prep: dict[str, Any], with_hashes: bool = False) -> dict:
+def decode_table(
+    table: pa.Table, prep: dict[str, Any], with_hashes: bool = False, shuffle: bool = False
+) -> dict:
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    return decode_columns(columns, Preprocessing(**prep), with_hashes=with_hashes)
+    out = decode_columns(columns, Preprocessing(**prep), with_hashes=with_hashes)
+    if shuffle:  # a fresh permutation every time the block is decoded, i.e. every epoch
+        order = np.random.default_rng().permutation(len(table))
+        out = {k: v[order] for k, v in out.items()}
+    return out
 
 
 def split_dataset(
@@ -26,17 +33,17 @@ def split_dataset(
     prep: Preprocessing,
     decode_batch_size: int = 1024,
     with_hashes: bool = False,
-    shuffle_blocks: bool = False,
+    shuffle: bool = False,
 ) -> ray.data.Dataset:
     """Lazy Ray Dataset of decoded arrays for one split (nothing is read until iterated)."""
     manifest = read_manifest(path)
     columns = read_columns(path, manifest, prep.modalities)
     ds = ray.data.read_parquet(shard_paths(path, manifest, split)).select_columns(columns)
-    if shuffle_blocks:  # a new block order every epoch, without moving any row
+    if shuffle:  # a new block order every epoch, without moving rows between blocks
         ds = ds.randomize_block_order()
     return ds.map_batches(
         decode_table,
         batch_format="pyarrow",
         batch_size=decode_batch_size,
-        fn_kwargs={"prep": prep.to_dict(), "with_hashes": with_hashes},
+        fn_kwargs={"prep": prep.to_dict(), "with_hashes": with_hashes, "shuffle": shuffle},
     )

@@ -60,9 +60,10 @@ def has_unused_encoders(cfg) -> bool:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     # ---- setup ----
-    cfg = config_from_dict(loop_config["config"])
-    prep = Preprocessing(**loop_config["preprocessing"])
-    label_names = loop_config["label_names"]
+    meta = loop_config["meta"]
+    cfg = config_from_dict(meta["config"])
+    prep = Preprocessing(**meta["preprocessing"])
+    label_names = meta["label_names"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
@@ -75,10 +76,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # resume: same run name started again, or a restarted worker
         with checkpoint.as_directory() as ckpt_dir:
-            meta = read_meta(ckpt_dir)
+            saved = read_meta(ckpt_dir)
             model.load_state_dict(load_model_state(ckpt_dir))
             train_state = load_train_state(ckpt_dir)
-        start_epoch, step, history = meta["epoch"] + 1, meta["step"], meta["history"]
+        start_epoch, step, history = saved["epoch"] + 1, saved["step"], saved["history"]
     per_worker_batch = cfg.train.batch_size // max(world, 1)
     grad_cache = 0 < cfg.train.grad_cache.chunk_size < per_worker_batch
     if grad_cache:  # gradients are averaged once per step by sync_gradients, not by DDP
@@ -107,7 +108,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             batches = val_data.iter_torch_batches(batch_size=cfg.eval.batch_size)
             if loop_config["val_rows"] <= cfg.data.cache_val_rows:
                 val_cache = batches = list(batches)  # decoded once, reused every epoch
-        templates = loop_config["zero_shot_templates"]
+        templates = meta["zero_shot_templates"]
         return evaluate(
             raw_model, batches, prep, cfg.eval, cfg.objective, label_names, templates, device
         )
@@ -213,8 +214,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 f"{metrics['train/samples_per_s']:,.0f} samples/s",
                 flush=True,
             )
-            meta = {
-                **loop_config["meta"],
+            checkpoint_meta = {
+                **meta,
                 "epoch": epoch,
                 "step": step,
                 "metrics": metrics,
@@ -224,7 +225,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 save_checkpoint(
                     tmp,
                     raw_model,
-                    meta,
+                    checkpoint_meta,
                     {
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),

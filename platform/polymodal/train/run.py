@@ -98,26 +98,21 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
             prep,
             cfg.data.decode_batch_size,
             with_hashes=cfg.objective.contrastive.positives == "text",
-            shuffle_blocks=True,
+            shuffle=True,
         ),
         "val": split_dataset(cfg.data.path, "val", prep, cfg.data.decode_batch_size, True),
     }
-    loop_config = {
+    # Everything a checkpoint must carry; the loop adds epoch, step, metrics and history.
+    meta = {
         "config": cfg.to_dict(),
         "preprocessing": prep.to_dict(),
         "label_names": label_names,
+        "num_classes": len(label_names or []),
         "zero_shot_templates": templates,
-        "train_rows": manifest.rows("train"),
-        "val_rows": manifest.rows("val"),
-        "meta": {
-            "config": cfg.to_dict(),
-            "preprocessing": prep.to_dict(),
-            "label_names": label_names,
-            "num_classes": len(label_names or []),
-            "zero_shot_templates": templates,
-            "dataset": cfg.data.path,
-        },
+        "dataset": cfg.data.path if "://" in cfg.data.path else os.path.abspath(cfg.data.path),
     }
+    loop_config = {"meta": meta, "train_rows": manifest.rows("train"),
+                   "val_rows": manifest.rows("val")}  # fmt: skip
     storage = run_dir_of(cfg).rsplit("/", 1)[0]
     trainer = TorchTrainer(
         train_loop_per_worker,
