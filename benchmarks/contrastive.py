@@ -78,10 +78,16 @@ def run_loss(world: int, global_batch: int, kind: str, gather: str, chunk: int =
         out = os.path.join(tmp, "peak.pt")
         mp.spawn(_loss_step, args=(world, os.path.join(tmp, "init"), cfg, out), nprocs=world)
         peak_mib, seconds = torch.load(out).tolist()
-    row = {"bench": "loss_step", "world": world, "global_batch": global_batch,
-           "b_local": global_batch // world, "mode": f"{kind}-{gather}", "chunk": chunk,
-           "peak_mib_per_rank": round(peak_mib, 1),
-           "seconds_per_step": round(seconds, 3)}  # fmt: skip
+    row = {
+        "bench": "loss_step",
+        "world": world,
+        "global_batch": global_batch,
+        "b_local": global_batch // world,
+        "mode": f"{kind}-{gather}",
+        "chunk": chunk,
+        "peak_mib_per_rank": round(peak_mib, 1),
+        "seconds_per_step": round(seconds, 3),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -95,19 +101,28 @@ def _encoder_step(cfg: dict, out: str) -> None:
     from polymodal.objectives.joint import joint_loss
 
     torch.set_num_threads(1)
-    config = load_config(None, [
-        "model.image.width=16", "model.image.norm=group", "model.text.layers=1",
-        "objective.contrastive.kind=sigmoid", "objective.contrastive.chunk_size=1024",
-    ])  # fmt: skip
+    config = load_config(
+        None,
+        [
+            "model.image.width=16",
+            "model.image.norm=group",
+            "model.text.layers=1",
+            "objective.contrastive.kind=sigmoid",
+            "objective.contrastive.chunk_size=1024",
+        ],
+    )
     prep = Preprocessing(["image", "text"], 28, 1, 32)
     torch.manual_seed(0)
     model = build_model(config, prep).train()
     n = cfg["batch"]
     g = torch.Generator().manual_seed(1)
-    batch = {"image": torch.rand(n, 1, 28, 28, generator=g),
-             "text": torch.randint(1, 257, (n, 32), generator=g),
-             "image_present": torch.ones(n), "text_present": torch.ones(n),
-             "label": torch.zeros(n, dtype=torch.long)}  # fmt: skip
+    batch = {
+        "image": torch.rand(n, 1, 28, 28, generator=g),
+        "text": torch.randint(1, 257, (n, 32), generator=g),
+        "image_present": torch.ones(n),
+        "text_present": torch.ones(n),
+        "label": torch.zeros(n, dtype=torch.long),
+    }
     base = _reset_peak()
     start = time.perf_counter()
     if cfg["chunk"]:
@@ -117,8 +132,9 @@ def _encoder_step(cfg: dict, out: str) -> None:
         loss.backward()
     seconds = time.perf_counter() - start
     grad = model.encoders["image"].net[0][0].weight.grad.clone()
-    torch.save({"peak_mib": (_rss_kib("VmHWM") - base) / 1024.0, "seconds": seconds,
-                "grad": grad}, out)  # fmt: skip
+    torch.save(
+        {"peak_mib": (_rss_kib("VmHWM") - base) / 1024.0, "seconds": seconds, "grad": grad}, out
+    )
 
 
 def run_encoder(batch: int, chunk: int) -> dict:
@@ -131,9 +147,14 @@ def run_encoder(batch: int, chunk: int) -> dict:
         if p.exitcode != 0:
             raise RuntimeError(f"encoder step batch={batch} chunk={chunk} failed")
         r = torch.load(out)
-    row = {"bench": "grad_cache" if chunk else "full_batch", "batch": batch, "chunk": chunk,
-           "peak_mib": round(r["peak_mib"], 1), "seconds": round(r["seconds"], 3),
-           "us_per_sample": round(r["seconds"] / batch * 1e6, 1)}  # fmt: skip
+    row = {
+        "bench": "grad_cache" if chunk else "full_batch",
+        "batch": batch,
+        "chunk": chunk,
+        "peak_mib": round(r["peak_mib"], 1),
+        "seconds": round(r["seconds"], 3),
+        "us_per_sample": round(r["seconds"] / batch * 1e6, 1),
+    }
     print(json.dumps(row), flush=True)
     return {**row, "grad": r["grad"]}
 
@@ -155,14 +176,25 @@ def main() -> None:
         full = run_loss(world, big, "infonce", "full")
         local = run_loss(world, big, "infonce", "local")
         ratio = local["peak_mib_per_rank"] / max(full["peak_mib_per_rank"], 1e-9)
-        targets.append({"target": f"infonce local/full memory, W={world}",
-                        "ratio": round(ratio, 3), "goal": f"<= {1 / world + 0.1:.2f}",
-                        "met": ratio <= 1 / world + 0.1})  # fmt: skip
+        targets.append(
+            {
+                "target": f"infonce local/full memory, W={world}",
+                "ratio": round(ratio, 3),
+                "goal": f"<= {1 / world + 0.1:.2f}",
+                "met": ratio <= 1 / world + 0.1,
+            }
+        )
     # 2. chunked sigmoid at fixed B_local: memory per rank must not grow with W.
     sig = {w: run_loss(w, fixed_local * w, "sigmoid", "local") for w in (1, 2, 4)}
     growth = sig[4]["peak_mib_per_rank"] / max(sig[1]["peak_mib_per_rank"], 1e-9)
-    targets.append({"target": "sigmoid memory W=4 / W=1 at fixed B_local",
-                    "ratio": round(growth, 3), "goal": "<= 1.2", "met": growth <= 1.2})  # fmt: skip
+    targets.append(
+        {
+            "target": "sigmoid memory W=4 / W=1 at fixed B_local",
+            "ratio": round(growth, 3),
+            "goal": "<= 1.2",
+            "met": growth <= 1.2,
+        }
+    )
     # The largest batch we run: local InfoNCE and chunked sigmoid, 1 and 4 ranks.
     largest = 2 * big
     for world in (1, 4):
@@ -190,17 +222,39 @@ def grad_cache_targets(args: argparse.Namespace, targets: list[dict]) -> None:
     same = run_encoder(fits["batch"], fits["batch"] // 4)
     identical = torch.allclose(same["grad"], fits["grad"], rtol=1e-4, atol=1e-6)
     slowdown = cached["us_per_sample"] / uncapped["us_per_sample"]
-    targets.append({"target": "grad cache: 8x the largest plain batch under the cap",
-                    "ratio": round(cached["peak_mib"] / args.cap_mib, 3), "goal": "<= 1.0",
-                    "met": cached["peak_mib"] <= args.cap_mib})  # fmt: skip
-    targets.append({"target": "grad cache time per sample / plain, same 8x batch",
-                    "ratio": round(slowdown, 3), "goal": "<= 2.2",
-                    "met": slowdown <= 2.2})  # fmt: skip
+    targets.append(
+        {
+            "target": "grad cache: 8x the largest plain batch under the cap",
+            "ratio": round(cached["peak_mib"] / args.cap_mib, 3),
+            "goal": "<= 1.0",
+            "met": cached["peak_mib"] <= args.cap_mib,
+        }
+    )
+    targets.append(
+        {
+            "target": "grad cache time per sample / plain, same 8x batch",
+            "ratio": round(slowdown, 3),
+            "goal": "<= 2.2",
+            "met": slowdown <= 2.2,
+        }
+    )
     vs_small = cached["us_per_sample"] / fits["us_per_sample"]
-    targets.append({"target": "grad cache 8x batch time per sample / plain largest capped batch",
-                    "ratio": round(vs_small, 3), "goal": "report", "met": None})  # fmt: skip
-    targets.append({"target": "grad cache gradients == plain (same batch)",
-                    "ratio": float(identical), "goal": "1.0", "met": identical})  # fmt: skip
+    targets.append(
+        {
+            "target": "grad cache 8x batch time per sample / plain largest capped batch",
+            "ratio": round(vs_small, 3),
+            "goal": "report",
+            "met": None,
+        }
+    )
+    targets.append(
+        {
+            "target": "grad cache gradients == plain (same batch)",
+            "ratio": float(identical),
+            "goal": "1.0",
+            "met": identical,
+        }
+    )
     for t in targets:
         print(json.dumps({"bench": "target", **t}), flush=True)
 

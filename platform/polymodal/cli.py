@@ -74,6 +74,33 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from polymodal.serving.models import list_models
+    from polymodal.train.run import ensure_ray
+
+    if not list_models(args.model_dir):
+        raise FileNotFoundError(f"{args.model_dir}: no checkpoints (no polymodal.json found)")
+    ensure_ray(args.address)
+    from ray import serve
+
+    from polymodal.serving.deployments import build_app
+
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(build_app(args.model_dir, max_batch_size=args.max_batch_size), route_prefix="/")
+    print(f"serving {args.model_dir} at http://{args.host}:{args.port} (docs: /docs); Ctrl-C stops")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    serve.shutdown()
+    return 0
+
+
 def format_metrics(metrics: dict[str, float], title: str) -> str:
     rows = [(k, v) for k, v in sorted(metrics.items()) if k.startswith("val/")]
     width = max((len(k) for k, _ in rows), default=10)
@@ -143,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("--out", help="also write the metrics as JSON to this file")
     ev.set_defaults(func=_cmd_eval)
+    sv = sub.add_parser(
+        "serve",
+        help="serve checkpoints over HTTP (OpenAI-compatible /v1/embeddings, /v1/classify)",
+        description="Serve a checkpoint, or a directory of checkpoints chosen by `model`, on "
+        "an embedded Ray Serve (or --address).",
+    )
+    sv.add_argument("model_dir", help="a checkpoint directory, or a directory of them")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch-size", type=int, default=32)
+    sv.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    sv.set_defaults(func=_cmd_serve)
     return parser
 
 

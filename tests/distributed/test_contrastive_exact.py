@@ -41,10 +41,15 @@ def _loss(case, rows: slice, gather: str):
     model, scale, bias, x, present, keys = _setup(n_mod)
     emb = {m: nn.functional.normalize(model[m](x[m][rows]), dim=-1) for m in model}
     loss, _ = multi_contrastive(
-        emb, scale.exp(), kind=kind, gather=gather, logit_bias=bias, chunk_size=3,
+        emb,
+        scale.exp(),
+        kind=kind,
+        gather=gather,
+        logit_bias=bias,
+        chunk_size=3,
         present={m: p[rows] for m, p in present.items()} if extras else None,
         keys=keys[rows] if extras else None,
-    )  # fmt: skip
+    )
     loss.backward()
     params = [*model.parameters(), scale, bias]
     return loss.detach(), [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]

@@ -17,13 +17,22 @@ PREP = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max
 
 
 def _setup(dropout: float, kind: str = "infonce"):
-    cfg = load_config(None, [
-        "model.embed_dim=16", "model.image.width=4", "model.image.norm=group",
-        "model.text.width=16", "model.text.layers=1", "model.text.heads=2",
-        f"model.dropout={dropout}", f"objective.contrastive.kind={kind}",
-        "objective.weights.reconstruction=0.5", "objective.weights.classification=0.7",
-        "objective.contrastive.positives=label",
-    ])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "model.embed_dim=16",
+            "model.image.width=4",
+            "model.image.norm=group",
+            "model.text.width=16",
+            "model.text.layers=1",
+            "model.text.heads=2",
+            f"model.dropout={dropout}",
+            f"objective.contrastive.kind={kind}",
+            "objective.weights.reconstruction=0.5",
+            "objective.weights.classification=0.7",
+            "objective.contrastive.positives=label",
+        ],
+    )
     torch.manual_seed(0)
     model = build_model(cfg, PREP, num_classes=3).double().train()
     g = torch.Generator().manual_seed(1)
@@ -43,11 +52,15 @@ def _reference(cfg, model, batch, chunk: int, seed: int):
     torch.manual_seed(seed)
     outs = [model({k: v[s : s + chunk] for k, v in batch.items()}) for s in range(0, N, chunk)]
     emb = {m: torch.cat([o["embeddings"][m] for o in outs]) for m in model.modalities}
-    merged = {"embeddings": emb, "logit_scale": model.logit_scale(),
-              "logit_bias": model.logit_bias,
-              "reconstructions": {m: torch.cat([o["reconstructions"][m] for o in outs])
-                                  for m in model.decoders},
-              "class_logits": torch.cat([o["class_logits"] for o in outs])}  # fmt: skip
+    merged = {
+        "embeddings": emb,
+        "logit_scale": model.logit_scale(),
+        "logit_bias": model.logit_bias,
+        "reconstructions": {
+            m: torch.cat([o["reconstructions"][m] for o in outs]) for m in model.decoders
+        },
+        "class_logits": torch.cat([o["class_logits"] for o in outs]),
+    }
     terms, _ = per_sample_terms(
         merged, batch, cfg.objective, batch_counts(batch, ["image", "text"])
     )

@@ -22,6 +22,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
         (["data", "inspect"], "schema"),
         (["train"], "key=value"),
         (["eval"], "checkpoint"),
+        (["serve"], "model_dir"),
     ],
 )
 def test_help_is_useful(args, expect):

@@ -56,11 +56,19 @@ def _fit(workers: int, cfg, data, out) -> dict:
 
 
 def test_two_workers_gather_local_matches_one_worker(ray_cluster, digits_dataset, tmp_path):
-    cfg = load_config(None, [
-        "model.embed_dim=16", "model.image.width=8", "model.image.norm=group",
-        "model.text.width=16", "model.text.layers=1", "model.text.heads=2",
-        "objective.contrastive.gather=local", "objective.weights.classification=1",
-    ])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "model.embed_dim=16",
+            "model.image.width=8",
+            "model.image.norm=group",
+            "model.text.width=16",
+            "model.text.layers=1",
+            "model.text.heads=2",
+            "objective.contrastive.gather=local",
+            "objective.weights.classification=1",
+        ],
+    )
     one = _fit(1, cfg, digits_dataset, tmp_path / "one.pt")
     two = _fit(2, cfg, digits_dataset, tmp_path / "two.pt")
     for name, value in one.items():

@@ -111,12 +111,21 @@ def test_same_run_name_resumes_from_checkpoint(first_run):
 def test_sigmoid_loss_with_grad_cache_and_label_positives_trains(
     ray_cluster, digits_dataset, tmp_path
 ):
-    cfg = load_config(CONFIG, [
-        f"data.path={digits_dataset}", f"train.storage_path={tmp_path}", "train.name=gc",
-        "train.epochs=1", "train.cpus_per_worker=0.5", "train.grad_cache.chunk_size=8",
-        "objective.contrastive.kind=sigmoid", "objective.contrastive.temperature_init=0.1",
-        "objective.contrastive.positives=label", "model.image.norm=group",
-    ])  # fmt: skip
+    cfg = load_config(
+        CONFIG,
+        [
+            f"data.path={digits_dataset}",
+            f"train.storage_path={tmp_path}",
+            "train.name=gc",
+            "train.epochs=1",
+            "train.cpus_per_worker=0.5",
+            "train.grad_cache.chunk_size=8",
+            "objective.contrastive.kind=sigmoid",
+            "objective.contrastive.temperature_init=0.1",
+            "objective.contrastive.positives=label",
+            "model.image.norm=group",
+        ],
+    )
     result = fit(cfg)
     meta = read_meta(result.checkpoint)
     assert meta["step"] == 1612 // 2 // 32

@@ -44,7 +44,7 @@ def _layout(gather: str, batch: int, device: torch.device):
     return world_size, torch.arange(batch, device=device) + rank * batch, False
 
 
-def _prepare(a, b, gather, a_all, b_all, valid, keys):
+def _prepare(a, b, gather, a_all, b_all, valid, keys, valid_all=None, keys_all=None):
     """Rows, columns, ids, validity, keys and the normaliser for one pair under a gather mode.
 
     The normaliser makes the per-rank losses average (over ranks, as DDP does) to the mean over
@@ -59,8 +59,9 @@ def _prepare(a, b, gather, a_all, b_all, valid, keys):
         check_equal_batch(n)
     a_all = gather_with_grad(a) if a_all is None else a_all
     b_all = gather_with_grad(b) if b_all is None else b_all
-    valid_all = gather_no_grad(valid)
-    keys_all = gather_no_grad(keys) if keys is not None else None
+    valid_all = gather_no_grad(valid) if valid_all is None else valid_all.bool()
+    if keys is not None and keys_all is None:
+        keys_all = gather_no_grad(keys)
     col_ids = torch.arange(a_all.shape[0], device=a.device)
     if full:
         return (
@@ -98,6 +99,8 @@ def info_nce(
     b_all: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
     keys: torch.Tensor | None = None,
+    valid_all: torch.Tensor | None = None,
+    keys_all: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """½·(CE(a→b) + CE(b→a)), each averaged over rows, positives on the diagonal.
 
@@ -109,9 +112,10 @@ def info_nce(
     a_all / b_all: already-gathered features (a modality is gathered once per step).
     valid: [B_local] rows that have both modalities; the others drop out of rows and columns.
     keys: [B_local] int64; rows with equal keys >= 0 are positives too (multi-positive).
+    valid_all / keys_all: already-gathered valid and keys (saves collectives).
     """
     ra, rb, ca, cb, row_ids, col_ids, vr, vc, kr, kc, norm = _prepare(
-        a, b, gather, a_all, b_all, valid, keys
+        a, b, gather, a_all, b_all, valid, keys, valid_all, keys_all
     )
     pos = positive_mask(row_ids, col_ids, kr, kc)
     loss_ab = _soft_ce_sum(logit_scale * ra @ cb.t(), pos, vr, vc)
@@ -183,6 +187,8 @@ def sigmoid_loss(
     b_all: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
     keys: torch.Tensor | None = None,
+    valid_all: torch.Tensor | None = None,
+    keys_all: torch.Tensor | None = None,
     chunk_size: int = 4096,
 ) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss, summed over columns and averaged over rows.
@@ -191,16 +197,24 @@ def sigmoid_loss(
     chunk_size that are recomputed in backward.
     """
     ra, _, _, cb, row_ids, col_ids, vr, vc, kr, kc, norm = _prepare(
-        a, b, gather, a_all, b_all, valid, keys
+        a, b, gather, a_all, b_all, valid, keys, valid_all, keys_all
     )
     empty = row_ids.new_zeros(0)
     if ra.dtype in (torch.float16, torch.bfloat16):  # the pairwise sums stay in float32
         ra, cb = ra.float(), cb.float()
     total = _ChunkedSigmoid.apply(
-        ra, cb, logit_scale.to(ra.dtype), logit_bias.to(ra.dtype), row_ids, col_ids,
-        kr if kr is not None else empty, kc if kc is not None else empty,
-        vr, vc, max(int(chunk_size), 1),
-    )  # fmt: skip
+        ra,
+        cb,
+        logit_scale.to(ra.dtype),
+        logit_bias.to(ra.dtype),
+        row_ids,
+        col_ids,
+        kr if kr is not None else empty,
+        kc if kc is not None else empty,
+        vr,
+        vc,
+        max(int(chunk_size), 1),
+    )
     return total / norm.clamp(min=1e-6)  # the sum is 0 when no row is valid
 
 
@@ -223,27 +237,62 @@ def multi_contrastive(
     logit_bias: torch.Tensor | None = None,
     chunk_size: int = 4096,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum of a pair loss over every modality pair; each modality gathered once."""
+    """Weighted sum of a pair loss over every modality pair.
+
+    Under torch.distributed, one collective gathers every modality's features together with
+    the presence flags (plus one for keys and one tiny batch-size check): per step, not per pair.
+    """
     if kind not in CONTRASTIVE_KINDS:
         raise ValueError(f"contrastive kind must be one of {sorted(CONTRASTIVE_KINDS)}")
     pair_weights = pair_weights or {}
+    mods = list(embeddings)
     gathered: dict[str, torch.Tensor] = {}
+    present_all: dict[str, torch.Tensor] = {}
+    keys_all = None
     if gather != "none" and world()[1] > 1:
-        check_equal_batch(next(iter(embeddings.values())).shape[0])
-        gathered = {m: gather_with_grad(x) for m, x in embeddings.items()}
+        check_equal_batch(embeddings[mods[0]].shape[0])
+        columns = [embeddings[m] for m in mods]
+        if present is not None:
+            flags = torch.stack([present[m] for m in mods], 1)
+            columns.append(flags.to(columns[0].dtype))
+        packed = gather_with_grad(torch.cat(columns, 1))
+        offset = 0
+        for m in mods:
+            width = embeddings[m].shape[1]
+            gathered[m] = packed[:, offset : offset + width]
+            offset += width
+        if present is not None:
+            flags_all = packed[:, offset:].detach() > 0
+            present_all = {m: flags_all[:, j] for j, m in enumerate(mods)}
+        keys_all = gather_no_grad(keys) if keys is not None else None
     total = None
     per_pair = {}
-    for a, b in itertools.combinations(embeddings, 2):
+    for a, b in itertools.combinations(mods, 2):
         name = pair_name(a, b)
         weight = pair_weights.get(name, pair_weights.get(pair_name(b, a), 1.0))
-        valid = None
+        valid = valid_all = None
         if present is not None:
             valid = (present[a] > 0) & (present[b] > 0)
+        if gathered:
+            valid_all = (
+                present_all[a] & present_all[b]
+                if present is not None
+                else torch.ones(gathered[a].shape[0], dtype=torch.bool, device=packed.device)
+            )
         extra = {"logit_bias": logit_bias, "chunk_size": chunk_size} if kind == "sigmoid" else {}
         loss = CONTRASTIVE_KINDS[kind](
-            embeddings[a], embeddings[b], logit_scale, gather=gather,
-            a_all=gathered.get(a), b_all=gathered.get(b), valid=valid, keys=keys, **extra,
-        )  # fmt: skip
+            embeddings[a],
+            embeddings[b],
+            logit_scale,
+            gather=gather,
+            a_all=gathered.get(a),
+            b_all=gathered.get(b),
+            valid=valid,
+            keys=keys,
+            valid_all=valid_all,
+            keys_all=keys_all,
+            **extra,
+        )
         per_pair[name] = loss.detach()
         total = weight * loss if total is None else total + weight * loss
     return total, per_pair

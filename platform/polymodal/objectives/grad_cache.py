@@ -73,8 +73,11 @@ def grad_cache_backward(
     emb_grads = None
     if "contrastive" in weights:
         leaves = {m: torch.cat(v).requires_grad_() for m, v in cached.items()}
-        outputs = {"embeddings": leaves, "logit_scale": model.logit_scale(),
-                   "logit_bias": model.logit_bias}  # fmt: skip
+        outputs = {
+            "embeddings": leaves,
+            "logit_scale": model.logit_scale(),
+            "logit_bias": model.logit_bias,
+        }
         loss, pair_logs = contrastive_term(outputs, batch, cfg)
         (weights["contrastive"] * loss).backward()  # temperature/bias grads land on the params
         emb_grads = {m: leaf.grad for m, leaf in leaves.items()}

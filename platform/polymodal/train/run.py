@@ -4,6 +4,7 @@ TorchTrainer, fit, then write metrics.json and the loss-curve PNG into the run d
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,8 @@ class RunResult:
     epochs_run: int
 
 
-def ensure_ray(cfg: Config, address: str | None = None) -> None:
-    """Connect to RAY_ADDRESS / --address, or start an embedded local cluster."""
+def ensure_ray(address: str | None = None, min_cpus: float = 1) -> None:
+    """Connect to `address` / RAY_ADDRESS, or start an embedded local cluster."""
     import ray
 
     for key, value in QUIET_ENV.items():
@@ -42,11 +43,12 @@ def ensure_ray(cfg: Config, address: str | None = None) -> None:
     if address:
         ray.init(address=address)
         return
-    # Logical CPUs: one per worker plus at least one for Ray Data's decoding tasks. With only
-    # the physical count (2 here) the workers take every CPU and reading never starts.
-    need = cfg.train.num_workers * cfg.train.cpus_per_worker + 1
+    # Logical CPUs: what the caller needs (training: one per worker plus one for Ray Data's
+    # decoding). With only the physical count (2 here) workers take every CPU and reading
+    # never starts.
     ray.init(
-        num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), runtime_env={"env_vars": QUIET_ENV}
+        num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
+        runtime_env={"env_vars": QUIET_ENV},
     )
 
 
@@ -86,7 +88,7 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
     prep = preprocessing_for(cfg, manifest)
     label_names = manifest.label_names
     templates = cfg.eval.zero_shot_templates or manifest.extra.get("caption_templates", [])
-    ensure_ray(cfg, address)
+    ensure_ray(address, cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
     # One progress bar per dataset pass rather than one per operator: readable in a terminal.
     ray.data.DataContext.get_current().enable_operator_progress_bars = False
 
@@ -111,8 +113,11 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
         "zero_shot_templates": templates,
         "dataset": cfg.data.path if "://" in cfg.data.path else os.path.abspath(cfg.data.path),
     }
-    loop_config = {"meta": meta, "train_rows": manifest.rows("train"),
-                   "val_rows": manifest.rows("val")}  # fmt: skip
+    loop_config = {
+        "meta": meta,
+        "train_rows": manifest.rows("train"),
+        "val_rows": manifest.rows("val"),
+    }
     storage = run_dir_of(cfg).rsplit("/", 1)[0]
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -1,0 +1,199 @@
+"""Serve deployments: the Embedder (multiplexed checkpoints, @serve.batch per modality) and
+the FastAPI gateway with the OpenAI-compatible routes."""
+
+import asyncio
+import base64
+from collections import defaultdict
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from polymodal.serving.inputs import InputError, image_bytes, parse_item
+from polymodal.serving.models import LoadedModel, list_models, model_card
+from polymodal.serving.schemas import (
+    MAX_ITEMS,
+    MAX_TEXT_CHARS,
+    ClassifyRequest,
+    ClassifyResponse,
+    EmbeddingItem,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+
+
+@serve.deployment
+class Embedder:
+    def __init__(
+        self, model_dir: str, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.01
+    ):
+        self.paths = list_models(model_dir)
+        self.embed_batch.set_max_batch_size(max_batch_size)
+        self.embed_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.multiplexed(max_num_models_per_replica=4)
+    async def get_model(self, model_id: str) -> LoadedModel:
+        return LoadedModel.load(self.paths[model_id])
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def embed_batch(self, items: list[tuple[str, str, object]]) -> list[np.ndarray]:
+        """Items from many requests: one forward per (model, modality) group."""
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i, (model_id, modality, _) in enumerate(items):
+            groups[(model_id, modality)].append(i)
+        out: list[np.ndarray | None] = [None] * len(items)
+        for (model_id, modality), rows in groups.items():
+            model = await self.get_model(model_id)
+            vectors = model.embed(modality, [items[i][2] for i in rows])
+            for i, vec in zip(rows, vectors):
+                out[i] = vec
+        return out
+
+    async def embed(self, model_id: str, modality: str, value) -> np.ndarray:
+        return await self.embed_batch((model_id, modality, value))
+
+    async def classify(self, model_id: str, values: dict) -> dict[str, float]:
+        model = await self.get_model(model_id)
+        return model.classify(values)
+
+
+app = FastAPI(
+    title="polymodal",
+    description="Embeddings and classification from polymodal "
+    "checkpoints. OpenAI-compatible /v1/embeddings.",
+)
+
+
+def _encode(vector, encoding_format: str) -> list[float] | str:
+    """OpenAI's encodings: a list of floats, or base64 of little-endian float32."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
+    return [float(x) for x in vector]
+
+
+def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param}}
+    return JSONResponse(status_code=status, content=body)
+
+
+@app.exception_handler(InputError)
+async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+    return _error(exc.status, str(exc), exc.param)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+    return _error(400, f"invalid request: {first.get('msg', 'malformed body')}", param)
+
+
+@serve.deployment
+@serve.ingress(app)
+class Gateway:
+    def __init__(self, embedder, model_dir: str):
+        self.embedder = embedder
+        self.model_dir = model_dir
+        self.cards = {name: model_card(path) for name, path in list_models(model_dir).items()}
+
+    def _card(self, model: str) -> dict:
+        if model not in self.cards:
+            raise InputError(f"unknown model '{model}' (have {sorted(self.cards)})", "model", 404)
+        return self.cards[model]
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        if not self.cards:
+            return _error(503, f"no checkpoints in {self.model_dir}")
+        return JSONResponse({"status": "ready", "models": sorted(self.cards)})
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models(self) -> ModelList:
+        return ModelList(
+            data=[
+                ModelCard(id=name, modalities=c["modalities"], dimension=c["dimension"])
+                for name, c in self.cards.items()
+            ]
+        )
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse)
+    async def embeddings(self, body: EmbeddingRequest) -> EmbeddingResponse:
+        card = self._card(body.model)
+        items = [body.input] if isinstance(body.input, str) else body.input
+        if not items:
+            raise InputError("input is empty", "input")
+        if len(items) > MAX_ITEMS:
+            raise InputError(f"at most {MAX_ITEMS} items per request", "input", 413)
+        parsed = [parse_item(item, i) for i, item in enumerate(items)]
+        tokens = 0
+        for i, (modality, value) in enumerate(parsed):
+            if modality not in card["modalities"]:
+                raise InputError(
+                    f"model '{body.model}' has no {modality} encoder (it has {card['modalities']})",
+                    f"input[{i}]",
+                )
+            if modality == "text":
+                if len(value) > MAX_TEXT_CHARS:
+                    raise InputError(f"text longer than {MAX_TEXT_CHARS} characters", f"input[{i}]")
+                tokens += len(value.encode("utf-8"))
+        handle = self.embedder.options(multiplexed_model_id=body.model)
+        vectors = await asyncio.gather(*[handle.embed.remote(body.model, m, v) for m, v in parsed])
+        data = [
+            EmbeddingItem(index=i, embedding=_encode(v, body.encoding_format))
+            for i, v in enumerate(vectors)
+        ]
+        return EmbeddingResponse(
+            data=data, model=body.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
+        )
+
+    @app.post("/v1/classify", response_model=ClassifyResponse)
+    async def classify(self, body: ClassifyRequest) -> ClassifyResponse:
+        card = self._card(body.model)
+        if not card["labels"]:
+            raise InputError(f"model '{body.model}' has no classifier labels", "model")
+        if not body.inputs:
+            raise InputError("inputs is empty", "inputs")
+        values = {}
+        for modality, value in body.inputs.items():
+            if modality not in card["modalities"]:
+                raise InputError(
+                    f"model '{body.model}' has no {modality} encoder", f"inputs.{modality}"
+                )
+            values[modality] = (
+                image_bytes(value, f"inputs.{modality}") if modality == "image" else value
+            )
+        handle = self.embedder.options(multiplexed_model_id=body.model)
+        try:
+            probs = await handle.classify.remote(body.model, values)
+        except RuntimeError as exc:  # the checkpoint has no classifier head
+            raise InputError(str(exc), "model") from exc
+        label = max(probs, key=probs.get)
+        return ClassifyResponse(model=body.model, label=label, probabilities=probs)
+
+
+def build_app(
+    model_dir: str,
+    max_batch_size: int = 32,
+    batch_wait_timeout_s: float = 0.01,
+    max_ongoing_requests: int = 64,
+    num_cpus: float = 0.5,
+):
+    """The Serve application: gateway → embedder. max_ongoing_requests >= max_batch_size,
+    or Serve caps every batch at max_ongoing_requests."""
+    ongoing = max(max_ongoing_requests, max_batch_size)
+    embedder = Embedder.options(
+        max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus}
+    ).bind(model_dir, max_batch_size, batch_wait_timeout_s)
+    return Gateway.options(
+        max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus / 2}
+    ).bind(embedder, model_dir)

@@ -1,0 +1,74 @@
+"""Finding and loading served checkpoints; embedding and classifying raw values with the
+exact preprocessing of training (read from each checkpoint's polymodal.json)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from polymodal.data.decode import Preprocessing, decode_image, encode_text
+from polymodal.train.checkpoint import META, load_model, read_meta
+
+
+def list_models(model_dir: str) -> dict[str, Path]:
+    """A checkpoint directory (one model, named after it) or a directory of checkpoints."""
+    root = Path(model_dir)
+    if (root / META).is_file():
+        return {root.name: root}
+    if not root.is_dir():
+        raise FileNotFoundError(f"{model_dir}: not a checkpoint or a directory of checkpoints")
+    return {p.name: p for p in sorted(root.iterdir()) if (p / META).is_file()}
+
+
+def model_card(path: Path) -> dict:
+    meta = read_meta(path)
+    return {
+        "modalities": meta["preprocessing"]["modalities"],
+        "dimension": meta["config"]["model"]["embed_dim"],
+        "labels": meta.get("label_names") or [],
+    }
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    prep: Preprocessing
+    labels: list[str]
+    device: torch.device
+
+    @classmethod
+    def load(cls, path: Path) -> LoadedModel:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model, meta = load_model(path, device)
+        return cls(
+            model, Preprocessing(**meta["preprocessing"]), meta.get("label_names") or [], device
+        )
+
+    def inputs(self, modality: str, values: list) -> torch.Tensor:
+        p = self.prep
+        if modality == "image":
+            arr = np.stack([decode_image(v, p.image_size, p.image_channels) for v in values])
+        else:
+            arr = np.stack([encode_text(v, p.text_max_len) for v in values])
+        return torch.from_numpy(arr).to(self.device)
+
+    @torch.no_grad()
+    def embed(self, modality: str, values: list) -> np.ndarray:
+        return self.model.embed(modality, self.inputs(modality, values)).float().cpu().numpy()
+
+    @torch.no_grad()
+    def classify(self, values: dict[str, object]) -> dict[str, float]:
+        emb = {m: self.model.embed(m, self.inputs(m, [v])) for m, v in values.items()}
+        present = {
+            m: torch.ones(1, device=self.device) if m in emb else torch.zeros(1, device=self.device)
+            for m in self.model.modalities
+        }
+        full = {
+            m: emb.get(m, torch.zeros(1, self.model.embed_dim, device=self.device))
+            for m in self.model.modalities
+        }
+        probs = torch.softmax(self.model.classify(full, present), dim=-1)[0].float().cpu()
+        return {name: float(p) for name, p in zip(self.labels, probs)}

@@ -1,0 +1,65 @@
+"""HTTP request and response bodies (OpenAI-compatible embeddings, classification, errors)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+MAX_ITEMS = 256  # items per request
+MAX_TEXT_CHARS = 8_192
+
+
+class TypedItem(BaseModel):
+    type: Literal["text", "image"]
+    data: str = Field(description="text, or base64 image bytes (PNG/JPEG)")
+
+
+class EmbeddingRequest(BaseModel):
+    model: str
+    input: str | list[str | TypedItem] = Field(
+        description="text, a list of texts, data URIs (data:image/png;base64,...) or typed items"
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+class EmbeddingItem(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingItem]
+    model: str
+    usage: Usage
+
+
+class ClassifyRequest(BaseModel):
+    model: str
+    inputs: dict[str, str] = Field(description="modality -> text, data URI or base64 image")
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    label: str
+    probabilities: dict[str, float]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str = "polymodal"
+    modalities: list[str]
+    dimension: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,180 @@
+"""The Serve app through real HTTP on 127.0.0.1: embeddings equal the offline encoder,
+classification equals the offline head, two models multiplexed, client mistakes are 4xx."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polymodal.config import load_config
+from polymodal.data.decode import Preprocessing, decode_image, encode_text
+from polymodal.models.build import build_model
+from polymodal.train.checkpoint import load_model, save_checkpoint
+
+pytestmark = pytest.mark.integration
+PREP = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=24)
+LABELS = ["zero", "one", "two"]
+
+
+def _checkpoint(path, seed: int, embed_dim: int):
+    cfg = load_config(
+        None,
+        [
+            f"model.embed_dim={embed_dim}",
+            "model.image.width=8",
+            "model.text.width=16",
+            "model.text.layers=1",
+            "model.text.heads=2",
+            "objective.weights.classification=1",
+        ],
+    )
+    torch.manual_seed(seed)
+    model = build_model(cfg, PREP, num_classes=len(LABELS)).eval()
+    meta = {
+        "config": cfg.to_dict(),
+        "preprocessing": PREP.to_dict(),
+        "label_names": LABELS,
+        "num_classes": len(LABELS),
+        "epoch": 1,
+        "step": 1,
+        "metrics": {},
+        "history": [],
+    }
+    save_checkpoint(path, model, meta)
+
+
+def _png(value: int) -> bytes:
+    buf = io.BytesIO()
+    arr = (np.arange(64).reshape(8, 8) * value % 256).astype(np.uint8)
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster, tmp_path_factory):
+    from ray import serve
+
+    from polymodal.serving.deployments import build_app
+
+    model_dir = tmp_path_factory.mktemp("models")
+    _checkpoint(model_dir / "small", seed=0, embed_dim=16)
+    _checkpoint(model_dir / "other", seed=1, embed_dim=24)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(str(model_dir), max_batch_size=8), route_prefix="/")
+    yield f"http://127.0.0.1:{port}", model_dir
+    serve.shutdown()
+
+
+def _call(url: str, body=None, raw: bytes | None = None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_health_and_models(service):
+    url, _ = service
+    assert _call(f"{url}/healthz") == (200, {"status": "ok"})
+    status, ready = _call(f"{url}/readyz")
+    assert status == 200 and ready["models"] == ["other", "small"]
+    status, models = _call(f"{url}/v1/models")
+    cards = {m["id"]: m for m in models["data"]}
+    assert cards["small"]["dimension"] == 16 and cards["other"]["dimension"] == 24
+    assert cards["small"]["modalities"] == ["image", "text"]
+
+
+def test_embeddings_equal_offline_encoder(service):
+    url, model_dir = service
+    model, _ = load_model(model_dir / "small")
+    texts = ["a handwritten digit two", "一只猫"]
+    image = _png(3)
+    uri = "data:image/png;base64," + base64.b64encode(image).decode()
+    status, body = _call(f"{url}/v1/embeddings", {"model": "small", "input": [*texts, uri]})
+    assert status == 200, body
+    assert [d["index"] for d in body["data"]] == [0, 1, 2]
+    assert body["usage"]["prompt_tokens"] == sum(len(t.encode()) for t in texts)
+    with torch.no_grad():
+        ids = torch.from_numpy(np.stack([encode_text(t, 24) for t in texts]))
+        offline_text = model.embed("text", ids).numpy()
+        offline_image = model.embed("image", torch.from_numpy(decode_image(image, 8, 1))[None])
+    np.testing.assert_allclose(body["data"][0]["embedding"], offline_text[0], atol=1e-5)
+    np.testing.assert_allclose(body["data"][1]["embedding"], offline_text[1], atol=1e-5)
+    np.testing.assert_allclose(body["data"][2]["embedding"], offline_image[0].numpy(), atol=1e-5)
+    # base64 float32, and a single string input
+    status, b64 = _call(
+        f"{url}/v1/embeddings", {"model": "small", "input": texts[0], "encoding_format": "base64"}
+    )
+    vec = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
+    np.testing.assert_allclose(vec, offline_text[0], atol=1e-5)
+
+
+def test_two_models_are_multiplexed(service):
+    url, _ = service
+    _, a = _call(f"{url}/v1/embeddings", {"model": "small", "input": "hello"})
+    _, b = _call(f"{url}/v1/embeddings", {"model": "other", "input": "hello"})
+    assert len(a["data"][0]["embedding"]) == 16 and len(b["data"][0]["embedding"]) == 24
+
+
+def test_classify_equals_offline_head(service):
+    url, model_dir = service
+    model, _ = load_model(model_dir / "small")
+    image = _png(5)
+    b64 = base64.b64encode(image).decode()
+    status, body = _call(f"{url}/v1/classify", {"model": "small", "inputs": {"image": b64}})
+    assert status == 200, body
+    with torch.no_grad():
+        emb = {
+            "image": model.embed("image", torch.from_numpy(decode_image(image, 8, 1))[None]),
+            "text": torch.zeros(1, 16),
+        }
+        present = {"image": torch.ones(1), "text": torch.zeros(1)}
+        probs = torch.softmax(model.classify(emb, present), -1)[0]
+    for i, name in enumerate(LABELS):
+        assert body["probabilities"][name] == pytest.approx(float(probs[i]), abs=1e-5)
+    assert body["label"] == LABELS[int(probs.argmax())]
+
+
+@pytest.mark.parametrize(
+    "body,status,param",
+    [
+        ({"model": "nope", "input": "x"}, 404, "model"),
+        ({"model": "small"}, 400, "input"),
+        ({"model": "small", "input": []}, 400, "input"),
+        ({"model": "small", "input": ["data:image/png;base64,!!notbase64"]}, 400, "input[0]"),
+        ({"model": "small", "input": [{"type": "image", "data": "aGVsbG8="}]}, 400, "input[0]"),
+        ({"model": "small", "input": ["x"] * 300}, 413, "input"),
+        ({"model": "small", "input": "x", "encoding_format": "hex"}, 400, "encoding_format"),
+    ],
+)
+def test_client_mistakes_are_4xx_with_openai_errors(service, body, status, param):
+    url, _ = service
+    got, err = _call(f"{url}/v1/embeddings", body)
+    assert got == status, err
+    assert err["error"]["param"] == param and err["error"]["type"] == "invalid_request_error"
+
+
+def test_malformed_json_and_bad_classify_inputs(service):
+    url, _ = service
+    status, err = _call(f"{url}/v1/embeddings", raw=b"{not json")
+    assert status == 400 and "error" in err
+    status, err = _call(f"{url}/v1/classify", {"model": "small", "inputs": {"audio": "x"}})
+    assert status == 400 and err["error"]["param"] == "inputs.audio"
