@@ -101,6 +101,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from polymodal.serving.batch import embed_dataset
+    from polymodal.train.run import ensure_ray
+
+    ensure_ray(args.address)
+    rows = embed_dataset(args.checkpoint, args.dataset, args.out, split=args.split)
+    print(f"wrote embeddings of {rows} rows ({args.split}) to {args.out}")
+    return 0
+
+
 def format_metrics(metrics: dict[str, float], title: str) -> str:
     rows = [(k, v) for k, v in sorted(metrics.items()) if k.startswith("val/")]
     width = max((len(k) for k, _ in rows), default=10)
@@ -170,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("--out", help="also write the metrics as JSON to this file")
     ev.set_defaults(func=_cmd_eval)
+    em = sub.add_parser(
+        "embed",
+        help="embed a dataset split with Ray Data (batch inference) into Parquet",
+        description="Write id, label and one <modality>_embedding column per modality.",
+    )
+    em.add_argument("checkpoint")
+    em.add_argument("dataset")
+    em.add_argument("out", help="output directory of Parquet files")
+    em.add_argument("--split", default="val")
+    em.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    em.set_defaults(func=_cmd_embed)
+
     sv = sub.add_parser(
         "serve",
         help="serve checkpoints over HTTP (OpenAI-compatible /v1/embeddings, /v1/classify)",

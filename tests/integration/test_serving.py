@@ -178,3 +178,68 @@ def test_malformed_json_and_bad_classify_inputs(service):
     assert status == 400 and "error" in err
     status, err = _call(f"{url}/v1/classify", {"model": "small", "inputs": {"audio": "x"}})
     assert status == 400 and err["error"]["param"] == "inputs.audio"
+
+
+def test_batch_embed_matches_the_service(service, digits_dataset, tmp_path):
+    import pyarrow.parquet as pq
+
+    from polymodal.serving.batch import embed_dataset
+
+    url, model_dir = service
+    rows = embed_dataset(
+        str(model_dir / "small"), str(digits_dataset), str(tmp_path / "emb"), num_cpus=0.25
+    )
+    table = pq.read_table(tmp_path / "emb")
+    assert table.num_rows == rows > 100
+    assert {"id", "label", "image_embedding", "text_embedding"} <= set(table.column_names)
+    source = pq.read_table(digits_dataset / "val").to_pylist()
+    by_id = {r["id"]: r for r in source}
+    first = table.slice(0, 1).to_pylist()[0]
+    text = by_id[first["id"]]["text"]
+    _, served = _call(f"{url}/v1/embeddings", {"model": "small", "input": text})
+    np.testing.assert_allclose(first["text_embedding"], served["data"][0]["embedding"], atol=1e-5)
+
+
+def test_api_key_is_required_when_set(service):
+    from ray import serve
+
+    from polymodal.serving.deployments import build_app
+
+    url, model_dir = service
+    serve.run(
+        build_app(str(model_dir / "small"), api_key="s3cret-key"),
+        name="secured",
+        route_prefix="/secure",
+    )
+    try:
+        assert _call(f"{url}/secure/healthz")[0] == 200  # probes stay open
+        status, err = _call(f"{url}/secure/v1/models")
+        assert status == 401 and "API key" in err["error"]["message"]
+        assert "s3cret" not in json.dumps(err)
+        req = urllib.request.Request(
+            f"{url}/secure/v1/models", headers={"Authorization": "Bearer s3cret-key"}
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.status == 200 and json.loads(resp.read())["data"][0]["id"] == "small"
+    finally:
+        serve.delete("secured")
+
+
+def test_oversized_body_is_413(service):
+    import http.client
+    from urllib.parse import urlparse
+
+    from polymodal.serving.deployments import MAX_BODY_BYTES
+
+    url, _ = service
+    parsed = urlparse(url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    # Announce a body over the limit but send only its start: the answer must not wait for it.
+    conn.putrequest("POST", "/v1/embeddings")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(MAX_BODY_BYTES + 1))
+    conn.endheaders(b'{"model": "small", "input": "')
+    response = conn.getresponse()
+    assert response.status == 413
+    assert json.loads(response.read())["error"]["type"] == "invalid_request_error"
+    conn.close()

@@ -3,6 +3,8 @@ the FastAPI gateway with the OpenAI-compatible routes."""
 
 import asyncio
 import base64
+import hmac
+import os
 from collections import defaultdict
 
 import numpy as np
@@ -82,6 +84,18 @@ def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content=body)
 
 
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+@app.middleware("http")
+async def _guard(request: Request, call_next):
+    """Refuse oversized bodies before anything reads them."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        return _error(413, f"request body over {MAX_BODY_BYTES} bytes", None)
+    return await call_next(request)
+
+
 @app.exception_handler(InputError)
 async def _input_error(request: Request, exc: InputError) -> JSONResponse:
     return _error(exc.status, str(exc), exc.param)
@@ -97,10 +111,19 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 @serve.deployment
 @serve.ingress(app)
 class Gateway:
-    def __init__(self, embedder, model_dir: str):
+    def __init__(self, embedder, model_dir: str, api_key: str | None = None):
+        self.api_key = api_key  # never logged; compared in constant time
         self.embedder = embedder
         self.model_dir = model_dir
         self.cards = {name: model_card(path) for name, path in list_models(model_dir).items()}
+
+    def _authorize(self, request: Request) -> None:
+        if not self.api_key:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+            raise InputError("missing or wrong API key (Authorization: Bearer ...)", None, 401)
 
     def _card(self, model: str) -> dict:
         if model not in self.cards:
@@ -118,7 +141,8 @@ class Gateway:
         return JSONResponse({"status": "ready", "models": sorted(self.cards)})
 
     @app.get("/v1/models", response_model=ModelList)
-    async def models(self) -> ModelList:
+    async def models(self, request: Request) -> ModelList:
+        self._authorize(request)
         return ModelList(
             data=[
                 ModelCard(id=name, modalities=c["modalities"], dimension=c["dimension"])
@@ -127,7 +151,8 @@ class Gateway:
         )
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse)
-    async def embeddings(self, body: EmbeddingRequest) -> EmbeddingResponse:
+    async def embeddings(self, body: EmbeddingRequest, request: Request) -> EmbeddingResponse:
+        self._authorize(request)
         card = self._card(body.model)
         items = [body.input] if isinstance(body.input, str) else body.input
         if not items:
@@ -157,7 +182,8 @@ class Gateway:
         )
 
     @app.post("/v1/classify", response_model=ClassifyResponse)
-    async def classify(self, body: ClassifyRequest) -> ClassifyResponse:
+    async def classify(self, body: ClassifyRequest, request: Request) -> ClassifyResponse:
+        self._authorize(request)
         card = self._card(body.model)
         if not card["labels"]:
             raise InputError(f"model '{body.model}' has no classifier labels", "model")
@@ -187,13 +213,16 @@ def build_app(
     batch_wait_timeout_s: float = 0.01,
     max_ongoing_requests: int = 64,
     num_cpus: float = 0.5,
+    api_key: str | None = None,
 ):
     """The Serve application: gateway → embedder. max_ongoing_requests >= max_batch_size,
-    or Serve caps every batch at max_ongoing_requests."""
+    or Serve caps every batch at max_ongoing_requests. api_key: require `Bearer api_key`
+    (default: the POLYMODAL_API_KEY environment variable, if set)."""
+    api_key = api_key or os.environ.get("POLYMODAL_API_KEY") or None
     ongoing = max(max_ongoing_requests, max_batch_size)
     embedder = Embedder.options(
         max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus}
     ).bind(model_dir, max_batch_size, batch_wait_timeout_s)
     return Gateway.options(
         max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus / 2}
-    ).bind(embedder, model_dir)
+    ).bind(embedder, model_dir, api_key)
