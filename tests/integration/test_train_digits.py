@@ -129,6 +129,7 @@ def test_sigmoid_loss_with_grad_cache_and_label_positives_trains(
     result = fit(cfg)
     meta = read_meta(result.checkpoint)
     assert meta["step"] == 1612 // 2 // 32
-    assert result.metrics["val/accuracy"] > 0.2  # chance is 0.1 after 25 steps
+    baseline = meta["history"][0]  # the untrained model, validated before step 1
+    assert result.metrics["val/loss"] < baseline["val/loss"]
     history = [row for row in meta["history"] if "train/loss" in row]
     assert history[0]["train/loss"] > history[-1]["train/loss"]
