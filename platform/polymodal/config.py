@@ -282,11 +282,14 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(
                     f"'objective.{key}.modalities': '{m}' is not in model.modalities {mods}"
                 )
+    # Imported here: loading torch is only worth it once a config is being validated.
+    from polymodal.objectives.contrastive import CONTRASTIVE_KINDS, GATHER_MODES, POSITIVES
+
     c = cfg.objective.contrastive
     for key, value, allowed in (
-        ("gather", c.gather, ("local", "full", "none")),
-        ("kind", c.kind, ("infonce", "sigmoid")),
-        ("positives", c.positives, ("diagonal", "label", "text")),
+        ("gather", c.gather, GATHER_MODES),
+        ("kind", c.kind, tuple(CONTRASTIVE_KINDS)),
+        ("positives", c.positives, POSITIVES),
     ):
         if value not in allowed:
             raise ConfigError(

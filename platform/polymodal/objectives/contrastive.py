@@ -33,7 +33,7 @@ def positive_mask(
 
 
 def _layout(gather: str, batch: int, device: torch.device):
-    """(rank, world, row global ids, whether rows are local) for a gather mode."""
+    """(world size the loss spans, global ids of this rank's rows, whether rows are all ranks')."""
     if gather not in GATHER_MODES:
         raise ValueError(f"gather must be one of {GATHER_MODES}, got {gather!r}")
     rank, world_size = world()

@@ -18,7 +18,6 @@ from torch import nn
 from polymodal.config import ObjectiveConfig
 from polymodal.objectives.gather import distributed
 from polymodal.objectives.joint import (
-    WEIGHTINGS,
     active_terms,
     batch_counts,
     contrastive_term,
@@ -48,7 +47,7 @@ def grad_cache_backward(
     `model` is the plain JointModel (not DDP-wrapped): call sync_gradients afterwards.
     """
     weights = active_terms(cfg)
-    if cfg.weighting not in WEIGHTINGS or cfg.weighting != "static":
+    if cfg.weighting != "static":
         raise ValueError("the gradient cache supports objective.weighting: static")
     n = batch["label"].shape[0]
     device = batch["label"].device

@@ -13,7 +13,6 @@ from polymodal.objectives.contrastive import multi_contrastive
 from polymodal.objectives.reconstruction import reconstruction_counts, reconstruction_loss
 
 TERMS = ("contrastive", "reconstruction", "classification")
-PER_SAMPLE_TERMS = ("reconstruction", "classification")
 
 
 def static_weighting(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

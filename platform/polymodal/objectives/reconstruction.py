@@ -18,9 +18,14 @@ def image_reconstruction_sum(pred, target, present) -> tuple[torch.Tensor, torch
     return (per_row * present).sum(), present.sum()
 
 
+def _text_targets(ids, present) -> torch.Tensor:
+    """Byte ids to reconstruct: those of absent rows become padding (ignored)."""
+    return ids.masked_fill(present.unsqueeze(1).eq(0), TEXT_PAD)
+
+
 def text_reconstruction_sum(logits, ids, present) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ of byte cross-entropies over real bytes of present rows, number of such bytes)."""
-    ids = ids[:, : logits.shape[1]].masked_fill(present.unsqueeze(1).eq(0), TEXT_PAD)
+    ids = _text_targets(ids[:, : logits.shape[1]], present)
     total = F.cross_entropy(
         logits.flatten(0, 1), ids.flatten(), ignore_index=TEXT_PAD, reduction="sum"
     )
@@ -46,7 +51,7 @@ def reconstruction_counts(batch: dict[str, torch.Tensor], modalities) -> dict[st
     for m in modalities:
         present = batch[f"{m}_present"]
         if m == "text":
-            counts[m] = (batch[m].ne(TEXT_PAD) & present.unsqueeze(1).bool()).sum().float()
+            counts[m] = _text_targets(batch[m], present).ne(TEXT_PAD).sum().float()
         else:
             counts[m] = present.sum()
     return counts
