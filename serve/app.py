@@ -5,15 +5,24 @@ from __future__ import annotations
 
 from polymodal.serving.deployments import build_app
 
+# build_app's arguments that may come from the YAML's args, with their types.
+ARGS = {
+    "max_batch_size": int,
+    "batch_wait_timeout_s": float,
+    "max_ongoing_requests": int,
+    "max_queued_requests": int,
+    "max_models": int,
+    "num_cpus": float,
+    "num_gpus": float,
+}
+
 
 def app(args: dict):
-    """args: model_dir (a checkpoint or a directory of checkpoints), max_batch_size,
-    batch_wait_timeout_s, max_ongoing_requests."""
+    """args: model_dir (a checkpoint or a directory of checkpoints, local or s3://), and
+    any of ARGS."""
     if "model_dir" not in args:
         raise ValueError("serve.app needs model_dir=PATH (a checkpoint or a directory of them)")
-    return build_app(
-        args["model_dir"],
-        max_batch_size=int(args.get("max_batch_size", 32)),
-        batch_wait_timeout_s=float(args.get("batch_wait_timeout_s", 0.01)),
-        max_ongoing_requests=int(args.get("max_ongoing_requests", 64)),
-    )
+    unknown = set(args) - set(ARGS) - {"model_dir"}
+    if unknown:
+        raise ValueError(f"serve.app: unknown args {sorted(unknown)} (known: {sorted(ARGS)})")
+    return build_app(args["model_dir"], **{k: ARGS[k](v) for k, v in args.items() if k in ARGS})

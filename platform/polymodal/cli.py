@@ -83,14 +83,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if not list_models(args.model_dir):
         raise FileNotFoundError(f"{args.model_dir}: no checkpoints (no polymodal.json found)")
-    ensure_ray(args.address)
+    ensure_ray(args.address, metrics_port=args.metrics_port)
     from ray import serve
 
     from polymodal.serving.deployments import build_app
 
+    app = build_app(
+        args.model_dir,
+        max_batch_size=args.max_batch_size,
+        max_models=args.max_models,
+        num_gpus=args.num_gpus,
+    )
     serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(build_app(args.model_dir, max_batch_size=args.max_batch_size), route_prefix="/")
+    serve.run(app, route_prefix="/")
     print(f"serving {args.model_dir} at http://{args.host}:{args.port} (docs: /docs); Ctrl-C stops")
+    if args.metrics_port and not args.address:
+        print(f"Prometheus metrics: http://{args.host}:{args.metrics_port}/metrics")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -202,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-batch-size", type=int, default=32)
+    sv.add_argument("--max-models", type=int, default=4, help="checkpoints loaded per replica")
+    sv.add_argument("--num-gpus", type=float, default=0, help="GPUs per embedder replica")
+    sv.add_argument(
+        "--metrics-port", type=int, default=8080, help="Prometheus /metrics of the embedded Ray"
+    )
     sv.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     sv.set_defaults(func=_cmd_serve)
     return parser

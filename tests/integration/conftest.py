@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -12,8 +13,41 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
+def s3_endpoint():
+    """A real S3-compatible server (moto) on 127.0.0.1. Started before Ray so that every
+    Ray worker inherits the AWS_* settings that point its clients there and only there."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_REGION="us-east-1",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint, metrics_port):
     import ray
 
     # Ray workers import test modules by name.
@@ -24,6 +58,9 @@ def ray_cluster():
         num_cpus=2,
         include_dashboard=False,
         _temp_dir=temp_dir,
+        # Prometheus /metrics on this port, refreshed every second instead of every 10.
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": 1000},
         runtime_env={
             "env_vars": {
                 "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",

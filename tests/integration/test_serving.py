@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -243,3 +244,126 @@ def test_oversized_body_is_413(service):
     assert response.status == 413
     assert json.loads(response.read())["error"]["type"] == "invalid_request_error"
     conn.close()
+
+
+def _scrape(metrics_url: str, until, timeout_s: float = 30.0) -> dict:
+    """{(name, labels): value} from the Prometheus endpoint, polled until `until` holds
+    (Ray exports every second here)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+            text = resp.read().decode()
+        samples = {
+            (s.name, frozenset((k, v) for k, v in s.labels.items() if k in LABEL_KEYS)): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name.startswith("ray_polymodal_")
+        }
+        if until(samples) or time.monotonic() > deadline:
+            return samples
+
+
+LABEL_KEYS = {"route", "status", "modality", "model", "le"}
+
+
+def _value(samples: dict, name: str, **labels) -> float:
+    """Sum over the series of `name` whose labels include `labels` (replicas, apps)."""
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and want <= lab)
+
+
+def test_prometheus_metrics(service, metrics_port):
+    url, _ = service
+    for _ in range(3):
+        assert _call(f"{url}/v1/embeddings", {"model": "small", "input": ["a", "b"]})[0] == 200
+    assert _call(f"{url}/v1/embeddings", {"model": "missing", "input": "a"})[0] == 404
+
+    def ready(s):
+        return (
+            _value(s, "ray_polymodal_http_requests_total", route="/v1/embeddings", status="200")
+            >= 3
+            and _value(s, "ray_polymodal_http_requests_total", status="404") >= 1
+            and _value(s, "ray_polymodal_model_load_seconds_count", model="small") >= 1
+        )
+
+    samples = _scrape(f"http://127.0.0.1:{metrics_port}/metrics", ready)
+    assert ready(samples), sorted({n for n, _ in samples})
+    latency = "ray_polymodal_http_request_duration_seconds_count"
+    assert _value(samples, latency, route="/v1/embeddings") >= 4
+    # every request's items went through @serve.batch (Ray approximates histogram sums)
+    assert _value(samples, "ray_polymodal_batch_size_count", modality="text") >= 3
+    assert _value(samples, "ray_polymodal_batch_size_bucket", modality="text", le="+Inf") >= 1
+    assert any(n == "ray_polymodal_queue_depth" for n, _ in samples)
+
+
+def test_burst_beyond_capacity_gets_503_then_recovers(service):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from polymodal.serving.deployments import build_app
+
+    url, model_dir = service
+    serve.run(
+        build_app(str(model_dir), max_batch_size=1, max_ongoing_requests=1, max_queued_requests=1),
+        name="tight",
+        route_prefix="/tight",
+    )
+    images = ["data:image/png;base64," + base64.b64encode(_png(v)).decode() for v in range(64)]
+    body = json.dumps({"model": "small", "input": images}).encode()
+
+    def post(_):
+        req = urllib.request.Request(
+            f"{url}/tight/v1/embeddings", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, None
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers.get("Retry-After")
+
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            results = list(pool.map(post, range(24)))  # a hang fails on the 60 s timeout
+        statuses = [s for s, _ in results]
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses.count(503) >= 1 and statuses.count(200) >= 1, statuses
+        assert all(retry is not None and int(retry) >= 1 for s, retry in results if s == 503)
+        status, out = _call(f"{url}/tight/v1/embeddings", {"model": "small", "input": images[:2]})
+        assert status == 200 and len(out["data"]) == 2  # recovered
+    finally:
+        serve.delete("tight")
+
+
+def test_models_from_s3_with_lru_limit(service, s3_endpoint, metrics_port, tmp_path):
+    import boto3
+    from ray import serve
+
+    from polymodal.serving.deployments import build_app
+
+    url, model_dir = service
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="served-models")
+    for name, source in [("alpha", "small"), ("beta", "other")]:
+        for file in (model_dir / source).iterdir():
+            s3.upload_file(str(file), "served-models", f"ckpts/{name}/{file.name}")
+    serve.run(build_app("s3://served-models/ckpts", max_models=1), name="s3", route_prefix="/s3")
+    try:
+        _, models = _call(f"{url}/s3/v1/models")
+        assert sorted(m["id"] for m in models["data"]) == ["alpha", "beta"]
+        local, _ = load_model(model_dir / "small")
+        with torch.no_grad():
+            offline = local.embed("text", torch.from_numpy(encode_text("hello", 24))[None])
+        for name in ["alpha", "beta", "alpha"]:  # one model per replica: alpha loads twice
+            status, out = _call(f"{url}/s3/v1/embeddings", {"model": name, "input": "hello"})
+            assert status == 200, out
+        np.testing.assert_allclose(out["data"][0]["embedding"], offline[0].numpy(), atol=1e-5)
+
+        def reloaded(s):
+            return _value(s, "ray_polymodal_model_load_seconds_count", model="alpha") >= 2
+
+        assert reloaded(_scrape(f"http://127.0.0.1:{metrics_port}/metrics", reloaded))
+    finally:
+        serve.delete("s3")

@@ -3,8 +3,6 @@ written as Parquet: id, label, and one list<float32> column per modality."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 
@@ -16,7 +14,7 @@ class EmbedBatch:
     """A Ray Data actor: loads the checkpoint once, embeds every batch it is given."""
 
     def __init__(self, checkpoint: str):
-        self.model = LoadedModel.load(Path(checkpoint))
+        self.model = LoadedModel.load(str(checkpoint))
 
     def __call__(self, table: pa.Table) -> pa.Table:
         out = {"id": table.column("id")}

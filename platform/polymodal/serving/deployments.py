@@ -4,7 +4,9 @@ the FastAPI gateway with the OpenAI-compatible routes."""
 import asyncio
 import base64
 import hmac
+import math
 import os
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -12,8 +14,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 
 from polymodal.serving.inputs import InputError, image_bytes, parse_item
+from polymodal.serving.metrics import embedder_metrics, gateway_metrics
 from polymodal.serving.models import LoadedModel, list_models, model_card
 from polymodal.serving.schemas import (
     MAX_ITEMS,
@@ -32,15 +36,29 @@ from polymodal.serving.schemas import (
 @serve.deployment
 class Embedder:
     def __init__(
-        self, model_dir: str, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.01
+        self,
+        model_dir: str,
+        max_batch_size: int = 32,
+        batch_wait_timeout_s: float = 0.01,
+        max_models: int = 4,
     ):
         self.paths = list_models(model_dir)
         self.embed_batch.set_max_batch_size(max_batch_size)
         self.embed_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.metrics = embedder_metrics()
 
-    @serve.multiplexed(max_num_models_per_replica=4)
-    async def get_model(self, model_id: str) -> LoadedModel:
-        return LoadedModel.load(self.paths[model_id])
+        # The LRU limit comes from config, so the multiplexed loader is made per instance
+        # (from a plain function: Serve keeps its cache as an attribute of it).
+        async def load(model_id: str) -> LoadedModel:
+            start = time.perf_counter()
+            model = await asyncio.to_thread(LoadedModel.load, self.paths[model_id])
+            seconds = time.perf_counter() - start
+            self.metrics.model_load.observe(seconds, tags={"model": model_id})
+            return model
+
+        self.get_model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.pending = 0
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def embed_batch(self, items: list[tuple[str, str, object]]) -> list[np.ndarray]:
@@ -51,17 +69,30 @@ class Embedder:
         out: list[np.ndarray | None] = [None] * len(items)
         for (model_id, modality), rows in groups.items():
             model = await self.get_model(model_id)
-            vectors = model.embed(modality, [items[i][2] for i in rows])
+            values = [items[i][2] for i in rows]
+            # Off the event loop, so requests keep arriving (and the next batch fills)
+            # while this one runs.
+            vectors = await asyncio.to_thread(model.embed, modality, values)
+            self.metrics.batch_size.observe(len(rows), tags={"modality": modality})
             for i, vec in zip(rows, vectors):
                 out[i] = vec
         return out
 
-    async def embed(self, model_id: str, modality: str, value) -> np.ndarray:
-        return await self.embed_batch((model_id, modality, value))
+    async def embed(self, model_id: str, items: list[tuple[str, object]]) -> list[np.ndarray]:
+        """One request's (modality, value) items, batched with other requests' items."""
+        self._track(len(items))
+        try:
+            return await asyncio.gather(*[self.embed_batch((model_id, m, v)) for m, v in items])
+        finally:
+            self._track(-len(items))
+
+    def _track(self, change: int) -> None:
+        self.pending += change
+        self.metrics.queue_depth.set(self.pending, tags={"replica": self.replica})
 
     async def classify(self, model_id: str, values: dict) -> dict[str, float]:
         model = await self.get_model(model_id)
-        return model.classify(values)
+        return await asyncio.to_thread(model.classify, values)
 
 
 app = FastAPI(
@@ -85,6 +116,10 @@ def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
 
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
+RETRY_AFTER_S = 1.0
+# Metric labels: the API's routes; any other path counts as "other", so scanners hitting
+# random paths cannot grow the label set.
+_ROUTES = {"/healthz", "/readyz", "/v1/models", "/v1/embeddings", "/v1/classify", "/docs"}
 
 
 @app.middleware("http")
@@ -94,6 +129,30 @@ async def _guard(request: Request, call_next):
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
         return _error(413, f"request body over {MAX_BODY_BYTES} bytes", None)
     return await call_next(request)
+
+
+@app.middleware("http")
+async def _record(request: Request, call_next):
+    """Count and time every response, 4xx from the guard above included (this middleware
+    is added last, so it runs outermost)."""
+    start = time.perf_counter()
+    response = await call_next(request)
+    path = request.url.path
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    route = path if path in _ROUTES else "other"
+    m = gateway_metrics()
+    m.requests.inc(tags={"route": route, "status": str(response.status_code)})
+    m.latency.observe(time.perf_counter() - start, tags={"route": route})
+    return response
+
+
+@app.exception_handler(BackPressureError)
+async def _overloaded(request: Request, exc: BackPressureError) -> JSONResponse:
+    response = _error(exc.status_code, "the service is over capacity; retry later")
+    response.headers["Retry-After"] = str(math.ceil(exc.retry_after_s or RETRY_AFTER_S))
+    return response
 
 
 @app.exception_handler(InputError)
@@ -172,7 +231,7 @@ class Gateway:
                     raise InputError(f"text longer than {MAX_TEXT_CHARS} characters", f"input[{i}]")
                 tokens += len(value.encode("utf-8"))
         handle = self.embedder.options(multiplexed_model_id=body.model)
-        vectors = await asyncio.gather(*[handle.embed.remote(body.model, m, v) for m, v in parsed])
+        vectors = await handle.embed.remote(body.model, parsed)
         data = [
             EmbeddingItem(index=i, embedding=_encode(v, body.encoding_format))
             for i, v in enumerate(vectors)
@@ -212,17 +271,33 @@ def build_app(
     max_batch_size: int = 32,
     batch_wait_timeout_s: float = 0.01,
     max_ongoing_requests: int = 64,
+    max_queued_requests: int = 256,
+    max_models: int = 4,
     num_cpus: float = 0.5,
+    num_gpus: float = 0,
     api_key: str | None = None,
 ):
-    """The Serve application: gateway → embedder. max_ongoing_requests >= max_batch_size,
-    or Serve caps every batch at max_ongoing_requests. api_key: require `Bearer api_key`
-    (default: the POLYMODAL_API_KEY environment variable, if set)."""
+    """The Serve application: gateway -> embedder.
+
+    max_ongoing_requests: requests an embedder replica works on at once; kept >=
+    max_batch_size, or Serve caps every batch at it. max_queued_requests: requests each
+    caller may queue beyond that; the rest get 503 with Retry-After at once, never a hang.
+    max_models: checkpoints kept loaded per replica (LRU). num_gpus: per embedder replica.
+    api_key: require `Bearer api_key` (default: POLYMODAL_API_KEY, if set)."""
     api_key = api_key or os.environ.get("POLYMODAL_API_KEY") or None
     ongoing = max(max_ongoing_requests, max_batch_size)
+    backpressure = {"status_code": 503, "retry_after_s": RETRY_AFTER_S}
     embedder = Embedder.options(
-        max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus}
-    ).bind(model_dir, max_batch_size, batch_wait_timeout_s)
+        max_ongoing_requests=ongoing,
+        max_queued_requests=max_queued_requests,
+        backpressure_config=backpressure,
+        ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
+    ).bind(model_dir, max_batch_size, batch_wait_timeout_s, max_models)
+    # The gateway holds what the embedder queues, so overload surfaces as the embedder's
+    # BackPressureError, answered in the API's JSON error shape.
     return Gateway.options(
-        max_ongoing_requests=ongoing, ray_actor_options={"num_cpus": num_cpus / 2}
+        max_ongoing_requests=ongoing + max_queued_requests,
+        max_queued_requests=max_queued_requests,
+        backpressure_config=backpressure,
+        ray_actor_options={"num_cpus": num_cpus / 2},
     ).bind(embedder, model_dir, api_key)

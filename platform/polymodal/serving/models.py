@@ -3,28 +3,48 @@ exact preprocessing of training (read from each checkpoint's polymodal.json)."""
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from polymodal import storage
 from polymodal.data.decode import Preprocessing, decode_image, encode_text
-from polymodal.train.checkpoint import META, load_model, read_meta
+from polymodal.train.checkpoint import META, WEIGHTS, load_model, read_meta
+
+_CACHE = Path(tempfile.gettempdir()) / "polymodal-models"
 
 
-def list_models(model_dir: str) -> dict[str, Path]:
-    """A checkpoint directory (one model, named after it) or a directory of checkpoints."""
-    root = Path(model_dir)
-    if (root / META).is_file():
-        return {root.name: root}
-    if not root.is_dir():
+def list_models(model_dir: str) -> dict[str, str]:
+    """Model name -> checkpoint location, for a checkpoint (one model, named after its
+    directory) or a directory of checkpoints, local or s3://."""
+    if storage.is_file(storage.join(model_dir, META)):
+        return {Path(str(model_dir).rstrip("/")).name: str(model_dir)}
+    if not storage.exists(model_dir):
         raise FileNotFoundError(f"{model_dir}: not a checkpoint or a directory of checkpoints")
-    return {p.name: p for p in sorted(root.iterdir()) if (p / META).is_file()}
+    return {
+        name: storage.join(model_dir, name)
+        for name in storage.list_dirs(model_dir)
+        if storage.is_file(storage.join(model_dir, name, META))
+    }
 
 
-def model_card(path: Path) -> dict:
-    meta = read_meta(path)
+def local_checkpoint(uri: str, files: tuple[str, ...] = (META, WEIGHTS)) -> Path:
+    """A local directory holding the checkpoint's files: the path itself, or a copy of an
+    s3:// checkpoint (only the files serving needs; the optimizer state stays behind)."""
+    if not storage.is_remote(uri):
+        return Path(uri)
+    key = f"{uri}@{storage.version(storage.join(uri, META))}"  # a rewritten checkpoint is new
+    local = _CACHE / hashlib.sha1(key.encode()).hexdigest()[:16]
+    missing = [f for f in files if not (local / f).is_file()]
+    return storage.download(uri, missing, local) if missing else local
+
+
+def model_card(uri: str) -> dict:
+    meta = read_meta(local_checkpoint(uri, (META,)))
     return {
         "modalities": meta["preprocessing"]["modalities"],
         "dimension": meta["config"]["model"]["embed_dim"],
@@ -40,9 +60,10 @@ class LoadedModel:
     device: torch.device
 
     @classmethod
-    def load(cls, path: Path) -> LoadedModel:
+    def load(cls, uri: str) -> LoadedModel:
+        """On the GPU when the replica has one (Ray sets CUDA_VISIBLE_DEVICES)."""
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, meta = load_model(path, device)
+        model, meta = load_model(local_checkpoint(uri), device)
         return cls(
             model, Preprocessing(**meta["preprocessing"]), meta.get("label_names") or [], device
         )

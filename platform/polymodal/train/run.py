@@ -31,8 +31,11 @@ class RunResult:
     epochs_run: int
 
 
-def ensure_ray(address: str | None = None, min_cpus: float = 1) -> None:
-    """Connect to `address` / RAY_ADDRESS, or start an embedded local cluster."""
+def ensure_ray(
+    address: str | None = None, min_cpus: float = 1, metrics_port: int | None = None
+) -> None:
+    """Connect to `address` / RAY_ADDRESS, or start an embedded local cluster (with
+    Prometheus /metrics on metrics_port, when given)."""
     import ray
 
     for key, value in QUIET_ENV.items():
@@ -49,6 +52,7 @@ def ensure_ray(address: str | None = None, min_cpus: float = 1) -> None:
     ray.init(
         num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
         runtime_env={"env_vars": QUIET_ENV},
+        _metrics_export_port=metrics_port,
     )
 
 

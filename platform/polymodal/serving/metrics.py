@@ -1,0 +1,66 @@
+"""Prometheus metrics of the service, recorded in the replicas with ray.util.metrics and
+scraped from each Ray node's metrics export port (/metrics), beside Serve's ray_serve_*."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from ray.util import metrics
+
+SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+
+@dataclass
+class GatewayMetrics:
+    requests: metrics.Counter
+    latency: metrics.Histogram
+
+
+@dataclass
+class EmbedderMetrics:
+    batch_size: metrics.Histogram
+    queue_depth: metrics.Gauge
+    model_load: metrics.Histogram
+
+
+@cache
+def gateway_metrics() -> GatewayMetrics:
+    """Created on first use, inside the replica process that records them."""
+    return GatewayMetrics(
+        requests=metrics.Counter(
+            "polymodal_http_requests",
+            description="HTTP requests by route and status code.",
+            tag_keys=("route", "status"),
+        ),
+        latency=metrics.Histogram(
+            "polymodal_http_request_duration_seconds",
+            description="Time from request to response, by route.",
+            boundaries=SECONDS,
+            tag_keys=("route",),
+        ),
+    )
+
+
+@cache
+def embedder_metrics() -> EmbedderMetrics:
+    return EmbedderMetrics(
+        batch_size=metrics.Histogram(
+            "polymodal_batch_size",
+            description="Items per forward pass, by modality.",
+            boundaries=BATCH_SIZES,
+            tag_keys=("modality",),
+        ),
+        queue_depth=metrics.Gauge(
+            "polymodal_queue_depth",
+            description="Items waiting or being embedded in an embedder replica.",
+            tag_keys=("replica",),
+        ),
+        model_load=metrics.Histogram(
+            "polymodal_model_load_seconds",
+            description="Time to fetch and load a checkpoint, by model.",
+            boundaries=SECONDS,
+            tag_keys=("model",),
+        ),
+    )

@@ -1,0 +1,81 @@
+"""Local paths and s3:// URIs behind one pyarrow filesystem. S3 settings come from the
+standard AWS environment variables (AWS_ENDPOINT_URL, AWS_REGION, access keys)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+def is_remote(uri: str | Path) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    # An explicit region: without one the client asks the cloud metadata address for it.
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    kwargs = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs = {"endpoint_override": parsed.netloc, "scheme": parsed.scheme or "https"}
+    return pafs.S3FileSystem(region=region, **kwargs)
+
+
+def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or an s3://bucket/key URI."""
+    if is_remote(uri):
+        return s3_filesystem(), str(uri)[len("s3://") :].rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+def join(uri: str | Path, *parts: str) -> str:
+    return "/".join([str(uri).rstrip("/"), *parts])
+
+
+def exists(uri: str | Path) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(uri: str | Path) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def version(uri: str | Path) -> str:
+    """Changes when the file at uri is rewritten: its modification time and size."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    return f"{info.mtime_ns}-{info.size}"
+
+
+def list_dirs(uri: str | Path) -> list[str]:
+    """Names of the sub-directories of uri, sorted; [] when uri is not a directory."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def read_bytes(uri: str | Path) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def download(uri: str, files: list[str], local_dir: Path) -> Path:
+    """Copy the named files of a remote directory into local_dir; each file appears whole
+    or not at all."""
+    fs, path = resolve(uri)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    local = pafs.LocalFileSystem()
+    for name in files:
+        partial = local_dir / f".{name}.{os.getpid()}.partial"  # replicas may share local_dir
+        pafs.copy_files(f"{path}/{name}", str(partial), fs, local)
+        partial.replace(local_dir / name)
+    return local_dir
