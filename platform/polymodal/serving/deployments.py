@@ -70,9 +70,10 @@ class Embedder:
         for (model_id, modality), rows in groups.items():
             model = await self.get_model(model_id)
             values = [items[i][2] for i in rows]
-            # Off the event loop, so requests keep arriving (and the next batch fills)
-            # while this one runs.
-            vectors = await asyncio.to_thread(model.embed, modality, values)
+            # On the event loop: calls arriving meanwhile queue up and form the next batch.
+            # (In a thread, GIL contention with the loop cut batches to 1-4 items and
+            # throughput by a third; benchmarks/serve.py.)
+            vectors = model.embed(modality, values)
             self.metrics.batch_size.observe(len(rows), tags={"modality": modality})
             for i, vec in zip(rows, vectors):
                 out[i] = vec
@@ -92,7 +93,7 @@ class Embedder:
 
     async def classify(self, model_id: str, values: dict) -> dict[str, float]:
         model = await self.get_model(model_id)
-        return await asyncio.to_thread(model.classify, values)
+        return model.classify(values)
 
 
 app = FastAPI(
@@ -170,11 +171,39 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 @serve.deployment
 @serve.ingress(app)
 class Gateway:
-    def __init__(self, embedder, model_dir: str, api_key: str | None = None):
+    def __init__(
+        self,
+        embedder,
+        model_dir: str,
+        api_key: str | None = None,
+        max_batch_size: int = 32,
+        batch_wait_timeout_s: float = 0.01,
+    ):
         self.api_key = api_key  # never logged; compared in constant time
         self.embedder = embedder
         self.model_dir = model_dir
         self.cards = {name: model_card(path) for name, path in list_models(model_dir).items()}
+        self.gather_items.set_max_batch_size(max_batch_size)
+        self.gather_items.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def gather_items(self, items: list[tuple[str, str, object]]) -> list[np.ndarray]:
+        """Items of concurrent requests, sent as one embedder call per model: a call costs
+        milliseconds of Serve overhead, so per-request calls capped throughput."""
+        rows_of: dict[str, list[int]] = defaultdict(list)
+        for i, (model_id, _, _) in enumerate(items):
+            rows_of[model_id].append(i)
+
+        async def call(model_id: str, rows: list[int]) -> list[np.ndarray]:
+            handle = self.embedder.options(multiplexed_model_id=model_id)
+            return await handle.embed.remote(model_id, [items[i][1:] for i in rows])
+
+        results = await asyncio.gather(*[call(m, rows) for m, rows in rows_of.items()])
+        out: list[np.ndarray | None] = [None] * len(items)
+        for rows, vectors in zip(rows_of.values(), results):
+            for i, vec in zip(rows, vectors):
+                out[i] = vec
+        return out
 
     def _authorize(self, request: Request) -> None:
         if not self.api_key:
@@ -230,8 +259,7 @@ class Gateway:
                 if len(value) > MAX_TEXT_CHARS:
                     raise InputError(f"text longer than {MAX_TEXT_CHARS} characters", f"input[{i}]")
                 tokens += len(value.encode("utf-8"))
-        handle = self.embedder.options(multiplexed_model_id=body.model)
-        vectors = await handle.embed.remote(body.model, parsed)
+        vectors = await asyncio.gather(*[self.gather_items((body.model, *p)) for p in parsed])
         data = [
             EmbeddingItem(index=i, embedding=_encode(v, body.encoding_format))
             for i, v in enumerate(vectors)
@@ -276,28 +304,35 @@ def build_app(
     num_cpus: float = 0.5,
     num_gpus: float = 0,
     api_key: str | None = None,
+    access_log: bool = True,
 ):
-    """The Serve application: gateway -> embedder.
+    """The Serve application: gateway -> embedder. The gateway gathers items of concurrent
+    requests for up to batch_wait_timeout_s or max_batch_size items; embedders merge calls
+    from several gateways into one forward per (model, modality) without waiting again.
 
     max_ongoing_requests: requests an embedder replica works on at once; kept >=
     max_batch_size, or Serve caps every batch at it. max_queued_requests: requests each
     caller may queue beyond that; the rest get 503 with Retry-After at once, never a hang.
     max_models: checkpoints kept loaded per replica (LRU). num_gpus: per embedder replica.
-    api_key: require `Bearer api_key` (default: POLYMODAL_API_KEY, if set)."""
+    api_key: require `Bearer api_key` (default: POLYMODAL_API_KEY, if set). access_log: one
+    log line per request and call (turn off at high request rates)."""
     api_key = api_key or os.environ.get("POLYMODAL_API_KEY") or None
     ongoing = max(max_ongoing_requests, max_batch_size)
     backpressure = {"status_code": 503, "retry_after_s": RETRY_AFTER_S}
+    logging = {"enable_access_log": access_log}
     embedder = Embedder.options(
         max_ongoing_requests=ongoing,
         max_queued_requests=max_queued_requests,
         backpressure_config=backpressure,
+        logging_config=logging,
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
-    ).bind(model_dir, max_batch_size, batch_wait_timeout_s, max_models)
+    ).bind(model_dir, max_batch_size, 0.0, max_models)
     # The gateway holds what the embedder queues, so overload surfaces as the embedder's
     # BackPressureError, answered in the API's JSON error shape.
     return Gateway.options(
         max_ongoing_requests=ongoing + max_queued_requests,
         max_queued_requests=max_queued_requests,
         backpressure_config=backpressure,
+        logging_config=logging,
         ray_actor_options={"num_cpus": num_cpus / 2},
-    ).bind(embedder, model_dir, api_key)
+    ).bind(embedder, model_dir, api_key, max_batch_size, batch_wait_timeout_s)
