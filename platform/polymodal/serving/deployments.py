@@ -183,10 +183,12 @@ class Gateway:
         self.embedder = embedder
         self.model_dir = model_dir
         self.cards = {name: model_card(path) for name, path in list_models(model_dir).items()}
+        self.batching = max_batch_size > 1
         self.gather_items.set_max_batch_size(max_batch_size)
         self.gather_items.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    # Two batches in flight: the next one is sent while the embedder runs the last.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
     async def gather_items(self, items: list[tuple[str, str, object]]) -> list[np.ndarray]:
         """Items of concurrent requests, sent as one embedder call per model: a call costs
         milliseconds of Serve overhead, so per-request calls capped throughput."""
@@ -259,7 +261,11 @@ class Gateway:
                 if len(value) > MAX_TEXT_CHARS:
                     raise InputError(f"text longer than {MAX_TEXT_CHARS} characters", f"input[{i}]")
                 tokens += len(value.encode("utf-8"))
-        vectors = await asyncio.gather(*[self.gather_items((body.model, *p)) for p in parsed])
+        if self.batching:
+            vectors = await asyncio.gather(*[self.gather_items((body.model, *p)) for p in parsed])
+        else:  # one call per request
+            handle = self.embedder.options(multiplexed_model_id=body.model)
+            vectors = await handle.embed.remote(body.model, parsed)
         data = [
             EmbeddingItem(index=i, embedding=_encode(v, body.encoding_format))
             for i, v in enumerate(vectors)
