@@ -99,3 +99,56 @@ def test_joint_loss_is_the_weighted_sum_and_logs_every_term():
     assert float(logs["reconstruction"]) == pytest.approx(
         float(logs["reconstruction/image"] + logs["reconstruction/text"])
     )
+
+
+def test_uncertainty_weighting_formula_and_learning_on_digits():
+    """Kendall et al.: sum of 1/2 (exp(-s) L + s); on real digits the learned s_i move."""
+    from sklearn.datasets import load_digits
+
+    from polymodal.data.decode import Preprocessing
+    from polymodal.models.build import build_model
+
+    cfg = load_config(
+        None,
+        [
+            "objective.weighting=uncertainty",
+            "objective.weights.reconstruction=1",
+            "objective.weights.classification=1",
+            "model.image.width=8",
+            "model.text.width=16",
+            "model.text.layers=1",
+            "model.text.heads=2",
+        ],
+    )
+    prep = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=16)
+    torch.manual_seed(0)
+    model = build_model(cfg, prep, num_classes=10)
+    assert set(model.loss_log_vars) == {"contrastive", "reconstruction", "classification"}
+    digits = load_digits()
+    n = 128
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    batch = {
+        "image": torch.tensor(digits.images[:n] / 16.0, dtype=torch.float32)[:, None],
+        "text": torch.tensor(
+            [list(f"a digit {names[y]}".encode().ljust(16, b"\0")) for y in digits.target[:n]]
+        ),
+        "image_present": torch.ones(n),
+        "text_present": torch.ones(n),
+        "label": torch.tensor(digits.target[:n]),
+    }
+    with torch.no_grad():
+        model.loss_log_vars["classification"].fill_(1.0)
+        total, logs = joint_loss(model(batch), batch, cfg.objective)
+    s = {"contrastive": 0.0, "reconstruction": 0.0, "classification": 1.0}
+    expected = sum(0.5 * (math.exp(-s[t]) * float(logs[t]) + s[t]) for t in s)
+    assert float(total) == pytest.approx(expected, rel=1e-5)
+
+    before = {t: float(p) for t, p in model.loss_log_vars.items()}
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(20):
+        opt.zero_grad()
+        loss, _ = joint_loss(model(batch), batch, cfg.objective)
+        loss.backward()
+        opt.step()
+    after = {t: float(p) for t, p in model.loss_log_vars.items()}
+    assert all(abs(after[t] - before[t]) > 0.1 for t in s), (before, after)

@@ -12,6 +12,7 @@ from polymodal.models.decoders import ImageDecoder, TextDecoder
 from polymodal.models.encoders.image import ResNet18, SmallCNN
 from polymodal.models.encoders.text import ByteTransformer
 from polymodal.models.joint import JointModel
+from polymodal.objectives.joint import active_terms
 
 EncoderBuilder = Callable[[Config, Preprocessing], nn.Module]
 
@@ -69,4 +70,7 @@ def build_model(cfg: Config, prep: Preprocessing, num_classes: int = 0) -> Joint
         learn_temperature=contrastive.learn_temperature and cfg.objective.weights.contrastive > 0,
         max_logit_scale=contrastive.max_logit_scale,
         logit_bias_init=contrastive.bias_init if contrastive.kind == "sigmoid" else None,
+        learned_weight_terms=(
+            list(active_terms(cfg.objective)) if cfg.objective.weighting == "uncertainty" else []
+        ),
     )

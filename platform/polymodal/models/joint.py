@@ -1,5 +1,6 @@
 """JointModel: an encoder and projection per modality into one embedding space, optional
-decoders (reconstruction), a learnable contrastive temperature and a fused classifier head."""
+decoders (reconstruction), a learnable contrastive temperature, a fused classifier head and,
+for learned loss weighting, one log-variance per objective term."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class JointModel(nn.Module):
         learn_temperature: bool = True,
         max_logit_scale: float = 100.0,
         logit_bias_init: float | None = None,
+        learned_weight_terms: list[str] | None = None,
     ):
         super().__init__()
         self.modalities = list(encoders)
@@ -41,6 +43,11 @@ class JointModel(nn.Module):
             self.logit_bias = nn.Parameter(
                 torch.tensor(float(logit_bias_init)), requires_grad=learn_temperature
             )
+        # Log-variances s_i of the objective's terms, for uncertainty weighting (Kendall et
+        # al. 2018); parameters like any other, so DDP keeps them identical on every rank.
+        self.loss_log_vars = nn.ParameterDict(
+            {t: nn.Parameter(torch.zeros(())) for t in learned_weight_terms or []}
+        )
         self.classify_modalities = classify_modalities or self.modalities
         self.classifier = None
         if num_classes:
@@ -86,6 +93,7 @@ class JointModel(nn.Module):
             "present": present,
             "logit_scale": self.logit_scale(),
             "logit_bias": self.logit_bias,
+            "loss_log_vars": dict(self.loss_log_vars),
         }
         out["reconstructions"] = {m: dec(raw[m]) for m, dec in self.decoders.items()}
         if self.classifier is not None:

@@ -15,12 +15,26 @@ from polymodal.objectives.reconstruction import reconstruction_counts, reconstru
 TERMS = ("contrastive", "reconstruction", "classification")
 
 
-def static_weighting(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+def static_weighting(
+    terms: dict[str, torch.Tensor], weights: dict[str, float], outputs: dict
+) -> torch.Tensor:
     return torch.stack([weights[name] * loss for name, loss in terms.items()]).sum()
 
 
-WEIGHTINGS: dict[str, Callable[[dict[str, torch.Tensor], dict[str, float]], torch.Tensor]] = {
+def uncertainty_weighting(
+    terms: dict[str, torch.Tensor], weights: dict[str, float], outputs: dict
+) -> torch.Tensor:
+    """Kendall et al. 2018: sum of 1/2 (exp(-s_i) L_i + s_i), s_i learned per term. The
+    configured weights only choose the terms (> 0); their sizes are learned."""
+    log_vars = outputs["loss_log_vars"]
+    return torch.stack(
+        [0.5 * (torch.exp(-log_vars[name]) * loss + log_vars[name]) for name, loss in terms.items()]
+    ).sum()
+
+
+WEIGHTINGS: dict[str, Callable[[dict[str, torch.Tensor], dict[str, float], dict], torch.Tensor]] = {
     "static": static_weighting,
+    "uncertainty": uncertainty_weighting,
 }
 
 
@@ -97,6 +111,6 @@ def joint_loss(
     if "contrastive" in weights:
         terms["contrastive"], pair_logs = contrastive_term(outputs, batch, cfg)
         logs.update(pair_logs)
-    total = WEIGHTINGS[cfg.weighting](terms, weights)
+    total = WEIGHTINGS[cfg.weighting](terms, weights, outputs)
     logs.update({name: loss.detach() for name, loss in terms.items()})
     return total, logs

@@ -195,6 +195,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             **train_metrics,
             "train/lr": scheduler.get_last_lr()[0],
             "train/logit_scale": float(raw_model.logit_scale()),
+            # learned loss weights exp(-s_i) (objective.weighting: uncertainty)
+            **{
+                f"train/weight/{t}": math.exp(-float(s)) for t, s in raw_model.loss_log_vars.items()
+            },
         }
 
         # ---- validate and checkpoint on rank 0; every rank reports ----
