@@ -61,6 +61,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from polymodal.config import load_config
+    from polymodal.tune.sweep import format_table, run_sweep
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_sweep(cfg, address=args.address)
+    print(format_table(result))
+    print(f"table: {result.sweep_dir}/trials.csv (and .parquet)")
+    print(f"plot:  {result.sweep_dir}/metric_vs_space.png")
+    if result.best_checkpoint is None:
+        print(f"no trial reported {cfg.tune.metric}; no best checkpoint")
+        return 1
+    best, value = result.best_checkpoint, result.best[f"best {cfg.tune.metric}"]
+    print(f"best:  {best} ({cfg.tune.metric} {value:.4f})")
+    print(f"next:  polymodal eval {best}  |  polymodal serve {best}")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from polymodal.evaluation.run import evaluate_checkpoint
 
@@ -180,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=3")
     train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     train.set_defaults(func=_cmd_train)
+
+    tu = sub.add_parser(
+        "tune",
+        help="sweep config keys (loss weights, lr, ...) with Ray Tune; trials are Ray Train runs",
+        description="Run the sweep in CONFIG's tune: section (named train.name). Running the "
+        "same name again resumes an interrupted sweep.",
+    )
+    tu.add_argument(
+        "config", help="YAML config with a tune: section, e.g. jobs/configs/tune-digits.yaml"
+    )
+    tu.add_argument("overrides", nargs="*", help="key=value, e.g. tune.num_samples=8")
+    tu.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    tu.set_defaults(func=_cmd_tune)
 
     ev = sub.add_parser("eval", help="recall@K, accuracy and zero-shot accuracy of a checkpoint")
     ev.add_argument("checkpoint", help="checkpoint directory (holds polymodal.json)")

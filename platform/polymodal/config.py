@@ -140,6 +140,22 @@ class EvalConfig:
 
 
 @dataclass
+class TuneConfig:
+    """`polymodal tune`: a sweep named train.name, its trials under storage_path/name."""
+
+    # config key -> {choice: [...]} | {grid: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]}
+    space: dict[str, Any] = field(default_factory=dict)
+    num_samples: int = 4  # samples drawn from the space (with grid: repeats of the grid)
+    metric: str = "val/zero_shot_accuracy"  # any validation metric name
+    mode: str = "max"
+    scheduler: str = "asha"  # asha (stops weak trials early) | fifo
+    searcher: str = "random"  # random (grid values enumerated) | optuna
+    max_concurrent_trials: int = 0  # 0: as many as the cluster's free CPUs/GPUs hold
+    grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
+    reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -147,6 +163,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -159,6 +176,8 @@ def _suggest(key: str, valid: list[str]) -> str:
 
 def _check_value(path: str, tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
+    if tp is Any:  # checked by the code that reads it (e.g. tune.space)
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"'{path}' must be a mapping, got {type(value).__name__}")
@@ -243,6 +262,16 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
     cfg = _build(Config, tree)
     validate(cfg)
     return cfg
+
+
+def config_with(cfg: Config, values: dict[str, Any]) -> Config:
+    """cfg with dotted keys set to values, checked like a loaded config."""
+    tree = cfg.to_dict()
+    for key, value in values.items():
+        _set_dotted(tree, key, value)
+    new = _build(Config, tree)
+    validate(new)
+    return new
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

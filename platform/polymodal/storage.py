@@ -4,6 +4,7 @@ standard AWS environment variables (AWS_ENDPOINT_URL, AWS_REGION, access keys)."
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -79,3 +80,29 @@ def download(uri: str, files: list[str], local_dir: Path) -> Path:
         pafs.copy_files(f"{path}/{name}", str(partial), fs, local)
         partial.replace(local_dir / name)
     return local_dir
+
+
+def write_bytes(uri: str | Path, data: bytes) -> None:
+    fs, path = resolve(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def replace_dir(src: str | Path, dst: str | Path) -> None:
+    """Make dst a copy of the directory src (local or s3://, in any combination). Locally
+    the copy is made beside dst and renamed over it, so dst is never half-written."""
+    sfs, spath = resolve(src)
+    dfs, dpath = resolve(dst)
+    if isinstance(dfs, pafs.LocalFileSystem):
+        staging = Path(f"{dpath}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        pafs.copy_files(spath, str(staging), sfs, dfs)
+        shutil.rmtree(dpath, ignore_errors=True)
+        staging.replace(dpath)
+        return
+    if dfs.get_file_info(dpath).type != pafs.FileType.NotFound:
+        dfs.delete_dir(dpath)
+    dfs.create_dir(dpath, recursive=True)
+    pafs.copy_files(spath, dpath, sfs, dfs)

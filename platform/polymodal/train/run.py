@@ -73,13 +73,20 @@ def run_dir_of(cfg: Config) -> str:
     return f"{storage.rstrip('/')}/{cfg.train.name}"
 
 
-def fit(cfg: Config, address: str | None = None) -> RunResult:
+@dataclass
+class RunInputs:
+    """What every trainer of a dataset needs: checkpoint meta, loop config, Ray datasets."""
+
+    meta: dict[str, Any]
+    loop_config: dict[str, Any]
+    datasets: dict[str, Any]
+
+
+def prepare_inputs(cfg: Config) -> RunInputs:
+    """Check the dataset against the config; lazy Ray datasets for train (shuffled) and val."""
     import ray.data
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     from polymodal.data.pipeline import split_dataset
-    from polymodal.train.loop import train_loop_per_worker
 
     manifest = read_manifest(cfg.data.path)
     for split in ("train", "val"):
@@ -92,10 +99,8 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
     prep = preprocessing_for(cfg, manifest)
     label_names = manifest.label_names
     templates = cfg.eval.zero_shot_templates or manifest.extra.get("caption_templates", [])
-    ensure_ray(address, cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
     # One progress bar per dataset pass rather than one per operator: readable in a terminal.
     ray.data.DataContext.get_current().enable_operator_progress_bars = False
-
     datasets = {
         # Content hashes travel with training batches only when they define positives.
         "train": split_dataset(
@@ -122,8 +127,27 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
         "train_rows": manifest.rows("train"),
         "val_rows": manifest.rows("val"),
     }
-    storage = run_dir_of(cfg).rsplit("/", 1)[0]
-    trainer = TorchTrainer(
+    return RunInputs(meta, loop_config, datasets)
+
+
+def build_trainer(
+    cfg: Config,
+    inputs: RunInputs,
+    storage_path: str,
+    name: str,
+    callbacks: list | None = None,
+    checkpoint_score: tuple[str, str] | None = None,
+):
+    """A TorchTrainer for cfg; the same storage_path/name again resumes from its last
+    checkpoint. checkpoint_score: (metric, mode) keeps the best checkpoints, not the last."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from polymodal.train.loop import train_loop_per_worker
+
+    metric, mode = checkpoint_score or (None, "max")
+    loop_config = {**inputs.loop_config, "meta": {**inputs.meta, "config": cfg.to_dict()}}
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
@@ -132,16 +156,27 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
         run_config=ray.train.RunConfig(
-            name=cfg.train.name,
-            storage_path=storage,
+            name=name,
+            storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.checkpoints_to_keep,
+                checkpoint_score_attribute=metric,
+                checkpoint_score_order=mode,
+            ),
+            callbacks=callbacks,
         ),
-        datasets=datasets,
+        datasets=inputs.datasets,
         # val is read whole by rank 0; only train is split across workers.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    result = trainer.fit()
+
+
+def fit(cfg: Config, address: str | None = None) -> RunResult:
+    ensure_ray(address, cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
+    inputs = prepare_inputs(cfg)
+    storage, name = run_dir_of(cfg).rsplit("/", 1)
+    result = build_trainer(cfg, inputs, storage, name).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.train.name} finished without a checkpoint")
     checkpoint = result.checkpoint.path

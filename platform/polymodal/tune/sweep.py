@@ -1,0 +1,119 @@
+"""The driver of a sweep: check the space, decode the dataset once, run the trials with
+ASHA (or FIFO) under a Tuner, resume an interrupted sweep of the same name, write results."""
+
+from __future__ import annotations
+
+import math
+
+from polymodal.config import Config, ConfigError
+from polymodal.train.run import RunInputs, ensure_ray, prepare_inputs, run_dir_of
+from polymodal.tune.report import SweepResult, write_results
+from polymodal.tune.space import check_tune, search_space
+from polymodal.tune.trial import run_trial
+
+
+def trial_cpus(cfg: Config) -> float:
+    return max(cfg.train.num_workers, 1) * cfg.train.cpus_per_worker
+
+
+def concurrent_trials(cfg: Config) -> int:
+    """tune.max_concurrent_trials, or as many trials as the free CPUs (and GPUs) hold."""
+    import ray
+
+    if cfg.tune.max_concurrent_trials > 0:
+        return cfg.tune.max_concurrent_trials
+    free = ray.available_resources()
+    n = int(free.get("CPU", 0) // trial_cpus(cfg))
+    if cfg.train.use_gpu:
+        n = min(n, int(free.get("GPU", 0) // max(cfg.train.num_workers, 1)))
+    return max(1, n)
+
+
+def materialize(inputs: RunInputs) -> RunInputs:
+    """Decode both splits once for all trials: trials reading Parquet side by side starve
+    each other on small clusters. Train keeps a new block order every epoch."""
+    train = inputs.datasets["train"].materialize().randomize_block_order()
+    val = inputs.datasets["val"].materialize()
+    return RunInputs(inputs.meta, inputs.loop_config, {"train": train, "val": val})
+
+
+def _scheduler(cfg: Config):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if cfg.tune.scheduler == "fifo":
+        return FIFOScheduler()
+    # Rungs are epochs: the loop reports once per epoch, with validation metrics.
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=cfg.train.epochs,
+        grace_period=min(cfg.tune.grace_period, cfg.train.epochs),
+        reduction_factor=cfg.tune.reduction_factor,
+    )
+
+
+def _searcher(cfg: Config):
+    if cfg.tune.searcher != "optuna":
+        return None  # random sampling, grid values enumerated
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError("tune.searcher: optuna needs `pip install optuna`") from exc
+    return OptunaSearch()
+
+
+def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) -> SweepResult:
+    from ray import tune
+
+    check_tune(cfg)
+    ensure_ray(address, trial_cpus(cfg) + 1)
+    sweep_dir = run_dir_of(cfg)
+    storage_path, name = sweep_dir.rsplit("/", 1)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            base=cfg.to_dict(),
+            inputs=materialize(prepare_inputs(cfg)),
+            sweep_dir=sweep_dir,
+        ),
+        {"CPU": 0.01},  # the trial only drives its trainer, whose workers hold the CPUs
+    )
+    if tune.Tuner.can_restore(sweep_dir):
+        print(f"resuming sweep {sweep_dir}: finished trials are kept", flush=True)
+        tuner = tune.Tuner.restore(
+            sweep_dir, trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search_space(cfg),
+            tune_config=tune.TuneConfig(
+                metric=cfg.tune.metric,
+                mode=cfg.tune.mode,
+                num_samples=cfg.tune.num_samples,
+                scheduler=_scheduler(cfg),
+                search_alg=_searcher(cfg),
+                max_concurrent_trials=concurrent_trials(cfg),
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=storage_path, verbose=1 if progress else 0
+            ),
+        )
+    results = tuner.fit()
+    return write_results(results, cfg, sweep_dir)
+
+
+def format_table(result: SweepResult) -> str:
+    if not result.rows:
+        return "no trials"
+    cols = [c for c in result.rows[0] if c != "checkpoint"]
+    cells = [[_fmt(r[c]) for c in cols] for r in result.rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)

@@ -1,0 +1,28 @@
+"""One trial of a sweep: the sampled values applied to the sweep's config, then a full Ray
+Train run whose per-epoch reports reach Tune, so that ASHA can stop it early."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from polymodal.config import config_from_dict
+from polymodal.train.run import RunInputs, build_trainer
+from polymodal.tune.space import trial_config
+
+
+def run_trial(sampled: dict[str, Any], base: dict, inputs: RunInputs, sweep_dir: str) -> None:
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = trial_config(config_from_dict(base), sampled)
+    # Named by the trial id: a resumed sweep restarts the trial's trainer under the same
+    # name, and Ray Train continues from that run's last checkpoint.
+    trainer = build_trainer(
+        cfg,
+        inputs,
+        storage_path=f"{sweep_dir}/trials",
+        name=ray.tune.get_context().get_trial_id(),
+        callbacks=[TuneReportCallback()],
+        checkpoint_score=(cfg.tune.metric, cfg.tune.mode),
+    )
+    trainer.fit()
