@@ -1,0 +1,134 @@
+"""`polymodal tune` on real digits with a real Ray cluster: ASHA stops weak trials, the
+sweep writes its table, plot and best/, and an interrupted sweep resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from polymodal.config import load_config
+from polymodal.evaluation.run import evaluate_checkpoint
+from polymodal.tune.sweep import run_sweep
+
+CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "tune-digits.yaml"
+pytestmark = pytest.mark.integration
+
+
+def _config(dataset, storage, name: str, extra: list[str]):
+    overrides = [
+        f"data.path={dataset}",
+        f"train.storage_path={storage}",
+        f"train.name={name}",
+        "train.batch_size=128",
+        *extra,
+    ]
+    cfg = load_config(CONFIG, overrides)
+    return cfg, overrides
+
+
+def test_sweep_stops_weak_trials_and_writes_results(ray_cluster, digits_dataset, tmp_path):
+    cfg, _ = _config(
+        digits_dataset,
+        tmp_path,
+        "sweep",
+        ["train.epochs=2", "tune.num_samples=2", "tune.max_concurrent_trials=2"],
+    )
+    # Without the contrastive term text and images never align: zero-shot stays near
+    # chance, so ASHA must stop those trials at the first rung once a good one is recorded.
+    cfg.tune.space = {
+        "objective.weights.contrastive": {"grid": [1.0, 0.0]},
+        "objective.weights.reconstruction": {"loguniform": [0.01, 1.0]},
+    }
+    result = run_sweep(cfg, progress=False)
+
+    rows = result.rows
+    assert len(rows) == 4
+    reasons = [r["stop_reason"] for r in rows]
+    assert "stopped early (asha)" in reasons and "completed" in reasons, rows
+    assert all(r["epochs_run"] in (1, 2) for r in rows)
+    metric = "best val/zero_shot_accuracy"
+    good = [r[metric] for r in rows if r["objective.weights.contrastive"] == 1.0]
+    bad = [r[metric] for r in rows if r["objective.weights.contrastive"] == 0.0]
+    assert min(good) > max(bad), rows
+
+    sweep = Path(result.sweep_dir)
+    table = pq.read_table(sweep / "trials.parquet")
+    assert table.num_rows == 4 and "objective.weights.reconstruction" in table.column_names
+    assert (sweep / "trials.csv").read_text().count("\n") == 5
+    png = (sweep / "metric_vs_space.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and len(png) > 5_000
+
+    # best/ is the best trial's best checkpoint, and it evaluates to the recorded metric
+    assert result.best["objective.weights.contrastive"] == 1.0
+    assert result.best[metric] == max(good)
+    best = sweep / "best"
+    meta = json.loads((best / "polymodal.json").read_text())
+    assert meta["config"]["objective"]["weights"]["contrastive"] == 1.0
+    metrics = evaluate_checkpoint(str(best), str(digits_dataset))
+    assert metrics["val/zero_shot_accuracy"] == pytest.approx(result.best[metric], abs=1e-6)
+
+
+def _checkpoints(run_dir: Path) -> dict[str, int]:
+    """checkpoint directory name -> epoch, for one trial's Ray Train run."""
+    return {
+        p.name: json.loads((p / "polymodal.json").read_text())["epoch"]
+        for p in run_dir.glob("checkpoint_*")
+        if (p / "polymodal.json").is_file()
+    }
+
+
+def test_interrupted_sweep_resumes(ray_cluster, digits_dataset, tmp_path):
+    extra = [
+        "train.epochs=3",
+        "train.checkpoints_to_keep=10",  # keep every checkpoint: the test reads them all
+        "tune.scheduler=fifo",
+        "tune.max_concurrent_trials=1",
+        "tune.num_samples=1",
+    ]
+    cfg, overrides = _config(digits_dataset, tmp_path, "resumable", extra)
+    cfg.tune.space = {"objective.weights.reconstruction": {"grid": [0.5, 0.1]}}
+    # The interrupted run: the same sweep from the command line, killed in its second trial.
+    space = "tune.space={objective.weights.reconstruction: {grid: [0.5, 0.1]}}"
+    address = ray_cluster.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "polymodal.cli", "tune", str(CONFIG), *overrides, space]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(
+        [*cmd, "--address", address], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    trials = tmp_path / "resumable" / "trials"
+    deadline = time.monotonic() + 400
+    second = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        runs = sorted(trials.glob("*_00001")) if trials.is_dir() else []
+        if runs and any(e >= 1 for e in _checkpoints(runs[0]).values()):
+            second = runs[0]
+            break
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+    assert second is not None, (tmp_path / "first.log").read_text()[-3000:]
+    killed_at = time.time()
+    (first,) = trials.glob("*_00000")
+    first_before = _checkpoints(first)
+    second_before = _checkpoints(second)
+    assert max(first_before.values()) == 3  # the first trial had finished
+
+    result = run_sweep(cfg, progress=False)
+
+    assert [r["stop_reason"] for r in result.rows] == ["completed", "completed"]
+    assert _checkpoints(first) == first_before  # a finished trial is not run again
+    after = _checkpoints(second)
+    new = {n: e for n, e in after.items() if n not in second_before}
+    # The unfinished trial went on from its last checkpoint: no epoch trained twice.
+    assert new and min(new.values()) > max(second_before.values()), (second_before, after)
+    assert max(after.values()) == 3
+    assert all((second / n).stat().st_mtime >= killed_at - 1 for n in new)
