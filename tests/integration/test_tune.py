@@ -3,6 +3,7 @@ sweep writes its table, plot and best/, and an interrupted sweep resumes."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from polymodal import storage
 from polymodal.config import load_config
 from polymodal.evaluation.run import evaluate_checkpoint
 from polymodal.tune.sweep import run_sweep
@@ -34,10 +36,13 @@ def _config(dataset, storage, name: str, extra: list[str]):
     return cfg, overrides
 
 
-def test_sweep_stops_weak_trials_and_writes_results(ray_cluster, digits_dataset, tmp_path):
+def test_sweep_on_s3_stops_weak_trials_and_writes_results(ray_cluster, s3_endpoint, digits_dataset):
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="sweeps")
     cfg, _ = _config(
         digits_dataset,
-        tmp_path,
+        "s3://sweeps/runs",
         "sweep",
         ["train.epochs=2", "tune.num_samples=2", "tune.max_concurrent_trials=2"],
     )
@@ -59,20 +64,22 @@ def test_sweep_stops_weak_trials_and_writes_results(ray_cluster, digits_dataset,
     bad = [r[metric] for r in rows if r["objective.weights.contrastive"] == 0.0]
     assert min(good) > max(bad), rows
 
-    sweep = Path(result.sweep_dir)
-    table = pq.read_table(sweep / "trials.parquet")
+    sweep = result.sweep_dir
+    assert sweep == "s3://sweeps/runs/sweep"
+    table = pq.read_table(io.BytesIO(storage.read_bytes(f"{sweep}/trials.parquet")))
     assert table.num_rows == 4 and "objective.weights.reconstruction" in table.column_names
-    assert (sweep / "trials.csv").read_text().count("\n") == 5
-    png = (sweep / "metric_vs_space.png").read_bytes()
+    assert storage.read_bytes(f"{sweep}/trials.csv").count(b"\n") == 5
+    png = storage.read_bytes(f"{sweep}/metric_vs_space.png")
     assert png[:4] == b"\x89PNG" and len(png) > 5_000
 
     # best/ is the best trial's best checkpoint, and it evaluates to the recorded metric
     assert result.best["objective.weights.contrastive"] == 1.0
     assert result.best[metric] == max(good)
-    best = sweep / "best"
-    meta = json.loads((best / "polymodal.json").read_text())
+    best = f"{sweep}/best"
+    assert result.best_checkpoint == best
+    meta = json.loads(storage.read_bytes(f"{best}/polymodal.json"))
     assert meta["config"]["objective"]["weights"]["contrastive"] == 1.0
-    metrics = evaluate_checkpoint(str(best), str(digits_dataset))
+    metrics = evaluate_checkpoint(best, str(digits_dataset))  # polymodal eval s3://.../best
     assert metrics["val/zero_shot_accuracy"] == pytest.approx(result.best[metric], abs=1e-6)
 
 

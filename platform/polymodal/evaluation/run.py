@@ -8,14 +8,14 @@ from polymodal.config import config_from_dict
 from polymodal.data.decode import Preprocessing
 from polymodal.data.format import read_manifest
 from polymodal.evaluation.evaluate import decoded_batches, evaluate
-from polymodal.train.checkpoint import load_model
+from polymodal.train.checkpoint import fetch_checkpoint, load_model
 
 
 def evaluate_checkpoint(
     checkpoint: str, dataset: str | None = None, split: str = "val", device: str | None = None
 ) -> dict[str, float]:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, meta = load_model(checkpoint, device)
+    model, meta = load_model(fetch_checkpoint(checkpoint), device)
     cfg = config_from_dict(meta["config"])
     prep = Preprocessing(**meta["preprocessing"])
     dataset = dataset or meta["dataset"]

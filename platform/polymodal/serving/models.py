@@ -3,8 +3,6 @@ exact preprocessing of training (read from each checkpoint's polymodal.json)."""
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,9 +11,7 @@ import torch
 
 from polymodal import storage
 from polymodal.data.decode import Preprocessing, decode_image, encode_text
-from polymodal.train.checkpoint import META, WEIGHTS, load_model, read_meta
-
-_CACHE = Path(tempfile.gettempdir()) / "polymodal-models"
+from polymodal.train.checkpoint import META, fetch_checkpoint, load_model, read_meta
 
 
 def list_models(model_dir: str) -> dict[str, str]:
@@ -32,19 +28,8 @@ def list_models(model_dir: str) -> dict[str, str]:
     }
 
 
-def local_checkpoint(uri: str, files: tuple[str, ...] = (META, WEIGHTS)) -> Path:
-    """A local directory holding the checkpoint's files: the path itself, or a copy of an
-    s3:// checkpoint (only the files serving needs; the optimizer state stays behind)."""
-    if not storage.is_remote(uri):
-        return Path(uri)
-    key = f"{uri}@{storage.version(storage.join(uri, META))}"  # a rewritten checkpoint is new
-    local = _CACHE / hashlib.sha1(key.encode()).hexdigest()[:16]
-    missing = [f for f in files if not (local / f).is_file()]
-    return storage.download(uri, missing, local) if missing else local
-
-
 def model_card(uri: str) -> dict:
-    meta = read_meta(local_checkpoint(uri, (META,)))
+    meta = read_meta(fetch_checkpoint(uri, (META,)))
     return {
         "modalities": meta["preprocessing"]["modalities"],
         "dimension": meta["config"]["model"]["embed_dim"],
@@ -63,7 +48,7 @@ class LoadedModel:
     def load(cls, uri: str) -> LoadedModel:
         """On the GPU when the replica has one (Ray sets CUDA_VISIBLE_DEVICES)."""
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, meta = load_model(local_checkpoint(uri), device)
+        model, meta = load_model(fetch_checkpoint(uri), device)
         return cls(
             model, Preprocessing(**meta["preprocessing"]), meta.get("label_names") or [], device
         )

@@ -3,17 +3,21 @@ polymodal.json (config, preprocessing, labels, step, metrics, history). Loads ar
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from polymodal import storage
 from polymodal.config import config_from_dict
 from polymodal.data.decode import Preprocessing
 from polymodal.models.build import build_model
 from polymodal.models.joint import JointModel
 
+_CACHE = Path(tempfile.gettempdir()) / "polymodal-checkpoints"
 FORMAT_VERSION = 1
 META = "polymodal.json"
 WEIGHTS = "model.pt"
@@ -50,6 +54,18 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{file}: format {meta.get('format')}, expected {FORMAT_VERSION}")
     return meta
+
+
+def fetch_checkpoint(uri: str | Path, files: tuple[str, ...] = (META, WEIGHTS)) -> Path:
+    """A local directory holding the checkpoint's files: the path itself, or a cached copy
+    of an s3:// checkpoint (only `files`: serving and eval leave the optimizer state)."""
+    if not storage.is_remote(uri):
+        return Path(uri)
+    uri = str(uri)
+    key = f"{uri}@{storage.version(storage.join(uri, META))}"  # a rewritten checkpoint is new
+    local = _CACHE / hashlib.sha1(key.encode()).hexdigest()[:16]
+    missing = [f for f in files if not (local / f).is_file()]
+    return storage.download(uri, missing, local) if missing else local
 
 
 def _load(file: Path, device: str | torch.device) -> Any:

@@ -27,7 +27,7 @@ class SweepResult:
     best_checkpoint: str | None  # sweep_dir/best
 
 
-def trial_rows(results, cfg: Config) -> list[dict[str, Any]]:
+def trial_rows(results, cfg: Config, sweep_dir: str) -> list[dict[str, Any]]:
     """One row per trial: searched values, final and best metric, epochs run, stop reason
     and the checkpoint where the metric was best."""
     t = cfg.tune
@@ -55,10 +55,17 @@ def trial_rows(results, cfg: Config) -> list[dict[str, Any]]:
                 "best_epoch": best.get("epoch"),
                 "epochs_run": epochs,
                 "stop_reason": reason,
-                "checkpoint": best.get(CHECKPOINT_PATH_KEY),
+                "checkpoint": _uri(best.get(CHECKPOINT_PATH_KEY), sweep_dir),
             }
         )
     return rows
+
+
+def _uri(path: str | None, sweep_dir: str) -> str | None:
+    """Ray reports paths inside the storage filesystem: put the scheme back for S3."""
+    if path and storage.is_remote(sweep_dir) and "://" not in path:
+        return f"s3://{path}"
+    return path
 
 
 def _finite(value) -> bool:
@@ -66,7 +73,7 @@ def _finite(value) -> bool:
 
 
 def write_results(results, cfg: Config, sweep_dir: str) -> SweepResult:
-    rows = trial_rows(results, cfg)
+    rows = trial_rows(results, cfg, sweep_dir)
     table = pa.Table.from_pylist([{k: _cell(v) for k, v in r.items()} for r in rows])
     buf = io.BytesIO()
     pacsv.write_csv(table, buf)
