@@ -325,6 +325,14 @@ def validate(cfg: Config) -> None:
                 f"'objective.contrastive.{key}' must be one of {', '.join(allowed)}, "
                 f"got {value!r}{_suggest(value, list(allowed))}"
             )
+    from polymodal.objectives.joint import WEIGHTINGS
+
+    if cfg.objective.weighting not in WEIGHTINGS:
+        w = cfg.objective.weighting
+        raise ConfigError(
+            f"'objective.weighting' must be one of {', '.join(WEIGHTINGS)}, got {w!r}"
+            f"{_suggest(w, list(WEIGHTINGS))}"
+        )
     if c.positives == "text" and "text" not in mods:
         raise ConfigError("'objective.contrastive.positives: text' needs the text modality")
     if cfg.train.grad_cache.chunk_size < 0 or c.chunk_size < 1:
