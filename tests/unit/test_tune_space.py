@@ -57,3 +57,23 @@ def test_weighting_is_checked_at_load():
     assert load_config(None, ["objective.weighting=uncertainty"]).objective.weighting
     with pytest.raises(ConfigError, match="did you mean 'uncertainty'"):
         load_config(None, ["objective.weighting=uncertainty2"])
+
+
+def test_optuna_searcher_samples_the_space():
+    from polymodal.tune.sweep import _searcher
+
+    cfg = _cfg(
+        {
+            "objective.weights.reconstruction": {"loguniform": [0.01, 3.0]},
+            "objective.contrastive.temperature_init": {"choice": [0.03, 0.07]},
+        },
+        "tune.searcher=optuna",
+    )
+    check_tune(cfg)
+    searcher = _searcher(cfg)
+    assert searcher.set_search_properties(cfg.tune.metric, cfg.tune.mode, search_space(cfg))
+    for i in range(5):
+        sample = searcher.suggest(f"t{i}")
+        assert 0.01 <= sample["objective.weights.reconstruction"] <= 3.0
+        assert sample["objective.contrastive.temperature_init"] in (0.03, 0.07)
+        trial_config(cfg, sample)  # every sample is a valid config
