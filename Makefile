@@ -15,8 +15,8 @@ test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check platform tests jobs benchmarks serve
-	$(VENV)/bin/ruff format --check platform tests jobs benchmarks serve
+	$(VENV)/bin/ruff check platform tests jobs benchmarks serve scripts
+	$(VENV)/bin/ruff format --check platform tests jobs benchmarks serve scripts
 
 bench: setup
 	@for b in benchmarks/*.py; do echo "# $$b"; $(VENV)/bin/python $$b; done

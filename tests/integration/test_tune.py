@@ -84,12 +84,15 @@ def test_sweep_on_s3_stops_weak_trials_and_writes_results(ray_cluster, s3_endpoi
 
 
 def _checkpoints(run_dir: Path) -> dict[str, int]:
-    """checkpoint directory name -> epoch, for one trial's Ray Train run."""
-    return {
-        p.name: json.loads((p / "polymodal.json").read_text())["epoch"]
-        for p in run_dir.glob("checkpoint_*")
-        if (p / "polymodal.json").is_file()
-    }
+    """checkpoint directory name -> epoch, for one trial's Ray Train run. A checkpoint Ray
+    is still copying (or was copying when the sweep was killed) is not one yet."""
+    out = {}
+    for p in run_dir.glob("checkpoint_*"):
+        try:
+            out[p.name] = json.loads((p / "polymodal.json").read_text())["epoch"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
 
 
 def test_interrupted_sweep_resumes(ray_cluster, digits_dataset, tmp_path):
