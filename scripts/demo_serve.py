@@ -51,6 +51,7 @@ def main(checkpoint: str, dataset: str) -> int:
                 time.sleep(1)
         model = models[0]["id"]
         print(f"serving {model} at {url} ({models[0]['dimension']}-d, {models[0]['modalities']})")
+        print(f"  (while it runs: OpenAPI at {url}/docs, Prometheus at :{metrics_port}/metrics)")
         rows = pq.read_table(os.path.join(dataset, "val")).slice(0, 5).to_pylist()
         names = read_manifest(dataset).label_names
         images = ["data:image/png;base64," + base64.b64encode(r["image"]).decode() for r in rows]
@@ -69,7 +70,6 @@ def main(checkpoint: str, dataset: str) -> int:
             got = _call(f"{url}/v1/classify", {"model": model, "inputs": {"image": image}})
             p = got["probabilities"][got["label"]]
             print(f"  image {r['id']} (true: {names[r['label']]}): {got['label']} (p={p:.2f})")
-        print(f"metrics for Prometheus: http://127.0.0.1:{metrics_port}/metrics")
         return 0
     finally:
         server.send_signal(signal.SIGTERM)
