@@ -84,15 +84,13 @@ def test_sweep_on_s3_stops_weak_trials_and_writes_results(ray_cluster, s3_endpoi
 
 
 def _checkpoints(run_dir: Path) -> dict[str, int]:
-    """checkpoint directory name -> epoch, for one trial's Ray Train run. A checkpoint Ray
-    is still copying (or was copying when the sweep was killed) is not one yet."""
-    out = {}
-    for p in run_dir.glob("checkpoint_*"):
-        try:
-            out[p.name] = json.loads((p / "polymodal.json").read_text())["epoch"]
-        except (OSError, ValueError, KeyError):
-            continue
-    return out
+    """Checkpoint directory name -> epoch, for the checkpoints one trial's Ray Train run has
+    registered (files still being copied, or copied when the sweep was killed, are not)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {c["checkpoint_dir_name"]: c["metrics"]["epoch"] for c in snapshot["checkpoint_results"]}
 
 
 def test_interrupted_sweep_resumes(ray_cluster, digits_dataset, tmp_path):
