@@ -33,6 +33,14 @@ def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
+def uri_of(path: str, like: str | Path) -> str:
+    """Ray reports paths inside the storage filesystem, without a scheme: give one back
+    the scheme of `like` (the storage path they came from)."""
+    if is_remote(like) and "://" not in path:
+        return f"s3://{path}"
+    return path
+
+
 def join(uri: str | Path, *parts: str) -> str:
     return "/".join([str(uri).rstrip("/"), *parts])
 

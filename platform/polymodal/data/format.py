@@ -18,6 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from polymodal import storage
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
@@ -64,13 +66,14 @@ def split_of(row_id: str, val_fraction: float) -> str:
 
 
 def read_manifest(path: str | Path) -> Manifest:
-    file = Path(path) / MANIFEST
-    if not file.is_file():
+    """The manifest of a dataset directory, local or s3://."""
+    file = storage.join(path, MANIFEST)
+    if not storage.is_file(file):
         raise DatasetError(
             f"{path}: no {MANIFEST} — not a polymodal dataset, or its ingest did not finish"
         )
     try:
-        data = json.loads(file.read_text())
+        data = json.loads(storage.read_bytes(file))
         manifest = Manifest(**data)
     except (json.JSONDecodeError, TypeError) as exc:
         raise DatasetError(f"{file}: invalid manifest: {exc}") from exc
@@ -83,9 +86,15 @@ def read_manifest(path: str | Path) -> Manifest:
 
 
 def shard_paths(path: str | Path, manifest: Manifest, split: str) -> list[str]:
+    """The split's shard files, as local paths or s3:// URIs like `path`."""
     if split not in manifest.splits:
         raise DatasetError(f"{path}: no split '{split}' (has {sorted(manifest.splits)})")
-    return [str(Path(path) / s["path"]) for s in manifest.splits[split]["shards"]]
+    return [storage.join(path, s["path"]) for s in manifest.splits[split]["shards"]]
+
+
+def open_shard(uri: str) -> pq.ParquetFile:
+    fs, path = storage.resolve(uri)
+    return pq.ParquetFile(fs.open_input_file(path))
 
 
 class DatasetWriter:
@@ -169,7 +178,7 @@ def read_columns(path: str | Path, manifest: Manifest, modalities: list[str]) ->
             f"{path}: dataset has no {missing} column (has {list(manifest.modalities)})"
         )
     first = next(iter(manifest.splits))
-    names = pq.read_schema(shard_paths(path, manifest, first)[0]).names
+    names = open_shard(shard_paths(path, manifest, first)[0]).schema_arrow.names
     return list(modalities) + (["label"] if "label" in names else [])
 
 
@@ -177,5 +186,5 @@ def iter_tables(path: str | Path, split: str, columns: list[str], batch_size: in
     """Record batches of one split, read shard by shard (memory bounded by batch_size)."""
     manifest = read_manifest(path)
     for file in shard_paths(path, manifest, split):
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_size, columns=columns):
+        for batch in open_shard(file).iter_batches(batch_size=batch_size, columns=columns):
             yield pa.Table.from_batches([batch])

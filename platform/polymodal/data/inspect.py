@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from polymodal.data.format import read_manifest, shard_paths
+from polymodal.data.format import open_shard, read_manifest, shard_paths
 
 
 def _short(value: object) -> str:
@@ -28,7 +26,7 @@ def inspect_dataset(path: str | Path, rows: int = 5) -> str:
     if manifest.rejected:
         lines.append(f"rejected at ingest: {manifest.rejected}")
     first = next(iter(manifest.splits))
-    file = pq.ParquetFile(shard_paths(path, manifest, first)[0])
+    file = open_shard(shard_paths(path, manifest, first)[0])
     lines.append("schema:")
     lines += [f"  {f.name}: {f.type}" for f in file.schema_arrow]
     lines.append(f"first {rows} rows of {first}:")

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import ray.data
 
+from polymodal import storage
 from polymodal.data.decode import Preprocessing, decode_columns
 from polymodal.data.format import read_columns, read_manifest, shard_paths
 
@@ -27,6 +28,13 @@ def decode_table(
     return out
 
 
+def read_shards(uris: list[str], **kwargs) -> ray.data.Dataset:
+    """read_parquet over local or s3:// shards, with our S3 settings (endpoint, region)."""
+    fs, _ = storage.resolve(uris[0])
+    paths = [storage.resolve(u)[1] for u in uris]
+    return ray.data.read_parquet(paths, filesystem=fs, **kwargs)
+
+
 def split_dataset(
     path: str,
     split: str,
@@ -38,7 +46,7 @@ def split_dataset(
     """Lazy Ray Dataset of decoded arrays for one split (nothing is read until iterated)."""
     manifest = read_manifest(path)
     columns = read_columns(path, manifest, prep.modalities)
-    ds = ray.data.read_parquet(shard_paths(path, manifest, split)).select_columns(columns)
+    ds = read_shards(shard_paths(path, manifest, split)).select_columns(columns)
     if shuffle:  # a new block order every epoch, without moving rows between blocks
         ds = ds.randomize_block_order()
     return ds.map_batches(

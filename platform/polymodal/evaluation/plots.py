@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,8 +10,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from polymodal import storage  # noqa: E402
 
-def plot_loss_curves(history: list[dict[str, float]], out: str | Path) -> Path:
+
+def _save(fig, out: str | Path) -> str:
+    """PNG to a local path or an s3:// URI."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    storage.write_bytes(out, buf.getvalue())
+    return str(out)
+
+
+def plot_loss_curves(history: list[dict[str, float]], out: str | Path) -> str:
     """history: rows with "step" and train/loss... keys (and val/loss... once per epoch)."""
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
     for ax, prefix in ((ax_train, "train/loss"), (ax_val, "val/loss")):
@@ -28,13 +40,10 @@ def plot_loss_curves(history: list[dict[str, float]], out: str | Path) -> Path:
         if keys:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
-def plot_reconstructions(model, batch: dict, out: str | Path, n: int = 8) -> Path | None:
+def plot_reconstructions(model, batch: dict, out: str | Path, n: int = 8) -> str | None:
     """Originals (top) over their reconstructions (bottom); None without an image decoder."""
     import torch
 
@@ -55,7 +64,4 @@ def plot_reconstructions(model, batch: dict, out: str | Path, n: int = 8) -> Pat
     axes[0][0].set_ylabel("input")
     axes[1][0].set_ylabel("decoded")
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from polymodal.data.format import read_manifest, shard_paths
+from polymodal.data.pipeline import read_shards
 from polymodal.serving.models import LoadedModel
 
 
@@ -42,14 +43,11 @@ def embed_dataset(
     batch_size: int = 256,
     num_cpus: float = 1.0,
 ) -> int:
-    import ray.data
 
     manifest = read_manifest(dataset)
     # Small CPU requests: on a busy cluster (a Serve app beside it) one whole CPU per read
     # task and per actor may never be free, and the job would wait forever.
-    ds = ray.data.read_parquet(
-        shard_paths(dataset, manifest, split), ray_remote_args={"num_cpus": 0.25}
-    )
+    ds = read_shards(shard_paths(dataset, manifest, split), ray_remote_args={"num_cpus": 0.25})
     ds = ds.map_batches(
         EmbedBatch,
         fn_constructor_kwargs={"checkpoint": checkpoint},

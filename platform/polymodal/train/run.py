@@ -7,15 +7,15 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from polymodal import storage
 from polymodal.config import Config
 from polymodal.data.decode import Preprocessing
 from polymodal.data.format import read_manifest
 from polymodal.evaluation.evaluate import decoded_batches
 from polymodal.evaluation.plots import plot_loss_curves, plot_reconstructions
-from polymodal.train.checkpoint import load_model, read_meta
+from polymodal.train.checkpoint import fetch_checkpoint, load_model, read_meta
 
 QUIET_ENV = {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
@@ -67,10 +67,10 @@ def preprocessing_for(cfg: Config, manifest) -> Preprocessing:
 
 
 def run_dir_of(cfg: Config) -> str:
-    storage = cfg.train.storage_path
-    if "://" not in storage:
-        storage = os.path.abspath(storage)
-    return f"{storage.rstrip('/')}/{cfg.train.name}"
+    root = cfg.train.storage_path
+    if "://" not in root:
+        root = os.path.abspath(root)
+    return f"{root.rstrip('/')}/{cfg.train.name}"
 
 
 @dataclass
@@ -175,32 +175,34 @@ def build_trainer(
 def fit(cfg: Config, address: str | None = None) -> RunResult:
     ensure_ray(address, cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
     inputs = prepare_inputs(cfg)
-    storage, name = run_dir_of(cfg).rsplit("/", 1)
-    result = build_trainer(cfg, inputs, storage, name).fit()
+    storage_path, name = run_dir_of(cfg).rsplit("/", 1)
+    result = build_trainer(cfg, inputs, storage_path, name).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.train.name} finished without a checkpoint")
-    checkpoint = result.checkpoint.path
+    checkpoint = storage.uri_of(result.checkpoint.path, run_dir_of(cfg))
     return_value = getattr(result, "return_value", None) or {}
     return finish_run(run_dir_of(cfg), checkpoint, return_value.get("epochs_run", 0))
 
 
 def finish_run(run_dir: str, checkpoint: str, epochs_run: int) -> RunResult:
-    """Write metrics.json, loss_curves.png and (with an image decoder) reconstructions.png."""
-    meta = read_meta(checkpoint)
+    """Write metrics.json, loss_curves.png and (with an image decoder) reconstructions.png
+    into the run directory, local or s3://."""
+    local = fetch_checkpoint(checkpoint)
+    meta = read_meta(local)
     metrics = meta["metrics"]
-    out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
         "checkpoint": checkpoint,
         "epoch": meta["epoch"],
         "step": meta["step"],
         **metrics,
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    plot_loss_curves(meta["history"], out / "loss_curves.png")
-    model, _ = load_model(checkpoint)
+    storage.write_bytes(
+        storage.join(run_dir, "metrics.json"), json.dumps(summary, indent=2).encode()
+    )
+    plot_loss_curves(meta["history"], storage.join(run_dir, "loss_curves.png"))
+    model, _ = load_model(local)
     prep = Preprocessing(**meta["preprocessing"])
     if "image" in model.decoders:
         batch = next(decoded_batches(meta["dataset"], "val", prep, batch_size=8))
-        plot_reconstructions(model, batch, out / "reconstructions.png")
-    return RunResult(str(out), checkpoint, metrics, epochs_run)
+        plot_reconstructions(model, batch, storage.join(run_dir, "reconstructions.png"))
+    return RunResult(run_dir, checkpoint, metrics, epochs_run)

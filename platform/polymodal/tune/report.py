@@ -55,17 +55,12 @@ def trial_rows(results, cfg: Config, sweep_dir: str) -> list[dict[str, Any]]:
                 "best_epoch": best.get("epoch"),
                 "epochs_run": epochs,
                 "stop_reason": reason,
-                "checkpoint": _uri(best.get(CHECKPOINT_PATH_KEY), sweep_dir),
+                "checkpoint": storage.uri_of(best[CHECKPOINT_PATH_KEY], sweep_dir)
+                if best.get(CHECKPOINT_PATH_KEY)
+                else None,
             }
         )
     return rows
-
-
-def _uri(path: str | None, sweep_dir: str) -> str | None:
-    """Ray reports paths inside the storage filesystem: put the scheme back for S3."""
-    if path and storage.is_remote(sweep_dir) and "://" not in path:
-        return f"s3://{path}"
-    return path
 
 
 def _finite(value) -> bool:
