@@ -97,6 +97,13 @@ def write_bytes(uri: str | Path, data: bytes) -> None:
         f.write(data)
 
 
+def delete_dir(uri: str | Path) -> None:
+    """Remove a directory and everything under it; nothing to do if it is not there."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
 def replace_dir(src: str | Path, dst: str | Path) -> None:
     """Make dst a copy of the directory src (local or s3://, in any combination). Locally
     the copy is made beside dst and renamed over it, so dst is never half-written."""
@@ -110,7 +117,6 @@ def replace_dir(src: str | Path, dst: str | Path) -> None:
         shutil.rmtree(dpath, ignore_errors=True)
         staging.replace(dpath)
         return
-    if dfs.get_file_info(dpath).type != pafs.FileType.NotFound:
-        dfs.delete_dir(dpath)
+    delete_dir(dst)
     dfs.create_dir(dpath, recursive=True)
     pafs.copy_files(spath, dpath, sfs, dfs)

@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from polymodal import storage
 from polymodal.config import load_config
+from polymodal.data.format import DatasetError, read_manifest
+from polymodal.data.ingest import ingest
 from polymodal.evaluation.run import evaluate_checkpoint
 from polymodal.train.checkpoint import fetch_checkpoint, read_meta
 from polymodal.train.run import fit
@@ -25,7 +30,13 @@ def test_train_resume_and_eval_on_s3(ray_cluster, s3_endpoint, digits_dataset):
     s3.create_bucket(Bucket="datasets")
     s3.create_bucket(Bucket="runs")
     dataset = "s3://datasets/digits"
-    storage.replace_dir(digits_dataset, dataset)
+    ingest("builtin:digits", dataset, rows_per_shard=500, progress=False)
+    report = ingest("builtin:digits", dataset, rows_per_shard=500, overwrite=True, progress=False)
+    # the overwrite left one set of shards, all of them in the new manifest
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="datasets")["Contents"]]
+    parts = {k.split("/")[1] for k in keys if k.endswith(".parquet")}
+    assert len(parts) == 1 and report.rows_written == 1797
+    assert sum(i["rows"] for i in read_manifest(dataset).splits.values()) == 1797
     overrides = [
         f"data.path={dataset}",
         "train.storage_path=s3://runs/team",
@@ -50,3 +61,26 @@ def test_train_resume_and_eval_on_s3(ray_cluster, s3_endpoint, digits_dataset):
     evaluated = evaluate_checkpoint(second.checkpoint)  # dataset: the one on S3 it trained on
     recorded = meta["metrics"]["val/zero_shot_accuracy"]
     assert evaluated["val/zero_shot_accuracy"] == pytest.approx(recorded, abs=1e-6)
+
+
+def test_killed_ingest_to_s3_leaves_no_dataset(s3_endpoint, tmp_path):
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="half-written")
+    out = "s3://half-written/fashion"
+    cmd = [sys.executable, "-m", "polymodal.cli", "data", "ingest", "builtin:fashion-mnist", out]
+    proc = subprocess.Popen([*cmd, "--rows-per-shard", "500", "--limit", "30000"])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        listing = s3.list_objects_v2(Bucket="half-written").get("Contents", [])
+        if sum(o["Key"].endswith(".parquet") for o in listing) >= 3:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="half-written").get("Contents", [])]
+    assert any(k.endswith(".parquet") for k in keys), "killed before any shard was written"
+    assert not any(k.endswith("manifest.json") for k in keys)
+    with pytest.raises(DatasetError, match="did not finish"):
+        read_manifest(out)

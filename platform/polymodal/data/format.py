@@ -110,11 +110,21 @@ class DatasetWriter:
         rows_per_shard: int = 10_000,
         overwrite: bool = False,
     ):
-        self.out = Path(out)
-        if self.out.exists() and not overwrite:
-            raise DatasetError(f"{self.out} already exists; pass --overwrite to replace it")
-        self.stage = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
-        self.stage.mkdir(parents=True)
+        self.remote = storage.is_remote(out)
+        if self.remote:
+            # S3 has no rename: shards go under a prefix of their own and the manifest,
+            # written last in one PUT, is what makes them a dataset.
+            self.out = str(out).rstrip("/")
+            if storage.exists(storage.join(self.out, MANIFEST)) and not overwrite:
+                raise DatasetError(f"{self.out} already exists; pass --overwrite to replace it")
+            self.prefix = f"parts-{uuid.uuid4().hex[:8]}/"
+        else:
+            self.out = Path(out)
+            if self.out.exists() and not overwrite:
+                raise DatasetError(f"{self.out} already exists; pass --overwrite to replace it")
+            self.stage = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
+            self.stage.mkdir(parents=True)
+            self.prefix = ""
         self.modalities = modalities
         self.encodings = encodings
         self.label_names = label_names
@@ -134,10 +144,15 @@ class DatasetWriter:
         if not rows:
             return
         shards = self.shards.setdefault(split, [])
-        rel = f"{split}/part-{len(shards):05d}.parquet"
-        (self.stage / split).mkdir(exist_ok=True)
+        rel = f"{self.prefix}{split}/part-{len(shards):05d}.parquet"
         table = pa.Table.from_pylist(rows, schema=self.schema)
-        pq.write_table(table, self.stage / rel)
+        if self.remote:
+            fs, path = storage.resolve(storage.join(self.out, rel))
+            with fs.open_output_stream(path) as f:
+                pq.write_table(table, f)
+        else:
+            (self.stage / split).mkdir(exist_ok=True)
+            pq.write_table(table, self.stage / rel)
         shards.append({"path": rel, "rows": len(rows)})
         self.buffers[split] = []
 
@@ -155,8 +170,16 @@ class DatasetWriter:
             extra=extra,
             rejected=rejected,
         )
+        text = json.dumps(asdict(manifest), indent=2)
+        if self.remote:
+            storage.write_bytes(storage.join(self.out, MANIFEST), text.encode())
+            # Only now is the old dataset (if any) unreferenced: remove its shards.
+            for name in storage.list_dirs(self.out):
+                if f"{name}/" != self.prefix:
+                    storage.delete_dir(storage.join(self.out, name))
+            return manifest
         # The manifest is written last: a directory without it is not a dataset.
-        (self.stage / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2))
+        (self.stage / MANIFEST).write_text(text)
         if self.out.exists():  # --overwrite: move the old one aside only now the new one is whole
             old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.out, old)
@@ -167,7 +190,10 @@ class DatasetWriter:
         return manifest
 
     def abort(self) -> None:
-        shutil.rmtree(self.stage, ignore_errors=True)
+        if self.remote:
+            storage.delete_dir(storage.join(self.out, self.prefix.rstrip("/")))
+        else:
+            shutil.rmtree(self.stage, ignore_errors=True)
 
 
 def read_columns(path: str | Path, manifest: Manifest, modalities: list[str]) -> list[str]:
