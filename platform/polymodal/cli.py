@@ -1,4 +1,4 @@
-"""The `polymodal` command: data ingest|inspect, train, eval.
+"""The `polymodal` command: data ingest|inspect|validate, train, eval, tune, serve, embed.
 
 Each subcommand parses its arguments and calls one function of the package.
 """
@@ -15,6 +15,7 @@ from polymodal.config import ConfigError
 EXAMPLES = """examples:
   polymodal data ingest builtin:fashion-mnist data/fashion-mnist
   polymodal data inspect data/fashion-mnist
+  polymodal data validate s3://my-bucket/datasets/fashion-mnist
   polymodal train jobs/configs/fashion.yaml train.epochs=3 objective.weights.reconstruction=0.5
   polymodal eval runs/fashion/checkpoint_... data/fashion-mnist
 """
@@ -46,6 +47,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     print(inspect_dataset(args.dataset, rows=args.rows))
     return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from polymodal.data.validate import validate_dataset
+    from polymodal.train.run import ensure_ray
+
+    ensure_ray(args.address)
+    report = validate_dataset(args.dataset)
+    print(report.format())
+    return 0 if report.ok else 1
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -187,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("dataset")
     ins.add_argument("--rows", type=int, default=5)
     ins.set_defaults(func=_cmd_inspect)
+    val = data_sub.add_parser(
+        "validate",
+        help="check shards against the manifest and decode every row (exit 1 on problems)",
+        description="Check every shard (present, row count, schema, checksum) and decode "
+        "every row in parallel with Ray Data; print problems and bad rows by reason.",
+    )
+    val.add_argument("dataset")
+    val.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    val.set_defaults(func=_cmd_validate)
 
     train = sub.add_parser(
         "train",

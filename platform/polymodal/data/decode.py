@@ -44,6 +44,8 @@ def open_image(data: bytes) -> Image.Image:
         img.load()
     except DecodeError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, before ours is reached
+        raise DecodeError(f"image too large: {exc}") from exc
     except Exception as exc:  # PIL raises many types for corrupt data
         raise DecodeError(f"unreadable image: {exc}") from exc
     return img

@@ -7,6 +7,7 @@ renames into place, so a half-written dataset never looks complete.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -40,7 +41,8 @@ class DatasetError(ValueError):
 class Manifest:
     modalities: dict[str, dict[str, Any]]  # name -> {"encoding": "png" | "utf-8" | ...}
     label_names: list[str] | None
-    splits: dict[str, dict[str, Any]]  # split -> {"rows": n, "shards": [{"path", "rows"}]}
+    # split -> {"rows": n, "shards": [{"path", "rows", "sha256"}]}
+    splits: dict[str, dict[str, Any]]
     source: str = ""
     schema_version: int = SCHEMA_VERSION
     # Source extras, e.g. "caption_templates" used to build zero-shot prompts.
@@ -145,15 +147,16 @@ class DatasetWriter:
             return
         shards = self.shards.setdefault(split, [])
         rel = f"{self.prefix}{split}/part-{len(shards):05d}.parquet"
-        table = pa.Table.from_pylist(rows, schema=self.schema)
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=self.schema), buf)
+        data = buf.getvalue()
         if self.remote:
-            fs, path = storage.resolve(storage.join(self.out, rel))
-            with fs.open_output_stream(path) as f:
-                pq.write_table(table, f)
+            storage.write_bytes(storage.join(self.out, rel), data)
         else:
             (self.stage / split).mkdir(exist_ok=True)
-            pq.write_table(table, self.stage / rel)
-        shards.append({"path": rel, "rows": len(rows)})
+            (self.stage / rel).write_bytes(data)
+        # The checksum lets `polymodal data validate` tell a damaged shard from a good one.
+        shards.append({"path": rel, "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest()})
         self.buffers[split] = []
 
     def finish(self, source: str, extra: dict[str, Any], rejected: dict[str, int]) -> Manifest:

@@ -1,0 +1,124 @@
+"""`polymodal data validate`: the manifest against its shards (files, row counts, schema,
+checksums), then every row decoded in parallel with Ray Data, reported by reason."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from polymodal import storage
+from polymodal.data.decode import DecodeError, open_image
+from polymodal.data.format import arrow_schema, open_shard, read_manifest, shard_paths
+
+EXAMPLES = 10
+
+
+@dataclass
+class ValidationReport:
+    dataset: str
+    problems: list[str] = field(default_factory=list)  # shard-level: missing, rows, schema
+    rows_checked: int = 0
+    bad_rows: Counter = field(default_factory=Counter)  # reason -> rows
+    examples: list[str] = field(default_factory=list)  # "id: reason"
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.bad_rows
+
+    def format(self) -> str:
+        lines = [f"{self.dataset}: {self.rows_checked} rows decoded"]
+        lines += [f"  problem: {p}" for p in self.problems]
+        lines += [f"  bad rows, {reason}: {n}" for reason, n in self.bad_rows.most_common()]
+        lines += [f"    e.g. {e}" for e in self.examples]
+        lines.append("OK" if self.ok else "FAILED")
+        return "\n".join(lines)
+
+
+def check_shards(path: str, report: ValidationReport) -> list[str]:
+    """Shard-level checks; returns the shards that can be read for the row check."""
+    manifest = read_manifest(path)
+    expected = arrow_schema(list(manifest.modalities), manifest.label_names is not None)
+    readable = []
+    for split, info in manifest.splits.items():
+        for shard, uri in zip(info["shards"], shard_paths(path, manifest, split)):
+            name = shard["path"]
+            if not storage.is_file(uri):
+                report.problems.append(f"{name}: missing")
+                continue
+            if "sha256" in shard:
+                digest = hashlib.sha256(storage.read_bytes(uri)).hexdigest()
+                if digest != shard["sha256"]:
+                    report.problems.append(f"{name}: checksum differs from the manifest")
+            try:
+                file = open_shard(uri)
+            except Exception as exc:  # pyarrow raises several types for a damaged file
+                report.problems.append(f"{name}: not a readable Parquet file ({exc})")
+                continue
+            if file.metadata.num_rows != shard["rows"]:
+                report.problems.append(
+                    f"{name}: {file.metadata.num_rows} rows, manifest says {shard['rows']}"
+                )
+            if not file.schema_arrow.equals(expected):
+                report.problems.append(
+                    f"{name}: schema {file.schema_arrow} differs from the manifest's {expected}"
+                )
+                continue
+            readable.append(uri)
+    return readable
+
+
+def row_problem(row: dict, modalities: list[str], num_labels: int | None) -> str | None:
+    present = [m for m in modalities if row.get(m) is not None]
+    if not present:
+        return "no modality present"
+    for m in present:
+        value = row[m]
+        if m == "image":
+            try:
+                open_image(value)
+            except DecodeError as exc:
+                return "image too large" if "too large" in str(exc) else "unreadable image"
+        elif m == "text" and not value.strip():
+            return "empty text"
+    label = row.get("label")
+    if num_labels is not None and label is not None and not -1 <= label < num_labels:
+        return "label out of range"
+    return None
+
+
+def check_batch(table: pa.Table, modalities: list[str], num_labels: int | None) -> pa.Table:
+    """One summary row per batch: rows checked and the bad ones' ids and reasons."""
+    ids, reasons = [], []
+    for row in table.to_pylist():
+        reason = row_problem(row, modalities, num_labels)
+        if reason:
+            ids.append(row["id"])
+            reasons.append(reason)
+    return pa.table({"checked": [table.num_rows], "ids": [ids], "reasons": [reasons]})
+
+
+def validate_dataset(path: str) -> ValidationReport:
+    from polymodal.data.pipeline import read_shards
+
+    report = ValidationReport(str(path))
+    manifest = read_manifest(path)
+    shards = check_shards(path, report)
+    if not shards:
+        return report
+    modalities = list(manifest.modalities)
+    num_labels = len(manifest.label_names) if manifest.label_names else None
+    ds = read_shards(shards).map_batches(
+        check_batch,
+        batch_format="pyarrow",
+        fn_kwargs={"modalities": modalities, "num_labels": num_labels},
+    )
+    for summary in ds.iter_rows():
+        report.rows_checked += summary["checked"]
+        for row_id, reason in zip(summary["ids"], summary["reasons"]):
+            report.bad_rows[reason] += 1
+            if len(report.examples) < EXAMPLES:
+                report.examples.append(f"{row_id}: {reason}")
+    return report
