@@ -156,6 +156,10 @@ def format_metrics(metrics: dict[str, float], title: str) -> str:
     return "\n".join(lines)
 
 
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polymodal",
@@ -205,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every row in parallel with Ray Data; print problems and bad rows by reason.",
     )
     val.add_argument("dataset")
-    val.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    _add_address(val)
     val.set_defaults(func=_cmd_validate)
 
     train = sub.add_parser(
@@ -216,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("config", help="YAML config, e.g. jobs/configs/fashion.yaml")
     train.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=3")
-    train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    _add_address(train)
     train.set_defaults(func=_cmd_train)
 
     tu = sub.add_parser(
@@ -229,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         "config", help="YAML config with a tune: section, e.g. jobs/configs/tune-digits.yaml"
     )
     tu.add_argument("overrides", nargs="*", help="key=value, e.g. tune.num_samples=8")
-    tu.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    _add_address(tu)
     tu.set_defaults(func=_cmd_tune)
 
     ev = sub.add_parser("eval", help="recall@K, accuracy and zero-shot accuracy of a checkpoint")
@@ -248,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("dataset")
     em.add_argument("out", help="output directory of Parquet files")
     em.add_argument("--split", default="val")
-    em.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    _add_address(em)
     em.set_defaults(func=_cmd_embed)
 
     sv = sub.add_parser(
@@ -266,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--metrics-port", type=int, default=8080, help="Prometheus /metrics of the embedded Ray"
     )
-    sv.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    _add_address(sv)
     sv.set_defaults(func=_cmd_serve)
     return parser
 

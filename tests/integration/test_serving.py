@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from polymodal.config import load_config
 from polymodal.data.decode import Preprocessing, decode_image, encode_text
 from polymodal.models.build import build_model
 from polymodal.train.checkpoint import load_model, save_checkpoint
+from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
 PREP = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=24)
@@ -60,12 +60,6 @@ def _png(value: int) -> bytes:
     return buf.getvalue()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(ray_cluster, tmp_path_factory):
     from ray import serve
@@ -75,7 +69,7 @@ def service(ray_cluster, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("models")
     _checkpoint(model_dir / "small", seed=0, embed_dim=16)
     _checkpoint(model_dir / "other", seed=1, embed_dim=24)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(str(model_dir), max_batch_size=8), route_prefix="/")
     yield f"http://127.0.0.1:{port}", model_dir

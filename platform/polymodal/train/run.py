@@ -175,13 +175,14 @@ def build_trainer(
 def fit(cfg: Config, address: str | None = None) -> RunResult:
     ensure_ray(address, cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
     inputs = prepare_inputs(cfg)
-    storage_path, name = run_dir_of(cfg).rsplit("/", 1)
+    run_dir = run_dir_of(cfg)
+    storage_path, name = run_dir.rsplit("/", 1)
     result = build_trainer(cfg, inputs, storage_path, name).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.train.name} finished without a checkpoint")
-    checkpoint = storage.uri_of(result.checkpoint.path, run_dir_of(cfg))
+    checkpoint = storage.uri_of(result.checkpoint.path, run_dir)
     return_value = getattr(result, "return_value", None) or {}
-    return finish_run(run_dir_of(cfg), checkpoint, return_value.get("epochs_run", 0))
+    return finish_run(run_dir, checkpoint, return_value.get("epochs_run", 0))
 
 
 def finish_run(run_dir: str, checkpoint: str, epochs_run: int) -> RunResult:

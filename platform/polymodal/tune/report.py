@@ -11,12 +11,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from polymodal import storage
 from polymodal.config import Config
 from polymodal.tune.space import is_log_scale
-
-CHECKPOINT_PATH_KEY = "checkpoint_path"  # set by Ray's TuneReportCallback
 
 
 @dataclass
