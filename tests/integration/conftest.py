@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import socket
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,3 +78,38 @@ def ray_cluster(s3_endpoint, metrics_port):
     yield ray
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+BAD_ROWS = 2  # rows of each kind in damaged_digits
+
+
+def _bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (20000, 20000)).save(buf, format="PNG")  # 400 MP in a few hundred KB
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def damaged_digits(digits_dataset, tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
+    """A copy of digits with BAD_ROWS train rows of each bad kind: reason -> their ids."""
+    data = tmp_path_factory.mktemp("bad") / "digits"
+    shutil.copytree(digits_dataset, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    shard = data / manifest["splits"]["train"]["shards"][0]["path"]
+    table = pq.read_table(shard)
+    rows = table.to_pylist()
+    damage = {
+        "unreadable image": lambda r: r.update(image=b"\x89PNG truncated"),
+        "image too large": lambda r: r.update(image=bomb),
+        "empty text": lambda r: r.update(text=" "),
+        "label out of range": lambda r: r.update(label=10),
+        "no modality present": lambda r: r.update(image=None, text=None),
+    }
+    bomb = _bomb()
+    ids: dict[str, list[str]] = {}
+    for k, (reason, change) in enumerate(damage.items()):
+        for row in rows[100 * k : 100 * k + BAD_ROWS]:
+            change(row)
+            ids.setdefault(reason, []).append(row["id"])
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard)
+    return data, ids

@@ -1,4 +1,5 @@
-"""Real digits → 2-worker Ray Train run → checkpoint → eval; then resume the same run."""
+"""Real digits (with a few bad rows of every kind) → 2-worker Ray Train run → checkpoint →
+eval; then resume the same run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from polymodal.config import load_config
 from polymodal.evaluation.run import evaluate_checkpoint
 from polymodal.train.checkpoint import read_meta
 from polymodal.train.run import fit
+from tests.integration.conftest import BAD_ROWS
 
 CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "digits.yaml"
 
@@ -18,10 +20,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def first_run(ray_cluster, digits_dataset, tmp_path_factory):
+def first_run(ray_cluster, damaged_digits, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     overrides = [
-        f"data.path={digits_dataset}",
+        f"data.path={damaged_digits[0]}",
         f"train.storage_path={storage}",
         "train.name=digits-it",
         "train.epochs=2",
@@ -63,6 +65,21 @@ def test_train_writes_checkpoint_metrics_and_plot(first_run):
     assert baseline["step"] == 0 and "val/loss/reconstruction" in baseline  # untrained model
     assert baseline["val/loss"] > metrics["val/loss"]
     assert {"train/loss", "train/loss/contrastive"} <= set(first_log)
+
+
+def test_bad_rows_are_dropped_counted_and_sampled(first_run, damaged_digits):
+    result, _ = first_run
+    ids = damaged_digits[1]
+    metrics = json.loads((Path(result.run_dir) / "metrics.json").read_text())
+    assert metrics["train/bad_rows"] == BAD_ROWS * len(ids)  # in the last epoch
+    for reason in ids:
+        assert metrics[f"train/bad_rows/{reason}"] == BAD_ROWS, reason
+    assert 0 < metrics["train/bad_fraction"] < 0.01
+    report = json.loads((Path(result.run_dir) / "bad_rows.json").read_text())
+    assert report["bad"]["train"] == {reason: 2 * BAD_ROWS for reason in ids}  # two epochs
+    assert report["rows_read"] == 2 * 1612 + 185  # train twice, val once (then cached)
+    sampled = {(s["id"], s["reason"]) for s in report["samples"]}
+    assert sampled == {(i, reason) for reason, some in ids.items() for i in some}
 
 
 def test_offline_eval_matches_training_eval(first_run, digits_dataset):

@@ -50,9 +50,10 @@ def test_corrupt_and_oversized_images_refused(monkeypatch):
 def test_decode_columns_masks_missing_values():
     prep = Preprocessing(["image", "text"], image_size=4, image_channels=1, text_max_len=8)
     png = _png(np.zeros((4, 4), dtype=np.uint8))
-    out = decode_columns(
+    out, bad = decode_columns(
         {"image": [png, None], "text": [None, "hi"], "label": [3, None]}, prep, with_hashes=True
     )
+    assert bad == []
     assert out["image"].shape == (2, 1, 4, 4)
     assert out["image_present"].tolist() == [1.0, 0.0]
     assert out["text_present"].tolist() == [0.0, 1.0]
@@ -75,3 +76,29 @@ def test_shuffled_blocks_keep_columns_aligned():
     for row, label in enumerate(labels):
         assert decode_text(out["text"][row]) == str(label)
         assert out["image"][row].max() * 255 == pytest.approx(label, abs=0.01)
+
+
+def test_bad_rows_are_dropped_with_their_reason(monkeypatch):
+    import polymodal.data.decode as decode
+
+    prep = Preprocessing(["image", "text"], image_size=4, image_channels=1, text_max_len=8)
+    good = _png(np.zeros((4, 4), dtype=np.uint8))
+    bomb = _png(np.zeros((10, 10), dtype=np.uint8))
+    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 50)
+    columns = {
+        "image": [good, b"garbage", bomb, good, "a string", None, good, good],
+        "text": ["ok", "ok", "ok", "   ", "ok", None, "ok", "ok"],
+        "label": [0, 1, 1, 1, 1, 1, 7, 2],
+    }
+    out, bad = decode_columns(columns, prep, with_hashes=True, num_labels=3)
+    assert bad == [
+        (1, "unreadable image"),
+        (2, "image too large"),
+        (3, "empty text"),
+        (4, "wrong type"),
+        (5, "no modality present"),
+        (6, "label out of range"),
+    ]
+    assert {reason for _, reason in bad} == set(decode.BAD_ROW_REASONS)
+    assert out["label"].tolist() == [0, 2]  # the good rows, still aligned across columns
+    assert out["image"].shape == (2, 1, 4, 4) and out["text_hash"].shape == (2,)

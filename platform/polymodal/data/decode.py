@@ -19,7 +19,22 @@ TEXT_VOCAB = 257  # byte value + 1; 0 is padding
 
 
 class DecodeError(ValueError):
-    pass
+    """A value that cannot become a model input; `reason` is its category (BAD_ROW_REASONS)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+# Why a row is dropped at training time, as counted in metrics and `polymodal data validate`.
+BAD_ROW_REASONS = (
+    "unreadable image",
+    "image too large",
+    "empty text",
+    "wrong type",
+    "label out of range",
+    "no modality present",
+)
 
 
 @dataclass
@@ -40,14 +55,14 @@ def open_image(data: bytes) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         if img.width * img.height > MAX_IMAGE_PIXELS:
-            raise DecodeError(f"image too large: {img.width}x{img.height} pixels")
+            raise DecodeError("image too large", f"{img.width}x{img.height} pixels")
         img.load()
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own guard, before ours is reached
-        raise DecodeError(f"image too large: {exc}") from exc
+        raise DecodeError("image too large", str(exc)) from exc
     except Exception as exc:  # PIL raises many types for corrupt data
-        raise DecodeError(f"unreadable image: {exc}") from exc
+        raise DecodeError("unreadable image", str(exc)) from exc
     return img
 
 
@@ -79,41 +94,82 @@ def content_hash(value: Any) -> int:
     return zlib.crc32(data) | (len(data) << 32)
 
 
+def decode_value(modality: str, value: Any, prep: Preprocessing) -> np.ndarray:
+    """One raw value → the model's input array; DecodeError says why it cannot be used."""
+    if modality == "image":
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise DecodeError("wrong type", f"image is {type(value).__name__}, expected bytes")
+        return decode_image(bytes(value), prep.image_size, prep.image_channels)
+    if modality == "text":
+        if not isinstance(value, str):
+            raise DecodeError("wrong type", f"text is {type(value).__name__}, expected str")
+        if not value.strip():
+            raise DecodeError("empty text")
+        return encode_text(value, prep.text_max_len)
+    raise DecodeError("wrong type", f"no decoder for modality '{modality}'")
+
+
+def check_label(value: Any, num_labels: int | None) -> int:
+    if value is None:
+        return -1
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise DecodeError("wrong type", f"label is {type(value).__name__}, expected int")
+    if value < 0 or (num_labels is not None and value >= num_labels):
+        raise DecodeError("label out of range", f"{value} (classes: {num_labels})")
+    return int(value)
+
+
 def decode_columns(
-    columns: dict[str, list[Any]], prep: Preprocessing, with_hashes: bool = False
-) -> dict[str, np.ndarray]:
-    """Raw columns (lists of values, None for missing) → arrays for the model.
+    columns: dict[str, list[Any]],
+    prep: Preprocessing,
+    with_hashes: bool = False,
+    num_labels: int | None = None,
+) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
+    """Raw columns (lists of values, None for missing) → arrays for the model, and the rows
+    that were dropped as (row index, reason).
 
     Each modality m gives `m` and `m_present` (1.0 where the row has it); `label` is -1 where
     missing. With `with_hashes`, `m_hash` holds content_hash of each raw value (0 if missing).
+    A row whose value does not decode, whose label is out of range, or that has none of the
+    modalities is dropped rather than failing the batch.
     """
     n = len(next(iter(columns.values())))
+    shapes = {
+        "image": ((prep.image_channels, prep.image_size, prep.image_size), np.float32),
+        "text": ((prep.text_max_len,), np.int64),
+    }
+    for m in prep.modalities:
+        if m not in shapes:
+            raise DecodeError("wrong type", f"no decoder for modality '{m}'")
+    values = {m: columns.get(m, [None] * n) for m in prep.modalities}
+    labels = columns.get("label") or [None] * n
+    arrays = {m: np.zeros((n, *shapes[m][0]), dtype=shapes[m][1]) for m in prep.modalities}
+    present = {m: np.zeros(n, dtype=np.float32) for m in prep.modalities}
+    label_out = np.full(n, -1, dtype=np.int64)
+    keep, bad = [], []
+    for i in range(n):
+        try:
+            if all(values[m][i] is None for m in prep.modalities):
+                raise DecodeError("no modality present")
+            for m in prep.modalities:
+                v = values[m][i]
+                if v is not None:
+                    arrays[m][i] = decode_value(m, v, prep)
+                    present[m][i] = 1.0
+            label_out[i] = check_label(labels[i], num_labels)
+        except DecodeError as exc:
+            bad.append((i, exc.reason))
+            continue
+        keep.append(i)
+    rows = np.asarray(keep, dtype=np.int64)
     out: dict[str, np.ndarray] = {}
     for m in prep.modalities:
-        values = columns.get(m, [None] * n)
-        present = np.array([v is not None for v in values], dtype=np.float32)
-        if m == "image":
-            shape = (prep.image_channels, prep.image_size, prep.image_size)
-            arr = np.zeros((n, *shape), dtype=np.float32)
-            for i, v in enumerate(values):
-                if v is not None:
-                    arr[i] = decode_image(v, prep.image_size, prep.image_channels)
-        elif m == "text":
-            arr = np.zeros((n, prep.text_max_len), dtype=np.int64)
-            for i, v in enumerate(values):
-                if v is not None:
-                    arr[i] = encode_text(v, prep.text_max_len)
-        else:
-            raise DecodeError(f"no decoder for modality '{m}'")
-        out[m] = arr
-        out[f"{m}_present"] = present
+        out[m] = arrays[m][rows]
+        out[f"{m}_present"] = present[m][rows]
         if with_hashes:
             out[f"{m}_hash"] = np.array(
-                [content_hash(v) if v is not None else 0 for v in values], dtype=np.int64
+                [content_hash(values[m][i]) if values[m][i] is not None else 0 for i in keep],
+                dtype=np.int64,
             )
-    labels = columns.get("label")
-    out["label"] = np.array(
-        [-1 if v is None else v for v in (labels if labels is not None else [None] * n)],
-        dtype=np.int64,
-    )
-    return out
+    out["label"] = label_out[rows]
+    return out, bad

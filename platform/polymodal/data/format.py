@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,38 @@ def shard_paths(path: str | Path, manifest: Manifest, split: str) -> list[str]:
 def open_shard(uri: str) -> pq.ParquetFile:
     fs, path = storage.resolve(uri)
     return pq.ParquetFile(fs.open_input_file(path))
+
+
+def schema_difference(actual: pa.Schema, expected: pa.Schema) -> str | None:
+    """What differs between a shard's schema and the manifest's, in words; None if equal."""
+    if actual.equals(expected):
+        return None
+    diffs = []
+    for f in expected:
+        if f.name not in actual.names:
+            diffs.append(f"no column '{f.name}'")
+        elif not actual.field(f.name).type.equals(f.type):
+            diffs.append(f"column '{f.name}' is {actual.field(f.name).type}, expected {f.type}")
+    diffs += [f"extra column '{n}'" for n in actual.names if n not in expected.names]
+    return "; ".join(diffs) or f"schema {actual} differs from {expected}"
+
+
+def check_shard_schemas(path: str | Path, manifest: Manifest) -> None:
+    """Read every shard's footer (not its rows) and fail on the first that is missing or whose
+    schema disagrees with the manifest, naming it: before training, not hours into it."""
+    expected = arrow_schema(list(manifest.modalities), manifest.label_names is not None)
+    uris = [u for split in manifest.splits for u in shard_paths(path, manifest, split)]
+
+    def problem(uri: str) -> str | None:
+        try:
+            return schema_difference(open_shard(uri).schema_arrow, expected)
+        except (OSError, pa.ArrowInvalid) as exc:
+            return f"cannot read it ({exc})"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:  # S3: one request per footer, in parallel
+        for uri, found in zip(uris, pool.map(problem, uris)):
+            if found:
+                raise DatasetError(f"shard {uri}: {found} (manifest of {path})")
 
 
 class DatasetWriter:

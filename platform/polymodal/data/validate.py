@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from polymodal import storage
-from polymodal.data.decode import DecodeError, open_image
-from polymodal.data.format import arrow_schema, read_manifest, shard_paths
+from polymodal.data.decode import Preprocessing, decode_columns
+from polymodal.data.format import arrow_schema, read_manifest, schema_difference, shard_paths
 
 EXAMPLES = 10
 
@@ -61,43 +61,26 @@ def check_shards(path: str, report: ValidationReport) -> list[str]:
                 report.problems.append(
                     f"{name}: {file.metadata.num_rows} rows, manifest says {shard['rows']}"
                 )
-            if not file.schema_arrow.equals(expected):
-                report.problems.append(
-                    f"{name}: schema {file.schema_arrow} differs from the manifest's {expected}"
-                )
+            difference = schema_difference(file.schema_arrow, expected)
+            if difference:
+                report.problems.append(f"{name}: {difference}")
                 continue
             readable.append(uri)
     return readable
 
 
-def row_problem(row: dict, modalities: list[str], num_labels: int | None) -> str | None:
-    present = [m for m in modalities if row.get(m) is not None]
-    if not present:
-        return "no modality present"
-    for m in present:
-        value = row[m]
-        if m == "image":
-            try:
-                open_image(value)
-            except DecodeError as exc:
-                return "image too large" if "too large" in str(exc) else "unreadable image"
-        elif m == "text" and not value.strip():
-            return "empty text"
-    label = row.get("label")
-    if num_labels is not None and label is not None and not -1 <= label < num_labels:
-        return "label out of range"
-    return None
-
-
 def check_batch(table: pa.Table, modalities: list[str], num_labels: int | None) -> pa.Table:
-    """One summary row per batch: rows checked and the bad ones' ids and reasons."""
-    ids, reasons = [], []
-    for row in table.to_pylist():
-        reason = row_problem(row, modalities, num_labels)
-        if reason:
-            ids.append(row["id"])
-            reasons.append(reason)
-    return pa.table({"checked": [table.num_rows], "ids": [ids], "reasons": [reasons]})
+    """One summary row per batch: rows checked and the bad ones' ids and reasons, found by
+    the same decoding that training uses."""
+    columns = {name: table.column(name).to_pylist() for name in table.column_names}
+    _, bad = decode_columns(columns, Preprocessing(modalities), num_labels=num_labels)
+    return pa.table(
+        {
+            "checked": [table.num_rows],
+            "ids": [[columns["id"][i] for i, _ in bad]],
+            "reasons": [[reason for _, reason in bad]],
+        }
+    )
 
 
 def validate_dataset(path: str) -> ValidationReport:

@@ -29,7 +29,8 @@ def decoded_batches(path: str, split: str, prep: Preprocessing, batch_size: int 
     columns = read_columns(path, manifest, prep.modalities)
     for table in iter_tables(path, split, columns, batch_size):
         cols = {name: table.column(name).to_pylist() for name in table.column_names}
-        yield {k: torch.from_numpy(v) for k, v in decode_columns(cols, prep, True).items()}
+        arrays, _ = decode_columns(cols, prep, True, len(manifest.label_names or []) or None)
+        yield {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
 @torch.no_grad()

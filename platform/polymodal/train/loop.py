@@ -27,6 +27,7 @@ from polymodal.objectives.grad_cache import (
     sync_gradients,
 )
 from polymodal.objectives.joint import joint_loss
+from polymodal.train.bad_rows import bad_fraction, check_bad_fraction, epoch_metrics
 from polymodal.train.checkpoint import (
     load_model_state,
     load_train_state,
@@ -100,6 +101,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val") if rank == 0 else None
     val_cache: list | None = None
+    bad_rows, bad_before = loop_config.get("bad_rows"), None
+
+    def check_bad_rows(min_rows: int = 0) -> dict[str, Any]:
+        """The run's dropped-row counts; raises once they pass data.max_bad_fraction."""
+        totals = ray.get(bad_rows.totals.remote())
+        if bad_fraction(totals)[1] >= min_rows:
+            check_bad_fraction(totals, cfg.data.max_bad_fraction, meta["dataset"])
+        return totals
 
     def validate() -> dict[str, float]:
         nonlocal val_cache
@@ -160,6 +169,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             scheduler.step()
             step += 1
             n_steps += 1
+            if bad_rows is not None and step % cfg.train.log_every_steps == 0:
+                check_bad_rows(min_rows=cfg.data.decode_batch_size)  # fail early, not at the end
             samples += batch["label"].shape[0]
             values = {"loss": loss_value, **{f"loss/{k}": float(v) for k, v in logs.items()}}
             for k, v in values.items():
@@ -189,6 +200,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         train_metrics["train/data_wait_fraction"] = wait_s / max(epoch_s, 1e-9)
         train_metrics = _all_mean(train_metrics, device)
         train_metrics["train/samples_per_s"] = samples * world / max(epoch_s, 1e-9)
+        if bad_rows is not None:
+            totals = check_bad_rows()
+            train_metrics.update(epoch_metrics(totals, bad_before))
+            bad_before = totals
         metrics = {
             "epoch": epoch,
             "step": step,
@@ -204,6 +219,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
         # ---- validate and checkpoint on rank 0; every rank reports ----
         if rank == 0:
             metrics.update(validate())
+            if bad_rows is not None:
+                check_bad_rows()  # the val split's rows count too
             history.append(
                 {
                     "step": step,

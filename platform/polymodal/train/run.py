@@ -12,9 +12,10 @@ from typing import Any
 from polymodal import storage
 from polymodal.config import Config
 from polymodal.data.decode import Preprocessing
-from polymodal.data.format import read_manifest
+from polymodal.data.format import check_shard_schemas, read_manifest
 from polymodal.evaluation.evaluate import decoded_batches
 from polymodal.evaluation.plots import plot_loss_curves, plot_reconstructions
+from polymodal.train.bad_rows import check_bad_fraction, write_bad_rows
 from polymodal.train.checkpoint import fetch_checkpoint, load_model, read_meta
 
 QUIET_ENV = {
@@ -80,18 +81,26 @@ class RunInputs:
     meta: dict[str, Any]
     loop_config: dict[str, Any]
     datasets: dict[str, Any]
+    bad_rows: Any  # the BadRows actor counting rows that decoding dropped
+
+
+def bad_row_totals(inputs: RunInputs) -> dict[str, Any]:
+    import ray
+
+    return ray.get(inputs.bad_rows.totals.remote())
 
 
 def prepare_inputs(cfg: Config) -> RunInputs:
     """Check the dataset against the config; lazy Ray datasets for train (shuffled) and val."""
     import ray.data
 
-    from polymodal.data.pipeline import split_dataset
+    from polymodal.data.pipeline import BadRows, split_dataset
 
     manifest = read_manifest(cfg.data.path)
     for split in ("train", "val"):
         if manifest.rows(split) == 0:
             raise ValueError(f"{cfg.data.path}: split '{split}' is empty")
+    check_shard_schemas(cfg.data.path, manifest)
     if cfg.objective.weights.classification > 0 and not manifest.label_names:
         raise ValueError(
             f"{cfg.data.path}: objective.weights.classification > 0 but the dataset has no labels"
@@ -101,6 +110,7 @@ def prepare_inputs(cfg: Config) -> RunInputs:
     templates = cfg.eval.zero_shot_templates or manifest.extra.get("caption_templates", [])
     # One progress bar per dataset pass rather than one per operator: readable in a terminal.
     ray.data.DataContext.get_current().enable_operator_progress_bars = False
+    bad_rows = BadRows.remote()
     datasets = {
         # Content hashes travel with training batches only when they define positives.
         "train": split_dataset(
@@ -110,8 +120,11 @@ def prepare_inputs(cfg: Config) -> RunInputs:
             cfg.data.decode_batch_size,
             with_hashes=cfg.objective.contrastive.positives == "text",
             shuffle=True,
+            bad_rows=bad_rows,
         ),
-        "val": split_dataset(cfg.data.path, "val", prep, cfg.data.decode_batch_size, True),
+        "val": split_dataset(
+            cfg.data.path, "val", prep, cfg.data.decode_batch_size, True, bad_rows=bad_rows
+        ),
     }
     # Everything a checkpoint must carry; the loop adds epoch, step, metrics and history.
     meta = {
@@ -126,8 +139,9 @@ def prepare_inputs(cfg: Config) -> RunInputs:
         "meta": meta,
         "train_rows": manifest.rows("train"),
         "val_rows": manifest.rows("val"),
+        "bad_rows": bad_rows,
     }
-    return RunInputs(meta, loop_config, datasets)
+    return RunInputs(meta, loop_config, datasets, bad_rows)
 
 
 def build_trainer(
@@ -177,7 +191,15 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
     inputs = prepare_inputs(cfg)
     run_dir = run_dir_of(cfg)
     storage_path, name = run_dir.rsplit("/", 1)
-    result = build_trainer(cfg, inputs, storage_path, name).fit()
+    try:
+        result = build_trainer(cfg, inputs, storage_path, name).fit()
+    except Exception:
+        # Ray wraps the worker's error in its own; too many bad rows gets our plain message.
+        totals = bad_row_totals(inputs)
+        write_bad_rows(run_dir, totals)
+        check_bad_fraction(totals, cfg.data.max_bad_fraction, inputs.meta["dataset"])
+        raise
+    write_bad_rows(run_dir, bad_row_totals(inputs))
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.train.name} finished without a checkpoint")
     checkpoint = storage.uri_of(result.checkpoint.path, run_dir)

@@ -34,7 +34,7 @@ def materialize(inputs: RunInputs) -> RunInputs:
     each other on small clusters. Train keeps a new block order every epoch."""
     train = inputs.datasets["train"].materialize().randomize_block_order()
     val = inputs.datasets["val"].materialize()
-    return RunInputs(inputs.meta, inputs.loop_config, {"train": train, "val": val})
+    return RunInputs(inputs.meta, inputs.loop_config, {"train": train, "val": val}, inputs.bad_rows)
 
 
 def _scheduler(cfg: Config):
