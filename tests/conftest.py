@@ -24,3 +24,37 @@ def digits_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "digits"
     ingest("builtin:digits", out, progress=False)
     return out
+
+
+def write_tars(out: Path, rows, per_tar: int, damaged: dict[int, dict[str, bytes]] | None = None):
+    """Real rows (RawRow) as img2dataset-style tars: key.png, key.txt, key.cls, key.json.
+    damaged maps a row index to files that replace that sample's own. Returns the tar paths."""
+    import io
+    import json
+    import tarfile
+
+    damaged = damaged or {}
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    tar = None
+    for i, row in enumerate(rows):
+        if i % per_tar == 0:
+            if tar:
+                tar.close()
+            paths.append(out / f"{len(paths):05d}.tar")
+            tar = tarfile.open(paths[-1], "w")
+        key = f"{len(paths) - 1:05d}{i % per_tar:04d}"
+        files = {
+            "png": row.values["image"],
+            "txt": row.values["text"].encode(),
+            "cls": str(row.label).encode(),
+            "json": json.dumps({"key": key, "caption": row.values["text"]}).encode(),
+        }
+        files.update(damaged.get(i, {}))
+        for ext, data in files.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    if tar:
+        tar.close()
+    return paths

@@ -32,13 +32,18 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         rows_per_shard=args.rows_per_shard,
         limit=args.limit,
         overwrite=args.overwrite,
+        mapping=args.map,
     )
     counts = ", ".join(f"{s}={i['rows']}" for s, i in report.manifest.splits.items())
-    print(f"wrote {report.rows_written} rows to {args.out} ({counts}) in {report.seconds:.1f}s")
-    if report.rejected:
-        print(f"skipped {sum(report.rejected.values())} bad rows: {dict(report.rejected)}")
-        for line in report.examples:
-            print(f"  {line}")
+    tasks = f", {report.parallel_tasks} parallel tasks" if report.parallel_tasks else ""
+    print(
+        f"wrote {report.rows_written} rows to {args.out} ({counts}), "
+        f"{report.bytes_written / 1e6:.1f} MB in {report.seconds:.1f}s{tasks}"
+    )
+    rejected = sum(report.rejected.values())
+    print(f"rejected {rejected} rows" + (f": {dict(report.rejected)}" if rejected else ""))
+    for line in report.examples:
+        print(f"  {line}")
     return 0
 
 
@@ -174,8 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     ing = data_sub.add_parser(
         "ingest",
         help="write a source as a polymodal dataset (manifest + Parquet shards)",
-        description="SOURCE is builtin:digits, builtin:fashion-mnist, or a folder holding "
-        "index.csv / index.jsonl (columns: image (file path), text, label, optional id, split).",
+        description="SOURCE is builtin:digits, builtin:fashion-mnist; webdataset tars "
+        "('shards/{00000..00099}.tar', local or s3://: key.jpg|png|webp, key.txt|json, key.cls); "
+        "a Parquet file or directory with --map; or a folder holding index.csv / index.jsonl "
+        "(columns: image (file path), text, label, optional id, split). Sources of several "
+        "shards are read in parallel by Ray Data tasks.",
     )
     ing.add_argument("source")
     ing.add_argument("out", help="output dataset directory")
@@ -187,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of ids in val when the source has no split (default 0.1)",
     )
     ing.add_argument("--rows-per-shard", type=int, default=10_000)
+    ing.add_argument(
+        "--map",
+        nargs="+",
+        metavar="FIELD=COLUMN",
+        help="SOURCE is a Parquet table: its columns for image, text, label, id "
+        "(e.g. --map image=jpg text=caption)",
+    )
     ing.add_argument("--limit", type=int, default=None, help="read at most N rows (per split)")
     ing.add_argument(
         "--overwrite",

@@ -21,21 +21,35 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class AugmentConfig:
+    """Random image changes for the train split, done in the Ray Data decoding tasks."""
+
+    crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # area kept; [1,1]: off
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.333])  # aspect ratio range
+    hflip: float = 0.0  # probability of a horizontal flip
+
+
+@dataclass
 class DataConfig:
-    path: str = "data/fashion-mnist"  # dataset directory written by `polymodal data ingest`
+    # A dataset written by `polymodal data ingest` (local or s3://), or webdataset tars read
+    # in place: a pattern like s3://bucket/shards/{00000..00099}.tar with val_path for val.
+    path: str = "data/fashion-mnist"
+    val_path: str = ""  # webdataset only: the val tars
+    label_names: list[str] = field(default_factory=list)  # webdataset only: names of .cls ids
     image_size: int = 28  # images are resized to image_size x image_size
     image_channels: int = 0  # 0: take it from the manifest (1 for grayscale, 3 for RGB)
     text_max_len: int = 48  # UTF-8 bytes kept per text
     decode_batch_size: int = 1024  # rows per Ray Data decoding task
     prefetch_batches: int = 4  # batches each worker decodes ahead of the step
     cache_val_rows: int = 50_000  # rank 0 keeps a decoded val split this small in memory
-    # Training order changes every epoch: blocks come in random order and rows are permuted
+    # Training order changes every epoch: shards come in random order and rows are permuted
     # within each decoded block (free). A worker-side buffer mixes rows across blocks too, at
     # a cost (~35% slower steps on Fashion-MNIST with 2 CPU workers at 2,048 rows): 0 = off.
     shuffle_buffer_rows: int = 0
     # Rows that cannot be decoded (bad image, empty text, label out of range...) are dropped
     # and counted; the run fails once they are more than this fraction of the rows read.
     max_bad_fraction: float = 0.01
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass

@@ -71,6 +71,18 @@ def list_dirs(uri: str | Path) -> list[str]:
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
 
+def list_files(uri: str | Path, suffix: str = "") -> list[str]:
+    """Files under the directory uri (recursively) ending in suffix, as URIs like uri."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    root, base = str(uri).rstrip("/"), path.rstrip("/")
+    return sorted(
+        root + i.path[len(base) :]
+        for i in infos
+        if i.type == pafs.FileType.File and i.path.endswith(suffix)
+    )
+
+
 def read_bytes(uri: str | Path) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:

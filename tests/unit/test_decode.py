@@ -102,3 +102,22 @@ def test_bad_rows_are_dropped_with_their_reason(monkeypatch):
     assert {reason for _, reason in bad} == set(decode.BAD_ROW_REASONS)
     assert out["label"].tolist() == [0, 2]  # the good rows, still aligned across columns
     assert out["image"].shape == (2, 1, 4, 4) and out["text_hash"].shape == (2,)
+
+
+def test_augment_crops_and_flips_only_when_asked():
+    from polymodal.data.decode import Augment
+
+    arr = np.zeros((16, 16), dtype=np.uint8)
+    arr[:, :4] = 255  # a bright band on the left
+    png = _png(arr)
+    plain = decode_image(png, 16, 1)
+    assert plain[0, :, :4].mean() == 1.0
+    flipped = decode_image(png, 16, 1, Augment(hflip=1.0), np.random.default_rng(0))
+    assert np.array_equal(flipped, plain[:, :, ::-1])
+    crops = [
+        decode_image(png, 16, 1, Augment(crop_scale=(0.3, 0.6)), np.random.default_rng(s))
+        for s in range(4)
+    ]
+    assert all(c.shape == (1, 16, 16) for c in crops)
+    assert len({c.tobytes() for c in crops}) > 1  # different crops for different draws
+    assert not Augment().active and decode_image(png, 16, 1, Augment()).tobytes() == plain.tobytes()

@@ -66,9 +66,51 @@ def open_image(data: bytes) -> Image.Image:
     return img
 
 
-def decode_image(data: bytes, size: int, channels: int) -> np.ndarray:
-    """Image bytes → float32 [channels, size, size] in [0, 1]."""
+@dataclass
+class Augment:
+    """Random resized crop (torchvision's sampling) and horizontal flip, for training only."""
+
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    hflip: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.crop_scale[0] < 1.0 or self.hflip > 0
+
+
+def random_crop_box(
+    width: int, height: int, aug: Augment, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) covering a random share of the area and aspect ratio."""
+    area = width * height
+    log_ratio = np.log(aug.crop_ratio)
+    for _ in range(10):
+        target = area * rng.uniform(*aug.crop_scale)
+        ratio = np.exp(rng.uniform(*log_ratio))
+        w, h = round(np.sqrt(target * ratio)), round(np.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            return left, top, left + w, top + h
+    return 0, 0, width, height  # the whole image, as torchvision falls back to a center crop
+
+
+def decode_image(
+    data: bytes,
+    size: int,
+    channels: int,
+    augment: Augment | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Image bytes → float32 [channels, size, size] in [0, 1], randomly cropped and flipped
+    when augment is given."""
     img = open_image(data).convert("L" if channels == 1 else "RGB")
+    if augment is not None and augment.active:
+        rng = rng or np.random.default_rng()
+        if augment.crop_scale[0] < 1.0:
+            img = img.crop(random_crop_box(img.width, img.height, augment, rng))
+        if rng.random() < augment.hflip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
@@ -94,12 +136,18 @@ def content_hash(value: Any) -> int:
     return zlib.crc32(data) | (len(data) << 32)
 
 
-def decode_value(modality: str, value: Any, prep: Preprocessing) -> np.ndarray:
+def decode_value(
+    modality: str,
+    value: Any,
+    prep: Preprocessing,
+    augment: Augment | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """One raw value → the model's input array; DecodeError says why it cannot be used."""
     if modality == "image":
         if not isinstance(value, bytes | bytearray | memoryview):
             raise DecodeError("wrong type", f"image is {type(value).__name__}, expected bytes")
-        return decode_image(bytes(value), prep.image_size, prep.image_channels)
+        return decode_image(bytes(value), prep.image_size, prep.image_channels, augment, rng)
     if modality == "text":
         if not isinstance(value, str):
             raise DecodeError("wrong type", f"text is {type(value).__name__}, expected str")
@@ -112,6 +160,11 @@ def decode_value(modality: str, value: Any, prep: Preprocessing) -> np.ndarray:
 def check_label(value: Any, num_labels: int | None) -> int:
     if value is None:
         return -1
+    if isinstance(value, str):  # webdataset's .cls text
+        try:
+            value = int(value)
+        except ValueError:
+            raise DecodeError("wrong type", f"label {value!r} is not an integer") from None
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise DecodeError("wrong type", f"label is {type(value).__name__}, expected int")
     if value < 0 or (num_labels is not None and value >= num_labels):
@@ -124,6 +177,7 @@ def decode_columns(
     prep: Preprocessing,
     with_hashes: bool = False,
     num_labels: int | None = None,
+    augment: Augment | None = None,
 ) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
     """Raw columns (lists of values, None for missing) → arrays for the model, and the rows
     that were dropped as (row index, reason).
@@ -131,8 +185,9 @@ def decode_columns(
     Each modality m gives `m` and `m_present` (1.0 where the row has it); `label` is -1 where
     missing. With `with_hashes`, `m_hash` holds content_hash of each raw value (0 if missing).
     A row whose value does not decode, whose label is out of range, or that has none of the
-    modalities is dropped rather than failing the batch.
+    modalities is dropped rather than failing the batch. `augment` applies to images.
     """
+    rng = np.random.default_rng() if augment is not None else None
     n = len(next(iter(columns.values())))
     shapes = {
         "image": ((prep.image_channels, prep.image_size, prep.image_size), np.float32),
@@ -154,7 +209,7 @@ def decode_columns(
             for m in prep.modalities:
                 v = values[m][i]
                 if v is not None:
-                    arrays[m][i] = decode_value(m, v, prep)
+                    arrays[m][i] = decode_value(m, v, prep, augment, rng)
                     present[m][i] = 1.0
             label_out[i] = check_label(labels[i], num_labels)
         except DecodeError as exc:

@@ -92,7 +92,12 @@ def shard_paths(path: str | Path, manifest: Manifest, split: str) -> list[str]:
     """The split's shard files, as local paths or s3:// URIs like `path`."""
     if split not in manifest.splits:
         raise DatasetError(f"{path}: no split '{split}' (has {sorted(manifest.splits)})")
-    return [storage.join(path, s["path"]) for s in manifest.splits[split]["shards"]]
+    return [  # shards read in place (webdataset) are listed by their full path
+        s["path"]
+        if "://" in s["path"] or s["path"].startswith("/")
+        else storage.join(path, s["path"])
+        for s in manifest.splits[split]["shards"]
+    ]
 
 
 def open_shard(uri: str) -> pq.ParquetFile:
@@ -132,8 +137,49 @@ def check_shard_schemas(path: str | Path, manifest: Manifest) -> None:
                 raise DatasetError(f"shard {uri}: {found} (manifest of {path})")
 
 
+class ShardWriter:
+    """Buffers rows per split and writes fixed-size Parquet shards under `root`; several can
+    write into one dataset side by side (parallel ingest) when their `tag`s differ."""
+
+    def __init__(self, root: str, prefix: str, schema: pa.Schema, rows_per_shard: int, tag=""):
+        self.root, self.prefix, self.tag = root, prefix, tag
+        self.schema = schema
+        self.rows_per_shard = rows_per_shard
+        self.buffers: dict[str, list[dict[str, Any]]] = {}
+        self.shards: dict[str, list[dict[str, Any]]] = {}
+        self.bytes = 0
+
+    def add(self, split: str, row: dict[str, Any]) -> None:
+        buf = self.buffers.setdefault(split, [])
+        buf.append(row)
+        if len(buf) >= self.rows_per_shard:
+            self._flush(split)
+
+    def _flush(self, split: str) -> None:
+        rows = self.buffers.get(split) or []
+        if not rows:
+            return
+        shards = self.shards.setdefault(split, [])
+        rel = f"{self.prefix}{split}/part-{self.tag}{len(shards):05d}.parquet"
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=self.schema), buf)
+        data = buf.getvalue()
+        storage.write_bytes(storage.join(self.root, rel), data)
+        self.bytes += len(data)
+        # The checksum lets `polymodal data validate` tell a damaged shard from a good one.
+        shards.append({"path": rel, "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest()})
+        self.buffers[split] = []
+
+    def close(self) -> dict[str, list[dict[str, Any]]]:
+        """Flush what is buffered; the shards written, per split."""
+        for split in list(self.buffers):
+            self._flush(split)
+        return self.shards
+
+
 class DatasetWriter:
-    """Buffers rows per split and writes fixed-size Parquet shards into a staging directory."""
+    """Stages a dataset's shards (in a sibling directory, or a fresh prefix on S3) and makes
+    them a dataset only at finish(), by writing the manifest last."""
 
     def __init__(
         self,
@@ -152,49 +198,37 @@ class DatasetWriter:
             self.out = str(out).rstrip("/")
             if storage.exists(storage.join(self.out, MANIFEST)) and not overwrite:
                 raise DatasetError(f"{self.out} already exists; pass --overwrite to replace it")
-            self.prefix = f"parts-{uuid.uuid4().hex[:8]}/"
+            self.root, self.prefix = self.out, f"parts-{uuid.uuid4().hex[:8]}/"
         else:
             self.out = Path(out)
             if self.out.exists() and not overwrite:
                 raise DatasetError(f"{self.out} already exists; pass --overwrite to replace it")
             self.stage = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
             self.stage.mkdir(parents=True)
-            self.prefix = ""
+            self.root, self.prefix = str(self.stage), ""
         self.modalities = modalities
         self.encodings = encodings
         self.label_names = label_names
         self.schema = arrow_schema(modalities, labelled)
         self.rows_per_shard = rows_per_shard
-        self.buffers: dict[str, list[dict[str, Any]]] = {}
         self.shards: dict[str, list[dict[str, Any]]] = {}
+        self.rows = self.shard_writer()
+
+    def shard_writer(self, tag: str = "") -> ShardWriter:
+        """A writer of shards into this dataset's staging area (picklable: Ray tasks use it)."""
+        return ShardWriter(self.root, self.prefix, self.schema, self.rows_per_shard, tag)
 
     def add(self, split: str, row: dict[str, Any]) -> None:
-        buf = self.buffers.setdefault(split, [])
-        buf.append(row)
-        if len(buf) >= self.rows_per_shard:
-            self._flush(split)
+        self.rows.add(split, row)
 
-    def _flush(self, split: str) -> None:
-        rows = self.buffers.get(split) or []
-        if not rows:
-            return
-        shards = self.shards.setdefault(split, [])
-        rel = f"{self.prefix}{split}/part-{len(shards):05d}.parquet"
-        buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=self.schema), buf)
-        data = buf.getvalue()
-        if self.remote:
-            storage.write_bytes(storage.join(self.out, rel), data)
-        else:
-            (self.stage / split).mkdir(exist_ok=True)
-            (self.stage / rel).write_bytes(data)
-        # The checksum lets `polymodal data validate` tell a damaged shard from a good one.
-        shards.append({"path": rel, "rows": len(rows), "sha256": hashlib.sha256(data).hexdigest()})
-        self.buffers[split] = []
+    def add_shards(self, shards: dict[str, list[dict[str, Any]]]) -> None:
+        for split, entries in shards.items():
+            self.shards.setdefault(split, []).extend(entries)
 
     def finish(self, source: str, extra: dict[str, Any], rejected: dict[str, int]) -> Manifest:
-        for split in list(self.buffers):
-            self._flush(split)
+        self.add_shards(self.rows.close())
+        for entries in self.shards.values():  # parallel writers finish in any order
+            entries.sort(key=lambda e: e["path"])
         manifest = Manifest(
             modalities={m: {"encoding": self.encodings[m]} for m in self.modalities},
             label_names=self.label_names,
@@ -239,14 +273,28 @@ def read_columns(path: str | Path, manifest: Manifest, modalities: list[str]) ->
         raise DatasetError(
             f"{path}: dataset has no {missing} column (has {list(manifest.modalities)})"
         )
-    first = next(iter(manifest.splits))
-    names = open_shard(shard_paths(path, manifest, first)[0]).schema_arrow.names
-    return list(modalities) + (["label"] if "label" in names else [])
+    return list(modalities) + (["label"] if manifest.label_names is not None else [])
 
 
-def iter_tables(path: str | Path, split: str, columns: list[str], batch_size: int):
+def is_webdataset(manifest: Manifest) -> bool:
+    return manifest.extra.get("format") == "webdataset"
+
+
+def iter_tables(
+    path: str | Path,
+    split: str,
+    columns: list[str],
+    batch_size: int,
+    manifest: Manifest | None = None,
+):
     """Record batches of one split, read shard by shard (memory bounded by batch_size)."""
-    manifest = read_manifest(path)
+    manifest = manifest or read_manifest(path)
+    if is_webdataset(manifest):
+        from polymodal.data.webdataset import read_tables
+
+        for table in read_tables(shard_paths(path, manifest, split), batch_size):
+            yield table.select(columns)
+        return
     for file in shard_paths(path, manifest, split):
         for batch in open_shard(file).iter_batches(batch_size=batch_size, columns=columns):
             yield pa.Table.from_batches([batch])

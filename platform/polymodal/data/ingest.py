@@ -6,17 +6,21 @@ nothing is left that looks like a complete dataset unless the ingest finished.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from polymodal.data.decode import DecodeError, open_image
-from polymodal.data.format import DatasetWriter, Manifest, split_of
+from polymodal.data.format import DatasetWriter, Manifest, ShardWriter, split_of
 from polymodal.data.sources import RawRow, Source, open_source
+
+EXAMPLES = 10
 
 
 class IngestError(ValueError):
@@ -30,9 +34,11 @@ class IngestReport:
     rejected: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)  # first few rejections, with row numbers
     seconds: float = 0.0
+    bytes_written: int = 0
+    parallel_tasks: int = 0  # Ray tasks that read the source's shards; 0: read in this process
 
 
-def check_row(row: RawRow, source: Source) -> str | None:
+def check_row(row: RawRow, label_names: list[str] | None) -> str | None:
     """Why the row cannot be used, or None if it is fine."""
     if row.error:
         return row.error
@@ -44,8 +50,8 @@ def check_row(row: RawRow, source: Source) -> str | None:
             open_image(image)
         except DecodeError as exc:
             return str(exc)
-    if row.label is not None and source.label_names and row.label >= len(source.label_names):
-        return f"bad label {row.label}: only {len(source.label_names)} classes"
+    if row.label is not None and label_names and row.label >= len(label_names):
+        return f"bad label {row.label}: only {len(label_names)} classes"
     return None
 
 
@@ -57,6 +63,98 @@ def _reason_key(reason: str) -> str:
     return reason.split(":")[0]
 
 
+@dataclass
+class Tally:
+    """What one reader (this process, or a Ray task over one shard) saw."""
+
+    written: int = 0
+    max_label: int = -1
+    rejected: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    error: str | None = None  # strict: the first bad row
+
+
+def write_rows(
+    rows: Iterator[RawRow],
+    where: str,
+    writer: ShardWriter,
+    labelled: bool,
+    label_names: list[str] | None,
+    val_fraction: float,
+    strict: bool,
+) -> Tally:
+    tally = Tally()
+    for row in rows:
+        text = row.values.get("text")
+        if isinstance(text, str) and not text.strip():  # blank text is missing text
+            row.values["text"] = None
+        reason = check_row(row, label_names)
+        if reason is not None:
+            message = f"{row.shard or where} row {row.number} (id {row.id}): {reason}"
+            if strict:
+                tally.error = message
+                return tally
+            tally.rejected[_reason_key(reason)] += 1
+            if len(tally.examples) < EXAMPLES:
+                tally.examples.append(message)
+            continue
+        split = row.split or split_of(row.id, val_fraction)
+        record = {"id": row.id, **row.values}
+        if labelled:
+            record["label"] = row.label
+            tally.max_label = max(tally.max_label, row.label if row.label is not None else -1)
+        writer.add(split, record)
+        tally.written += 1
+    return tally
+
+
+def _ingest_shard(item: dict, shard_rows, writer: ShardWriter, **kwargs) -> dict:
+    """A Ray Data task: one source shard → Parquet shards in the staging area; the tally and
+    the shards written come back as JSON."""
+    writer.tag = f"{item['index']:05d}-"
+    tally = write_rows(shard_rows(item["uri"]), item["uri"], writer, **kwargs)
+    shards = writer.close()
+    # not asdict(): it rebuilds a Counter from (key, value) pairs, counting the pairs
+    summary = {**vars(tally), "rejected": dict(tally.rejected), "shards": shards}
+    summary["bytes"] = writer.bytes
+    return {"summary": json.dumps(summary)}
+
+
+def _ingest_parallel(source: Source, writer: DatasetWriter, progress: bool, **kwargs):
+    import ray.data
+
+    from polymodal.train.run import ensure_ray
+
+    ensure_ray()
+    items = [{"uri": u, "index": i} for i, u in enumerate(source.shards)]
+    # Each task writes into the staging area itself: on S3 that is shared by every node.
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map(
+        _ingest_shard,
+        fn_kwargs={"shard_rows": source.shard_rows, "writer": writer.shard_writer(), **kwargs},
+    )
+    total, bytes_written = Tally(), 0
+    bar = tqdm(
+        total=len(items),
+        desc=f"ingest {source.name}",
+        unit="shard",
+        file=sys.stderr,
+        disable=not progress,
+    )
+    for out in ds.iter_rows():
+        part = json.loads(out["summary"])
+        writer.add_shards(part["shards"])
+        bytes_written += part["bytes"]
+        total.written += part["written"]
+        total.max_label = max(total.max_label, part["max_label"])
+        total.rejected.update(part["rejected"])
+        total.examples += part["examples"][: EXAMPLES - len(total.examples)]
+        total.error = total.error or part["error"]
+        bar.update(1)
+        bar.set_postfix(rows=total.written)
+    bar.close()
+    return total, bytes_written
+
+
 def ingest(
     source_spec: str,
     out: str | Path,
@@ -66,9 +164,12 @@ def ingest(
     limit: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    mapping: list[str] | None = None,
 ) -> IngestReport:
+    """Sharded sources (several tars or Parquet files) are read by Ray Data tasks in parallel,
+    one per shard, each writing its own output shards; the rest in this process."""
     start = time.perf_counter()
-    source = open_source(source_spec, limit=limit)
+    source = open_source(source_spec, limit=limit, mapping=mapping)
     writer = DatasetWriter(
         out,
         source.modalities,
@@ -78,38 +179,43 @@ def ingest(
         rows_per_shard=rows_per_shard,
         overwrite=overwrite,
     )
-    rejected: Counter = Counter()
-    examples: list[str] = []
-    written = 0
+    kwargs = {
+        "labelled": source.labelled,
+        "label_names": source.label_names,
+        "val_fraction": val_fraction,
+        "strict": strict,
+    }
+    parallel = len(source.shards) > 1 and limit is None
     try:
-        bar = tqdm(
-            source.rows,
-            total=source.total,
-            desc=f"ingest {source.name}",
-            unit="row",
-            disable=not progress,
-            file=sys.stderr,
-        )
-        for row in bar:
-            reason = check_row(row, source)
-            if reason is not None:
-                where = f"{source.name} row {row.number} (id {row.id}): {reason}"
-                if strict:
-                    raise IngestError(where)
-                rejected[_reason_key(reason)] += 1
-                if len(examples) < 10:
-                    examples.append(where)
-                continue
-            split = row.split or split_of(row.id, val_fraction)
-            record = {"id": row.id, **row.values}
-            if source.labelled:
-                record["label"] = row.label
-            writer.add(split, record)
-            written += 1
-        if written == 0:
-            raise IngestError(f"{source.name}: no usable rows (rejected: {dict(rejected)})")
-        manifest = writer.finish(source.name, source.extra, dict(rejected))
+        if parallel:
+            tally, bytes_written = _ingest_parallel(source, writer, progress, **kwargs)
+        else:
+            rows = tqdm(
+                source.rows,
+                total=source.total,
+                desc=f"ingest {source.name}",
+                unit="row",
+                disable=not progress,
+                file=sys.stderr,
+            )
+            tally = write_rows(rows, source.name, writer.rows, **kwargs)
+            bytes_written = 0
+        if tally.error:
+            raise IngestError(tally.error)
+        if tally.written == 0:
+            raise IngestError(f"{source.name}: no usable rows (rejected: {dict(tally.rejected)})")
+        if source.labelled and source.label_names is None:  # integer labels: "0".."max"
+            writer.label_names = [str(i) for i in range(tally.max_label + 1)]
+        manifest = writer.finish(source.name, source.extra, dict(tally.rejected))
     except BaseException:
         writer.abort()
         raise
-    return IngestReport(manifest, written, rejected, examples, time.perf_counter() - start)
+    return IngestReport(
+        manifest,
+        tally.written,
+        tally.rejected,
+        tally.examples,
+        time.perf_counter() - start,
+        bytes_written + writer.rows.bytes,
+        len(source.shards) if parallel else 0,
+    )

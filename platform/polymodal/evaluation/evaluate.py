@@ -17,17 +17,23 @@ import torch.nn.functional as F
 
 from polymodal.config import EvalConfig, ObjectiveConfig
 from polymodal.data.decode import Preprocessing, decode_columns, encode_text
-from polymodal.data.format import iter_tables, read_columns, read_manifest
+from polymodal.data.format import Manifest, iter_tables, read_columns, read_manifest
 from polymodal.evaluation.retrieval import recall_at_k
 from polymodal.models.joint import JointModel
 from polymodal.objectives.joint import joint_loss
 
 
-def decoded_batches(path: str, split: str, prep: Preprocessing, batch_size: int = 512):
+def decoded_batches(
+    path: str,
+    split: str,
+    prep: Preprocessing,
+    batch_size: int = 512,
+    manifest: Manifest | None = None,
+):
     """Ray-free batches of one split with content hashes, for evaluation."""
-    manifest = read_manifest(path)
+    manifest = manifest or read_manifest(path)
     columns = read_columns(path, manifest, prep.modalities)
-    for table in iter_tables(path, split, columns, batch_size):
+    for table in iter_tables(path, split, columns, batch_size, manifest):
         cols = {name: table.column(name).to_pylist() for name in table.column_names}
         arrays, _ = decode_columns(cols, prep, True, len(manifest.label_names or []) or None)
         yield {k: torch.from_numpy(v) for k, v in arrays.items()}

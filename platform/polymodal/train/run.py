@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from polymodal import storage
-from polymodal.config import Config
-from polymodal.data.decode import Preprocessing
-from polymodal.data.format import check_shard_schemas, read_manifest
+from polymodal.config import Config, config_from_dict
+from polymodal.data.decode import Augment, Preprocessing
+from polymodal.data.format import Manifest, check_shard_schemas, is_webdataset, read_manifest
+from polymodal.data.webdataset import is_webdataset_path, webdataset_manifest
 from polymodal.evaluation.evaluate import decoded_batches
 from polymodal.evaluation.plots import plot_loss_curves, plot_reconstructions
 from polymodal.train.bad_rows import check_bad_fraction, write_bad_rows
@@ -57,6 +58,19 @@ def ensure_ray(
     )
 
 
+def dataset_manifest(cfg: Config) -> Manifest:
+    """The manifest of cfg's dataset: written by ingest, or made up for webdataset tars."""
+    if is_webdataset_path(cfg.data.path):
+        return webdataset_manifest(
+            dataset_path(cfg), cfg.data.val_path, tuple(cfg.data.label_names)
+        )
+    return read_manifest(cfg.data.path)
+
+
+def dataset_path(cfg: Config) -> str:
+    return cfg.data.path if "://" in cfg.data.path else os.path.abspath(cfg.data.path)
+
+
 def preprocessing_for(cfg: Config, manifest) -> Preprocessing:
     channels = cfg.data.image_channels or manifest.extra.get("image_channels", 1)
     return Preprocessing(
@@ -96,11 +110,12 @@ def prepare_inputs(cfg: Config) -> RunInputs:
 
     from polymodal.data.pipeline import BadRows, split_dataset
 
-    manifest = read_manifest(cfg.data.path)
+    manifest = dataset_manifest(cfg)
     for split in ("train", "val"):
         if manifest.rows(split) == 0:
             raise ValueError(f"{cfg.data.path}: split '{split}' is empty")
-    check_shard_schemas(cfg.data.path, manifest)
+    if not is_webdataset(manifest):
+        check_shard_schemas(cfg.data.path, manifest)
     if cfg.objective.weights.classification > 0 and not manifest.label_names:
         raise ValueError(
             f"{cfg.data.path}: objective.weights.classification > 0 but the dataset has no labels"
@@ -111,19 +126,28 @@ def prepare_inputs(cfg: Config) -> RunInputs:
     # One progress bar per dataset pass rather than one per operator: readable in a terminal.
     ray.data.DataContext.get_current().enable_operator_progress_bars = False
     bad_rows = BadRows.remote()
+    path, aug = dataset_path(cfg), cfg.data.augment
     datasets = {
         # Content hashes travel with training batches only when they define positives.
         "train": split_dataset(
-            cfg.data.path,
+            path,
             "train",
             prep,
             cfg.data.decode_batch_size,
             with_hashes=cfg.objective.contrastive.positives == "text",
             shuffle=True,
             bad_rows=bad_rows,
+            manifest=manifest,
+            augment=Augment(tuple(aug.crop_scale), tuple(aug.crop_ratio), aug.hflip),
         ),
         "val": split_dataset(
-            cfg.data.path, "val", prep, cfg.data.decode_batch_size, True, bad_rows=bad_rows
+            path,
+            "val",
+            prep,
+            cfg.data.decode_batch_size,
+            with_hashes=True,
+            bad_rows=bad_rows,
+            manifest=manifest,
         ),
     }
     # Everything a checkpoint must carry; the loop adds epoch, step, metrics and history.
@@ -133,7 +157,7 @@ def prepare_inputs(cfg: Config) -> RunInputs:
         "label_names": label_names,
         "num_classes": len(label_names or []),
         "zero_shot_templates": templates,
-        "dataset": cfg.data.path if "://" in cfg.data.path else os.path.abspath(cfg.data.path),
+        "dataset": path,
     }
     loop_config = {
         "meta": meta,
@@ -226,6 +250,7 @@ def finish_run(run_dir: str, checkpoint: str, epochs_run: int) -> RunResult:
     model, _ = load_model(local)
     prep = Preprocessing(**meta["preprocessing"])
     if "image" in model.decoders:
-        batch = next(decoded_batches(meta["dataset"], "val", prep, batch_size=8))
+        manifest = dataset_manifest(config_from_dict(meta["config"]))
+        batch = next(decoded_batches(meta["dataset"], "val", prep, 8, manifest))
         plot_reconstructions(model, batch, storage.join(run_dir, "reconstructions.png"))
     return RunResult(run_dir, checkpoint, metrics, epochs_run)

@@ -5,7 +5,7 @@ Sources only read; checking images and writing shards is the ingest's job.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ class RawRow:
     label: int | None = None
     split: str | None = None  # the source's own split ("train"/"val"); None: split by id
     error: str | None = None  # set when the source already knows the row is bad
+    shard: str | None = None  # the file it came from, when the source has several
 
 
 @dataclass
@@ -25,8 +26,13 @@ class Source:
     name: str
     modalities: list[str]
     encodings: dict[str, str]
-    label_names: list[str] | None
+    label_names: list[str] | None  # None with labelled: integer labels, named "0".."max"
     labelled: bool
     rows: Iterator[RawRow]
     total: int | None = None  # for progress bars
     extra: dict[str, Any] = field(default_factory=dict)
+    # Sharded sources (tars, Parquet files) are ingested in parallel, one Ray task per shard:
+    # shard_rows(uri) yields that shard's rows and must be picklable (a module-level function
+    # or a functools.partial of one).
+    shards: list[str] = field(default_factory=list)
+    shard_rows: Callable[[str], Iterator[RawRow]] | None = None

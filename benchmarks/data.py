@@ -1,0 +1,219 @@
+"""The data path at scale, against baselines measured in this run. One JSON line per case:
+
+  loader      rows/s delivered to a consumer by polymodal's Ray Data pipeline vs a plain
+              torch DataLoader (num_workers=2) reading the same Parquet shards with pyarrow
+              and the same decoding, on the same 2 CPUs (target ratio >= 1.0)
+  data_wait   train/data_wait_fraction of one epoch of jobs/configs/fashion.yaml (< 5%)
+  memory      peak RSS of the driver and of the training workers for one epoch over the
+              dataset at 1x and 10x size (target 10x/1x <= 1.2), each size in a fresh process
+
+Run: .venv/bin/python benchmarks/data.py [--rows 20000] [--small 6000] [--cases loader,memory]
+Needs Fashion-MNIST (make demo ingests it to data/fashion-mnist; this script does if missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+REPO = Path(__file__).resolve().parents[1]
+BATCH = 256
+
+
+def _shards(path: str, split: str) -> list[str]:
+    from polymodal.data.format import read_manifest, shard_paths
+
+    return shard_paths(path, read_manifest(path), split)
+
+
+class ParquetRows:
+    """The baseline: an IterableDataset over Parquet shards, each DataLoader worker taking
+    every num_workers-th shard, decoding batches with polymodal's own decode_columns."""
+
+    def __init__(self, shards: list[str], prep_dict: dict):
+        self.shards, self.prep_dict = shards, prep_dict
+
+    def __iter__(self):
+        import pyarrow.parquet as pq
+        import torch
+
+        from polymodal.data.decode import Preprocessing, decode_columns
+
+        info = torch.utils.data.get_worker_info()
+        mine = self.shards[info.id :: info.num_workers] if info else self.shards
+        prep = Preprocessing(**self.prep_dict)
+        for shard in mine:
+            pf = pq.ParquetFile(shard)
+            for batch in pf.iter_batches(
+                batch_size=BATCH, columns=["id", "image", "text", "label"]
+            ):
+                cols = {n: batch.column(n).to_pylist() for n in batch.schema.names}
+                arrays, _ = decode_columns(cols, prep)
+                yield {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def case_loader(path: str) -> dict:
+    import ray
+    import torch
+
+    from polymodal.data.decode import Preprocessing
+    from polymodal.data.pipeline import split_dataset
+
+    prep = Preprocessing(["image", "text"], 28, 1, 48)
+    torch.set_num_threads(1)
+    loader = torch.utils.data.DataLoader(
+        ParquetRows(_shards(path, "train"), prep.to_dict()), batch_size=None, num_workers=2
+    )
+    start = time.perf_counter()
+    base_rows = sum(len(b["label"]) for b in loader)
+    base_s = time.perf_counter() - start
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    ds = split_dataset(path, "train", prep)
+    for _ in ds.limit(BATCH).iter_torch_batches(batch_size=BATCH):
+        pass  # workers started before the clock, as the DataLoader's are cheap to start
+    start = time.perf_counter()
+    ray_rows = sum(len(b["label"]) for b in ds.iter_torch_batches(batch_size=BATCH))
+    ray_s = time.perf_counter() - start
+    ray.shutdown()
+    return {
+        "case": "loader",
+        "rows": ray_rows,
+        "dataloader_rows_per_s": round(base_rows / base_s),
+        "pipeline_rows_per_s": round(ray_rows / ray_s),
+        "ratio": round((ray_rows / ray_s) / (base_rows / base_s), 3),
+        "target": ">= 1.0",
+    }
+
+
+def _watch_rss(pattern: str, stop: threading.Event, peak: dict) -> None:
+    """Peak RSS (MB) of every process whose command line contains pattern."""
+    import psutil
+
+    while not stop.is_set():
+        for p in psutil.process_iter(["cmdline", "memory_info"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if pattern in cmd and p.info["memory_info"]:
+                rss = p.info["memory_info"].rss / 2**20
+                peak[p.pid] = max(peak.get(p.pid, 0.0), rss)
+        stop.wait(0.2)
+
+
+def train_one_epoch(path: str, runs: str) -> dict:
+    """In a fresh process: one epoch of fashion.yaml over `path`; peak RSS and metrics."""
+    import resource
+
+    from polymodal.config import load_config
+    from polymodal.train.run import fit
+
+    cfg = load_config(
+        REPO / "jobs/configs/fashion.yaml",
+        [f"data.path={path}", f"train.storage_path={runs}", "train.name=bench", "train.epochs=1"],
+    )
+    peak: dict[int, float] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_rss, args=("RayTrainWorker", stop, peak))
+    watcher.start()
+    result = fit(cfg)
+    stop.set()
+    watcher.join()
+    return {
+        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "worker_peak_rss_mb": round(max(peak.values(), default=0.0)),
+        "data_wait_fraction": result.metrics["train/data_wait_fraction"],
+        "samples_per_s": result.metrics["train/samples_per_s"],
+    }
+
+
+def _run_child(path: str, runs: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", path, runs],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"training over {path} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(REPO / "data/fashion-mnist"))
+    parser.add_argument("--rows", type=int, default=20_000, help="rows for the loader case")
+    parser.add_argument("--small", type=int, default=6_000, help="train rows of the 1x dataset")
+    parser.add_argument("--cases", default="loader,data_wait,memory")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(train_one_epoch(*args.child)))
+        return
+
+    from polymodal.data.ingest import ingest
+
+    cases = set(args.cases.split(","))
+    with tempfile.TemporaryDirectory() as tmp:
+        if not Path(args.data, "manifest.json").is_file():
+            ingest("builtin:fashion-mnist", args.data, progress=False)
+        if "loader" in cases:
+            path = os.path.join(tmp, "loader")
+            ingest(
+                "builtin:fashion-mnist", path, limit=args.rows, rows_per_shard=2_500, progress=False
+            )
+            print(json.dumps(case_loader(path)), flush=True)
+        if cases & {"data_wait", "memory"}:
+            small = os.path.join(tmp, "small")
+            ingest("builtin:fashion-mnist", small, limit=args.small, progress=False)
+            big = _run_child(args.data, os.path.join(tmp, "runs-big"))
+            if "data_wait" in cases:
+                print(
+                    json.dumps(
+                        {
+                            "case": "data_wait",
+                            "config": "jobs/configs/fashion.yaml",
+                            "data_wait_fraction": round(big["data_wait_fraction"], 4),
+                            "samples_per_s": round(big["samples_per_s"]),
+                            "target": "< 0.05",
+                        }
+                    ),
+                    flush=True,
+                )
+            if "memory" in cases:
+                one = _run_child(small, os.path.join(tmp, "runs-small"))
+                print(
+                    json.dumps(
+                        {
+                            "case": "memory",
+                            "train_rows": [args.small, 60_000],
+                            "driver_peak_rss_mb": [
+                                one["driver_peak_rss_mb"],
+                                big["driver_peak_rss_mb"],
+                            ],
+                            "worker_peak_rss_mb": [
+                                one["worker_peak_rss_mb"],
+                                big["worker_peak_rss_mb"],
+                            ],
+                            "driver_ratio": round(
+                                big["driver_peak_rss_mb"] / one["driver_peak_rss_mb"], 3
+                            ),
+                            "worker_ratio": round(
+                                big["worker_peak_rss_mb"] / one["worker_peak_rss_mb"], 3
+                            ),
+                            "target": "<= 1.2",
+                        }
+                    ),
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
