@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +37,7 @@ def _shards(path: str, split: str) -> list[str]:
     return shard_paths(path, read_manifest(path), split)
 
 
-class ParquetRows:
+class ParquetRows(torch.utils.data.IterableDataset):
     """The baseline: an IterableDataset over Parquet shards, each DataLoader worker taking
     every num_workers-th shard, decoding batches with polymodal's own decode_columns."""
 
@@ -44,7 +46,6 @@ class ParquetRows:
 
     def __iter__(self):
         import pyarrow.parquet as pq
-        import torch
 
         from polymodal.data.decode import Preprocessing, decode_columns
 
@@ -63,10 +64,9 @@ class ParquetRows:
 
 def case_loader(path: str) -> dict:
     import ray
-    import torch
 
     from polymodal.data.decode import Preprocessing
-    from polymodal.data.pipeline import split_dataset
+    from polymodal.data.pipeline import configure_ray_data, split_dataset
 
     prep = Preprocessing(["image", "text"], 28, 1, 48)
     torch.set_num_threads(1)
@@ -78,7 +78,8 @@ def case_loader(path: str) -> dict:
     base_s = time.perf_counter() - start
 
     ray.init(num_cpus=2, include_dashboard=False)
-    ds = split_dataset(path, "train", prep)
+    configure_ray_data()
+    ds = split_dataset(path, "train", prep, shuffle=True)
     for _ in ds.limit(BATCH).iter_torch_batches(batch_size=BATCH):
         pass  # workers started before the clock, as the DataLoader's are cheap to start
     start = time.perf_counter()

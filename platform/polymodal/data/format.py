@@ -24,6 +24,7 @@ from polymodal import storage
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+ROW_GROUP_ROWS = 1024  # Parquet row groups are the unit of parallel reading and decoding
 
 # Arrow type of each modality column (DESIGN.md, "Dataset on disk").
 MODALITY_TYPES: dict[str, pa.DataType] = {
@@ -162,7 +163,8 @@ class ShardWriter:
         shards = self.shards.setdefault(split, [])
         rel = f"{self.prefix}{split}/part-{self.tag}{len(shards):05d}.parquet"
         buf = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=self.schema), buf)
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS)
         data = buf.getvalue()
         storage.write_bytes(storage.join(self.root, rel), data)
         self.bytes += len(data)

@@ -6,15 +6,18 @@ with Train's equal streaming split gives every rank the same number of batches.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import ray.data
-from ray.data import FileShuffleConfig
+from ray.data.block import BlockAccessor, BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
 from polymodal import storage
 from polymodal.data import webdataset
@@ -22,6 +25,7 @@ from polymodal.data.decode import Augment, Preprocessing, decode_columns
 from polymodal.data.format import (
     Manifest,
     is_webdataset,
+    open_shard,
     read_columns,
     read_manifest,
     shard_paths,
@@ -86,8 +90,67 @@ def read_shards(uris: list[str], **kwargs) -> ray.data.Dataset:
     return ray.data.read_parquet(paths, filesystem=fs, **kwargs)
 
 
-def read_webdataset_shards(batch: pa.Table) -> Iterator[pa.Table]:
-    yield from webdataset.read_tables(batch.column("uri").to_pylist())
+def read_piece(
+    uri: str, group: int, columns: list[str], rows: int, decode: Callable[[pa.Table], dict]
+) -> Iterator[Any]:
+    """One read task: a Parquet row group (group >= 0) or a whole webdataset tar (group -1),
+    decoded `rows` rows at a time into blocks."""
+    if group < 0:
+        pieces = (t.select(columns) for t in webdataset.read_tables([uri], rows))
+    else:
+        whole = open_shard(uri).read_row_group(group, columns=columns)
+        pieces = (whole.slice(start, rows) for start in range(0, whole.num_rows, rows))
+    for piece in pieces:
+        out = decode(piece)
+        if len(out["label"]):  # every row bad: an empty block would not keep the tensor types
+            yield BlockAccessor.batch_to_block(out)
+
+
+class Pieces(Datasource):
+    """One Ray Data task per piece that reads and decodes it, in a new random order every time
+    the dataset is executed (every epoch) when shuffle is set: planning asks afresh."""
+
+    def __init__(self, items, columns: list[str], rows: int, shuffle: bool, decode: Callable):
+        self.items, self.columns, self.rows, self.shuffle = items, columns, rows, shuffle
+        self.decode = decode
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, **kwargs) -> list[ReadTask]:
+        order = np.random.default_rng().permutation(len(self.items)) if self.shuffle else None
+        items = [self.items[i] for i in order] if order is not None else self.items
+        return [
+            ReadTask(
+                functools.partial(
+                    read_piece, it["uri"], it["group"], self.columns, self.rows, self.decode
+                ),
+                # rows unknown: decoding drops bad ones
+                BlockMetadata(None, None, None, input_files=(it["uri"],)),
+            )
+            for it in items
+        ]
+
+
+def pieces(uris: list[str], manifest: Manifest) -> list[dict[str, Any]]:
+    """The units of parallel reading: each Parquet row group (ingest writes ROW_GROUP_ROWS
+    rows per group; the footers are read here, in parallel), or each tar."""
+    if is_webdataset(manifest):
+        return [{"uri": u, "group": -1} for u in uris]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        groups = list(pool.map(lambda u: open_shard(u).metadata.num_row_groups, uris))
+    return [{"uri": u, "group": g} for u, n in zip(uris, groups) for g in range(n)]
+
+
+def configure_ray_data() -> None:
+    """Ray Data settings for our pipelines, in this driver (Train's data actors copy them)."""
+    ctx = ray.data.DataContext.get_current()
+    # One progress bar per dataset pass rather than one per operator: readable in a terminal.
+    ctx.enable_operator_progress_bars = False
+    # Reserving half the CPUs per operator let only one decoding task run at a time on
+    # 2 CPUs (4,500 vs 7,900 rows/s on Fashion-MNIST); our pipeline is a single operator,
+    # so the reservation protects nothing.
+    ctx.op_resource_reservation_enabled = False
 
 
 def split_dataset(
@@ -104,28 +167,23 @@ def split_dataset(
     """Lazy Ray Dataset of decoded arrays for one split (nothing is read until iterated)."""
     manifest = manifest or read_manifest(path)
     columns = ["id", *read_columns(path, manifest, prep.modalities)]
-    uris = shard_paths(path, manifest, split)
-    # shuffle: shards in a new order every epoch (rows are permuted within decoded blocks).
-    # Not randomize_block_order: it waits for every block of the read, i.e. the whole split.
-    if is_webdataset(manifest):  # one read task per tar, streamed into blocks of samples
-        ds = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=len(uris))
-        if shuffle:
-            ds = ds.randomize_block_order()  # of the list of tars: tiny
-        ds = ds.map_batches(read_webdataset_shards, batch_size=1, batch_format="pyarrow")
-    else:
-        ds = read_shards(uris, shuffle=FileShuffleConfig() if shuffle else None)
-    ds = ds.select_columns(columns)
-    return ds.map_batches(
+    # One read task per row group or tar, decoding fused into it, so decoding runs in
+    # parallel however few the shards: read_parquet made one task of Fashion-MNIST's small
+    # shards, and randomize_block_order hands all blocks to one task (and waits for the
+    # whole split). With shuffle, pieces come in a new order every epoch and rows are
+    # permuted within each decoded block.
+    items = pieces(shard_paths(path, manifest, split), manifest)
+    decode = functools.partial(
         decode_table,
-        batch_format="pyarrow",
-        batch_size=decode_batch_size,
-        fn_kwargs={
-            "prep": prep.to_dict(),
-            "with_hashes": with_hashes,
-            "shuffle": shuffle,
-            "num_labels": len(manifest.label_names) if manifest.label_names else None,
-            "bad_rows": bad_rows,
-            "split": split,
-            "augment": asdict(augment) if augment is not None and augment.active else None,
-        },
+        prep=prep.to_dict(),
+        with_hashes=with_hashes,
+        shuffle=shuffle,
+        num_labels=len(manifest.label_names) if manifest.label_names else None,
+        bad_rows=bad_rows,
+        split=split,
+        augment=asdict(augment) if augment is not None and augment.active else None,
+    )
+    return ray.data.read_datasource(
+        Pieces(items, columns, decode_batch_size, shuffle, decode),
+        override_num_blocks=len(items),  # one task per piece, its blocks not split further
     )

@@ -106,9 +106,8 @@ def bad_row_totals(inputs: RunInputs) -> dict[str, Any]:
 
 def prepare_inputs(cfg: Config) -> RunInputs:
     """Check the dataset against the config; lazy Ray datasets for train (shuffled) and val."""
-    import ray.data
 
-    from polymodal.data.pipeline import BadRows, split_dataset
+    from polymodal.data.pipeline import BadRows, configure_ray_data, split_dataset
 
     manifest = dataset_manifest(cfg)
     for split in ("train", "val"):
@@ -123,8 +122,7 @@ def prepare_inputs(cfg: Config) -> RunInputs:
     prep = preprocessing_for(cfg, manifest)
     label_names = manifest.label_names
     templates = cfg.eval.zero_shot_templates or manifest.extra.get("caption_templates", [])
-    # One progress bar per dataset pass rather than one per operator: readable in a terminal.
-    ray.data.DataContext.get_current().enable_operator_progress_bars = False
+    configure_ray_data()
     bad_rows = BadRows.remote()
     path, aug = dataset_path(cfg), cfg.data.augment
     datasets = {
