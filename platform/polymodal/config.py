@@ -173,6 +173,22 @@ class TuneConfig:
 
 
 @dataclass
+class StorageConfig:
+    """S3 settings for every s3:// path of a run; empty fields fall back to the standard AWS_*
+    variables. Keys are better left to the environment (or the cluster's IAM role / Secret):
+    they are never written to run dirs, checkpoints or logs, and never sent to a remote Ray
+    cluster, whose nodes must have their own."""
+
+    endpoint_url: str = ""  # S3-compatible stores, e.g. http://minio.internal:9000
+    region: str = ""
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
+
+
+SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -181,9 +197,16 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Everything but the secrets (SECRET_KEYS come back empty): this is what run dirs,
+        checkpoints and Ray workers get."""
+        tree = dataclasses.asdict(self)
+        for key in SECRET_KEYS:
+            section, name = key.split(".")
+            tree[section][name] = ""
+        return tree
 
 
 def _suggest(key: str, valid: list[str]) -> str:

@@ -1,5 +1,6 @@
 """Local paths and s3:// URIs behind one pyarrow filesystem. S3 settings come from the
-standard AWS environment variables (AWS_ENDPOINT_URL, AWS_REGION, access keys)."""
+standard AWS environment variables (AWS_ENDPOINT_URL, AWS_REGION, access keys), which a
+config's `storage:` section may set."""
 
 from __future__ import annotations
 
@@ -9,6 +10,34 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+# The S3 settings a Ray worker may be told (never the keys).
+PUBLIC_SETTINGS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_EC2_METADATA_DISABLED",
+)
+
+
+def configure(
+    endpoint_url: str = "", region: str = "", access_key_id: str = "", secret_access_key: str = ""
+) -> None:
+    """Apply a config's `storage:` section to this process's AWS_* variables, which pyarrow,
+    Ray Train's checkpoint uploads and the workers of a Ray cluster started after this read."""
+    settings = {
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_ACCESS_KEY_ID": access_key_id,
+        "AWS_SECRET_ACCESS_KEY": secret_access_key,
+    }
+    os.environ.update({k: v for k, v in settings.items() if v})
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # never ask the cloud for keys
+
+
+def public_settings() -> dict[str, str]:
+    return {k: os.environ[k] for k in PUBLIC_SETTINGS if os.environ.get(k)}
 
 
 def is_remote(uri: str | Path) -> bool:

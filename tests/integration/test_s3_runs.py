@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "digits.yaml
 pytestmark = pytest.mark.integration
 
 
-def test_train_resume_and_eval_on_s3(ray_cluster, s3_endpoint, digits_dataset):
+def test_train_resume_and_eval_on_s3(ray_cluster, s3_endpoint, digits_dataset, monkeypatch, capfd):
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
@@ -37,12 +38,19 @@ def test_train_resume_and_eval_on_s3(ray_cluster, s3_endpoint, digits_dataset):
     parts = {k.split("/")[1] for k in keys if k.endswith(".parquet")}
     assert len(parts) == 1 and report.rows_written == 1797
     assert sum(i["rows"] for i in read_manifest(dataset).splits.values()) == 1797
+    # The driver finds the S3 endpoint in the config's storage section only (the Ray workers,
+    # started earlier, keep theirs); its keys must not end up in anything written.
+    secret = "s3cr3t-do-not-log"
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", os.environ["AWS_SECRET_ACCESS_KEY"])  # restored
     overrides = [
         f"data.path={dataset}",
         "train.storage_path=s3://runs/team",
         "train.name=digits-s3",
         "train.num_workers=2",
         "train.cpus_per_worker=0.5",
+        f"storage.endpoint_url={s3_endpoint}",
+        f"storage.secret_access_key={secret}",
     ]
     first = fit(load_config(CONFIG, [*overrides, "train.epochs=1"]))
     assert first.checkpoint.startswith("s3://runs/team/digits-s3/checkpoint_")
@@ -61,6 +69,15 @@ def test_train_resume_and_eval_on_s3(ray_cluster, s3_endpoint, digits_dataset):
     evaluated = evaluate_checkpoint(second.checkpoint)  # dataset: the one on S3 it trained on
     recorded = meta["metrics"]["val/zero_shot_accuracy"]
     assert evaluated["val/zero_shot_accuracy"] == pytest.approx(recorded, abs=1e-6)
+
+    assert meta["config"]["storage"]["endpoint_url"] == s3_endpoint
+    written = s3.list_objects_v2(Bucket="runs", Prefix="team/digits-s3/")["Contents"]
+    assert len(written) > 10
+    for obj in written:
+        body = s3.get_object(Bucket="runs", Key=obj["Key"])["Body"].read()
+        assert secret.encode() not in body, obj["Key"]
+    out, err = capfd.readouterr()
+    assert secret not in out + err
 
 
 def test_killed_ingest_to_s3_leaves_no_dataset(s3_endpoint, tmp_path):
@@ -84,3 +101,23 @@ def test_killed_ingest_to_s3_leaves_no_dataset(s3_endpoint, tmp_path):
     assert not any(k.endswith("manifest.json") for k in keys)
     with pytest.raises(DatasetError, match="did not finish"):
         read_manifest(out)
+
+
+def test_folder_index_on_s3_ingests(s3_endpoint, tmp_path):
+    import boto3
+
+    from polymodal.data.sources.builtin import fashion_mnist
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="folders")
+    lines = ["image,text,label"]
+    for i, row in enumerate(list(fashion_mnist(limit=12).rows)[:12]):
+        s3.put_object(Bucket="folders", Key=f"shop/img/{i}.png", Body=row.values["image"])
+        lines.append(f"img/{i}.png,{row.values['text']},{row.label}")
+    lines.append("img/gone.png,a lost picture,3")
+    s3.put_object(Bucket="folders", Key="shop/index.csv", Body="\n".join(lines).encode())
+    report = ingest("s3://folders/shop", tmp_path / "shop", progress=False)
+    assert report.rows_written == 12
+    assert report.rejected == {"missing file": 1}
+    assert any("row 14" in e and "gone.png" in e for e in report.examples)
+    assert sum(i["rows"] for i in read_manifest(tmp_path / "shop").splits.values()) == 12

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from polymodal.config import Config, ConfigError, load_config
+from polymodal.config import Config, ConfigError, config_from_dict, load_config
 from polymodal.data.decode import Preprocessing
 from polymodal.models.build import build_model
 
@@ -78,3 +78,22 @@ def test_cross_field_checks():
 def test_malformed_override():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["train.epochs"])
+
+
+def test_storage_keys_stay_out_of_saved_configs():
+    import json
+
+    cfg = load_config(
+        CONFIGS[0].parent / "digits.yaml",
+        [
+            "storage.endpoint_url=http://127.0.0.1:9000",
+            "storage.access_key_id=AKIDEXAMPLE",
+            "storage.secret_access_key=s3cr3t",
+        ],
+    )
+    assert cfg.storage.secret_access_key == "s3cr3t"  # usable by this process
+    saved = json.dumps(cfg.to_dict())
+    assert "s3cr3t" not in saved and "AKIDEXAMPLE" not in saved
+    assert "s3cr3t" not in repr(cfg) and "AKIDEXAMPLE" not in repr(cfg)
+    assert cfg.to_dict()["storage"]["endpoint_url"] == "http://127.0.0.1:9000"
+    assert config_from_dict(cfg.to_dict()).storage.secret_access_key == ""

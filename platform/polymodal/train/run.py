@@ -46,7 +46,9 @@ def ensure_ray(
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        # S3 endpoint and region go along; keys must already be on the cluster's nodes.
+        settings = storage.public_settings()
+        ray.init(address=address, runtime_env={"env_vars": settings} if settings else None)
         return
     # Logical CPUs: what the caller needs (training: one per worker plus one for Ray Data's
     # decoding). With only the physical count (2 here) workers take every CPU and reading
@@ -208,7 +210,13 @@ def build_trainer(
     )
 
 
+def apply_storage(cfg: Config) -> None:
+    s = cfg.storage
+    storage.configure(s.endpoint_url, s.region, s.access_key_id, s.secret_access_key)
+
+
 def fit(cfg: Config, address: str | None = None) -> RunResult:
+    apply_storage(cfg)
     ensure_ray(address, cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
     inputs = prepare_inputs(cfg)
     run_dir = run_dir_of(cfg)

@@ -6,7 +6,13 @@ from __future__ import annotations
 import math
 
 from polymodal.config import Config, ConfigError
-from polymodal.train.run import RunInputs, ensure_ray, prepare_inputs, run_dir_of
+from polymodal.train.run import (
+    RunInputs,
+    apply_storage,
+    ensure_ray,
+    prepare_inputs,
+    run_dir_of,
+)
 from polymodal.tune.report import SweepResult, write_results
 from polymodal.tune.space import check_tune, search_space
 from polymodal.tune.trial import run_trial
@@ -65,6 +71,7 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) ->
     from ray import tune
 
     check_tune(cfg)
+    apply_storage(cfg)
     ensure_ray(address, trial_cpus(cfg) + 1)
     sweep_dir = run_dir_of(cfg)
     storage_path, name = sweep_dir.rsplit("/", 1)

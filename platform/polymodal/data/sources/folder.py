@@ -1,4 +1,5 @@
-"""A folder with an index (index.csv or index.jsonl) whose columns name image files, text, label.
+"""A folder (local or s3://) with an index (index.csv or index.jsonl) whose columns name
+image files, text, label.
 
 Columns: `image` (path relative to the index), `text`, `label` (an integer or a class name),
 optional `id` and `split`. Labels are names unless every one is a plain integer.
@@ -7,29 +8,31 @@ optional `id` and `split`. Labels are names unless every one is a plain integer.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+from polymodal import storage
 from polymodal.data.sources.base import RawRow, Source
 
 INDEX_NAMES = ("index.csv", "index.jsonl")
 
 
-def _find_index(path: Path) -> Path:
-    if path.is_file():
+def _find_index(path: str) -> str:
+    if path.endswith(INDEX_NAMES) and storage.is_file(path):
         return path
     for name in INDEX_NAMES:
-        if (path / name).is_file():
-            return path / name
+        if storage.is_file(storage.join(path, name)):
+            return storage.join(path, name)
     raise FileNotFoundError(f"{path}: no index file (expected one of {', '.join(INDEX_NAMES)})")
 
 
-def _read_records(index: Path) -> list[dict[str, Any]]:
-    if index.suffix == ".jsonl":
+def _read_records(index: str) -> list[dict[str, Any]]:
+    text = storage.read_bytes(index).decode("utf-8")
+    if index.endswith(".jsonl"):
         records = []
-        for n, line in enumerate(index.read_text(encoding="utf-8").splitlines(), start=1):
+        for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -41,8 +44,8 @@ def _read_records(index: Path) -> list[dict[str, Any]]:
             rec["__line__"] = n
             records.append(rec)
         return records
-    with index.open(newline="", encoding="utf-8") as f:
-        return [{**r, "__line__": n} for n, r in enumerate(csv.DictReader(f), start=2)]
+    rows = csv.DictReader(io.StringIO(text, newline=""))
+    return [{**r, "__line__": n} for n, r in enumerate(rows, start=2)]
 
 
 def _is_int(value: Any) -> bool:
@@ -54,8 +57,8 @@ def _is_int(value: Any) -> bool:
 
 
 def folder(path: str, limit: int | None = None) -> Source:
-    index = _find_index(Path(path))
-    root = index.parent
+    index = _find_index(str(path).rstrip("/"))
+    root = index.rsplit("/", 1)[0]
     records = _read_records(index)[:limit]
     columns = {k for r in records for k in r}
     modalities = [m for m in ("image", "text") if m in columns]
@@ -92,10 +95,9 @@ def folder(path: str, limit: int | None = None) -> Source:
                 values["text"] = str(text)
             image = rec.get("image")
             if not error and image not in (None, ""):
-                file = root / str(image)
-                if file.is_file():
-                    values["image"] = file.read_bytes()
-                else:
+                try:  # one request per image on S3, not two
+                    values["image"] = storage.read_bytes(storage.join(root, str(image)))
+                except (FileNotFoundError, IsADirectoryError, OSError):
                     error = f"missing file '{image}'"
             split = rec.get("split") or None
             if split not in (None, "train", "val"):
