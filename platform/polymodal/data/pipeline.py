@@ -10,7 +10,6 @@ import functools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -67,13 +66,12 @@ def decode_table(
     num_labels: int | None = None,
     bad_rows: Any = None,
     split: str = "",
-    augment: dict[str, Any] | None = None,
+    augment: Augment | None = None,
 ) -> dict:
     """One block of raw rows → decoded (and, with augment, randomly changed) arrays;
     undecodable rows are dropped and, with a BadRows actor, counted."""
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    aug = Augment(**augment) if augment else None
-    out, bad = decode_columns(columns, Preprocessing(**prep), with_hashes, num_labels, aug)
+    out, bad = decode_columns(columns, Preprocessing(**prep), with_hashes, num_labels, augment)
     if bad_rows is not None:  # fire and forget: the count must not slow decoding down
         ids = columns.get("id") or [str(i) for i in range(table.num_rows)]
         bad_rows.add.remote(split, table.num_rows, [(ids[i], reason) for i, reason in bad])
@@ -181,7 +179,7 @@ def split_dataset(
         num_labels=len(manifest.label_names) if manifest.label_names else None,
         bad_rows=bad_rows,
         split=split,
-        augment=asdict(augment) if augment is not None and augment.active else None,
+        augment=augment if augment is not None and augment.active else None,
     )
     return ray.data.read_datasource(
         Pieces(items, columns, decode_batch_size, shuffle, decode),
