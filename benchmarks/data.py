@@ -156,7 +156,9 @@ def train_one_epoch(path: str, runs: str, *extra: str) -> dict:
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "worker_peak_rss_mb": _largest(workers, "VmHWM"),
         "worker_peak_private_mb": _largest(workers, "RssAnon"),
-        "each_worker_private_mb": sorted(round(v) for (_, f), v in workers.items() if f == "RssAnon"),
+        "each_worker_private_mb": sorted(
+            round(v) for (_, f), v in workers.items() if f == "RssAnon"
+        ),
         "coordinator_peak_rss_mb": _largest(coordinator, "VmHWM"),
         "data_wait_fraction": result.metrics["train/data_wait_fraction"],
         "samples_per_s": result.metrics["train/samples_per_s"],
