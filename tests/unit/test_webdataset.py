@@ -9,7 +9,7 @@ import pytest
 
 from polymodal.data.format import DatasetError, read_manifest, shard_paths
 from polymodal.data.ingest import ingest
-from polymodal.data.sources.builtin import fashion_mnist
+from polymodal.data.sources.builtin import FASHION_LABELS, fashion_mnist
 from polymodal.data.webdataset import expand, iter_samples, webdataset_manifest
 from tests.conftest import write_tars
 
@@ -56,18 +56,7 @@ def test_webdataset_read_in_place(tmp_path):
     write_tars(tmp_path, rows[:20], per_tar=10)
     (tmp_path / "val").mkdir()
     write_tars(tmp_path / "val", rows[20:], per_tar=10)
-    names = (
-        "t-shirt",
-        "trouser",
-        "pullover",
-        "dress",
-        "coat",
-        "sandal",
-        "shirt",
-        "sneaker",
-        "bag",
-        "ankle boot",
-    )
+    names = tuple(FASHION_LABELS)
     m = webdataset_manifest(
         str(tmp_path / "{00000..00001}.tar"), str(tmp_path / "val/00000.tar"), names
     )

@@ -54,6 +54,11 @@ class Manifest:
     def rows(self, split: str) -> int:
         return self.splits[split]["rows"] if split in self.splits else 0
 
+    @property
+    def num_labels(self) -> int | None:
+        """Classes a label must fall in; None for an unlabelled dataset."""
+        return len(self.label_names) if self.label_names else None
+
 
 def arrow_schema(modalities: list[str], labelled: bool) -> pa.Schema:
     fields = [pa.field("id", pa.string(), nullable=False)]

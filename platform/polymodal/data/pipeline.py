@@ -176,7 +176,7 @@ def split_dataset(
         prep=prep.to_dict(),
         with_hashes=with_hashes,
         shuffle=shuffle,
-        num_labels=len(manifest.label_names) if manifest.label_names else None,
+        num_labels=manifest.num_labels,
         bad_rows=bad_rows,
         split=split,
         augment=augment if augment is not None and augment.active else None,

@@ -92,11 +92,10 @@ def validate_dataset(path: str) -> ValidationReport:
     if not shards:
         return report
     modalities = list(manifest.modalities)
-    num_labels = len(manifest.label_names) if manifest.label_names else None
     ds = read_shards(shards).map_batches(
         check_batch,
         batch_format="pyarrow",
-        fn_kwargs={"modalities": modalities, "num_labels": num_labels},
+        fn_kwargs={"modalities": modalities, "num_labels": manifest.num_labels},
     )
     for summary in ds.iter_rows():
         report.rows_checked += summary["checked"]

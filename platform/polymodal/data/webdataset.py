@@ -60,6 +60,15 @@ def expand(pattern: str) -> list[str]:
     return out
 
 
+def shard_uris(pattern: str) -> list[str]:
+    """The tars a pattern names; DatasetError naming the first that is not there."""
+    uris = expand(pattern)
+    missing = [u for u in uris if not storage.is_file(u)]
+    if missing:
+        raise DatasetError(f"{missing[0]}: webdataset shard not found ({pattern})")
+    return uris
+
+
 def _split_name(name: str) -> tuple[str, str]:
     """`dir/000123.jpg` → ("dir/000123", "jpg"): the key runs to the basename's first dot."""
     base = name.rsplit("/", 1)[-1]
@@ -72,7 +81,7 @@ def iter_samples(uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     fs, path = storage.resolve(uri)
     try:
         stream = fs.open_input_stream(path)
-    except (OSError, FileNotFoundError) as exc:
+    except OSError as exc:
         raise DatasetError(f"{uri}: cannot open webdataset shard ({exc})") from exc
     with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
         key, files = None, {}
@@ -151,10 +160,7 @@ def webdataset_manifest(
         raise DatasetError(f"{train}: webdataset training needs data.val_path (val shards)")
     splits, exts = {}, set()
     for split, pattern in (("train", train), ("val", val)):
-        uris = expand(pattern)
-        missing = [u for u in uris if not storage.is_file(u)]
-        if missing:
-            raise DatasetError(f"{missing[0]}: webdataset shard not found ({pattern})")
+        uris = shard_uris(pattern)
         with ThreadPoolExecutor(max_workers=16) as pool:
             summaries = list(pool.map(shard_summary, uris))
         shards = [{"path": u, "rows": n} for u, (n, _) in zip(uris, summaries)]

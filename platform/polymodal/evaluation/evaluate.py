@@ -35,7 +35,7 @@ def decoded_batches(
     columns = read_columns(path, manifest, prep.modalities)
     for table in iter_tables(path, split, columns, batch_size, manifest):
         cols = {name: table.column(name).to_pylist() for name in table.column_names}
-        arrays, _ = decode_columns(cols, prep, True, len(manifest.label_names or []) or None)
+        arrays, _ = decode_columns(cols, prep, True, manifest.num_labels)
         yield {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 

@@ -97,7 +97,7 @@ def folder(path: str, limit: int | None = None) -> Source:
             if not error and image not in (None, ""):
                 try:  # one request per image on S3, not two
                     values["image"] = storage.read_bytes(storage.join(root, str(image)))
-                except (FileNotFoundError, IsADirectoryError, OSError):
+                except OSError:  # missing, a directory, unreadable
                     error = f"missing file '{image}'"
             split = rec.get("split") or None
             if split not in (None, "train", "val"):

@@ -8,10 +8,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
-from polymodal import storage
 from polymodal.data.format import DatasetError
 from polymodal.data.sources.base import RawRow, Source
-from polymodal.data.webdataset import expand, iter_samples, sample_row
+from polymodal.data.webdataset import iter_samples, sample_row, shard_uris
 
 
 def shard_rows(uri: str) -> Iterator[RawRow]:
@@ -29,10 +28,7 @@ def shard_rows(uri: str) -> Iterator[RawRow]:
 
 
 def webdataset(pattern: str, limit: int | None = None) -> Source:
-    uris = expand(pattern)
-    missing = [u for u in uris if not storage.is_file(u)]
-    if missing:
-        raise DatasetError(f"{missing[0]}: webdataset shard not found ({pattern})")
+    uris = shard_uris(pattern)
     first = next(iter_samples(uris[0]), None)
     if first is None:
         raise DatasetError(f"{uris[0]}: no samples in the tar")
