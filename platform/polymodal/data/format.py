@@ -125,22 +125,26 @@ def schema_difference(actual: pa.Schema, expected: pa.Schema) -> str | None:
     return "; ".join(diffs) or f"schema {actual} differs from {expected}"
 
 
-def check_shard_schemas(path: str | Path, manifest: Manifest) -> None:
-    """Read every shard's footer (not its rows) and fail on the first that is missing or whose
-    schema disagrees with the manifest, naming it: before training, not hours into it."""
+def row_groups(path: str | Path, manifest: Manifest, split: str) -> list[tuple[str, int]]:
+    """(shard, row groups) for each of the split's shards, from their footers (not their
+    rows). Fails on the first shard that is missing or whose schema disagrees with the
+    manifest, naming it: before training, not hours into it."""
     expected = arrow_schema(list(manifest.modalities), manifest.label_names is not None)
-    uris = [u for split in manifest.splits for u in shard_paths(path, manifest, split)]
+    uris = shard_paths(path, manifest, split)
 
-    def problem(uri: str) -> str | None:
+    def footer(uri: str) -> tuple[str | None, int]:
         try:
-            return schema_difference(open_shard(uri).schema_arrow, expected)
+            file = open_shard(uri)
         except (OSError, pa.ArrowInvalid) as exc:
-            return f"cannot read it ({exc})"
+            return f"cannot read it ({exc})", 0
+        return schema_difference(file.schema_arrow, expected), file.metadata.num_row_groups
 
     with ThreadPoolExecutor(max_workers=16) as pool:  # S3: one request per footer, in parallel
-        for uri, found in zip(uris, pool.map(problem, uris)):
-            if found:
-                raise DatasetError(f"shard {uri}: {found} (manifest of {path})")
+        footers = list(pool.map(footer, uris))
+    for uri, (problem, _) in zip(uris, footers):
+        if problem:
+            raise DatasetError(f"shard {uri}: {problem} (manifest of {path})")
+    return [(uri, groups) for uri, (_, groups) in zip(uris, footers)]
 
 
 class ShardWriter:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -27,6 +26,7 @@ from polymodal.data.format import (
     open_shard,
     read_columns,
     read_manifest,
+    row_groups,
     shard_paths,
 )
 
@@ -130,14 +130,13 @@ class Pieces(Datasource):
         ]
 
 
-def pieces(uris: list[str], manifest: Manifest) -> list[dict[str, Any]]:
-    """The units of parallel reading: each Parquet row group (ingest writes ROW_GROUP_ROWS
-    rows per group; the footers are read here, in parallel), or each tar."""
+def pieces(path: str, manifest: Manifest, split: str) -> list[dict[str, Any]]:
+    """The units of parallel reading: each tar, or each Parquet row group (ingest writes
+    ROW_GROUP_ROWS rows per group), found in the shards' footers as their schemas are
+    checked."""
     if is_webdataset(manifest):
-        return [{"uri": u, "group": -1} for u in uris]
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        groups = list(pool.map(lambda u: open_shard(u).metadata.num_row_groups, uris))
-    return [{"uri": u, "group": g} for u, n in zip(uris, groups) for g in range(n)]
+        return [{"uri": u, "group": -1} for u in shard_paths(path, manifest, split)]
+    return [{"uri": u, "group": g} for u, n in row_groups(path, manifest, split) for g in range(n)]
 
 
 def configure_ray_data() -> None:
@@ -170,7 +169,7 @@ def split_dataset(
     # shards, and randomize_block_order hands all blocks to one task (and waits for the
     # whole split). With shuffle, pieces come in a new order every epoch and rows are
     # permuted within each decoded block.
-    items = pieces(shard_paths(path, manifest, split), manifest)
+    items = pieces(path, manifest, split)
     decode = functools.partial(
         decode_table,
         prep=prep.to_dict(),

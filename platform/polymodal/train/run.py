@@ -12,7 +12,7 @@ from typing import Any
 from polymodal import storage
 from polymodal.config import Config, config_from_dict
 from polymodal.data.decode import Augment, Preprocessing
-from polymodal.data.format import Manifest, check_shard_schemas, is_webdataset, read_manifest
+from polymodal.data.format import Manifest, read_manifest
 from polymodal.data.webdataset import is_webdataset_path, webdataset_manifest
 from polymodal.evaluation.evaluate import decoded_batches
 from polymodal.evaluation.plots import plot_loss_curves, plot_reconstructions
@@ -115,8 +115,6 @@ def prepare_inputs(cfg: Config) -> RunInputs:
     for split in ("train", "val"):
         if manifest.rows(split) == 0:
             raise ValueError(f"{cfg.data.path}: split '{split}' is empty")
-    if not is_webdataset(manifest):
-        check_shard_schemas(cfg.data.path, manifest)
     if cfg.objective.weights.classification > 0 and not manifest.label_names:
         raise ValueError(
             f"{cfg.data.path}: objective.weights.classification > 0 but the dataset has no labels"
