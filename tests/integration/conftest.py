@@ -83,7 +83,15 @@ def ray_cluster(s3_endpoint, metrics_port):
 BAD_ROWS = 2  # rows of each kind in damaged_digits
 
 
-def _bomb() -> bytes:
+def copy_dataset(src: Path, dst: Path) -> tuple[dict, dict[str, Path]]:
+    """A copy of a local dataset to damage: its manifest, and each split's first shard."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    first = {s: dst / info["shards"][0]["path"] for s, info in manifest["splits"].items()}
+    return manifest, first
+
+
+def bomb_png() -> bytes:
     buf = io.BytesIO()
     Image.new("L", (20000, 20000)).save(buf, format="PNG")  # 400 MP in a few hundred KB
     return buf.getvalue()
@@ -93,9 +101,8 @@ def _bomb() -> bytes:
 def damaged_digits(digits_dataset, tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
     """A copy of digits with BAD_ROWS train rows of each bad kind: reason -> their ids."""
     data = tmp_path_factory.mktemp("bad") / "digits"
-    shutil.copytree(digits_dataset, data)
-    manifest = json.loads((data / "manifest.json").read_text())
-    shard = data / manifest["splits"]["train"]["shards"][0]["path"]
+    _, first = copy_dataset(digits_dataset, data)
+    shard = first["train"]
     table = pq.read_table(shard)
     rows = table.to_pylist()
     damage = {
@@ -105,7 +112,7 @@ def damaged_digits(digits_dataset, tmp_path_factory) -> tuple[Path, dict[str, li
         "label out of range": lambda r: r.update(label=10),
         "no modality present": lambda r: r.update(image=None, text=None),
     }
-    bomb = _bomb()
+    bomb = bomb_png()
     ids: dict[str, list[str]] = {}
     for k, (reason, change) in enumerate(damage.items()):
         for row in rows[100 * k : 100 * k + BAD_ROWS]:

@@ -5,7 +5,6 @@ disagrees with the manifest stops a run before training starts."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,6 +15,7 @@ from polymodal.config import load_config
 from polymodal.data.format import DatasetError
 from polymodal.train.bad_rows import BadDataError
 from polymodal.train.run import fit
+from tests.integration.conftest import copy_dataset
 
 CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "digits.yaml"
 pytestmark = pytest.mark.integration
@@ -47,9 +47,7 @@ def test_too_many_bad_rows_fail_the_run(ray_cluster, damaged_digits, tmp_path):
 
 def test_shard_with_another_schema_fails_before_training(ray_cluster, digits_dataset, tmp_path):
     data = tmp_path / "digits"
-    shutil.copytree(digits_dataset, data)
-    manifest = json.loads((data / "manifest.json").read_text())
-    shard = data / manifest["splits"]["val"]["shards"][0]["path"]
+    shard = copy_dataset(digits_dataset, data)[1]["val"]
     table = pq.read_table(shard)
     table = table.set_column(
         table.schema.get_field_index("label"), "label", table.column("label").cast(pa.string())

@@ -3,16 +3,13 @@ rows are found, named and counted, and the command exits non-zero."""
 
 from __future__ import annotations
 
-import io
-import json
-import shutil
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from polymodal.cli import main
 from polymodal.data.validate import validate_dataset
+from tests.integration.conftest import bomb_png, copy_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -25,21 +22,16 @@ def test_good_dataset_passes(ray_cluster, digits_dataset, capsys):
 
 def test_damage_is_found_and_named(ray_cluster, digits_dataset, tmp_path):
     data = tmp_path / "digits"
-    shutil.copytree(digits_dataset, data)
-    manifest = json.loads((data / "manifest.json").read_text())
-    shard = data / manifest["splits"]["train"]["shards"][0]["path"]
+    manifest, first = copy_dataset(digits_dataset, data)
+    shard = first["train"]
     table = pq.read_table(shard)
     rows = table.to_pylist()
-    png = io.BytesIO()
-    from PIL import Image
-
-    Image.new("L", (20000, 20000)).save(png, format="PNG")  # 400 MP: a decompression bomb
     rows[0]["image"] = b"\x89PNG not really"
     rows[1]["text"] = "   "
-    rows[2]["image"] = png.getvalue()
+    rows[2]["image"] = bomb_png()
     rows[3]["label"] = 42
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard)
-    (data / manifest["splits"]["val"]["shards"][0]["path"]).unlink()
+    first["val"].unlink()
 
     report = validate_dataset(str(data))
     assert not report.ok
