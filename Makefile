@@ -17,6 +17,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check platform tests jobs benchmarks serve scripts
 	$(VENV)/bin/ruff format --check platform tests jobs benchmarks serve scripts
+	$(VENV)/bin/hadolint Dockerfile
 
 bench: setup
 	@for b in benchmarks/*.py; do echo "# $$b"; $(VENV)/bin/python $$b; done
