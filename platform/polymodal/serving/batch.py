@@ -1,38 +1,86 @@
-"""`polymodal embed`: embeddings for a whole dataset split with Ray Data (batch inference),
-written as Parquet: id, label, and one list<float32> column per modality."""
+"""Batch inference with Ray Data: every row of a dataset split through a checkpoint's encoders,
+written as Parquet (`polymodal embed`) or as a retrieval index (`polymodal index`)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
+import ray
 
-from polymodal.data.format import read_manifest, shard_paths
+from polymodal.data.format import DatasetError, read_manifest, shard_paths
 from polymodal.data.pipeline import read_shards
-from polymodal.serving.models import LoadedModel
+from polymodal.serving.index import IndexWriter
+from polymodal.serving.models import LoadedModel, model_card
+
+
+def vector_column(vectors: np.ndarray, present: np.ndarray) -> pa.Array:
+    """list<float32>: the rows of `vectors` where `present`, null elsewhere."""
+    lengths = np.where(present, vectors.shape[1], 0)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(vectors.reshape(-1)), mask=pa.array(~present)
+    )
 
 
 class EmbedBatch:
     """A Ray Data actor: loads the checkpoint once, embeds every batch it is given."""
 
-    def __init__(self, checkpoint: str):
+    def __init__(self, checkpoint: str, modalities: list[str] | None = None):
         self.model = LoadedModel.load(str(checkpoint))
+        self.modalities = modalities or self.model.model.modalities
 
     def __call__(self, table: pa.Table) -> pa.Table:
         out = {"id": table.column("id")}
         if "label" in table.column_names:
             out["label"] = table.column("label")
-        for m in self.model.model.modalities:
+        for m in self.modalities:
             if m not in table.column_names:
                 continue
             values = table.column(m).to_pylist()
-            rows = [i for i, v in enumerate(values) if v is not None]
-            vectors = [None] * len(values)
-            if rows:
-                emb = self.model.embed(m, [values[i] for i in rows]).astype(np.float32)
-                for i, vec in zip(rows, emb):
-                    vectors[i] = vec.tolist()
-            out[f"{m}_embedding"] = pa.array(vectors, type=pa.list_(pa.float32()))
+            present = np.array([v is not None for v in values], dtype=bool)
+            emb = np.zeros((0, self.model.model.embed_dim), dtype=np.float32)
+            if present.any():
+                emb = self.model.embed(m, [v for v in values if v is not None])
+            out[f"{m}_embedding"] = vector_column(emb.astype(np.float32), present)
         return pa.table(out)
+
+
+def embedded_split(
+    checkpoint: str,
+    dataset: str,
+    split: str = "val",
+    modalities: list[str] | None = None,
+    batch_size: int = 256,
+    num_cpus: float = 1.0,
+    actors: int = 1,
+) -> ray.data.Dataset:
+    """A lazy Dataset of id, label (when labelled) and `{m}_embedding` per modality, null
+    where a row has no such value."""
+    manifest = read_manifest(dataset)
+    columns = None
+    if modalities:
+        missing = [m for m in modalities if m not in manifest.modalities]
+        if missing:
+            raise DatasetError(f"{dataset}: no {missing} column (has {list(manifest.modalities)})")
+        columns = ["id", *modalities] + (["label"] if manifest.label_names is not None else [])
+    # Small CPU requests: on a busy cluster (a Serve app beside it) one whole CPU per read
+    # task and per actor may never be free, and the job would wait forever.
+    ds = read_shards(
+        shard_paths(dataset, manifest, split), columns=columns, ray_remote_args={"num_cpus": 0.25}
+    )
+    return ds.map_batches(
+        EmbedBatch,
+        fn_constructor_kwargs={"checkpoint": checkpoint, "modalities": modalities},
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        concurrency=actors,
+        num_cpus=num_cpus,
+    )
 
 
 def embed_dataset(
@@ -43,18 +91,90 @@ def embed_dataset(
     batch_size: int = 256,
     num_cpus: float = 1.0,
 ) -> int:
+    embedded_split(checkpoint, dataset, split, None, batch_size, num_cpus).write_parquet(out)
+    return read_manifest(dataset).rows(split)
 
+
+@dataclass
+class IndexReport:
+    out: str
+    model: str
+    modality: str
+    dim: int
+    rows: int
+    skipped: int  # rows without a value of the modality
+    shards: int
+    bytes_written: int
+    seconds: float
+
+
+def build_index(
+    checkpoint: str,
+    dataset: str,
+    out: str,
+    modality: str = "image",
+    split: str = "val",
+    shard_rows: int = 100_000,
+    batch_size: int = 256,
+    num_cpus: float = 1.0,
+    actors: int = 1,
+    model_name: str | None = None,
+    progress: Callable[[str], None] | None = print,
+) -> IndexReport:
+    """Embed one modality of a split and write it as an exact search index at out (local or
+    s3://). Vectors stream from the embedding actors to this process, which writes a shard
+    every shard_rows rows: its memory holds one shard, never the corpus."""
+    start = time.perf_counter()
+    card = model_card(checkpoint)
+    if modality not in card["modalities"]:
+        raise ValueError(f"{checkpoint}: no {modality} encoder (it has {card['modalities']})")
     manifest = read_manifest(dataset)
-    # Small CPU requests: on a busy cluster (a Serve app beside it) one whole CPU per read
-    # task and per actor may never be free, and the job would wait forever.
-    ds = read_shards(shard_paths(dataset, manifest, split), ray_remote_args={"num_cpus": 0.25})
-    ds = ds.map_batches(
-        EmbedBatch,
-        fn_constructor_kwargs={"checkpoint": checkpoint},
-        batch_format="pyarrow",
-        batch_size=batch_size,
-        concurrency=1,
-        num_cpus=num_cpus,
+    total = manifest.rows(split)
+    name = model_name or Path(str(checkpoint).rstrip("/")).name
+    writer = IndexWriter(
+        out,
+        model=name,
+        modality=modality,
+        dim=card["dimension"],
+        shard_rows=shard_rows,
+        info={
+            "checkpoint": str(checkpoint),
+            "dataset": str(dataset),
+            "split": split,
+            "label_names": manifest.label_names,
+        },
     )
-    ds.write_parquet(out)
-    return manifest.rows(split)
+    ds = embedded_split(checkpoint, dataset, split, [modality], batch_size, num_cpus, actors)
+    seen, last = 0, time.perf_counter()
+    for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        seen += table.num_rows
+        column = table.column(f"{modality}_embedding")
+        table = table.filter(column.is_valid())
+        if table.num_rows:
+            flat = pa.concat_arrays(
+                [c.flatten() for c in table.column(f"{modality}_embedding").chunks]
+            )
+            vectors = flat.to_numpy().reshape(table.num_rows, card["dimension"])
+            labels = None
+            if "label" in table.column_names:
+                labels = table.column("label").fill_null(-1).to_numpy()
+            writer.add(table.column("id").to_pylist(), vectors, labels)
+        if progress and (time.perf_counter() - last > 5 or seen == total):
+            last = time.perf_counter()
+            rate, shards = seen / (last - start), len(writer.shards)
+            progress(f"embedded {seen}/{total} rows ({rate:.0f} rows/s), {shards} shards written")
+    skipped = seen - writer.rows
+    if not writer.rows:
+        raise ValueError(f"{dataset}: no {split} row has a {modality} value; nothing to index")
+    meta = writer.finish()
+    return IndexReport(
+        out=str(out),
+        model=name,
+        modality=modality,
+        dim=card["dimension"],
+        rows=meta["rows"],
+        skipped=skipped,
+        shards=len(meta["shards"]),
+        bytes_written=writer.bytes_written,
+        seconds=time.perf_counter() - start,
+    )
