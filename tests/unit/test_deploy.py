@@ -108,7 +108,10 @@ def test_every_ray_manifest_validates_against_the_schema():
 def test_rayservice_serves_exactly_serve_config_yaml():
     (service,) = [doc for _, doc in ray_manifests() if doc["kind"] == "RayService"]
     serve_config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
-    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == serve_config
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == serve_config, (
+        "rayservice.yaml's serveConfigV2 differs from serve/config.yaml: copy serve/config.yaml "
+        "(below its header comment) into it, indented under serveConfigV2: |"
+    )
 
 
 def test_images_and_ray_versions_follow_the_ray_pin():
