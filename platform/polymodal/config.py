@@ -131,6 +131,10 @@ class GradCacheConfig:
     chunk_size: int = 0
 
 
+# Ray's placement group strategies for the worker group.
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
 @dataclass
 class TrainConfig:
     name: str = "run"  # run directory name under storage_path; same name again resumes
@@ -140,6 +144,8 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    # PACK: workers on as few nodes as fit; SPREAD: one per node where possible.
+    placement_strategy: str = "PACK"
     max_failures: int = 0
     seed: int = 0
     checkpoints_to_keep: int = 2
@@ -388,6 +394,11 @@ def validate(cfg: Config) -> None:
     t = cfg.train
     if t.num_workers < 0 or t.epochs < 1 or t.batch_size < 1:
         raise ConfigError("'train.num_workers' >= 0, 'train.epochs' >= 1, 'train.batch_size' >= 1")
+    if t.placement_strategy not in PLACEMENT_STRATEGIES:
+        raise ConfigError(
+            f"'train.placement_strategy' must be one of {', '.join(PLACEMENT_STRATEGIES)}, "
+            f"got {t.placement_strategy!r}"
+        )
     if t.batch_size % max(t.num_workers, 1):
         raise ConfigError(
             f"'train.batch_size' ({t.batch_size}) must divide evenly across "

@@ -34,6 +34,7 @@ from polymodal.train.checkpoint import (
     read_meta,
     save_checkpoint,
 )
+from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
 
 
@@ -102,6 +103,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     val_data = ray.train.get_dataset_shard("val") if rank == 0 else None
     val_cache: list | None = None
     bad_rows, bad_before = loop_config.get("bad_rows"), None
+    live = live_metrics(cfg.train.name, rank)
 
     def check_bad_rows(min_rows: int = 0) -> dict[str, Any]:
         """The run's dropped-row counts; raises once they pass data.max_bad_fraction."""
@@ -134,6 +136,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     # ---- epochs ----
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         model.train()
+        live.set_epoch(epoch)
         sums: dict[str, float] = defaultdict(float)
         window: dict[str, float] = defaultdict(float)
         n_steps, samples, wait_s = 0, 0, 0.0
@@ -176,21 +179,32 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             for k, v in values.items():
                 sums[k] += v
                 window[k] += v
-            if rank == 0 and step % cfg.train.log_every_steps == 0:
-                n = cfg.train.log_every_steps
-                history.append(
+            live.count(batch["label"].shape[0])
+            if step % cfg.train.log_every_steps == 0:
+                n, elapsed = cfg.train.log_every_steps, time.perf_counter() - epoch_start
+                live.record_step(
                     {
-                        "step": step,
-                        "epoch": epoch,
-                        **{f"train/{k}": v / n for k, v in window.items()},
-                    }
+                        k.removeprefix("loss/") if k != "loss" else "total": v / n
+                        for k, v in window.items()
+                    },
+                    samples,
+                    elapsed,
+                    wait_s,
                 )
-                rate = samples * world / (time.perf_counter() - epoch_start)
-                print(
-                    f"[epoch {epoch}/{cfg.train.epochs}] step {n_steps}/{steps_per_epoch} "
-                    f"loss {window['loss'] / n:.4f}  {rate:,.0f} samples/s",
-                    flush=True,
-                )
+                if rank == 0:
+                    history.append(
+                        {
+                            "step": step,
+                            "epoch": epoch,
+                            **{f"train/{k}": v / n for k, v in window.items()},
+                        }
+                    )
+                    print(
+                        f"[epoch {epoch}/{cfg.train.epochs}] step {n_steps}/{steps_per_epoch} "
+                        f"loss {window['loss'] / n:.4f}  {samples * world / elapsed:,.0f} "
+                        "samples/s",
+                        flush=True,
+                    )
                 window.clear()
             fetch_start = time.perf_counter()
         epoch_s = time.perf_counter() - epoch_start
@@ -209,7 +223,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             "step": step,
             **train_metrics,
             "train/lr": scheduler.get_last_lr()[0],
-            "train/logit_scale": float(raw_model.logit_scale()),
+            "train/logit_scale": float(raw_model.logit_scale().detach()),
             # learned loss weights exp(-s_i) (objective.weighting: uncertainty)
             **{
                 f"train/weight/{t}": math.exp(-float(s)) for t, s in raw_model.loss_log_vars.items()

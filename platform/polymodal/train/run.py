@@ -46,8 +46,11 @@ def ensure_ray(
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        # S3 endpoint and region go along; keys must already be on the cluster's nodes.
-        settings = storage.public_settings()
+        # S3 endpoint and region go along; keys must already be on the cluster's nodes. In a
+        # submitted job, Ray refuses a variable that the job's runtime env already sets.
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+        job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
+        settings = {k: v for k, v in storage.public_settings().items() if k not in job_env}
         ray.init(address=address, runtime_env={"env_vars": settings} if settings else None)
         return
     # Logical CPUs: what the caller needs (training: one per worker plus one for Ray Data's
@@ -190,6 +193,7 @@ def build_trainer(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+            placement_strategy=cfg.train.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=name,
