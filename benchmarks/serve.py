@@ -75,7 +75,7 @@ def offline_limit(checkpoint: Path, values: list, modality: str, batch: int, sec
     from polymodal.serving.models import LoadedModel
 
     model = LoadedModel.load(str(checkpoint))
-    raw = [parse_item(v, i)[1] for i, v in enumerate(values)]
+    raw = [parse_item(v, f"input[{i}]")[1] for i, v in enumerate(values)]
     rows = (raw * (batch // len(raw) + 1))[:batch]
     model.embed(modality, rows)  # warm up
     done, start = 0, time.perf_counter()

@@ -14,6 +14,7 @@ ARGS = {
     "max_models": int,
     "num_cpus": float,
     "num_gpus": float,
+    "index_dir": str,  # a directory of `polymodal index` outputs: enables POST /v1/search
 }
 
 

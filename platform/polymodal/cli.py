@@ -127,6 +127,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_models=args.max_models,
         num_gpus=args.num_gpus,
+        index_dir=args.index_dir,
     )
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, route_prefix="/")
@@ -150,6 +151,32 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     ensure_ray(args.address)
     rows = embed_dataset(args.checkpoint, args.dataset, args.out, split=args.split)
     print(f"wrote embeddings of {rows} rows ({args.split}) to {args.out}")
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from polymodal.serving.batch import build_index
+    from polymodal.train.run import ensure_ray
+
+    ensure_ray(args.address)
+    r = build_index(
+        args.checkpoint,
+        args.dataset,
+        args.out,
+        modality=args.modality,
+        split=args.split,
+        shard_rows=args.shard_rows,
+        batch_size=args.batch_size,
+        num_cpus=args.num_cpus,
+        actors=args.actors,
+        model_name=args.model,
+    )
+    print(
+        f"indexed {r.rows} {r.modality} rows of {args.split} ({r.dim}-d, model '{r.model}') "
+        f"into {r.shards} shards at {r.out}: {r.bytes_written / 1e6:.1f} MB in {r.seconds:.1f}s "
+        f"({r.rows / r.seconds:.0f} rows/s)"
+        + (f"; skipped {r.skipped} rows without {r.modality}" if r.skipped else "")
+    )
     return 0
 
 
@@ -269,6 +296,28 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--split", default="val")
     _add_address(em)
     em.set_defaults(func=_cmd_embed)
+    ix = sub.add_parser(
+        "index",
+        help="build an exact top-k search index of one modality of a dataset split",
+        description="Embed one modality of a split with Ray Data and write OUT (local or "
+        "s3://): shards of L2-normalised float32 vectors (.npy, memory-mapped when searched) "
+        "with row ids and labels, and index.json written last. `polymodal serve --index-dir` "
+        "serves a directory of such indexes at POST /v1/search.",
+    )
+    ix.add_argument("checkpoint")
+    ix.add_argument("dataset")
+    ix.add_argument("out", help="index directory (local or s3://); a rebuild replaces it")
+    ix.add_argument("--modality", default="image", help="what the index holds (default image)")
+    ix.add_argument("--split", default="val")
+    ix.add_argument("--shard-rows", type=int, default=100_000, help="rows per shard file")
+    ix.add_argument("--batch-size", type=int, default=256, help="rows per embedding batch")
+    ix.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per embedding actor")
+    ix.add_argument("--actors", type=int, default=1, help="embedding actors")
+    ix.add_argument(
+        "--model", help="model name searches use (default: the checkpoint directory's name)"
+    )
+    _add_address(ix)
+    ix.set_defaults(func=_cmd_index)
 
     sv = sub.add_parser(
         "serve",
@@ -282,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch-size", type=int, default=32)
     sv.add_argument("--max-models", type=int, default=4, help="checkpoints loaded per replica")
     sv.add_argument("--num-gpus", type=float, default=0, help="GPUs per embedder replica")
+    sv.add_argument(
+        "--index-dir",
+        help="a directory of `polymodal index` outputs (local or s3://) for POST /v1/search",
+    )
     sv.add_argument(
         "--metrics-port", type=int, default=8080, help="Prometheus /metrics of the embedded Ray"
     )

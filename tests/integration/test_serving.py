@@ -1,9 +1,11 @@
 """The Serve app through real HTTP on 127.0.0.1: embeddings equal the offline encoder,
-classification equals the offline head, two models multiplexed, client mistakes are 4xx."""
+classification equals the offline head, two models multiplexed, client mistakes are 4xx;
+search over an index built by `polymodal index` on S3 from a model trained on digits."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import time
@@ -17,7 +19,10 @@ from PIL import Image
 
 from polymodal.config import load_config
 from polymodal.data.decode import Preprocessing, decode_image, encode_text
+from polymodal.data.sources.builtin import DIGIT_LABELS
+from polymodal.evaluation.evaluate import decoded_batches
 from polymodal.models.build import build_model
+from polymodal.objectives.joint import joint_loss
 from polymodal.train.checkpoint import load_model, save_checkpoint
 from tests.integration.conftest import free_port
 
@@ -53,6 +58,42 @@ def _checkpoint(path, seed: int, embed_dim: int):
     save_checkpoint(path, model, meta)
 
 
+def _trained_checkpoint(path, dataset, epochs: int = 10):
+    """A small model trained a few seconds on digits (in this process: the loop is not what
+    is tested here) so that captions land near their class's images."""
+    overrides = [
+        "model.embed_dim=16",
+        "model.image.width=8",
+        "model.text.width=16",
+        "model.text.layers=1",
+        "model.text.heads=2",
+        "objective.weights.classification=1",
+        "objective.contrastive.positives=label",
+    ]
+    cfg = load_config(None, overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg, PREP, num_classes=len(DIGIT_LABELS))
+    batches = list(decoded_batches(str(dataset), "train", PREP, batch_size=128))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for batch in batches:
+            loss, _ = joint_loss(model(batch), batch, cfg.objective)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    meta = {
+        "config": cfg.to_dict(),
+        "preprocessing": PREP.to_dict(),
+        "label_names": DIGIT_LABELS,
+        "num_classes": len(DIGIT_LABELS),
+        "epoch": epochs,
+        "step": epochs * len(batches),
+        "metrics": {},
+        "history": [],
+    }
+    save_checkpoint(path, model.eval(), meta)
+
+
 def _png(value: int) -> bytes:
     buf = io.BytesIO()
     arr = (np.arange(64).reshape(8, 8) * value % 256).astype(np.uint8)
@@ -60,18 +101,25 @@ def _png(value: int) -> bytes:
     return buf.getvalue()
 
 
+INDEX_DIR = "s3://search-indexes/indexes"
+
+
 @pytest.fixture(scope="module")
-def service(ray_cluster, tmp_path_factory):
+def service(ray_cluster, s3_endpoint, digits_dataset, tmp_path_factory):
+    """The app with an index_dir on S3 that holds no index yet: search tests build one."""
+    import boto3
     from ray import serve
 
     from polymodal.serving.deployments import build_app
 
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="search-indexes")
     model_dir = tmp_path_factory.mktemp("models")
     _checkpoint(model_dir / "small", seed=0, embed_dim=16)
     _checkpoint(model_dir / "other", seed=1, embed_dim=24)
+    _trained_checkpoint(model_dir / "digits", digits_dataset)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(str(model_dir), max_batch_size=8), route_prefix="/")
+    serve.run(build_app(str(model_dir), max_batch_size=8, index_dir=INDEX_DIR), route_prefix="/")
     yield f"http://127.0.0.1:{port}", model_dir
     serve.shutdown()
 
@@ -90,7 +138,7 @@ def test_health_and_models(service):
     url, _ = service
     assert _call(f"{url}/healthz") == (200, {"status": "ok"})
     status, ready = _call(f"{url}/readyz")
-    assert status == 200 and ready["models"] == ["other", "small"]
+    assert status == 200 and ready["models"] == ["digits", "other", "small"]
     status, models = _call(f"{url}/v1/models")
     cards = {m["id"]: m for m in models["data"]}
     assert cards["small"]["dimension"] == 16 and cards["other"]["dimension"] == 24
@@ -361,3 +409,106 @@ def test_models_from_s3_with_lru_limit(service, s3_endpoint, metrics_port, tmp_p
         assert reloaded(_scrape(f"http://127.0.0.1:{metrics_port}/metrics", reloaded))
     finally:
         serve.delete("s3")
+
+
+@pytest.fixture(scope="module")
+def digits_index(service, digits_dataset):
+    """`polymodal index` (the real command, on this session's cluster) of the digits model's
+    val images, written to the service's S3 index_dir in 50-row shards: (output, val rows)."""
+    import pyarrow.parquet as pq
+
+    from polymodal.cli import main
+
+    _, model_dir = service
+    out = io.StringIO()
+    args = [str(model_dir / "digits"), str(digits_dataset), f"{INDEX_DIR}/digits-image"]
+    with contextlib.redirect_stdout(out):
+        code = main(["index", *args, "--shard-rows", "50", "--num-cpus", "0.25"])
+    assert code == 0, out.getvalue()
+    return out.getvalue(), pq.read_table(digits_dataset / "val").to_pylist()
+
+
+def test_index_command_writes_shards_then_index_json(digits_index):
+    from polymodal import storage
+    from polymodal.serving.index import open_index
+
+    printed, rows = digits_index
+    assert f"embedded {len(rows)}/{len(rows)} rows" in printed  # progress
+    assert f"indexed {len(rows)} image rows of val (16-d, model 'digits') into 4 shards" in printed
+    assert "MB in" in printed and "rows/s" in printed
+    meta = json.loads(storage.read_bytes(f"{INDEX_DIR}/digits-image/index.json"))
+    assert meta["rows"] == len(rows) and [s["rows"] for s in meta["shards"]] == [50, 50, 50, 35]
+    assert meta["model"] == "digits" and meta["modality"] == "image" and meta["dim"] == 16
+    index = open_index(f"{INDEX_DIR}/digits-image")  # downloaded to the local cache
+    assert sorted(index.ids(range(index.rows))) == sorted(r["id"] for r in rows)
+
+
+def _search(url: str, **body):
+    return _call(f"{url}/v1/search", {"model": "digits", **body})
+
+
+def test_search_by_a_rows_own_image_returns_it_first(service, digits_index):
+    url, _ = service
+    _, rows = digits_index
+    for row in rows[::37]:  # 5 rows, from different shards
+        b64 = base64.b64encode(row["image"]).decode()
+        status, body = _search(url, query=f"data:image/png;base64,{b64}", k=5)
+        assert status == 200, body
+        assert body["model"] == "digits" and body["modality"] == "image"
+        top = body["data"][0]
+        assert top["id"] == row["id"] and top["label"] == DIGIT_LABELS[row["label"]]
+        assert top["score"] == pytest.approx(1.0, abs=1e-4)
+        scores = [hit["score"] for hit in body["data"]]
+        assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    status, typed = _search(url, query={"type": "image", "data": b64}, k=1)
+    assert status == 200 and [h["id"] for h in typed["data"]] == [row["id"]]
+
+
+def test_search_by_a_class_caption_returns_mostly_that_class(service, digits_index):
+    url, _ = service
+    _, rows = digits_index
+    precision = []
+    for name in DIGIT_LABELS:
+        status, body = _search(url, query=f"a handwritten digit {name}", k=10)
+        assert status == 200, body
+        precision.append(sum(hit["label"] == name for hit in body["data"]) / 10)
+    assert min(precision) >= 0.5 and sum(precision) / 10 >= 0.8, precision
+    status, body = _search(url, query="a scan of a seven", k=1000)  # k past the corpus
+    assert status == 200 and len(body["data"]) == len(rows)
+
+
+@pytest.mark.parametrize(
+    "body,status,param",
+    [
+        ({"model": "nope"}, 404, "model"),
+        ({"modality": "text"}, 404, "modality"),  # the model has text, no text index
+        ({"modality": "audio"}, 404, "modality"),
+        ({"model": "small"}, 404, "modality"),  # a model without any index
+        ({"k": 0}, 400, "k"),
+        ({"k": 1001}, 400, "k"),
+        ({"k": "many"}, 400, "k"),
+        ({"query": " "}, 400, "query"),
+        ({"query": "data:image/png;base64,!!notbase64"}, 400, "query"),
+        ({"query": {"type": "image", "data": "aGVsbG8="}}, 400, "query"),
+        ({"query": None}, 400, "query"),
+    ],
+)
+def test_search_client_mistakes_are_4xx(service, digits_index, body, status, param):
+    url, _ = service
+    got, err = _call(f"{url}/v1/search", {"model": "digits", "query": "a digit", **body})
+    assert got == status, err
+    assert err["error"]["param"] == param and err["error"]["type"] == "invalid_request_error"
+
+
+def test_search_latency_is_exported(service, digits_index, metrics_port):
+    url, _ = service
+    assert _search(url, query="a handwritten digit one", k=3)[0] == 200
+
+    def ready(s):
+        return (
+            _value(s, "ray_polymodal_search_seconds_count", model="digits", modality="image") >= 1
+            and _value(s, "ray_polymodal_http_requests_total", route="/v1/search", status="200")
+            >= 1
+        )
+
+    assert ready(_scrape(f"http://127.0.0.1:{metrics_port}/metrics", ready))

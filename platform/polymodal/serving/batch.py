@@ -12,10 +12,18 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from polymodal.data.format import DatasetError, read_manifest, shard_paths
-from polymodal.data.pipeline import read_shards
+from polymodal.data.format import DatasetError, open_shard, read_manifest
+from polymodal.data.pipeline import pieces
 from polymodal.serving.index import IndexWriter
 from polymodal.serving.models import LoadedModel, model_card
+
+SMALL_CPUS = 0.25
+
+
+def read_row_groups(items: pa.Table, columns: list[str] | None) -> pa.Table:
+    """The Parquet row groups named in items (uri, group), concatenated."""
+    groups = zip(items.column("uri").to_pylist(), items.column("group").to_pylist())
+    return pa.concat_tables(open_shard(u).read_row_group(g, columns=columns) for u, g in groups)
 
 
 def vector_column(vectors: np.ndarray, present: np.ndarray) -> pa.Array:
@@ -68,10 +76,16 @@ def embedded_split(
         if missing:
             raise DatasetError(f"{dataset}: no {missing} column (has {list(manifest.modalities)})")
         columns = ["id", *modalities] + (["label"] if manifest.label_names is not None else [])
-    # Small CPU requests: on a busy cluster (a Serve app beside it) one whole CPU per read
-    # task and per actor may never be free, and the job would wait forever.
-    ds = read_shards(
-        shard_paths(dataset, manifest, split), columns=columns, ray_remote_args={"num_cpus": 0.25}
+    # One read task per row group, asking for a fraction of a CPU, as is the actor: on a
+    # busy cluster (a Serve app beside it) less than one CPU may be free, and read_parquet
+    # lists its files in a task that asks for a whole one, so the job waited forever.
+    items = pieces(dataset, manifest, split)  # checks each shard's schema too
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        read_row_groups,
+        fn_kwargs={"columns": columns},
+        batch_format="pyarrow",
+        batch_size=1,
+        num_cpus=SMALL_CPUS,
     )
     return ds.map_batches(
         EmbedBatch,
@@ -91,7 +105,10 @@ def embed_dataset(
     batch_size: int = 256,
     num_cpus: float = 1.0,
 ) -> int:
-    embedded_split(checkpoint, dataset, split, None, batch_size, num_cpus).write_parquet(out)
+    ds = embedded_split(checkpoint, dataset, split, None, batch_size, num_cpus)
+    # Write tasks ask for a whole CPU by default: with less than one free beside the
+    # actor (a Serve app on the cluster) the write never started.
+    ds.write_parquet(out, ray_remote_args={"num_cpus": SMALL_CPUS})
     return read_manifest(dataset).rows(split)
 
 

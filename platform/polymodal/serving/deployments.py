@@ -1,11 +1,13 @@
-"""Serve deployments: the Embedder (multiplexed checkpoints, @serve.batch per modality) and
-the FastAPI gateway with the OpenAI-compatible routes."""
+"""Serve deployments: the Embedder (multiplexed checkpoints, @serve.batch per modality), the
+Searcher (exact top-k over retrieval indexes) and the FastAPI gateway with the routes."""
 
 import asyncio
 import base64
 import hmac
+import logging
 import math
 import os
+import threading
 import time
 from collections import defaultdict
 
@@ -16,8 +18,10 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
+from polymodal import storage
+from polymodal.serving.index import INDEX_FILE, Index, open_index
 from polymodal.serving.inputs import InputError, image_bytes, parse_item
-from polymodal.serving.metrics import embedder_metrics, gateway_metrics
+from polymodal.serving.metrics import embedder_metrics, gateway_metrics, searcher_metrics
 from polymodal.serving.models import LoadedModel, list_models, model_card
 from polymodal.serving.schemas import (
     MAX_ITEMS,
@@ -29,8 +33,14 @@ from polymodal.serving.schemas import (
     EmbeddingResponse,
     ModelCard,
     ModelList,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
     Usage,
 )
+from polymodal.serving.search import search_rows
+
+logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment
@@ -96,9 +106,105 @@ class Embedder:
         return model.classify(values)
 
 
+RESCAN_S = 2.0
+
+
+@serve.deployment
+class Searcher:
+    """Exact top-k search over the indexes under index_dir, one per (model, modality) as
+    named by its index.json, memory-mapped (s3:// ones downloaded to local disk first).
+    Indexes present at start are opened then; one built later is found by the first search
+    that asks for it; one rebuilt in place is reopened within refresh_s."""
+
+    def __init__(self, index_dir: str, refresh_s: float = 30.0):
+        self.index_dir = index_dir
+        self.refresh_s = refresh_s
+        self.lock = threading.Lock()  # lookups run in threads: S3 calls must not block the loop
+        self.indexes: dict[tuple[str, str], tuple[Index, str, float]] = {}
+        self.scanned = 0.0
+        self.metrics = searcher_metrics()
+        with self.lock:
+            self._scan()
+
+    def _open(self, uri: str) -> None:
+        version = storage.version(storage.join(uri, INDEX_FILE))
+        index = open_index(uri)
+        key = (index.meta["model"], index.meta["modality"])
+        held = self.indexes.get(key)
+        if held and held[0].uri != uri:
+            logger.warning(
+                "%s: another %s index of model '%s' is served: %s", uri, *key[::-1], held[0].uri
+            )
+            return
+        self.indexes[key] = (index, version, time.monotonic())
+        logger.info("index %s: model '%s', %s, %d rows", uri, *key, index.rows)
+
+    def _scan(self) -> None:
+        """Open every index under index_dir that is new or rebuilt; a broken one is skipped
+        (logged with the file at fault), never fatal to the others."""
+        self.scanned = time.monotonic()
+        opened = {entry[0].uri: entry[1] for entry in self.indexes.values()}
+        for name in storage.list_dirs(self.index_dir):
+            uri = storage.join(self.index_dir, name)
+            meta = storage.join(uri, INDEX_FILE)
+            try:
+                if storage.is_file(meta) and opened.get(uri) != storage.version(meta):
+                    self._open(uri)
+            except (OSError, ValueError) as exc:
+                logger.warning("skipping index %s: %s", uri, exc)
+
+    def _lookup(self, model: str, modality: str) -> Index | None:
+        with self.lock:
+            key = (model, modality)
+            if key not in self.indexes:
+                # At most one listing of index_dir per RESCAN_S however many searches miss.
+                if time.monotonic() - self.scanned > RESCAN_S:
+                    self._scan()
+            elif time.monotonic() - self.indexes[key][2] > self.refresh_s:
+                index, version, _ = self.indexes[key]
+                meta = storage.join(index.uri, INDEX_FILE)
+                try:
+                    if not storage.is_file(meta):
+                        del self.indexes[key]  # deleted: stop serving it
+                    elif storage.version(meta) != version:
+                        del self.indexes[key]
+                        self._open(index.uri)
+                    else:
+                        self.indexes[key] = (index, version, time.monotonic())
+                except (OSError, ValueError) as exc:  # keep serving the copy already open
+                    logger.warning("cannot reopen index %s: %s", index.uri, exc)
+            held = self.indexes.get(key)
+            return held[0] if held else None
+
+    async def search(self, model: str, modality: str, query: np.ndarray, k: int) -> dict:
+        """{"status": 200, "hits": [...]} or {"status", "message", "param"}: answers, not
+        exceptions, so the gateway returns the status without unpacking Ray's errors."""
+        index = await asyncio.to_thread(self._lookup, model, modality)
+        if index is None:
+            message = f"no {modality} index for model '{model}' in the service's index_dir"
+            return {"status": 404, "message": message, "param": "modality"}
+        start = time.perf_counter()
+        try:
+            rows, scores = await asyncio.to_thread(search_rows, index, query, k)
+        except ValueError as exc:  # e.g. the index was built from another checkpoint's vectors
+            return {"status": 500, "message": str(exc), "param": None}
+        seconds = time.perf_counter() - start
+        self.metrics.latency.observe(seconds, tags={"model": model, "modality": modality})
+        names = index.meta.get("label_names") or []
+        labels = [
+            None if c is None else names[c] if 0 <= c < len(names) else str(c)
+            for c in index.labels(rows[0])
+        ]
+        hits = [
+            {"id": i, "score": float(s), "label": c}
+            for i, s, c in zip(index.ids(rows[0]), scores[0], labels)
+        ]
+        return {"status": 200, "hits": hits}
+
+
 app = FastAPI(
     title="polymodal",
-    description="Embeddings and classification from polymodal "
+    description="Embeddings, classification and search from polymodal "
     "checkpoints. OpenAI-compatible /v1/embeddings.",
 )
 
@@ -120,7 +226,15 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 RETRY_AFTER_S = 1.0
 # Metric labels: the API's routes; any other path counts as "other", so scanners hitting
 # random paths cannot grow the label set.
-_ROUTES = {"/healthz", "/readyz", "/v1/models", "/v1/embeddings", "/v1/classify", "/docs"}
+_ROUTES = {
+    "/healthz",
+    "/readyz",
+    "/v1/models",
+    "/v1/embeddings",
+    "/v1/classify",
+    "/v1/search",
+    "/docs",
+}
 
 
 @app.middleware("http")
@@ -164,7 +278,10 @@ async def _input_error(request: Request, exc: InputError) -> JSONResponse:
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
-    param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+    # The request's own field: deeper parts of pydantic's location name union members
+    # ("query.str"), not anything the client sent.
+    loc = first.get("loc", ())
+    param = str(loc[1]) if len(loc) > 1 else None
     return _error(400, f"invalid request: {first.get('msg', 'malformed body')}", param)
 
 
@@ -178,9 +295,11 @@ class Gateway:
         api_key: str | None = None,
         max_batch_size: int = 32,
         batch_wait_timeout_s: float = 0.01,
+        searcher=None,
     ):
         self.api_key = api_key  # never logged; compared in constant time
         self.embedder = embedder
+        self.searcher = searcher
         self.model_dir = model_dir
         self.cards = {name: model_card(path) for name, path in list_models(model_dir).items()}
         self.batching = max_batch_size > 1
@@ -220,6 +339,24 @@ class Gateway:
             raise InputError(f"unknown model '{model}' (have {sorted(self.cards)})", "model", 404)
         return self.cards[model]
 
+    def _check_item(self, model: str, card: dict, modality: str, value, param: str) -> int:
+        """The item's tokens (UTF-8 bytes of a text), or InputError."""
+        if modality not in card["modalities"]:
+            raise InputError(
+                f"model '{model}' has no {modality} encoder (it has {card['modalities']})", param
+            )
+        if modality != "text":
+            return 0
+        if len(value) > MAX_TEXT_CHARS:
+            raise InputError(f"text longer than {MAX_TEXT_CHARS} characters", param)
+        return len(value.encode("utf-8"))
+
+    async def _embed(self, model: str, parsed: list[tuple[str, object]]) -> list[np.ndarray]:
+        if self.batching:
+            return await asyncio.gather(*[self.gather_items((model, *p)) for p in parsed])
+        handle = self.embedder.options(multiplexed_model_id=model)  # one call per request
+        return await handle.embed.remote(model, parsed)
+
     @app.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok"}
@@ -249,23 +386,12 @@ class Gateway:
             raise InputError("input is empty", "input")
         if len(items) > MAX_ITEMS:
             raise InputError(f"at most {MAX_ITEMS} items per request", "input", 413)
-        parsed = [parse_item(item, i) for i, item in enumerate(items)]
-        tokens = 0
-        for i, (modality, value) in enumerate(parsed):
-            if modality not in card["modalities"]:
-                raise InputError(
-                    f"model '{body.model}' has no {modality} encoder (it has {card['modalities']})",
-                    f"input[{i}]",
-                )
-            if modality == "text":
-                if len(value) > MAX_TEXT_CHARS:
-                    raise InputError(f"text longer than {MAX_TEXT_CHARS} characters", f"input[{i}]")
-                tokens += len(value.encode("utf-8"))
-        if self.batching:
-            vectors = await asyncio.gather(*[self.gather_items((body.model, *p)) for p in parsed])
-        else:  # one call per request
-            handle = self.embedder.options(multiplexed_model_id=body.model)
-            vectors = await handle.embed.remote(body.model, parsed)
+        parsed = [parse_item(item, f"input[{i}]") for i, item in enumerate(items)]
+        tokens = sum(
+            self._check_item(body.model, card, m, v, f"input[{i}]")
+            for i, (m, v) in enumerate(parsed)
+        )
+        vectors = await self._embed(body.model, parsed)
         data = [
             EmbeddingItem(index=i, embedding=_encode(v, body.encoding_format))
             for i, v in enumerate(vectors)
@@ -299,6 +425,35 @@ class Gateway:
         label = max(probs, key=probs.get)
         return ClassifyResponse(model=body.model, label=label, probabilities=probs)
 
+    @app.post("/v1/search", response_model=SearchResponse)
+    async def search(self, body: SearchRequest, request: Request) -> SearchResponse:
+        """The k rows of the (model, modality) index nearest the query (text or image) by
+        cosine similarity of the model's embeddings."""
+        self._authorize(request)
+        card = self._card(body.model)
+        if self.searcher is None:
+            raise InputError("this service has no search indexes (no index_dir)", "model", 404)
+        if body.modality not in card["modalities"]:
+            raise InputError(
+                f"model '{body.model}' has no {body.modality} encoder, so no {body.modality} index",
+                "modality",
+                404,
+            )
+        modality, value = parse_item(body.query, "query")
+        if modality == "text" and not value.strip():
+            raise InputError("query is empty", "query")
+        self._check_item(body.model, card, modality, value, "query")
+        vectors = await self._embed(body.model, [(modality, value)])
+        answer = await self.searcher.search.remote(
+            body.model, body.modality, np.stack(vectors), body.k
+        )
+        if answer["status"] >= 500:
+            return _error(answer["status"], answer["message"])
+        if answer["status"] != 200:
+            raise InputError(answer["message"], answer["param"], answer["status"])
+        hits = [SearchHit(**hit) for hit in answer["hits"]]
+        return SearchResponse(model=body.model, modality=body.modality, data=hits)
+
 
 def build_app(
     model_dir: str,
@@ -311,17 +466,21 @@ def build_app(
     num_gpus: float = 0,
     api_key: str | None = None,
     access_log: bool = True,
+    index_dir: str | None = None,
 ):
-    """The Serve application: gateway -> embedder. The gateway gathers items of concurrent
-    requests for up to batch_wait_timeout_s or max_batch_size items; embedders merge calls
-    from several gateways into one forward per (model, modality) without waiting again.
+    """The Serve application: gateway -> embedder (and searcher, with index_dir). The
+    gateway gathers items of concurrent requests for up to batch_wait_timeout_s or
+    max_batch_size items; embedders merge calls from several gateways into one forward per
+    (model, modality) without waiting again.
 
     max_ongoing_requests: requests an embedder replica works on at once; kept >=
     max_batch_size, or Serve caps every batch at it. max_queued_requests: requests each
     caller may queue beyond that; the rest get 503 with Retry-After at once, never a hang.
     max_models: checkpoints kept loaded per replica (LRU). num_gpus: per embedder replica.
     api_key: require `Bearer api_key` (default: POLYMODAL_API_KEY, if set). access_log: one
-    log line per request and call (turn off at high request rates)."""
+    log line per request and call (turn off at high request rates). index_dir: a directory
+    of `polymodal index` outputs (local or s3://) searched at POST /v1/search by a Searcher
+    deployment, which holds them apart from the embedders' models."""
     api_key = api_key or os.environ.get("POLYMODAL_API_KEY") or None
     ongoing = max(max_ongoing_requests, max_batch_size)
     backpressure = {"status_code": 503, "retry_after_s": RETRY_AFTER_S}
@@ -333,6 +492,15 @@ def build_app(
         logging_config=logging,
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
     ).bind(model_dir, max_batch_size, 0.0, max_models)
+    searcher = None
+    if index_dir:
+        searcher = Searcher.options(
+            max_ongoing_requests=ongoing,
+            max_queued_requests=max_queued_requests,
+            backpressure_config=backpressure,
+            logging_config=logging,
+            ray_actor_options={"num_cpus": num_cpus / 2},
+        ).bind(index_dir)
     # The gateway holds what the embedder queues, so overload surfaces as the embedder's
     # BackPressureError, answered in the API's JSON error shape.
     return Gateway.options(
@@ -341,4 +509,4 @@ def build_app(
         backpressure_config=backpressure,
         logging_config=logging,
         ray_actor_options={"num_cpus": num_cpus / 2},
-    ).bind(embedder, model_dir, api_key, max_batch_size, batch_wait_timeout_s)
+    ).bind(embedder, model_dir, api_key, max_batch_size, batch_wait_timeout_s, searcher)

@@ -43,9 +43,8 @@ def image_bytes(value: str, param: str) -> bytes:
     return raw
 
 
-def parse_item(item, index: int) -> tuple[str, object]:
-    """One `input` entry → (modality, raw value)."""
-    param = f"input[{index}]"
+def parse_item(item, param: str) -> tuple[str, object]:
+    """One `input` entry (or a search `query`) → (modality, raw value); param names it."""
     if isinstance(item, str):
         if item.startswith("data:image/"):
             return "image", image_bytes(item, param)

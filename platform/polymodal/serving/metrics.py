@@ -25,6 +25,11 @@ class EmbedderMetrics:
     model_load: metrics.Histogram
 
 
+@dataclass
+class SearcherMetrics:
+    latency: metrics.Histogram
+
+
 @cache
 def gateway_metrics() -> GatewayMetrics:
     """Created on first use, inside the replica process that records them."""
@@ -63,4 +68,17 @@ def embedder_metrics() -> EmbedderMetrics:
             boundaries=SECONDS,
             tag_keys=("model",),
         ),
+    )
+
+
+@cache
+def searcher_metrics() -> SearcherMetrics:
+    return SearcherMetrics(
+        latency=metrics.Histogram(
+            "polymodal_search_seconds",
+            description="Exact top-k search over one index (the query already embedded), by "
+            "model and modality of the index.",
+            boundaries=[0.0005, 0.001, 0.0025, *SECONDS],  # small indexes answer in < 1 ms
+            tag_keys=("model", "modality"),
+        )
     )

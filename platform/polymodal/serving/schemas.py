@@ -1,4 +1,5 @@
-"""HTTP request and response bodies (OpenAI-compatible embeddings, classification, errors)."""
+"""HTTP request and response bodies (OpenAI-compatible embeddings, classification, search,
+errors)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pydantic import BaseModel, Field
 
 MAX_ITEMS = 256  # items per request
 MAX_TEXT_CHARS = 8_192
+MAX_K = 1000  # results per search
 
 
 class TypedItem(BaseModel):
@@ -63,3 +65,24 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class SearchRequest(BaseModel):
+    model: str
+    query: str | TypedItem = Field(
+        description="text, an image as a data URI (data:image/png;base64,...), or a typed item"
+    )
+    modality: str = Field("image", description="what to search: the modality of the index")
+    k: int = Field(10, ge=1, le=MAX_K, description="how many results")
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float = Field(description="cosine similarity to the query")
+    label: str | None = Field(None, description="the row's class name, when the data has one")
+
+
+class SearchResponse(BaseModel):
+    model: str
+    modality: str
+    data: list[SearchHit]
