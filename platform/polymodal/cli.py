@@ -1,4 +1,5 @@
-"""The `polymodal` command: data ingest|inspect|validate, train, eval, tune, serve, embed.
+"""The `polymodal` command: data ingest|inspect|validate, train, eval, tune, serve, embed,
+submit and jobs (Ray jobs on a cluster).
 
 Each subcommand parses its arguments and calls one function of the package.
 """
@@ -18,6 +19,7 @@ EXAMPLES = """examples:
   polymodal data validate s3://my-bucket/datasets/fashion-mnist
   polymodal train jobs/configs/fashion.yaml train.epochs=3 objective.weights.reconstruction=0.5
   polymodal eval runs/fashion/checkpoint_... data/fashion-mnist
+  polymodal submit train jobs/configs/fashion.yaml data.path=s3://b/fashion --address http://head:8265
 """
 
 
@@ -177,6 +179,45 @@ def _cmd_index(args: argparse.Namespace) -> int:
         f"({r.rows / r.seconds:.0f} rows/s)"
         + (f"; skipped {r.skipped} rows without {r.modality}" if r.skipped else "")
     )
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from polymodal.submit import follow, submit
+
+    jobs, job_id = submit(
+        args.kind, args.args, address=args.address, entrypoint_num_cpus=args.entrypoint_num_cpus
+    )
+    print(f"submitted {args.kind} job {job_id} to {jobs.get_address()}", flush=True)
+    if args.no_wait:
+        print(f"follow it: polymodal jobs logs {job_id} --follow")
+        return 0
+    try:
+        status = follow(jobs, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job goes on (polymodal jobs stop {job_id} ends it)")
+        return 130
+    print(f"job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from polymodal.submit import client, follow, format_jobs, format_status
+
+    jobs = client(args.address)
+    if args.jobs_command == "list":
+        print(format_jobs(jobs.list_jobs()))
+        return 0
+    if args.jobs_command == "status":
+        print(format_status(jobs.get_job_info(args.job_id)))
+        return 0
+    if args.jobs_command == "logs":
+        if args.follow:
+            return 0 if follow(jobs, args.job_id) == "SUCCEEDED" else 1
+        print(jobs.get_job_logs(args.job_id), end="")
+        return 0
+    stopped = jobs.stop_job(args.job_id)
+    print(f"job {args.job_id}: " + ("stop requested" if stopped else "already finished"))
     return 0
 
 
@@ -340,14 +381,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_address(sv)
     sv.set_defaults(func=_cmd_serve)
+
+    from polymodal.submit import ENTRYPOINTS
+
+    sb = sub.add_parser(
+        "submit",
+        help="run train, tune, embed or index as a Ray job on a cluster (Job Submission API)",
+        description="Submit `python jobs/KIND.py ARGS` with this checkout as the job's working "
+        "dir (without data/, runs/, .venv/) and polymodal's source shipped along, stream its "
+        "logs and exit with its result. A config and its overrides are checked before upload. "
+        "Paths in the job (data.path, storage_path) are read on the cluster: use s3:// or "
+        "paths every node sees; S3 keys must be in the cluster's environment.",
+    )
+    sb.add_argument("kind", choices=sorted(ENTRYPOINTS))
+    sb.add_argument(
+        "args", nargs="*", help="the command's arguments, e.g. CONFIG key=value ... for train"
+    )
+    sb.add_argument(
+        "--address",
+        help="the cluster's dashboard, http://HEAD:8265 (default: RAY_ADDRESS, then local)",
+    )
+    sb.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    sb.add_argument(
+        "--entrypoint-num-cpus", type=float, default=None, help="CPUs reserved for the driver"
+    )
+    sb.set_defaults(func=_cmd_submit)
+
+    jb = sub.add_parser("jobs", help="list, inspect, follow and stop Ray jobs")
+    jb_sub = jb.add_subparsers(dest="jobs_command", required=True)
+    for name, text in (
+        ("list", "every job on the cluster, newest first"),
+        ("status", "a job's status, entrypoint and exit code"),
+        ("logs", "a job's driver logs"),
+        ("stop", "stop a running job"),
+    ):
+        cmd = jb_sub.add_parser(name, help=text)
+        if name != "list":
+            cmd.add_argument("job_id")
+        if name == "logs":
+            cmd.add_argument("--follow", action="store_true", help="stream until the job ends")
+        cmd.add_argument("--address", help="http://HEAD:8265 (default: RAY_ADDRESS, then local)")
+        cmd.set_defaults(func=_cmd_jobs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Options of a submitted command (e.g. embed's --split) are passed through to the job.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "submit":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.args += extra
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError, ConnectionError) as exc:
         print(f"polymodal: error: {exc}", file=sys.stderr)
         return 2
 
