@@ -157,9 +157,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from polymodal.serving.batch import build_index
+    from polymodal.serving.batch import build_index, check_index_inputs
     from polymodal.train.run import ensure_ray
 
+    check_index_inputs(args.checkpoint, args.dataset, args.modality, args.split)
     ensure_ray(args.address)
     r = build_index(
         args.checkpoint,

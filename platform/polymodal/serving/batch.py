@@ -125,6 +125,19 @@ class IndexReport:
     seconds: float
 
 
+def check_index_inputs(checkpoint: str, dataset: str, modality: str, split: str):
+    """(model card, manifest), or a clear error, from two small files: before Ray starts."""
+    card = model_card(checkpoint)
+    if modality not in card["modalities"]:
+        raise ValueError(f"{checkpoint}: no {modality} encoder (it has {card['modalities']})")
+    manifest = read_manifest(dataset)
+    if split not in manifest.splits:
+        raise DatasetError(f"{dataset}: no split '{split}' (has {sorted(manifest.splits)})")
+    if modality not in manifest.modalities:
+        raise DatasetError(f"{dataset}: no {modality} column (has {list(manifest.modalities)})")
+    return card, manifest
+
+
 def build_index(
     checkpoint: str,
     dataset: str,
@@ -142,10 +155,7 @@ def build_index(
     s3://). Vectors stream from the embedding actors to this process, which writes a shard
     every shard_rows rows: its memory holds one shard, never the corpus."""
     start = time.perf_counter()
-    card = model_card(checkpoint)
-    if modality not in card["modalities"]:
-        raise ValueError(f"{checkpoint}: no {modality} encoder (it has {card['modalities']})")
-    manifest = read_manifest(dataset)
+    card, manifest = check_index_inputs(checkpoint, dataset, modality, split)
     total = manifest.rows(split)
     name = model_name or Path(str(checkpoint).rstrip("/")).name
     writer = IndexWriter(
