@@ -23,6 +23,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
         (["train"], "key=value"),
         (["eval"], "checkpoint"),
         (["serve"], "model_dir"),
+        (["index"], "index.json"),
     ],
 )
 def test_help_is_useful(args, expect):
