@@ -136,6 +136,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {args.model_dir} at http://{args.host}:{args.port} (docs: /docs); Ctrl-C stops")
     if args.metrics_port and not args.address:
         print(f"Prometheus metrics: http://{args.host}:{args.metrics_port}/metrics")
+    if args.index_dir:
+        print(f"search: POST /v1/search over the indexes in {args.index_dir}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
