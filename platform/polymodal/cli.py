@@ -138,6 +138,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"Prometheus metrics: http://{args.host}:{args.metrics_port}/metrics")
     if args.index_dir:
         print(f"search: POST /v1/search over the indexes in {args.index_dir}")
+    sys.stdout.flush()  # to a log file too, before the wait that a SIGTERM ends
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
