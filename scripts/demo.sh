@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make demo   (or: bash scripts/demo.sh [key=value ...]): ingest Fashion-MNIST, train
-# jobs/configs/fashion.yaml on an embedded local Ray cluster, evaluate, then serve the model
-# and query it over HTTP; print the results.
+# jobs/configs/fashion.yaml on an embedded local Ray cluster, evaluate, index the validation
+# images, then serve the model and query it over HTTP (embed, classify, search); print results.
 # A small CPU variant: make demo DEMO_ARGS="train.epochs=2"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,4 +21,6 @@ echo
 CKPT=$("${VENV:-.venv}/bin/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['checkpoint'])" "runs/$RUN/metrics.json")
 "$PM" eval "$CKPT" "$DATA"
 echo
-"${VENV:-.venv}/bin/python" scripts/demo_serve.py "$CKPT" "$DATA"
+"$PM" index "$CKPT" "$DATA" "runs/$RUN/indexes/val-images" --modality image --split val
+echo
+"${VENV:-.venv}/bin/python" scripts/demo_serve.py "$CKPT" "$DATA" "runs/$RUN/indexes"

@@ -1,5 +1,5 @@
 """The demo's last step: serve a checkpoint, call it over HTTP as an application would, print
-what comes back. Run: .venv/bin/python scripts/demo_serve.py CHECKPOINT DATASET"""
+what comes back. Run: .venv/bin/python scripts/demo_serve.py CHECKPOINT DATASET [INDEX_DIR]"""
 
 from __future__ import annotations
 
@@ -32,11 +32,12 @@ def _call(url: str, body: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
-def main(checkpoint: str, dataset: str) -> int:
+def main(checkpoint: str, dataset: str, index_dir: str | None = None) -> int:
     port, metrics_port = _free_port(), _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [os.path.join(os.path.dirname(sys.executable), "polymodal"), "serve", checkpoint]
     cmd += ["--port", str(port), "--metrics-port", str(metrics_port)]
+    cmd += ["--index-dir", index_dir] if index_dir else []
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
@@ -70,6 +71,13 @@ def main(checkpoint: str, dataset: str) -> int:
             got = _call(f"{url}/v1/classify", {"model": model, "inputs": {"image": image}})
             p = got["probabilities"][got["label"]]
             print(f"  image {r['id']} (true: {names[r['label']]}): {got['label']} (p={p:.2f})")
+        if index_dir:
+            print("POST /v1/search: captions -> the 5 closest validation images")
+            for text in dict.fromkeys(texts):
+                body = {"model": model, "query": text, "modality": "image", "k": 5}
+                hits = _call(f"{url}/v1/search", body)["data"]
+                found = ", ".join(f"{h['label']} ({h['score']:.2f})" for h in hits)
+                print(f"  '{text}': {found}")
         return 0
     finally:
         server.send_signal(signal.SIGTERM)
@@ -80,4 +88,4 @@ def main(checkpoint: str, dataset: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    sys.exit(main(*sys.argv[1:4]))
