@@ -92,7 +92,7 @@ def embedded_split(
         fn_constructor_kwargs={"checkpoint": checkpoint, "modalities": modalities},
         batch_format="pyarrow",
         batch_size=batch_size,
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=num_cpus,
     )
 
