@@ -209,19 +209,21 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
     from polymodal.submit import client, follow, format_jobs, format_status
 
     jobs = client(args.address)
-    if args.jobs_command == "list":
-        print(format_jobs(jobs.list_jobs()))
-        return 0
-    if args.jobs_command == "status":
-        print(format_status(jobs.get_job_info(args.job_id)))
-        return 0
-    if args.jobs_command == "logs":
-        if args.follow:
+    try:
+        if args.jobs_command == "list":
+            print(format_jobs(jobs.list_jobs()))
+        elif args.jobs_command == "status":
+            print(format_status(jobs.get_job_info(args.job_id)))
+        elif args.jobs_command == "logs" and args.follow:
             return 0 if follow(jobs, args.job_id) == "SUCCEEDED" else 1
-        print(jobs.get_job_logs(args.job_id), end="")
-        return 0
-    stopped = jobs.stop_job(args.job_id)
-    print(f"job {args.job_id}: " + ("stop requested" if stopped else "already finished"))
+        elif args.jobs_command == "logs":
+            print(jobs.get_job_logs(args.job_id), end="")
+        else:
+            stopped = jobs.stop_job(args.job_id)
+            print(f"job {args.job_id}: " + ("stop requested" if stopped else "already finished"))
+    except RuntimeError as exc:  # the Job API's answer, e.g. no such job
+        print(f"polymodal: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -235,6 +235,8 @@ def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
     assert "SUCCEEDED" in status.stdout and "jobs/train.py" in status.stdout
     logs = _polymodal("jobs", "logs", job_id, "--address", address, env=env)
     assert "[epoch 1/2] done" in logs.stdout
+    missing = _polymodal("jobs", "status", "raysubmit_nosuchjob", "--address", address, env=env)
+    assert missing.returncode == 2 and "raysubmit_nosuchjob" in missing.stderr
 
     # Ray's own CLI runs the thin entrypoints too (polymodal is installed on these nodes):
     # embed the val split with the checkpoint, on the cluster, into S3.
