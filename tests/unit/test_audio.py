@@ -1,0 +1,156 @@
+"""Audio decoding: WAV formats, resampling and log-mel against values known in closed form."""
+
+import io
+import struct
+import wave
+
+import numpy as np
+import pytest
+
+from polymodal.data.audio import (
+    fit_length,
+    hz_to_mel,
+    log_mel,
+    mel_filterbank,
+    mel_frames,
+    mel_to_hz,
+    read_wav,
+    resample,
+)
+from polymodal.data.decode import DecodeError
+
+
+def sine(freq: float, rate: int, seconds: float = 0.5, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def pcm_wav(x: np.ndarray, rate: int, width: int = 2, channels: int = 1) -> bytes:
+    """A WAV written by the standard library (integer PCM)."""
+    frames = np.repeat(x[:, None], channels, axis=1).reshape(-1)
+    if width == 1:
+        raw = np.round(frames * 127 + 128).astype(np.uint8).tobytes()
+    elif width == 3:
+        ints = np.round(frames * (2**23 - 1)).astype(np.int32)
+        raw = b"".join(int(v).to_bytes(3, "little", signed=True) for v in ints)
+    else:
+        raw = np.round(frames * (2 ** (8 * width - 1) - 1)).astype(f"<i{width}").tobytes()
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(raw)
+    return buf.getvalue()
+
+
+def float_wav(x: np.ndarray, rate: int) -> bytes:
+    """IEEE float WAV (format 3), which the wave module cannot write."""
+    body = x.astype("<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, rate, rate * 4, 4, 32)
+    chunks = b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", len(body)) + body
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+def test_pcm_widths_decode_to_the_signal(width):
+    x = sine(440, 8000)
+    got, rate = read_wav(pcm_wav(x, 8000, width))
+    assert rate == 8000 and got.dtype == np.float32 and len(got) == len(x)
+    tolerance = 1.5 / 128 if width == 1 else 1e-4
+    assert np.abs(got - x).max() < tolerance
+
+
+def test_float_and_stereo_decode():
+    x = sine(300, 16000)
+    got, rate = read_wav(float_wav(x, 16000))
+    assert rate == 16000 and np.array_equal(got, x)
+    mono, _ = read_wav(pcm_wav(x, 16000, channels=2))
+    assert np.abs(mono - x).max() < 1e-4  # channels averaged
+
+
+def test_truncated_file_keeps_whole_frames():
+    data = pcm_wav(sine(440, 8000), 8000)
+    got, _ = read_wav(data[:-101])  # cut mid-frame: 100 bytes = 50 frames lost, half a frame
+    assert len(got) == 4000 - 51
+
+
+@pytest.mark.parametrize(
+    "data, detail",
+    [
+        (b"not audio at all", "not a RIFF/WAVE"),
+        (b"RIFF\x04\x00\x00\x00WAVE", "no fmt or data chunk"),
+        (pcm_wav(np.zeros(0, np.float32), 8000), "no samples"),
+    ],
+)
+def test_bad_files_raise_unreadable_audio(data, detail):
+    with pytest.raises(DecodeError) as err:
+        read_wav(data)
+    assert err.value.reason == "unreadable audio" and detail in str(err.value)
+
+
+def test_unsupported_encoding_is_named():
+    data = bytearray(pcm_wav(sine(440, 8000), 8000))
+    data[20:22] = struct.pack("<H", 2)  # ADPCM
+    with pytest.raises(DecodeError, match="unsupported WAV format 2"):
+        read_wav(bytes(data))
+
+
+def test_overlong_audio_is_refused_before_decoding():
+    header = bytearray(pcm_wav(np.zeros(10, np.float32), 8000))
+    body_size = 8000 * 2 * 601  # 601 s at 8 kHz, 16 bit
+    data = bytes(header[:40]) + struct.pack("<I", body_size) + bytes(body_size)
+    with pytest.raises(DecodeError) as err:
+        read_wav(data)
+    assert err.value.reason == "audio too long"
+
+
+def test_resampling_keeps_frequency_and_duration():
+    x = sine(1000, 8000, seconds=1.0)
+    up = resample(x, 8000, 16000)
+    assert len(up) == 16000
+    spectrum = np.abs(np.fft.rfft(up))
+    assert np.argmax(spectrum) * 16000 / len(up) == pytest.approx(1000, abs=1)
+    down = resample(sine(1000, 44100, seconds=1.0), 44100, 16000)
+    assert len(down) == 16000
+    # 10 kHz is above 16 kHz's Nyquist (8 kHz): filtered out (-57 dB) instead of aliasing to
+    # 6 kHz (away from the edges, where the clip's abrupt start rings through the filter)
+    aliased = resample(sine(10000, 44100, seconds=1.0), 44100, 16000)
+    assert np.abs(aliased[2000:-2000]).max() < 0.001  # the sine itself peaks at 0.5
+
+
+def test_fit_length_crops_and_pads():
+    x = np.arange(5, dtype=np.float32)
+    assert fit_length(x, 3).tolist() == [0, 1, 2]
+    assert fit_length(x, 7).tolist() == [0, 1, 2, 3, 4, 0, 0]
+
+
+def test_mel_scale_known_values():
+    assert hz_to_mel(1000) == pytest.approx(1000.0, abs=0.1)  # HTK's anchor point
+    assert hz_to_mel(700) == pytest.approx(2595 * np.log10(2))
+    freqs = np.array([0, 100, 3999.5, 11025])
+    assert np.allclose(mel_to_hz(hz_to_mel(freqs)), freqs)
+
+
+def test_filterbank_triangles_peak_at_their_centres():
+    fb = mel_filterbank(n_fft=512, rate=16000, n_mels=20).numpy()
+    assert fb.shape == (20, 257) and (fb >= 0).all() and fb.max() <= 1
+    peaks = fb.argmax(axis=1)
+    assert (np.diff(peaks) >= 0).all()  # ascending frequency
+    centres = mel_to_hz(np.linspace(0, hz_to_mel(8000), 22))[1:-1]
+    assert np.abs(peaks * 16000 / 512 - centres).max() <= 16000 / 512  # within one FFT bin
+
+
+def test_log_mel_of_a_sine():
+    rate, hop = 8000, 128
+    x = sine(1000, rate)
+    mel = log_mel(x, rate, n_mels=40, hop=hop)
+    assert mel.shape == (40, mel_frames(0.5, rate, hop)) == (40, 1 + 4000 // hop)
+    profile = mel[:, 5:-5].mean(dim=1)  # frames away from the padded edges
+    centres = mel_to_hz(np.linspace(0, hz_to_mel(rate / 2), 42))[1:-1]
+    assert abs(centres[int(profile.argmax())] - 1000) < 100  # the band holding 1 kHz
+    louder = log_mel(2 * x, rate, n_mels=40, hop=hop)[:, 5:-5].mean(dim=1)
+    peak = int(profile.argmax())
+    assert float(louder[peak] - profile[peak]) == pytest.approx(20 * np.log10(2), abs=1e-3)
+    silence = log_mel(np.zeros(4000, np.float32), rate)
+    assert float(silence.max()) == pytest.approx(-100.0)
