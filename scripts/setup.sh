@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 
-# Debian packages that carry real datasets (Fashion-MNIST for the demo and its tests).
-SYSTEM_PACKAGES=(dataset-fashion-mnist)
+# Debian packages that carry real datasets: Fashion-MNIST (the demo, tests), Asterisk voice
+# prompts (WAV) and their transcripts (the audio modality).
+SYSTEM_PACKAGES=(dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en)
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -39,6 +39,9 @@ class DataConfig:
     image_size: int = 28  # images are resized to image_size x image_size
     image_channels: int = 0  # 0: take it from the manifest (1 for grayscale, 3 for RGB)
     text_max_len: int = 48  # UTF-8 bytes kept per text
+    audio_rate: int = 8000  # Hz every clip is resampled to
+    audio_seconds: float = 2.0  # clips are cut or zero-padded to this length
+    n_mels: int = 40  # log-mel bands (25 ms-ish windows, hop of 128 samples)
     decode_batch_size: int = 1024  # rows per Ray Data decoding task
     prefetch_batches: int = 4  # batches each worker decodes ahead of the step
     cache_val_rows: int = 50_000  # rank 0 keeps a decoded val split this small in memory
@@ -68,6 +71,13 @@ class TextModelConfig:
 
 
 @dataclass
+class AudioModelConfig:
+    encoder: str = "mel_cnn"  # key of models.build.AUDIO_ENCODERS
+    width: int = 16
+    norm: str = "batch"  # batch | group, as for images
+
+
+@dataclass
 class ModelConfig:
     modalities: list[str] = field(default_factory=lambda: ["image", "text"])
     embed_dim: int = 128
@@ -75,6 +85,7 @@ class ModelConfig:
     classifier_hidden: int = 256
     image: ImageModelConfig = field(default_factory=ImageModelConfig)
     text: TextModelConfig = field(default_factory=TextModelConfig)
+    audio: AudioModelConfig = field(default_factory=AudioModelConfig)
 
 
 @dataclass
@@ -339,7 +350,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
 
 
-KNOWN_MODALITIES = ("image", "text")
+KNOWN_MODALITIES = ("image", "text", "audio")
 
 
 def validate(cfg: Config) -> None:

@@ -1,23 +1,40 @@
-"""Audio decoding: WAV formats, resampling and log-mel against values known in closed form."""
+"""Audio: WAV formats, resampling and log-mel against values known in closed form, then the
+audio modality through decoding, the model, the Asterisk source and request parsing."""
 
+import base64
 import io
 import struct
 import wave
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+import torch
 
+from polymodal.config import load_config
 from polymodal.data.audio import (
     fit_length,
     hz_to_mel,
     log_mel,
     mel_filterbank,
-    mel_frames,
     mel_to_hz,
     read_wav,
     resample,
 )
-from polymodal.data.decode import DecodeError
+from polymodal.data.decode import (
+    BAD_ROW_REASONS,
+    DecodeError,
+    Preprocessing,
+    decode_columns,
+    input_shapes,
+    mel_frames,
+)
+from polymodal.data.format import read_manifest, shard_paths
+from polymodal.data.ingest import ingest
+from polymodal.models.build import build_model
+from polymodal.objectives.joint import joint_loss
+from polymodal.serving.inputs import InputError, parse_item
+from polymodal.serving.schemas import TypedItem
 
 
 def sine(freq: float, rate: int, seconds: float = 0.5, amplitude: float = 0.5) -> np.ndarray:
@@ -154,3 +171,79 @@ def test_log_mel_of_a_sine():
     assert float(louder[peak] - profile[peak]) == pytest.approx(20 * np.log10(2), abs=1e-3)
     silence = log_mel(np.zeros(4000, np.float32), rate)
     assert float(silence.max()) == pytest.approx(-100.0)
+
+
+# ---- the audio modality through decoding, the model, ingest and request parsing ----
+
+
+def test_decode_columns_turn_wav_into_mel_inputs_and_drop_bad_audio():
+    prep = Preprocessing(["audio", "text"], audio_rate=16000, audio_seconds=1.0, n_mels=32)
+    good = pcm_wav(sine(440, 8000), 8000)  # resampled to 16 kHz, padded to 1 s
+    columns = {
+        "audio": [good, b"RIFF broken", None, 123],
+        "text": ["a", "b", "c", "d"],
+        "label": [None] * 4,
+    }
+    arrays, bad = decode_columns(columns, prep)
+    shape, _ = input_shapes(prep)["audio"]
+    assert shape == (1, 32, mel_frames(1.0, 16000))
+    assert arrays["audio"].shape == (2, *shape)  # the good row and the text-only row
+    assert arrays["audio_present"].tolist() == [1.0, 0.0]
+    assert -1.0 <= arrays["audio"][0].min() and arrays["audio"][0].max() < 2.0
+    assert bad == [(1, "unreadable audio"), (3, "wrong type")]
+    assert {"unreadable audio", "audio too long"} <= set(BAD_ROW_REASONS)
+
+
+def test_audio_text_model_embeds_and_reconstructs_mel():
+    cfg = load_config(
+        None,
+        ["model.modalities=[audio,text]", "objective.weights.reconstruction=1"]
+        + ["model.audio.width=8", "data.audio_seconds=0.5"],
+    )
+    prep = Preprocessing(["audio", "text"], text_max_len=16, audio_seconds=0.5, n_mels=40)
+    model = build_model(cfg, prep)
+    shape, _ = input_shapes(prep)["audio"]
+    batch = {
+        "audio": torch.randn(3, *shape),
+        "text": torch.randint(1, 257, (3, 16)),
+        "audio_present": torch.ones(3),
+        "text_present": torch.ones(3),
+        "label": torch.full((3,), -1),
+    }
+    out = model(batch)
+    assert out["embeddings"]["audio"].shape == (3, cfg.model.embed_dim)
+    assert out["reconstructions"]["audio"].shape == (3, *shape)
+    loss, logs = joint_loss(out, batch, cfg.objective)
+    loss.backward()
+    assert torch.isfinite(loss) and "reconstruction/audio" in logs
+    assert model.encoders["audio"].net[0][0].weight.grad.abs().sum() > 0
+
+
+def test_asterisk_source_pairs_prompts_with_transcripts(tmp_path):
+    out = tmp_path / "asterisk"
+    report = ingest("builtin:asterisk", out, limit=40, progress=False)
+    manifest = read_manifest(out)
+    assert report.rows_written == 40 and manifest.modalities["audio"]["encoding"] == "wav"
+    rows = [
+        r
+        for s in manifest.splits
+        for p in shard_paths(out, manifest, s)
+        for r in pq.read_table(p).to_pylist()
+    ]
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["agent-loginok"]["text"] == "Agent logged in."
+    samples, rate = read_wav(by_id["agent-loginok"]["audio"])
+    assert rate == 8000 and 0.5 < len(samples) / rate < 5  # a short real recording
+    assert np.abs(samples).max() > 0.05  # not silence
+
+
+def test_audio_request_items_are_checked():
+    wav = pcm_wav(sine(440, 8000), 8000)
+    uri = "data:audio/wav;base64," + base64.b64encode(wav).decode()
+    assert parse_item(uri, "input[0]") == ("audio", wav)
+    assert parse_item(TypedItem(type="audio", data=base64.b64encode(wav).decode()), "q")[0] == (
+        "audio"
+    )
+    with pytest.raises(InputError) as err:
+        parse_item("data:audio/wav;base64," + base64.b64encode(b"RIFF....").decode(), "input[1]")
+    assert err.value.param == "input[1]" and "unreadable audio" in str(err.value)

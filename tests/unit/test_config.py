@@ -27,7 +27,7 @@ def test_every_shipped_config_loads_and_builds(path):
 
 def test_overrides_apply_with_types():
     cfg = load_config(
-        CONFIGS[0],
+        CONFIGS[0].parent / "contrastive.yaml",
         [
             "train.epochs=3",
             "objective.weights.reconstruction=0.5",

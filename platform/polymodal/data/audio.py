@@ -3,7 +3,6 @@ any channels) → mono float32 at the configured rate → log-mel spectrogram, i
 
 from __future__ import annotations
 
-import math
 import struct
 from math import gcd
 
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 from scipy.signal import resample_poly
 
-from polymodal.data.decode import DecodeError
+from polymodal.data.decode import DecodeError, Preprocessing
 
 MAX_AUDIO_SECONDS = 600  # longer clips are refused before decoding, like oversized images
 PCM, IEEE_FLOAT, EXTENSIBLE = 1, 3, 0xFFFE
@@ -116,6 +115,10 @@ def log_mel(
     return 10.0 * torch.log10(mel.clamp_min(1e-10))
 
 
-def mel_frames(seconds: float, rate: int, hop: int = 128) -> int:
-    """Frames of log_mel for a clip of `seconds` at `rate`."""
-    return 1 + math.floor(round(seconds * rate) / hop)
+def audio_features(data: bytes, prep: Preprocessing) -> np.ndarray:
+    """WAV bytes → the audio encoder's input [1, n_mels, frames]: prep.audio_seconds at
+    prep.audio_rate, log-mel scaled so -100 dB..0 dB maps to -1..1."""
+    x, rate = read_wav(data)
+    x = fit_length(resample(x, rate, prep.audio_rate), round(prep.audio_seconds * prep.audio_rate))
+    mel = log_mel(x, prep.audio_rate, prep.n_mels)
+    return (mel / 50.0 + 1.0).unsqueeze(0).numpy()

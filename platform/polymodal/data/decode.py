@@ -1,4 +1,5 @@
-"""Decoding raw column values into model inputs: image bytes → float tensors, text → byte ids.
+"""Decoding raw column values into model inputs: image bytes → float tensors, text → byte ids,
+WAV bytes → log-mel spectrograms (data/audio.py).
 
 Plain numpy/PIL, no Ray: the Ray Data pipeline, evaluation and serving all call these.
 """
@@ -34,6 +35,8 @@ BAD_ROW_REASONS = (
     "wrong type",
     "label out of range",
     "no modality present",
+    "unreadable audio",
+    "audio too long",
 )
 
 
@@ -45,6 +48,9 @@ class Preprocessing:
     image_size: int = 28
     image_channels: int = 1
     text_max_len: int = 48
+    audio_rate: int = 8000  # Hz every clip is resampled to
+    audio_seconds: float = 2.0  # clips are cut or zero-padded to this length
+    n_mels: int = 40
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,7 +160,27 @@ def decode_value(
         if not value.strip():
             raise DecodeError("empty text")
         return encode_text(value, prep.text_max_len)
+    if modality == "audio":
+        if not isinstance(value, bytes | bytearray | memoryview):
+            raise DecodeError("wrong type", f"audio is {type(value).__name__}, expected bytes")
+        from polymodal.data.audio import audio_features  # scipy, loaded only for audio
+
+        return audio_features(bytes(value), prep)
     raise DecodeError("wrong type", f"no decoder for modality '{modality}'")
+
+
+def mel_frames(seconds: float, rate: int, hop: int = 128) -> int:
+    """Frames of data/audio.py's log_mel for a clip of `seconds` at `rate`."""
+    return 1 + round(seconds * rate) // hop
+
+
+def input_shapes(prep: Preprocessing) -> dict[str, tuple[tuple[int, ...], type]]:
+    """Each modality's model input: (shape of one row, dtype)."""
+    return {
+        "image": ((prep.image_channels, prep.image_size, prep.image_size), np.float32),
+        "text": ((prep.text_max_len,), np.int64),
+        "audio": ((1, prep.n_mels, mel_frames(prep.audio_seconds, prep.audio_rate)), np.float32),
+    }
 
 
 def check_label(value: Any, num_labels: int | None) -> int:
@@ -189,10 +215,7 @@ def decode_columns(
     """
     rng = np.random.default_rng() if augment is not None else None
     n = len(next(iter(columns.values())))
-    shapes = {
-        "image": ((prep.image_channels, prep.image_size, prep.image_size), np.float32),
-        "text": ((prep.text_max_len,), np.int64),
-    }
+    shapes = input_shapes(prep)
     for m in prep.modalities:
         if m not in shapes:
             raise DecodeError("wrong type", f"no decoder for modality '{m}'")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from polymodal.data.audio import read_wav
 from polymodal.data.decode import DecodeError, open_image
 from polymodal.data.format import DatasetWriter, Manifest, ShardWriter, split_of
 from polymodal.data.sources import RawRow, Source, open_source
@@ -44,12 +45,14 @@ def check_row(row: RawRow, label_names: list[str] | None) -> str | None:
         return row.error
     if all(v is None for v in row.values.values()):
         return "no modality present"
-    image = row.values.get("image")
-    if image is not None:
-        try:
+    image, audio = row.values.get("image"), row.values.get("audio")
+    try:
+        if image is not None:
             open_image(image)
-        except DecodeError as exc:
-            return str(exc)
+        if audio is not None:
+            read_wav(audio)
+    except DecodeError as exc:
+        return str(exc)
     if row.label is not None and label_names and row.label >= len(label_names):
         return f"bad label {row.label}: only {len(label_names)} classes"
     return None
@@ -57,7 +60,8 @@ def check_row(row: RawRow, label_names: list[str] | None) -> str | None:
 
 def _reason_key(reason: str) -> str:
     """Group 'missing file x.png' and 'missing file y.png' under one count."""
-    for prefix in ("missing file", "unreadable image", "image too large", "bad label", "bad split"):
+    prefixes = ("missing file", "unreadable image", "image too large", "unreadable audio")
+    for prefix in (*prefixes, "audio too long", "bad label", "bad split"):
         if reason.startswith(prefix):
             return prefix
     return reason.split(":")[0]

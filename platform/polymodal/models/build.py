@@ -7,8 +7,8 @@ from collections.abc import Callable
 from torch import nn
 
 from polymodal.config import Config
-from polymodal.data.decode import Preprocessing
-from polymodal.models.decoders import ImageDecoder, TextDecoder
+from polymodal.data.decode import Preprocessing, mel_frames
+from polymodal.models.decoders import ImageDecoder, MelDecoder, TextDecoder
 from polymodal.models.encoders.image import ResNet18, SmallCNN
 from polymodal.models.encoders.text import ByteTransformer
 from polymodal.models.joint import JointModel
@@ -31,13 +31,27 @@ TEXT_ENCODERS: dict[str, EncoderBuilder] = {
         cfg.model.dropout,
     ),
 }
-ENCODERS: dict[str, dict[str, EncoderBuilder]] = {"image": IMAGE_ENCODERS, "text": TEXT_ENCODERS}
+# A log-mel spectrogram is a one-channel image: the same small CNN, pooled over time and bands.
+AUDIO_ENCODERS: dict[str, EncoderBuilder] = {
+    "mel_cnn": lambda cfg, prep: SmallCNN(1, cfg.model.audio.width, cfg.model.audio.norm),
+}
+ENCODERS: dict[str, dict[str, EncoderBuilder]] = {
+    "image": IMAGE_ENCODERS,
+    "text": TEXT_ENCODERS,
+    "audio": AUDIO_ENCODERS,
+}
 
 DECODERS: dict[str, EncoderBuilder] = {
     "image": lambda cfg, prep: ImageDecoder(
         cfg.model.embed_dim, prep.image_channels, prep.image_size, cfg.model.image.width
     ),
     "text": lambda cfg, prep: TextDecoder(cfg.model.embed_dim, prep.text_max_len),
+    "audio": lambda cfg, prep: MelDecoder(
+        cfg.model.embed_dim,
+        prep.n_mels,
+        mel_frames(prep.audio_seconds, prep.audio_rate),
+        cfg.model.audio.width,
+    ),
 }
 
 

@@ -45,3 +45,26 @@ class TextDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.hidden(z).view(-1, self.max_len, self.width)
         return self.out(h)
+
+
+class MelDecoder(nn.Module):
+    """Embedding → a [1, n_mels, frames] log-mel spectrogram (unbounded: MSE targets)."""
+
+    def __init__(self, embed_dim: int, n_mels: int, frames: int, width: int = 16):
+        super().__init__()
+        self.shape = (n_mels, frames)
+        self.base = (max(n_mels // 4, 1), max(frames // 4, 1))
+        self.width = width * 2
+        self.fc = nn.Linear(embed_dim, self.width * self.base[0] * self.base[1])
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(self.width, width, 4, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(width, 1, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.fc(z)).view(-1, self.width, *self.base)
+        x = self.net(x)
+        if tuple(x.shape[-2:]) != self.shape:
+            x = F.interpolate(x, size=self.shape, mode="bilinear", align_corners=False)
+        return x

@@ -1,7 +1,8 @@
 """Reconstruction per modality (the joint autoencoder): Σ_i ‖x_i − dec_i(enc_i(x_i))‖².
 
-Images use the mean squared error per pixel; text, being discrete bytes, uses cross-entropy
-over byte positions (padding ignored). Rows missing a modality do not count.
+Images use the mean squared error per pixel, audio per log-mel cell; text, being discrete
+bytes, uses cross-entropy over byte positions (padding ignored). Rows missing a modality do
+not count.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from polymodal.data.decode import TEXT_PAD
 
 
 def image_reconstruction_sum(pred, target, present) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ over present rows of the per-pixel MSE, number of present rows)."""
+    """(Σ over present rows of the per-pixel (or per-mel-cell) MSE, number of present rows)."""
     per_row = (pred - target).pow(2).flatten(1).mean(1)
     return (per_row * present).sum(), present.sum()
 
@@ -32,7 +33,11 @@ def text_reconstruction_sum(logits, ids, present) -> tuple[torch.Tensor, torch.T
     return total, ids.ne(TEXT_PAD).sum().to(logits.dtype)
 
 
-RECONSTRUCTION_SUMS = {"image": image_reconstruction_sum, "text": text_reconstruction_sum}
+RECONSTRUCTION_SUMS = {
+    "image": image_reconstruction_sum,
+    "text": text_reconstruction_sum,
+    "audio": image_reconstruction_sum,  # a spectrogram is a one-channel image of real values
+}
 
 
 def image_reconstruction(pred, target, present) -> torch.Tensor:

@@ -7,7 +7,7 @@ import binascii
 
 from polymodal.data.decode import DecodeError, open_image
 
-MAX_IMAGE_BYTES = 10 * 1024 * 1024
+MAX_ITEM_BYTES = 10 * 1024 * 1024  # an image or a WAV clip, decoded
 
 
 class InputError(ValueError):
@@ -20,8 +20,8 @@ class InputError(ValueError):
 
 
 def _b64(data: str, param: str) -> bytes:
-    if len(data) > MAX_IMAGE_BYTES * 4 // 3 + 4:
-        raise InputError(f"image larger than {MAX_IMAGE_BYTES} bytes", param, 413)
+    if len(data) > MAX_ITEM_BYTES * 4 // 3 + 4:
+        raise InputError(f"item larger than {MAX_ITEM_BYTES} bytes", param, 413)
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -43,12 +43,33 @@ def image_bytes(value: str, param: str) -> bytes:
     return raw
 
 
+def audio_bytes(value: str, param: str) -> bytes:
+    """A data:audio/wav;base64 URI or bare base64 → WAV bytes that decode (length limit)."""
+    if value.startswith("data:"):
+        header, _, payload = value.partition(",")
+        if not header.startswith("data:audio/") or ";base64" not in header:
+            raise InputError("expected a data URI like data:audio/wav;base64,...", param)
+        value = payload
+    raw = _b64(value, param)
+    from polymodal.data.audio import read_wav
+
+    try:
+        read_wav(raw)
+    except DecodeError as exc:
+        raise InputError(str(exc), param) from exc
+    return raw
+
+
 def parse_item(item, param: str) -> tuple[str, object]:
     """One `input` entry (or a search `query`) → (modality, raw value); param names it."""
     if isinstance(item, str):
         if item.startswith("data:image/"):
             return "image", image_bytes(item, param)
+        if item.startswith("data:audio/"):
+            return "audio", audio_bytes(item, param)
         return "text", item
     if item.type == "image":
         return "image", image_bytes(item.data, param)
+    if item.type == "audio":
+        return "audio", audio_bytes(item.data, param)
     return "text", item.data

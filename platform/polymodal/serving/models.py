@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from polymodal import storage
-from polymodal.data.decode import Preprocessing, decode_image, encode_text
+from polymodal.data.decode import Preprocessing, decode_value, encode_text
 from polymodal.train.checkpoint import META, fetch_checkpoint, load_model, read_meta
 
 
@@ -54,11 +54,10 @@ class LoadedModel:
         )
 
     def inputs(self, modality: str, values: list) -> torch.Tensor:
-        p = self.prep
-        if modality == "image":
-            arr = np.stack([decode_image(v, p.image_size, p.image_channels) for v in values])
+        if modality == "text":  # an empty text embeds as all padding, as it always has
+            arr = np.stack([encode_text(v, self.prep.text_max_len) for v in values])
         else:
-            arr = np.stack([encode_text(v, p.text_max_len) for v in values])
+            arr = np.stack([decode_value(modality, v, self.prep) for v in values])
         return torch.from_numpy(arr).to(self.device)
 
     @torch.no_grad()

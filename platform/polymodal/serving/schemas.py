@@ -13,8 +13,8 @@ MAX_K = 1000  # results per search
 
 
 class TypedItem(BaseModel):
-    type: Literal["text", "image"]
-    data: str = Field(description="text, or base64 image bytes (PNG/JPEG)")
+    type: Literal["text", "image", "audio"]
+    data: str = Field(description="text, or base64 image bytes (PNG/JPEG), or base64 WAV bytes")
 
 
 class EmbeddingRequest(BaseModel):

@@ -83,6 +83,9 @@ def preprocessing_for(cfg: Config, manifest) -> Preprocessing:
         image_size=cfg.data.image_size,
         image_channels=channels,
         text_max_len=cfg.data.text_max_len,
+        audio_rate=cfg.data.audio_rate,
+        audio_seconds=cfg.data.audio_seconds,
+        n_mels=cfg.data.n_mels,
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from polymodal.data.sources.base import RawRow, Source
-from polymodal.data.sources.builtin import digits, fashion_mnist
+from polymodal.data.sources.builtin import asterisk, digits, fashion_mnist
 from polymodal.data.sources.folder import folder
 from polymodal.data.sources.parquet import parquet, parse_mapping
 from polymodal.data.sources.webdataset import webdataset
@@ -15,6 +15,7 @@ from polymodal.data.webdataset import is_webdataset_path
 BUILTIN_SOURCES: dict[str, Callable[..., Source]] = {
     "builtin:digits": digits,
     "builtin:fashion-mnist": fashion_mnist,
+    "builtin:asterisk": asterisk,
 }
 
 

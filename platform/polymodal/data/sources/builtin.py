@@ -1,4 +1,5 @@
-"""Real datasets that ship with installed packages: scikit-learn digits, Debian Fashion-MNIST.
+"""Real datasets that ship with installed packages: scikit-learn digits, Debian Fashion-MNIST,
+Debian's Asterisk voice prompts with their transcripts.
 
 Captions are made from the class name with a few templates, picked by id so they are stable.
 """
@@ -17,6 +18,9 @@ from PIL import Image
 from polymodal.data.sources.base import RawRow, Source
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+# Debian asterisk-core-sounds-en-wav (the recordings) and asterisk-core-sounds-en (transcripts).
+ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
+ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 FASHION_LABELS = [
     "t-shirt",
     "trouser",
@@ -124,4 +128,37 @@ def fashion_mnist(limit: int | None = None) -> Source:
         rows=rows(),
         total=sum(per_split.values()),
         extra={"caption_templates": FASHION_TEMPLATES},
+    )
+
+
+def asterisk(limit: int | None = None) -> Source:
+    """Asterisk's English voice prompts (8 kHz, 16-bit mono WAV, one speaker) paired with their
+    transcripts ("key: text" lines); ids are the prompt keys, e.g. digits/7."""
+    for path, package in (
+        (ASTERISK_SOUNDS, "asterisk-core-sounds-en-wav"),
+        (ASTERISK_TRANSCRIPTS, "asterisk-core-sounds-en"),
+    ):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found; install it with: sudo apt-get install {package}"
+            )
+    with gzip.open(ASTERISK_TRANSCRIPTS, "rt", encoding="utf-8") as f:
+        lines = [line for line in f.read().splitlines() if ":" in line and line[0] != ";"]
+    pairs = [(k.strip(), text.strip()) for k, text in (line.split(":", 1) for line in lines)]
+    pairs = [(k, text) for k, text in pairs if (ASTERISK_SOUNDS / f"{k}.wav").is_file()]
+    pairs = pairs[:limit] if limit is not None else pairs
+
+    def rows() -> Iterator[RawRow]:
+        for number, (key, text) in enumerate(pairs, 1):
+            audio = (ASTERISK_SOUNDS / f"{key}.wav").read_bytes()
+            yield RawRow(number, key, {"audio": audio, "text": text})
+
+    return Source(
+        name="builtin:asterisk",
+        modalities=["audio", "text"],
+        encodings={"audio": "wav", "text": "utf-8"},
+        label_names=None,
+        labelled=False,
+        rows=rows(),
+        total=len(pairs),
     )
