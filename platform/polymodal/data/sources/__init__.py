@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from polymodal.data.sources.base import RawRow, Source
-from polymodal.data.sources.builtin import asterisk, digits, fashion_mnist
+from polymodal.data.sources.builtin import asterisk, digits, digits_trimodal, fashion_mnist
 from polymodal.data.sources.folder import folder
 from polymodal.data.sources.parquet import parquet, parse_mapping
 from polymodal.data.sources.webdataset import webdataset
@@ -16,6 +16,7 @@ BUILTIN_SOURCES: dict[str, Callable[..., Source]] = {
     "builtin:digits": digits,
     "builtin:fashion-mnist": fashion_mnist,
     "builtin:asterisk": asterisk,
+    "builtin:digits-trimodal": digits_trimodal,
 }
 
 

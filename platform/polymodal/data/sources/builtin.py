@@ -88,6 +88,40 @@ def digits(limit: int | None = None) -> Source:
     )
 
 
+def digits_trimodal(limit: int | None = None) -> Source:
+    """scikit-learn's digits as image + caption + the spoken digit (Asterisk's recording of
+    its class, digits/N.wav), paired by class. Every tenth row (by id) lacks its audio and
+    another tenth its caption, so training meets rows with a modality missing."""
+    recordings = {n: ASTERISK_SOUNDS / "digits" / f"{n}.wav" for n in range(10)}
+    missing = [p for p in recordings.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{missing[0]} not found; install it with: sudo apt-get install "
+            "asterisk-core-sounds-en-wav"
+        )
+    audio = {n: p.read_bytes() for n, p in recordings.items()}
+    images = digits(limit)
+
+    def rows() -> Iterator[RawRow]:
+        for row in images.rows:
+            pick = int(hashlib.md5(row.id.encode()).hexdigest(), 16) % 10
+            values = dict(row.values, audio=None if pick == 0 else audio[row.label])
+            if pick == 1:
+                values["text"] = None
+            yield RawRow(row.number, row.id, values, row.label)
+
+    return Source(
+        name="builtin:digits-trimodal",
+        modalities=["image", "text", "audio"],
+        encodings={"image": "png", "text": "utf-8", "audio": "wav"},
+        label_names=DIGIT_LABELS,
+        labelled=True,
+        rows=rows(),
+        total=images.total,
+        extra=images.extra,
+    )
+
+
 def fashion_mnist(limit: int | None = None) -> Source:
     """The official 60k/10k split becomes train/val, so accuracy is comparable to the literature."""
     files = {
