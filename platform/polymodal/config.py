@@ -78,6 +78,13 @@ class AudioModelConfig:
 
 
 @dataclass
+class VectorModelConfig:
+    encoder: str = "mlp"  # key of models.build.VECTOR_ENCODERS
+    width: int = 128
+    hidden: int = 256
+
+
+@dataclass
 class ModelConfig:
     modalities: list[str] = field(default_factory=lambda: ["image", "text"])
     embed_dim: int = 128
@@ -86,6 +93,7 @@ class ModelConfig:
     image: ImageModelConfig = field(default_factory=ImageModelConfig)
     text: TextModelConfig = field(default_factory=TextModelConfig)
     audio: AudioModelConfig = field(default_factory=AudioModelConfig)
+    vector: VectorModelConfig = field(default_factory=VectorModelConfig)
 
 
 @dataclass
@@ -350,7 +358,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
 
 
-KNOWN_MODALITIES = ("image", "text", "audio")
+KNOWN_MODALITIES = ("image", "text", "audio", "vector")
 
 
 def validate(cfg: Config) -> None:

@@ -99,8 +99,8 @@ def test_bad_rows_are_dropped_with_their_reason(monkeypatch):
         (5, "no modality present"),
         (6, "label out of range"),
     ]
-    audio = {"unreadable audio", "audio too long"}  # tests/unit/test_audio.py
-    assert {reason for _, reason in bad} == set(decode.BAD_ROW_REASONS) - audio
+    others = {"unreadable audio", "audio too long", "bad vector"}  # test_audio.py, test_vector.py
+    assert {reason for _, reason in bad} == set(decode.BAD_ROW_REASONS) - others
     assert out["label"].tolist() == [0, 2]  # the good rows, still aligned across columns
     assert out["image"].shape == (2, 1, 4, 4) and out["text_hash"].shape == (2,)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ BAD_ROW_REASONS = (
     "no modality present",
     "unreadable audio",
     "audio too long",
+    "bad vector",
 )
 
 
@@ -51,6 +52,9 @@ class Preprocessing:
     audio_rate: int = 8000  # Hz every clip is resampled to
     audio_seconds: float = 2.0  # clips are cut or zero-padded to this length
     n_mels: int = 40
+    # The vector modality's standardisation, from the train split (its length is the dim).
+    vector_mean: list[float] = field(default_factory=list)
+    vector_std: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,6 +170,10 @@ def decode_value(
         from polymodal.data.audio import audio_features  # scipy, loaded only for audio
 
         return audio_features(bytes(value), prep)
+    if modality == "vector":
+        from polymodal.data.vector import decode_vector
+
+        return decode_vector(value, prep.vector_mean, prep.vector_std)
     raise DecodeError("wrong type", f"no decoder for modality '{modality}'")
 
 
@@ -180,6 +188,7 @@ def input_shapes(prep: Preprocessing) -> dict[str, tuple[tuple[int, ...], type]]
         "image": ((prep.image_channels, prep.image_size, prep.image_size), np.float32),
         "text": ((prep.text_max_len,), np.int64),
         "audio": ((1, prep.n_mels, mel_frames(prep.audio_seconds, prep.audio_rate)), np.float32),
+        "vector": ((len(prep.vector_mean),), np.float32),
     }
 
 

@@ -8,9 +8,10 @@ from torch import nn
 
 from polymodal.config import Config
 from polymodal.data.decode import Preprocessing, mel_frames
-from polymodal.models.decoders import ImageDecoder, MelDecoder, TextDecoder
+from polymodal.models.decoders import ImageDecoder, MelDecoder, TextDecoder, VectorDecoder
 from polymodal.models.encoders.image import ResNet18, SmallCNN
 from polymodal.models.encoders.text import ByteTransformer
+from polymodal.models.encoders.vector import MLP
 from polymodal.models.joint import JointModel
 from polymodal.objectives.joint import active_terms
 
@@ -35,10 +36,16 @@ TEXT_ENCODERS: dict[str, EncoderBuilder] = {
 AUDIO_ENCODERS: dict[str, EncoderBuilder] = {
     "mel_cnn": lambda cfg, prep: SmallCNN(1, cfg.model.audio.width, cfg.model.audio.norm),
 }
+VECTOR_ENCODERS: dict[str, EncoderBuilder] = {
+    "mlp": lambda cfg, prep: MLP(
+        len(prep.vector_mean), cfg.model.vector.hidden, cfg.model.vector.width, cfg.model.dropout
+    ),
+}
 ENCODERS: dict[str, dict[str, EncoderBuilder]] = {
     "image": IMAGE_ENCODERS,
     "text": TEXT_ENCODERS,
     "audio": AUDIO_ENCODERS,
+    "vector": VECTOR_ENCODERS,
 }
 
 DECODERS: dict[str, EncoderBuilder] = {
@@ -51,6 +58,9 @@ DECODERS: dict[str, EncoderBuilder] = {
         prep.n_mels,
         mel_frames(prep.audio_seconds, prep.audio_rate),
         cfg.model.audio.width,
+    ),
+    "vector": lambda cfg, prep: VectorDecoder(
+        cfg.model.embed_dim, len(prep.vector_mean), cfg.model.vector.hidden
     ),
 }
 

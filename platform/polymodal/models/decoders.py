@@ -68,3 +68,14 @@ class MelDecoder(nn.Module):
         if tuple(x.shape[-2:]) != self.shape:
             x = F.interpolate(x, size=self.shape, mode="bilinear", align_corners=False)
         return x
+
+
+class VectorDecoder(nn.Module):
+    """Embedding → the standardised feature vector [dim] (MSE targets)."""
+
+    def __init__(self, embed_dim: int, dim: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(embed_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)

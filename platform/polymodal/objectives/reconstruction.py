@@ -1,6 +1,7 @@
 """Reconstruction per modality (the joint autoencoder): Σ_i ‖x_i − dec_i(enc_i(x_i))‖².
 
-Images use the mean squared error per pixel, audio per log-mel cell; text, being discrete
+Images use the mean squared error per pixel, audio per log-mel cell, vectors per
+standardised feature; text, being discrete
 bytes, uses cross-entropy over byte positions (padding ignored). Rows missing a modality do
 not count.
 """
@@ -37,6 +38,7 @@ RECONSTRUCTION_SUMS = {
     "image": image_reconstruction_sum,
     "text": text_reconstruction_sum,
     "audio": image_reconstruction_sum,  # a spectrogram is a one-channel image of real values
+    "vector": image_reconstruction_sum,  # MSE per standardised feature
 }
 
 

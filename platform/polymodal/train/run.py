@@ -77,7 +77,16 @@ def dataset_path(cfg: Config) -> str:
 
 
 def preprocessing_for(cfg: Config, manifest) -> Preprocessing:
+    """What turns the dataset's values into model inputs; for vectors, the train split's
+    mean and std per feature (one pass over that column), kept in every checkpoint."""
     channels = cfg.data.image_channels or manifest.extra.get("image_channels", 1)
+    mean, std = [], []
+    if "vector" in cfg.model.modalities:
+        from polymodal.data.format import open_shard, shard_paths
+        from polymodal.data.vector import vector_stats
+
+        paths = shard_paths(dataset_path(cfg), manifest, "train")
+        mean, std = vector_stats(open_shard(p).read(columns=["vector"]).column(0) for p in paths)
     return Preprocessing(
         modalities=list(cfg.model.modalities),
         image_size=cfg.data.image_size,
@@ -86,6 +95,8 @@ def preprocessing_for(cfg: Config, manifest) -> Preprocessing:
         audio_rate=cfg.data.audio_rate,
         audio_seconds=cfg.data.audio_seconds,
         n_mels=cfg.data.n_mels,
+        vector_mean=mean,
+        vector_std=std,
     )
 
 

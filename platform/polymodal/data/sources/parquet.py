@@ -1,5 +1,6 @@
 """An existing Parquet table (a file or a directory of files, local or s3://) as an ingest
-source, its columns mapped onto ours: `--map image=jpg_bytes text=caption label=cls id=key`.
+source, its columns mapped onto ours: `--map image=jpg_bytes text=caption label=cls id=key`
+(and `vector=features` for a list<float> column).
 
 String labels are class names (sorted); integer labels are named "0".."max".
 """
@@ -17,7 +18,8 @@ from polymodal import storage
 from polymodal.data.format import DatasetError, open_shard
 from polymodal.data.sources.base import RawRow, Source
 
-FIELDS = ("image", "text", "label", "id")
+FIELDS = ("image", "text", "vector", "label", "id")
+MODALITIES = ("image", "text", "vector")
 
 
 def parse_mapping(pairs: list[str]) -> dict[str, str]:
@@ -28,8 +30,8 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
         if ours not in FIELDS or not theirs:
             raise ValueError(f"--map {pair!r}: expected FIELD=COLUMN with FIELD one of {FIELDS}")
         mapping[ours] = theirs
-    if not {"image", "text"} & set(mapping):
-        raise ValueError("--map must name an image or a text column, e.g. --map image=jpg")
+    if not set(MODALITIES) & set(mapping):
+        raise ValueError("--map must name an image, text or vector column, e.g. --map image=jpg")
     return mapping
 
 
@@ -41,7 +43,7 @@ def shard_rows(
     for batch in open_shard(uri).iter_batches(batch_size=1024, columns=columns):
         for rec in batch.to_pylist():
             number += 1
-            values = {m: rec[mapping[m]] for m in ("image", "text") if m in mapping}
+            values = {m: rec[mapping[m]] for m in MODALITIES if m in mapping}
             error = None
             if values.get("image") is not None and not isinstance(values["image"], bytes):
                 error = f"wrong type: column {mapping['image']!r} is not bytes"
@@ -62,6 +64,12 @@ def parquet(path: str, mapping: dict[str, str], limit: int | None = None) -> Sou
     for ours, theirs in mapping.items():
         if theirs not in schema.names:
             raise DatasetError(f"{files[0]}: no column {theirs!r} for {ours} (has {schema.names})")
+    if "vector" in mapping:
+        kind = schema.field(mapping["vector"]).type
+        if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+            raise DatasetError(
+                f"{files[0]}: column {mapping['vector']!r} is {kind}, not a list of floats"
+            )
     label_names = None
     if "label" in mapping and pa.types.is_string(schema.field(mapping["label"]).type):
         names: set[str] = set()
@@ -73,8 +81,8 @@ def parquet(path: str, mapping: dict[str, str], limit: int | None = None) -> Sou
     rows = itertools.chain.from_iterable(read(f) for f in files)
     return Source(
         name=f"parquet:{path}",
-        modalities=[m for m in ("image", "text") if m in mapping],
-        encodings={"image": "png|jpeg", "text": "utf-8"},
+        modalities=[m for m in MODALITIES if m in mapping],
+        encodings={"image": "png|jpeg", "text": "utf-8", "vector": "float32"},
         label_names=label_names,
         labelled="label" in mapping,
         rows=itertools.islice(rows, limit) if limit else rows,
