@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing = data_sub.add_parser(
         "ingest",
         help="write a source as a polymodal dataset (manifest + Parquet shards)",
-        description="SOURCE is builtin:digits, builtin:fashion-mnist; webdataset tars "
+        description="SOURCE is builtin:digits, builtin:fashion-mnist, builtin:digits-trimodal, "
+        "builtin:asterisk; webdataset tars "
         "('shards/{00000..00099}.tar', local or s3://: key.jpg|png|webp, key.txt|json, key.cls); "
         "a Parquet file or directory with --map; or a folder holding index.csv / index.jsonl "
         "(columns: image (file path), text, label, optional id, split). Sources of several "
@@ -273,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--map",
         nargs="+",
         metavar="FIELD=COLUMN",
-        help="SOURCE is a Parquet table: its columns for image, text, label, id "
+        help="SOURCE is a Parquet table: its columns for image, text, vector, label, id "
         "(e.g. --map image=jpg text=caption)",
     )
     ing.add_argument("--limit", type=int, default=None, help="read at most N rows (per split)")
