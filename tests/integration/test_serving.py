@@ -288,13 +288,18 @@ def test_oversized_body_is_413(service):
     conn.close()
 
 
-def _scrape(metrics_url: str, until, timeout_s: float = 30.0) -> dict:
+def _scrape(metrics_url: str, until, timeout_s: float = 30.0, poke=None) -> dict:
     """{(name, labels): value} from the Prometheus endpoint, polled until `until` holds
-    (Ray exports every second here)."""
+    (Ray exports every second here). `poke` runs before each poll: a gauge is exported only
+    in the interval after it was last set."""
     from prometheus_client.parser import text_string_to_metric_families
 
     deadline = time.monotonic() + timeout_s
     while True:
+        if poke is not None:
+            poke()
+        else:
+            time.sleep(0.2)
         with urllib.request.urlopen(metrics_url, timeout=10) as resp:
             text = resp.read().decode()
         samples = {
@@ -328,9 +333,14 @@ def test_prometheus_metrics(service, metrics_port):
             >= 3
             and _value(s, "ray_polymodal_http_requests_total", status="404") >= 1
             and _value(s, "ray_polymodal_model_load_seconds_count", model="small") >= 1
+            and any(n == "ray_polymodal_queue_depth" for n, _ in s)
         )
 
-    samples = _scrape(f"http://127.0.0.1:{metrics_port}/metrics", ready)
+    def poke():
+        _call(f"{url}/v1/embeddings", {"model": "small", "input": ["c"]})
+        time.sleep(0.5)
+
+    samples = _scrape(f"http://127.0.0.1:{metrics_port}/metrics", ready, poke=poke)
     assert ready(samples), sorted({n for n, _ in samples})
     latency = "ray_polymodal_http_request_duration_seconds_count"
     assert _value(samples, latency, route="/v1/embeddings") >= 4
