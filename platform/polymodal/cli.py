@@ -1,5 +1,5 @@
 """The `polymodal` command: data ingest|inspect|validate, train, eval, tune, serve, embed,
-submit and jobs (Ray jobs on a cluster).
+index, report, submit and jobs (Ray jobs on a cluster).
 
 Each subcommand parses its arguments and calls one function of the package.
 """
@@ -183,6 +183,13 @@ def _cmd_index(args: argparse.Namespace) -> int:
         f"({r.rows / r.seconds:.0f} rows/s)"
         + (f"; skipped {r.skipped} rows without {r.modality}" if r.skipped else "")
     )
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from polymodal.evaluation.report import write_report
+
+    print(f"report: {write_report(args.run_dir, rows=args.rows)}")
     return 0
 
 
@@ -388,6 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_address(sv)
     sv.set_defaults(func=_cmd_serve)
+
+    rp = sub.add_parser(
+        "report",
+        help="an HTML page of a finished run: curves, metrics, retrieval gallery, projection",
+        description="Write RUN_DIR/report/index.html and its PNGs (training writes it at the "
+        "end too): loss curves per term, the recall@K / accuracy table, text → image gallery, "
+        "retrieval examples for other modalities, a 2-D projection of val embeddings coloured "
+        "by label, and the config.",
+    )
+    rp.add_argument("run_dir", help="a run directory (holds metrics.json), local or s3://")
+    rp.add_argument("--rows", type=int, default=1000, help="val rows embedded for the figures")
+    rp.set_defaults(func=_cmd_report)
 
     from polymodal.submit import ENTRYPOINTS
 

@@ -58,6 +58,12 @@ def test_train_writes_checkpoint_metrics_and_plot(first_run):
     ):
         assert name in metrics, name
     assert metrics["val/accuracy"] > 0.5  # chance is 0.1
+    # the run's HTML report, with every figure it shows written beside it
+    page = (run_dir / "report" / "index.html").read_text()
+    for figure in ("loss_curves.png", "projection.png", "gallery.png"):
+        assert f"src='{figure}'" in page
+        assert (run_dir / "report" / figure).read_bytes()[:4] == b"\x89PNG"
+    assert "image → text" in page and f"{metrics['val/accuracy']:.4f}" in page
     assert metrics["val/zero_shot_accuracy"] > 0.3
     assert 0.0 <= meta["metrics"]["train/data_wait_fraction"] <= 1.0
     assert meta["metrics"]["train/samples_per_s"] > 0

@@ -43,6 +43,9 @@ def test_trimodal_digits_train_and_evaluate_every_direction(ray_cluster, tmp_pat
     bad = json.loads((Path(result.run_dir) / "bad_rows.json").read_text())
     assert bad["bad_rows"] == 0 and bad["rows_read"] >= 1797
 
+    page = (Path(result.run_dir) / "report" / "index.html").read_text()
+    assert "<h3>audio → text</h3>" in page and "audio → image" in page
+
     evaluated = evaluate_checkpoint(result.checkpoint)
     assert evaluated["val/recall@5/image->audio"] == pytest.approx(
         metrics["val/recall@5/image->audio"], abs=1e-6

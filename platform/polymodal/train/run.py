@@ -254,8 +254,8 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
 
 
 def finish_run(run_dir: str, checkpoint: str, epochs_run: int) -> RunResult:
-    """Write metrics.json, loss_curves.png and (with an image decoder) reconstructions.png
-    into the run directory, local or s3://."""
+    """Write metrics.json, loss_curves.png, (with an image decoder) reconstructions.png and
+    the HTML report (report/index.html) into the run directory, local or s3://."""
     local = fetch_checkpoint(checkpoint)
     meta = read_meta(local)
     metrics = meta["metrics"]
@@ -275,4 +275,7 @@ def finish_run(run_dir: str, checkpoint: str, epochs_run: int) -> RunResult:
         manifest = dataset_manifest(config_from_dict(meta["config"]))
         batch = next(decoded_batches(meta["dataset"], "val", prep, 8, manifest))
         plot_reconstructions(model, batch, storage.join(run_dir, "reconstructions.png"))
+    from polymodal.evaluation.report import write_report
+
+    write_report(run_dir)
     return RunResult(run_dir, checkpoint, metrics, epochs_run)
