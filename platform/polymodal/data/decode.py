@@ -1,7 +1,6 @@
 """Decoding raw column values into model inputs: image bytes → float tensors, text → byte ids,
-WAV bytes → log-mel spectrograms (data/audio.py).
-
-Plain numpy/PIL, no Ray: the Ray Data pipeline, evaluation and serving all call these.
+WAV bytes → log-mel spectrograms (data/audio.py), float lists → standardised vectors
+(data/vector.py). No Ray: the Ray Data pipeline, evaluation and serving all call these.
 """
 
 from __future__ import annotations
