@@ -18,6 +18,9 @@ def _entry(rank: int, world: int, init_file: str, fn: Callable, out: str, args: 
         result = fn(rank, world, *args)
         if rank == 0:
             torch.save(result, out)
+        # Every rank done before any tears down: a process group destroyed while a peer's
+        # gloo threads still talk to it aborted a rank ("terminate called ...", SIGABRT).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

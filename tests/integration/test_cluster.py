@@ -140,15 +140,17 @@ def _scrape(urls: list[str], names: set[str]) -> dict[str, list]:
 
 
 def _watch(proc: subprocess.Popen, urls: list[str], names: set[str]) -> dict[str, list]:
-    """Scrape while the job runs (gauges go with the worker that set them); returns the
-    last scrape that held every name."""
-    last: dict[str, list] = {}
+    """Scrape while the job runs (a gauge disappears some seconds after it was last set);
+    returns the latest samples of each name seen."""
+    seen: dict[tuple, object] = {}  # (name, labels) -> its latest sample
     while proc.poll() is None:
-        found = _scrape(urls, names)
-        if set(found) == names:
-            last = found
-        time.sleep(2)
-    return last
+        for name, samples in _scrape(urls, names).items():
+            seen.update({(name, frozenset(s.labels.items())): s for s in samples})
+        time.sleep(1)
+    latest: dict[str, list] = {}
+    for (name, _), sample in seen.items():
+        latest.setdefault(name, []).append(sample)
+    return latest
 
 
 def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
@@ -176,19 +178,23 @@ def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
         "ray_polymodal_train_data_wait_fraction",
         "ray_polymodal_train_epoch",
     }
-    with subprocess.Popen(
-        [BIN / "polymodal", "submit", "train", "jobs/configs/digits.yaml"]
-        + ["data.path=s3://cluster/digits", "train.storage_path=s3://cluster/runs"]
-        + [f"train.name={RUN}", "train.num_workers=2", "train.placement_strategy=SPREAD"]
-        + ["train.epochs=2", "train.log_every_steps=5", "--address", address],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as proc:
-        live = _watch(proc, two_nodes["metrics"], names)
-        out = proc.stdout.read()
+    # Output to a file, not a pipe: nobody reads a pipe while the metrics are watched, and a
+    # full one would block the streamed logs.
+    with tempfile.TemporaryFile("w+") as log:
+        with subprocess.Popen(
+            [BIN / "polymodal", "submit", "train", "jobs/configs/digits.yaml"]
+            + ["data.path=s3://cluster/digits", "train.storage_path=s3://cluster/runs"]
+            + [f"train.name={RUN}", "train.num_workers=2", "train.placement_strategy=SPREAD"]
+            + ["train.epochs=2", "train.log_every_steps=5", "--address", address],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as proc:
+            live = _watch(proc, two_nodes["metrics"], names)
+        log.seek(0)
+        out = log.read()
     result = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]

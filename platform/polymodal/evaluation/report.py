@@ -17,8 +17,10 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from polymodal import storage  # noqa: E402
+from polymodal.config import config_from_dict  # noqa: E402
 from polymodal.data.decode import Preprocessing, decode_columns  # noqa: E402
 from polymodal.data.format import iter_tables, read_columns, read_manifest  # noqa: E402
+from polymodal.data.webdataset import is_webdataset_path  # noqa: E402
 from polymodal.evaluation.plots import _save, plot_loss_curves  # noqa: E402
 from polymodal.train.checkpoint import fetch_checkpoint, load_model  # noqa: E402
 
@@ -36,8 +38,7 @@ class Sample:
     labels: np.ndarray
 
 
-def _sample(model, prep: Preprocessing, dataset: str, rows: int) -> Sample:
-    manifest = read_manifest(dataset)
+def _sample(model, prep: Preprocessing, dataset: str, manifest, rows: int) -> Sample:
     columns = read_columns(dataset, manifest, prep.modalities)
     tables, n = [], 0
     for table in iter_tables(dataset, "val", columns, 512, manifest):
@@ -173,7 +174,14 @@ def write_report(run_dir: str, rows: int = 1000) -> str:
     model, meta = load_model(fetch_checkpoint(summary["checkpoint"]))
     prep = Preprocessing(**meta["preprocessing"])
     out = storage.join(run_dir, REPORT_DIR)
-    sample = _sample(model, prep, meta["dataset"], rows)
+    dataset = meta["dataset"]  # absolute, or s3://
+    if is_webdataset_path(dataset):  # tars read in place: their manifest is made up
+        from polymodal.train.run import dataset_manifest
+
+        manifest = dataset_manifest(config_from_dict(meta["config"]))
+    else:
+        manifest = read_manifest(dataset)
+    sample = _sample(model, prep, dataset, manifest, rows)
     images = {
         "loss_curves.png": plot_loss_curves(meta["history"], storage.join(out, "loss_curves.png")),
         "projection.png": _projection(

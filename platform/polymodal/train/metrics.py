@@ -19,6 +19,7 @@ class TrainMetrics:
     gpu_memory: metrics.Gauge
     samples: metrics.Counter
     epoch: metrics.Gauge
+    current_epoch: int = 0
 
     def record_step(
         self, losses: dict[str, float], samples: int, seconds: float, wait_s: float
@@ -30,6 +31,8 @@ class TrainMetrics:
         if self.rank == 0:
             for term, value in losses.items():
                 self.loss.set(value, tags={"run": self.run, "term": term})
+            # Again each step: Ray drops a gauge's value some seconds after it was last set.
+            self.epoch.set(self.current_epoch, tags={"run": self.run})
         self.samples_per_second.set(samples / max(seconds, 1e-9), tags=tags)
         self.data_wait_fraction.set(wait_s / max(seconds, 1e-9), tags=tags)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -39,6 +42,7 @@ class TrainMetrics:
         self.samples.inc(samples, tags={"run": self.run, "rank": str(self.rank)})
 
     def set_epoch(self, epoch: int) -> None:
+        self.current_epoch = epoch
         if self.rank == 0:
             self.epoch.set(epoch, tags={"run": self.run})
 
