@@ -76,6 +76,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"checkpoint: {result.checkpoint}")
     print(f"metrics:    {result.run_dir}/metrics.json")
     print(f"plot:       {result.run_dir}/loss_curves.png")
+    print(f"report:     {result.run_dir}/report/index.html")
     return 0
 
 
