@@ -28,36 +28,32 @@ def _b64(data: str, param: str) -> bytes:
         raise InputError(f"invalid base64: {exc}", param) from exc
 
 
-def image_bytes(value: str, param: str) -> bytes:
-    """A data URI or bare base64 → image bytes that decode (pixel limit enforced)."""
+def _payload(value: str, param: str, kind: str, example: str, check) -> bytes:
+    """A data:{kind}/... URI or bare base64 → bytes that `check` accepts (its DecodeError
+    becomes the client's 400)."""
     if value.startswith("data:"):
         header, _, payload = value.partition(",")
-        if not header.startswith("data:image/") or ";base64" not in header:
-            raise InputError("expected a data URI like data:image/png;base64,...", param)
+        if not header.startswith(f"data:{kind}/") or ";base64" not in header:
+            raise InputError(f"expected a data URI like {example}", param)
         value = payload
     raw = _b64(value, param)
     try:
-        open_image(raw)
+        check(raw)
     except DecodeError as exc:
         raise InputError(str(exc), param) from exc
     return raw
+
+
+def image_bytes(value: str, param: str) -> bytes:
+    """Image bytes that decode (pixel limit enforced)."""
+    return _payload(value, param, "image", "data:image/png;base64,...", open_image)
 
 
 def audio_bytes(value: str, param: str) -> bytes:
-    """A data:audio/wav;base64 URI or bare base64 → WAV bytes that decode (length limit)."""
-    if value.startswith("data:"):
-        header, _, payload = value.partition(",")
-        if not header.startswith("data:audio/") or ";base64" not in header:
-            raise InputError("expected a data URI like data:audio/wav;base64,...", param)
-        value = payload
-    raw = _b64(value, param)
-    from polymodal.data.audio import read_wav
+    """WAV bytes that decode (length limit enforced)."""
+    from polymodal.data.audio import read_wav  # scipy, loaded only for audio
 
-    try:
-        read_wav(raw)
-    except DecodeError as exc:
-        raise InputError(str(exc), param) from exc
-    return raw
+    return _payload(value, param, "audio", "data:audio/wav;base64,...", read_wav)
 
 
 def parse_item(item, param: str) -> tuple[str, object]:
