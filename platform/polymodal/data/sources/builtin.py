@@ -42,6 +42,15 @@ DIGIT_LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "
 DIGIT_TEMPLATES = ["a handwritten digit {}", "the number {} written by hand", "a scan of a {}"]
 
 
+def require(paths, package: str) -> None:
+    """FileNotFoundError naming the first missing path and the Debian package that has it."""
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{missing[0]} not found; install it with: sudo apt-get install {package}"
+        )
+
+
 def caption(row_id: str, name: str, templates: list[str]) -> str:
     pick = int(hashlib.md5(row_id.encode()).hexdigest(), 16) % len(templates)
     return templates[pick].format(name)
@@ -93,12 +102,7 @@ def digits_trimodal(limit: int | None = None) -> Source:
     its class, digits/N.wav), paired by class. Every tenth row (by id) lacks its audio and
     another tenth its caption, so training meets rows with a modality missing."""
     recordings = {n: ASTERISK_SOUNDS / "digits" / f"{n}.wav" for n in range(10)}
-    missing = [p for p in recordings.values() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{missing[0]} not found; install it with: sudo apt-get install "
-            "asterisk-core-sounds-en-wav"
-        )
+    require(recordings.values(), "asterisk-core-sounds-en-wav")
     audio = {n: p.read_bytes() for n, p in recordings.items()}
     images = digits(limit)
 
@@ -128,12 +132,7 @@ def fashion_mnist(limit: int | None = None) -> Source:
         "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
         "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
     }
-    missing = [f for pair in files.values() for f in pair if not (FASHION_DIR / f).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"Fashion-MNIST not found in {FASHION_DIR} (missing {missing[0]}); "
-            "install it with: sudo apt-get install dataset-fashion-mnist"
-        )
+    require([FASHION_DIR / f for pair in files.values() for f in pair], "dataset-fashion-mnist")
     arrays = {
         s: (_read_idx(FASHION_DIR / i), _read_idx(FASHION_DIR / lab))
         for s, (i, lab) in files.items()
@@ -168,14 +167,8 @@ def fashion_mnist(limit: int | None = None) -> Source:
 def asterisk(limit: int | None = None) -> Source:
     """Asterisk's English voice prompts (8 kHz, 16-bit mono WAV, one speaker) paired with their
     transcripts ("key: text" lines); ids are the prompt keys, e.g. digits/7."""
-    for path, package in (
-        (ASTERISK_SOUNDS, "asterisk-core-sounds-en-wav"),
-        (ASTERISK_TRANSCRIPTS, "asterisk-core-sounds-en"),
-    ):
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} not found; install it with: sudo apt-get install {package}"
-            )
+    require([ASTERISK_SOUNDS], "asterisk-core-sounds-en-wav")
+    require([ASTERISK_TRANSCRIPTS], "asterisk-core-sounds-en")
     with gzip.open(ASTERISK_TRANSCRIPTS, "rt", encoding="utf-8") as f:
         lines = [line for line in f.read().splitlines() if ":" in line and line[0] != ";"]
     pairs = [(k.strip(), text.strip()) for k, text in (line.split(":", 1) for line in lines)]
