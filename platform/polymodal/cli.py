@@ -262,9 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
         "ingest",
         help="write a source as a polymodal dataset (manifest + Parquet shards)",
         description="SOURCE is builtin:digits, builtin:fashion-mnist, builtin:digits-trimodal, "
-        "builtin:asterisk; webdataset tars "
+        "builtin:asterisk, builtin:emoji; webdataset tars "
         "('shards/{00000..00099}.tar', local or s3://: key.jpg|png|webp, key.txt|json, key.cls); "
-        "a Parquet file or directory with --map; or a folder holding index.csv / index.jsonl "
+        "a Parquet or CSV file or directory with --map; or a folder holding index.csv or "
+        "index.jsonl "
         "(columns: image (file path), text, label, optional id, split). Sources of several "
         "shards are read in parallel by Ray Data tasks.",
     )
@@ -282,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--map",
         nargs="+",
         metavar="FIELD=COLUMN",
-        help="SOURCE is a Parquet table: its columns for image, text, vector, label, id "
-        "(e.g. --map image=jpg text=caption)",
+        help="SOURCE is a Parquet or CSV table: its columns for image, text, vector, label, id "
+        "(e.g. --map image=jpg text=caption; vector=COL for a list column or "
+        "vector=C1,C2,... for numeric columns)",
     )
     ing.add_argument("--limit", type=int, default=None, help="read at most N rows (per split)")
     ing.add_argument(

@@ -38,7 +38,7 @@ class DataConfig:
     label_names: list[str] = field(default_factory=list)  # webdataset only: names of .cls ids
     image_size: int = 28  # images are resized to image_size x image_size
     image_channels: int = 0  # 0: take it from the manifest (1 for grayscale, 3 for RGB)
-    text_max_len: int = 48  # UTF-8 bytes kept per text
+    text_max_len: int = 48  # UTF-8 bytes (or a pretrained tower's tokens) kept per text
     audio_rate: int = 8000  # Hz every clip is resampled to
     audio_seconds: float = 2.0  # clips are cut or zero-padded to this length
     n_mels: int = 40  # log-mel bands (25 ms-ish windows, hop of 128 samples)
@@ -64,10 +64,14 @@ class ImageModelConfig:
 
 @dataclass
 class TextModelConfig:
-    encoder: str = "byte_transformer"  # key of models.build.TEXT_ENCODERS
+    encoder: str = "byte_transformer"  # key of models.build.TEXT_ENCODERS (minilm: pretrained)
     width: int = 64
     layers: int = 2
     heads: int = 4
+    # Pretrained towers only: freeze (LiT's locked tower) | finetune | lock_then_unlock.
+    tuning: str = "finetune"
+    unlock_epoch: int = 1  # lock_then_unlock: locked for this many epochs
+    lr_scale: float = 0.1  # the tower's learning rate is optim.lr * lr_scale
 
 
 @dataclass
@@ -397,6 +401,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"'objective.weighting' must be one of {', '.join(WEIGHTINGS)}, got {w!r}"
             f"{_suggest(w, list(WEIGHTINGS))}"
+        )
+    from polymodal.models.encoders.minilm import TUNINGS
+
+    text = cfg.model.text
+    if text.tuning not in TUNINGS:
+        raise ConfigError(
+            f"'model.text.tuning' must be one of {', '.join(TUNINGS)}, got {text.tuning!r}"
+            f"{_suggest(text.tuning, list(TUNINGS))}"
+        )
+    if text.tuning != "finetune" and text.encoder == "byte_transformer":
+        raise ConfigError(
+            f"'model.text.tuning: {text.tuning}' locks a pretrained tower; "
+            "the byte_transformer trains from scratch (set model.text.encoder: minilm)"
         )
     if c.positives == "text" and "text" not in mods:
         raise ConfigError("'objective.contrastive.positives: text' needs the text modality")

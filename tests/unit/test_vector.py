@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 
 from polymodal.config import load_config
 from polymodal.data.decode import DecodeError, Preprocessing, decode_columns
-from polymodal.data.format import read_manifest
+from polymodal.data.format import DatasetError, read_manifest
 from polymodal.data.ingest import ingest
 from polymodal.data.vector import decode_vector, vector_stats
 from polymodal.models.build import build_model
@@ -100,6 +100,39 @@ def test_parquet_vectors_ingest_and_standardise_from_the_train_split(digit_vecto
     damaged = [train["vector"][0], [float("nan")] * 64, [1.0] * 63]
     arrays, bad = decode_columns({"vector": damaged, "text": ["a", "b", "c"]}, prep)
     assert len(arrays["vector"]) == 1 and bad == [(1, "bad vector"), (2, "bad vector")]
+
+
+def test_csv_feature_columns_ingest_as_one_vector(tmp_path):
+    d = load_digits()
+    header = ",".join([*(f"p{i}" for i in range(64)), "caption", "cls"])
+    lines = [header]
+    for i, (row, n) in enumerate(zip(d.data[:200], d.target[:200])):
+        cells = [str(int(v)) for v in row]
+        if i == 5:
+            cells[3] = ""  # one missing cell: a bad vector, caught when decoding
+        if i == 6:
+            cells = [""] * 64  # no features at all: the row has no vector
+        lines.append(",".join([*cells, f"the digit {n}", str(n)]))
+    (tmp_path / "digits.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "dataset"
+    columns = ",".join(f"p{i}" for i in range(64))
+    ingest(
+        str(tmp_path / "digits.csv"),
+        out,
+        mapping=[f"vector={columns}", "text=caption", "label=cls"],
+        progress=False,
+    )
+    manifest = read_manifest(out)
+    assert manifest.modalities["vector"]["encoding"] == "float32"
+    assert manifest.rows("train") + manifest.rows("val") == 200
+    rows = [r for split in ("train", "val") for r in pq.read_table(out / split).to_pylist()]
+    by_id = {r["id"].rsplit("#", 1)[1]: r for r in rows}  # ids are FILE#ROW_NUMBER
+    assert np.allclose(by_id["1"]["vector"], d.data[0])
+    assert np.isnan(by_id["6"]["vector"][3]) and by_id["7"]["vector"] is None
+    with pytest.raises(DatasetError, match="column 'caption' is string, not a number"):
+        ingest(str(tmp_path / "digits.csv"), tmp_path / "o2", mapping=["vector=p0,caption"])
+    with pytest.raises(ValueError, match="only vector takes several columns"):
+        ingest(str(tmp_path / "digits.csv"), tmp_path / "o3", mapping=["text=p0,p1"])
 
 
 def test_vector_text_model_trains_and_keeps_its_statistics(digit_vectors, tmp_path):

@@ -1,10 +1,12 @@
-"""Decoding raw column values into model inputs: image bytes → float tensors, text → byte ids,
+"""Decoding raw column values into model inputs: image bytes → float tensors, text → byte ids
+(or a pretrained tower's WordPiece ids),
 WAV bytes → log-mel spectrograms (data/audio.py), float lists → standardised vectors
 (data/vector.py). No Ray: the Ray Data pipeline, evaluation and serving all call these.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -14,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs before decoding
-TEXT_PAD = 0
+TEXT_PAD = 0  # also BERT's [PAD] id, so one padding rule serves every tokenizer
 TEXT_VOCAB = 257  # byte value + 1; 0 is padding
 
 
@@ -48,6 +50,7 @@ class Preprocessing:
     image_size: int = 28
     image_channels: int = 1
     text_max_len: int = 48
+    text_tokenizer: str = "bytes"  # bytes, or the name of a pretrained tower (pretrained.py)
     audio_rate: int = 8000  # Hz every clip is resampled to
     audio_seconds: float = 2.0  # clips are cut or zero-padded to this length
     n_mels: int = 40
@@ -126,8 +129,27 @@ def decode_image(
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def encode_text(text: str, max_len: int) -> np.ndarray:
-    """UTF-8 bytes + 1, padded with 0: any language works without a vocabulary."""
+@functools.lru_cache(maxsize=8)
+def _wordpiece(name: str, max_len: int):
+    from tokenizers import Tokenizer
+
+    from polymodal.pretrained import pretrained_dir
+
+    tok = Tokenizer.from_file(str(pretrained_dir(name) / "tokenizer.json"))
+    tok.enable_truncation(max_len)
+    tok.enable_padding(length=max_len, pad_id=TEXT_PAD)
+    return tok
+
+
+def text_vocab_size(tokenizer: str) -> int:
+    return TEXT_VOCAB if tokenizer == "bytes" else _wordpiece(tokenizer, 8).get_vocab_size()
+
+
+def encode_text(text: str, max_len: int, tokenizer: str = "bytes") -> np.ndarray:
+    """UTF-8 bytes + 1, padded with 0: any language works without a vocabulary. With a
+    pretrained tower's name, that tower's WordPiece ids ([CLS] ... [SEP], padded with 0)."""
+    if tokenizer != "bytes":
+        return np.asarray(_wordpiece(tokenizer, max_len).encode(text).ids, dtype=np.int64)
     ids = np.zeros(max_len, dtype=np.int64)
     raw = np.frombuffer(text.encode("utf-8")[:max_len], dtype=np.uint8)
     ids[: len(raw)] = raw.astype(np.int64) + 1
@@ -162,7 +184,7 @@ def decode_value(
             raise DecodeError("wrong type", f"text is {type(value).__name__}, expected str")
         if not value.strip():
             raise DecodeError("empty text")
-        return encode_text(value, prep.text_max_len)
+        return encode_text(value, prep.text_max_len, prep.text_tokenizer)
     if modality == "audio":
         if not isinstance(value, bytes | bytearray | memoryview):
             raise DecodeError("wrong type", f"audio is {type(value).__name__}, expected bytes")

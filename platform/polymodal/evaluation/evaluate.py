@@ -50,7 +50,9 @@ def zero_shot_prototypes(
     """One normalised text embedding per class: the mean over prompt templates."""
     protos = []
     for name in label_names:
-        ids = np.stack([encode_text(t.format(name), prep.text_max_len) for t in templates])
+        ids = np.stack(
+            [encode_text(t.format(name), prep.text_max_len, prep.text_tokenizer) for t in templates]
+        )
         emb = model.embed("text", torch.from_numpy(ids).to(device))
         protos.append(F.normalize(emb.mean(0), dim=-1))
     return torch.stack(protos)

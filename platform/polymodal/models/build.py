@@ -7,13 +7,15 @@ from collections.abc import Callable
 from torch import nn
 
 from polymodal.config import Config
-from polymodal.data.decode import Preprocessing, mel_frames
+from polymodal.data.decode import Preprocessing, mel_frames, text_vocab_size
 from polymodal.models.decoders import ImageDecoder, MelDecoder, TextDecoder, VectorDecoder
 from polymodal.models.encoders.image import ResNet18, SmallCNN
+from polymodal.models.encoders.minilm import MiniLM
 from polymodal.models.encoders.text import ByteTransformer
 from polymodal.models.encoders.vector import MLP
 from polymodal.models.joint import JointModel
 from polymodal.objectives.joint import active_terms
+from polymodal.pretrained import pretrained_dir
 
 EncoderBuilder = Callable[[Config, Preprocessing], nn.Module]
 
@@ -31,7 +33,12 @@ TEXT_ENCODERS: dict[str, EncoderBuilder] = {
         cfg.model.text.heads,
         cfg.model.dropout,
     ),
+    "minilm": lambda cfg, prep: _pretrained(
+        MiniLM(pretrained_dir("minilm"), cfg.model.text.tuning), cfg
+    ),
 }
+# The tokenizer each text encoder reads (Preprocessing.text_tokenizer).
+TEXT_TOKENIZERS: dict[str, str] = {"byte_transformer": "bytes", "minilm": "minilm"}
 # A log-mel spectrogram is a one-channel image: the same small CNN, pooled over time and bands.
 AUDIO_ENCODERS: dict[str, EncoderBuilder] = {
     "mel_cnn": lambda cfg, prep: SmallCNN(1, cfg.model.audio.width, cfg.model.audio.norm),
@@ -52,7 +59,9 @@ DECODERS: dict[str, EncoderBuilder] = {
     "image": lambda cfg, prep: ImageDecoder(
         cfg.model.embed_dim, prep.image_channels, prep.image_size, cfg.model.image.width
     ),
-    "text": lambda cfg, prep: TextDecoder(cfg.model.embed_dim, prep.text_max_len),
+    "text": lambda cfg, prep: TextDecoder(
+        cfg.model.embed_dim, prep.text_max_len, vocab=text_vocab_size(prep.text_tokenizer)
+    ),
     "audio": lambda cfg, prep: MelDecoder(
         cfg.model.embed_dim,
         prep.n_mels,
@@ -63,6 +72,19 @@ DECODERS: dict[str, EncoderBuilder] = {
         cfg.model.embed_dim, len(prep.vector_mean), cfg.model.vector.hidden
     ),
 }
+
+
+def _pretrained(tower: nn.Module, cfg: Config) -> nn.Module:
+    tower.lr_scale = cfg.model.text.lr_scale
+    return tower
+
+
+def unlock_towers(model: nn.Module, cfg: Config, epoch: int) -> None:
+    """lock_then_unlock: a pretrained tower trains from epoch model.text.unlock_epoch + 1 on."""
+    if cfg.model.text.tuning == "lock_then_unlock" and epoch > cfg.model.text.unlock_epoch:
+        for module in model.modules():
+            if getattr(module, "locked", False):
+                module.unlock()
 
 
 def _encoder_name(cfg: Config, modality: str) -> str:

@@ -33,14 +33,14 @@ class ImageDecoder(nn.Module):
 
 
 class TextDecoder(nn.Module):
-    """Embedding → byte logits [L, vocab] for every position at once."""
+    """Embedding → token logits [L, vocab] for every position at once."""
 
-    def __init__(self, embed_dim: int, max_len: int, width: int = 64):
+    def __init__(self, embed_dim: int, max_len: int, width: int = 64, vocab: int = TEXT_VOCAB):
         super().__init__()
         self.max_len = max_len
         self.hidden = nn.Sequential(nn.Linear(embed_dim, max_len * width), nn.GELU())
         self.width = width
-        self.out = nn.Linear(width, TEXT_VOCAB)
+        self.out = nn.Linear(width, vocab)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.hidden(z).view(-1, self.max_len, self.width)

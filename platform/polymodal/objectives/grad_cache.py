@@ -112,7 +112,9 @@ def sync_gradients(model: nn.Module) -> None:
     """Average .grad over ranks in one flat all-reduce (what DDP would have done)."""
     if not distributed():
         return
-    params = [p for p in model.parameters() if p.requires_grad]
+    # A locked tower's weights get no gradient on any rank; zeros would let AdamW move them.
+    locked = {id(p) for m in model.modules() if getattr(m, "locked", False) for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in locked]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)

@@ -55,7 +55,9 @@ class LoadedModel:
 
     def inputs(self, modality: str, values: list) -> torch.Tensor:
         if modality == "text":  # an empty text embeds as all padding, as it always has
-            arr = np.stack([encode_text(v, self.prep.text_max_len) for v in values])
+            arr = np.stack(
+                [encode_text(v, self.prep.text_max_len, self.prep.text_tokenizer) for v in values]
+            )
         else:
             arr = np.stack([decode_value(modality, v, self.prep) for v in values])
         return torch.from_numpy(arr).to(self.device)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from polymodal.config import config_from_dict
 from polymodal.data.decode import Preprocessing
 from polymodal.evaluation.evaluate import evaluate
-from polymodal.models.build import build_model
+from polymodal.models.build import build_model, unlock_towers
 from polymodal.objectives.grad_cache import (
     broadcast_parameters,
     grad_cache_backward,
@@ -50,14 +50,17 @@ def _all_mean(values: dict[str, float], device: torch.device) -> dict[str, float
 
 
 def has_unused_encoders(cfg) -> bool:
-    """Whether some modality's encoder feeds no active term (DDP must then look for it)."""
+    """Whether some encoder gets no gradient in a step: it feeds no active term, or it is a
+    locked pretrained tower (DDP must then look for unused parameters)."""
     w, mods = cfg.objective.weights, set(cfg.model.modalities)
     used = set(mods) if w.contrastive > 0 else set()
     if w.reconstruction > 0:
         used |= set(cfg.objective.reconstruction.modalities or mods)
     if w.classification > 0:
         used |= set(cfg.objective.classification.modalities or mods)
-    return used != mods
+    # A locked pretrained tower gets no gradient until it is unlocked.
+    locked_tower = "text" in mods and cfg.model.text.tuning == "lock_then_unlock"
+    return used != mods or locked_tower
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +138,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     # ---- epochs ----
     for epoch in range(start_epoch, cfg.train.epochs + 1):
+        unlock_towers(raw_model, cfg, epoch)
         model.train()
         live.set_epoch(epoch)
         sums: dict[str, float] = defaultdict(float)

@@ -11,17 +11,27 @@ from polymodal.config import OptimConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+    # A module's lr_scale (a pretrained tower's) applies to all of its weights.
+    scale = {
+        id(p): m.lr_scale for m in model.modules() if hasattr(m, "lr_scale") for p in m.parameters()
+    }
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         # Biases, norms and the temperature are not regularised (as in CLIP).
-        (no_decay if p.ndim < 2 or "log_logit_scale" in name else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        decay = not (p.ndim < 2 or "log_logit_scale" in name)
+        groups.setdefault((scale.get(id(p), 1.0), decay), []).append(p)
+    return torch.optim.AdamW(
+        [
+            {"params": ps, "lr": cfg.lr * s, "weight_decay": cfg.weight_decay if decay else 0.0}
+            # Fixed order (decayed, not decayed; then scaled towers) so saved states load.
+            for (s, decay), ps in sorted(
+                groups.items(), key=lambda g: (g[0][0] != 1.0, not g[0][1])
+            )
+        ],
+        lr=cfg.lr,
+    )
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:

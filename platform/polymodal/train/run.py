@@ -16,6 +16,7 @@ from polymodal.data.format import Manifest, read_manifest
 from polymodal.data.webdataset import is_webdataset_path, webdataset_manifest
 from polymodal.evaluation.evaluate import decoded_batches
 from polymodal.evaluation.plots import plot_loss_curves, plot_reconstructions
+from polymodal.models.build import TEXT_TOKENIZERS
 from polymodal.train.bad_rows import check_bad_fraction, write_bad_rows
 from polymodal.train.checkpoint import fetch_checkpoint, load_model, read_meta
 
@@ -92,6 +93,7 @@ def preprocessing_for(cfg: Config, manifest) -> Preprocessing:
         image_size=cfg.data.image_size,
         image_channels=channels,
         text_max_len=cfg.data.text_max_len,
+        text_tokenizer=TEXT_TOKENIZERS.get(cfg.model.text.encoder, "bytes"),
         audio_rate=cfg.data.audio_rate,
         audio_seconds=cfg.data.audio_seconds,
         n_mels=cfg.data.n_mels,

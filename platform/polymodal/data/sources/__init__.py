@@ -1,14 +1,20 @@
 """Ingest sources by name: `builtin:NAME`, webdataset tars (`shards/{000..009}.tar`), a Parquet
-table with a column mapping, or a folder path with an index file."""
+or CSV table with a column mapping, or a folder path with an index file."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from polymodal.data.sources.base import RawRow, Source
-from polymodal.data.sources.builtin import asterisk, digits, digits_trimodal, fashion_mnist
+from polymodal.data.sources.builtin import (
+    asterisk,
+    digits,
+    digits_trimodal,
+    emoji_images,
+    fashion_mnist,
+)
 from polymodal.data.sources.folder import folder
-from polymodal.data.sources.parquet import parquet, parse_mapping
+from polymodal.data.sources.table import parse_mapping, table
 from polymodal.data.sources.webdataset import webdataset
 from polymodal.data.webdataset import is_webdataset_path
 
@@ -17,21 +23,22 @@ BUILTIN_SOURCES: dict[str, Callable[..., Source]] = {
     "builtin:fashion-mnist": fashion_mnist,
     "builtin:asterisk": asterisk,
     "builtin:digits-trimodal": digits_trimodal,
+    "builtin:emoji": emoji_images,
 }
 
 
 def open_source(spec: str, limit: int | None = None, mapping: list[str] | None = None) -> Source:
-    """mapping (`--map image=col ...`) makes spec a Parquet table."""
+    """mapping (`--map image=col ...`) makes spec a Parquet or CSV table."""
     if spec.startswith("builtin:"):
         if spec not in BUILTIN_SOURCES:
             raise ValueError(f"unknown source '{spec}'; builtin sources: {sorted(BUILTIN_SOURCES)}")
         return BUILTIN_SOURCES[spec](limit=limit)
     if mapping:
-        return parquet(spec, parse_mapping(mapping), limit=limit)
+        return table(spec, parse_mapping(mapping), limit=limit)
     if is_webdataset_path(spec):
         return webdataset(spec, limit=limit)
-    if spec.endswith(".parquet"):
-        raise ValueError(f"{spec}: a Parquet source needs --map, e.g. --map image=jpg text=txt")
+    if spec.endswith((".parquet", ".csv")):
+        raise ValueError(f"{spec}: a table source needs --map, e.g. --map image=jpg text=txt")
     return folder(spec, limit=limit)
 
 

@@ -1,5 +1,5 @@
 """Real datasets that ship with installed packages: scikit-learn digits, Debian Fashion-MNIST,
-Debian's Asterisk voice prompts with their transcripts.
+Debian's Asterisk voice prompts with their transcripts, Noto Color Emoji with their names.
 
 Captions are made from the class name with a few templates, picked by id so they are stable.
 """
@@ -21,6 +21,8 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package datase
 # Debian asterisk-core-sounds-en-wav (the recordings) and asterisk-core-sounds-en (transcripts).
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
+NOTO_EMOJI = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")  # fonts-noto-color-emoji
+EMOJI_PIXELS = 72  # stored size; training resizes to data.image_size
 FASHION_LABELS = [
     "t-shirt",
     "trouser",
@@ -188,4 +190,62 @@ def asterisk(limit: int | None = None) -> Source:
         labelled=False,
         rows=rows(),
         total=len(pairs),
+    )
+
+
+def emoji_name(short: str) -> str:
+    """The emoji package's ':red_heart:' → 'red heart' (its names are the Unicode CLDR names)."""
+    return short.strip(":").replace("_", " ")
+
+
+def render_emoji(font, char: str) -> np.ndarray | None:
+    """RGB pixels of one emoji, cropped to the glyph, centred on white, EMOJI_PIXELS square;
+    None when the font has no single glyph for it (blank, or drawn as several pictures)."""
+    from PIL import ImageDraw
+
+    # Noto Color Emoji is a bitmap font: it only renders at size 109 (136 x 128 pixels).
+    canvas = Image.new("RGBA", (3 * 136, 128), (255, 255, 255, 0))
+    ImageDraw.Draw(canvas).text((0, 0), char, font=font, embedded_color=True)
+    box = canvas.getbbox()
+    if box is None or box[2] - box[0] > 140:
+        return None
+    glyph = canvas.crop(box)
+    side = max(glyph.size)
+    square = Image.new("RGBA", (side, side), (255, 255, 255, 255))
+    square.alpha_composite(glyph, ((side - glyph.width) // 2, (side - glyph.height) // 2))
+    square = square.convert("RGB").resize((EMOJI_PIXELS, EMOJI_PIXELS), Image.LANCZOS)
+    return np.asarray(square)
+
+
+def emoji_images(limit: int | None = None) -> Source:
+    """Every fully-qualified emoji that Noto Color Emoji draws as one picture (~3.9k), paired
+    with its official name ("smiling face with hearts", "waving hand: dark skin tone"); ids are
+    the code points, e.g. 1f44b-1f3ff. Sequences the font draws as several glyphs are left out."""
+    import emoji
+    from PIL import ImageFont
+
+    require([NOTO_EMOJI], "fonts-noto-color-emoji")
+    fully = emoji.STATUS["fully_qualified"]
+    chars = [(c, d["en"]) for c, d in emoji.EMOJI_DATA.items() if d["status"] == fully]
+    chars = chars[:limit] if limit is not None else chars
+
+    def rows() -> Iterator[RawRow]:
+        font = ImageFont.truetype(str(NOTO_EMOJI), 109)
+        number = 0
+        for char, short in chars:
+            pixels = render_emoji(font, char)
+            if pixels is None:
+                continue
+            number += 1
+            row_id = "-".join(f"{ord(c):x}" for c in char)
+            yield RawRow(number, row_id, {"image": png_bytes(pixels), "text": emoji_name(short)})
+
+    return Source(
+        name="builtin:emoji",
+        modalities=["image", "text"],
+        encodings={"image": "png", "text": "utf-8"},
+        label_names=None,
+        labelled=False,
+        rows=rows(),
+        total=len(chars),
     )

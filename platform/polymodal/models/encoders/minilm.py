@@ -1,0 +1,55 @@
+"""A pretrained text tower: all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), mean-pooled as
+sentence-transformers does, loaded offline from its pip package; lockable (LiT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from polymodal.data.decode import TEXT_PAD
+
+TUNINGS = ("freeze", "finetune", "lock_then_unlock")
+
+
+class MiniLM(nn.Module):
+    """`freeze`: never trains; `lock_then_unlock`: locked until `unlock()`, then trains;
+    `finetune`: trains from the start. A locked tower runs in eval mode without gradients."""
+
+    # Optimizers give these weights optim.lr * lr_scale (set by the builder).
+    lr_scale = 1.0
+
+    def __init__(self, model_dir: Path, tuning: str = "finetune"):
+        super().__init__()
+        if tuning not in TUNINGS:
+            raise ValueError(f"tuning must be one of {', '.join(TUNINGS)}, got {tuning!r}")
+        # Slow import (seconds): only for this tower. Its per-load progress bar is noise in logs.
+        from transformers import BertModel
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+        self.bert = BertModel.from_pretrained(str(model_dir), local_files_only=True)
+        self.out_dim = self.bert.config.hidden_size
+        self.locked = tuning != "finetune"
+        if tuning == "freeze":  # no gradients at all: DDP and the optimizer skip these
+            self.bert.requires_grad_(False)
+
+    def unlock(self) -> None:
+        self.locked = False
+        self.bert.train(self.training)
+
+    def train(self, mode: bool = True) -> MiniLM:
+        super().train(mode)
+        if self.locked:  # dropout off: a locked tower gives the same features every time
+            self.bert.eval()
+        return self
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        keep = ids.ne(TEXT_PAD)
+        length = max(int(keep.sum(1).max()), 1)
+        ids, keep = ids[:, :length], keep[:, :length]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.locked):
+            x = self.bert(input_ids=ids, attention_mask=keep.long()).last_hidden_state
+        w = keep.unsqueeze(-1).to(x.dtype)
+        return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
