@@ -7,8 +7,12 @@ VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 
 # Debian packages that carry real datasets: Fashion-MNIST (the demo, tests), Asterisk voice
-# prompts (WAV) and their transcripts (the audio modality), Noto Color Emoji (builtin:emoji).
-SYSTEM_PACKAGES=(dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en fonts-noto-color-emoji)
+# prompts (WAV) and their transcripts (the audio modality), Noto Color Emoji (builtin:emoji);
+# and headless Chromium for screenshots of run reports (`polymodal report --screenshot`).
+SYSTEM_PACKAGES=(
+  dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en
+  fonts-noto-color-emoji chromium-headless-shell
+)
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -188,9 +188,12 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from polymodal.evaluation.report import write_report
+    from polymodal.evaluation.report import screenshot, write_report
 
-    print(f"report: {write_report(args.run_dir, rows=args.rows)}")
+    page = write_report(args.run_dir, rows=args.rows)
+    print(f"report: {page}")
+    if args.screenshot:
+        print(f"screenshot: {screenshot(page, args.screenshot)}")
     return 0
 
 
@@ -409,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("run_dir", help="a run directory (holds metrics.json), local or s3://")
     rp.add_argument("--rows", type=int, default=1000, help="val rows embedded for the figures")
+    rp.add_argument(
+        "--screenshot", metavar="PNG", help="also save a PNG of the page (headless Chromium)"
+    )
     rp.set_defaults(func=_cmd_report)
 
     from polymodal.submit import ENTRYPOINTS

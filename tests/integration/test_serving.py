@@ -58,6 +58,25 @@ def _checkpoint(path, seed: int, embed_dim: int):
     save_checkpoint(path, model, meta)
 
 
+VEC_PREP = Preprocessing(
+    ["vector", "text"], text_max_len=24, vector_mean=[1.0, 2.0, 0.0, -1.0], vector_std=[2.0] * 4
+)
+
+
+def _vector_checkpoint(path):
+    """A vector + text model with a classifier: the vector arrives as a JSON array."""
+    cfg = load_config(
+        None,
+        ["model.modalities=[vector,text]", "model.embed_dim=8", "model.vector.width=8"]
+        + ["model.vector.hidden=16", "model.text.width=16", "model.text.layers=1"]
+        + ["model.text.heads=2", "objective.weights.classification=1"],
+    )
+    torch.manual_seed(2)
+    model = build_model(cfg, VEC_PREP, num_classes=len(LABELS)).eval()
+    meta = {"config": cfg.to_dict(), "preprocessing": VEC_PREP.to_dict(), "label_names": LABELS}
+    save_checkpoint(path, model, {**meta, "num_classes": len(LABELS), "epoch": 1, "step": 1})
+
+
 def _trained_checkpoint(path, dataset, epochs: int = 10):
     """A small model trained a few seconds on digits (in this process: the loop is not what
     is tested here) so that captions land near their class's images."""
@@ -116,6 +135,7 @@ def service(ray_cluster, s3_endpoint, digits_dataset, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("models")
     _checkpoint(model_dir / "small", seed=0, embed_dim=16)
     _checkpoint(model_dir / "other", seed=1, embed_dim=24)
+    _vector_checkpoint(model_dir / "vec")
     _trained_checkpoint(model_dir / "digits", digits_dataset)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -138,7 +158,7 @@ def test_health_and_models(service):
     url, _ = service
     assert _call(f"{url}/healthz") == (200, {"status": "ok"})
     status, ready = _call(f"{url}/readyz")
-    assert status == 200 and ready["models"] == ["digits", "other", "small"]
+    assert status == 200 and ready["models"] == ["digits", "other", "small", "vec"]
     status, models = _call(f"{url}/v1/models")
     cards = {m["id"]: m for m in models["data"]}
     assert cards["small"]["dimension"] == 16 and cards["other"]["dimension"] == 24
@@ -168,6 +188,35 @@ def test_embeddings_equal_offline_encoder(service):
     )
     vec = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(vec, offline_text[0], atol=1e-5)
+
+
+def test_vectors_embed_and_classify_as_json_arrays(service):
+    url, model_dir = service
+    model, _ = load_model(model_dir / "vec")
+    vec = [3.0, 2.0, 1.0, 1.0]
+    item = {"type": "vector", "data": vec}
+    status, body = _call(f"{url}/v1/embeddings", {"model": "vec", "input": [item, "seven"]})
+    assert status == 200, body
+    standardised = (torch.tensor(vec) - torch.tensor([1.0, 2.0, 0.0, -1.0])) / 2.0
+    with torch.no_grad():
+        offline = model.embed("vector", standardised[None])[0].numpy()
+    np.testing.assert_allclose(body["data"][0]["embedding"], offline, atol=1e-5)
+    status, body = _call(f"{url}/v1/classify", {"model": "vec", "inputs": {"vector": vec}})
+    assert status == 200 and set(body["probabilities"]) == set(LABELS), body
+    for bad, message in (
+        ([1.0, 2.0], "vector has 2 values; the model takes 4"),
+        ([1.0, float("nan"), 0.0, 0.0], "NaN or infinite"),
+        ("1,2,3,4", "a vector is a JSON array of numbers"),
+    ):
+        status, err = _call(
+            f"{url}/v1/embeddings", {"model": "vec", "input": [{"type": "vector", "data": bad}]}
+        )
+        assert status == 400 and message in err["error"]["message"], err
+        assert err["error"]["param"] == "input[0]"
+    status, err = _call(f"{url}/v1/classify", {"model": "vec", "inputs": {"vector": [1.0]}})
+    assert status == 400 and err["error"]["param"] == "inputs.vector", err
+    status, err = _call(f"{url}/v1/embeddings", {"model": "small", "input": [item]})
+    assert status == 400 and "no vector encoder" in err["error"]["message"], err
 
 
 def test_two_models_are_multiplexed(service):

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from polymodal.config import load_config
+from polymodal.evaluation.report import screenshot
 from polymodal.evaluation.run import evaluate_checkpoint
 from polymodal.train.checkpoint import read_meta
 from polymodal.train.run import fit
@@ -34,7 +37,7 @@ def first_run(ray_cluster, damaged_digits, tmp_path_factory):
     return fit(cfg), overrides
 
 
-def test_train_writes_checkpoint_metrics_and_plot(first_run):
+def test_train_writes_checkpoint_metrics_and_plot(first_run, tmp_path):
     result, _ = first_run
     ckpt = Path(result.checkpoint)
     assert (ckpt / "model.pt").is_file() and (ckpt / "polymodal.json").is_file()
@@ -64,6 +67,13 @@ def test_train_writes_checkpoint_metrics_and_plot(first_run):
         assert f"src='{figure}'" in page
         assert (run_dir / "report" / figure).read_bytes()[:4] == b"\x89PNG"
     assert "image → text" in page and f"{metrics['val/accuracy']:.4f}" in page
+    # Headless Chromium renders it with its figures: the plots' coloured lines show up
+    # (the page without images is black text on white).
+    shot = screenshot(str(run_dir / "report" / "index.html"), str(tmp_path / "shot.png"), 900, 1200)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape == (1200, 900, 3)
+    coloured = np.abs(pixels[..., 0] - pixels[..., 2]) > 80
+    assert coloured.sum() > 500
     assert metrics["val/zero_shot_accuracy"] > 0.3
     assert 0.0 <= meta["metrics"]["train/data_wait_fraction"] <= 1.0
     assert meta["metrics"]["train/samples_per_s"] > 0

@@ -74,6 +74,11 @@ def test_folder_index_skips_bad_rows_with_reasons(folder, tmp_path):
     assert by_id["e"]["text"] == "一只猫"
     assert by_id["f"]["text"] is None  # a missing modality is null, never a placeholder
     assert by_id["b"]["label"] == 1
+    assert manifest.extra["image_channels"] == 1  # every image is grey
+    # One colour image makes the dataset RGB: training then reads 3 channels.
+    Image.fromarray(np.zeros((6, 6, 3), dtype=np.uint8)).save(folder / "img" / "4.png")
+    ingest(str(folder), tmp_path / "rgb", val_fraction=0.0, progress=False)
+    assert read_manifest(tmp_path / "rgb").extra["image_channels"] == 3
 
 
 def test_strict_fails_and_leaves_nothing(folder, tmp_path):

@@ -73,6 +73,10 @@ def test_tokenizer_and_tower_match_sentence_transformers():
         TEXTS, convert_to_tensor=True
     )
     assert torch.allclose(ours, ref, atol=1e-5)
+    tower = model.encoders["text"]
+    assert len(tower.cache) == len(TEXTS)  # a frozen tower computes each text once
+    tower.cache = {k: torch.zeros_like(v) for k, v in tower.cache.items()}
+    assert tower(torch.from_numpy(ids)).abs().sum() == 0  # ... and then reads it back
     # Decoding a text column goes through the same tokenizer.
     out, bad = decode_columns({"text": np.array(TEXTS[:2], dtype=object)}, PREP)
     assert not bad and (out["text"][0] == encode_text(TEXTS[0], 16, "minilm")).all()

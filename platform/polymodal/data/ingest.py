@@ -6,6 +6,7 @@ nothing is left that looks like a complete dataset unless the ingest finished.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
 from polymodal.data.audio import read_wav
@@ -22,6 +24,7 @@ from polymodal.data.format import DatasetWriter, Manifest, ShardWriter, split_of
 from polymodal.data.sources import RawRow, Source, open_source
 
 EXAMPLES = 10
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 class IngestError(ValueError):
@@ -58,6 +61,11 @@ def check_row(row: RawRow, label_names: list[str] | None) -> str | None:
     return None
 
 
+def is_color(image: bytes) -> bool:
+    """From the header alone (no decoding): anything but grey levels counts as colour."""
+    return Image.open(io.BytesIO(image)).mode not in GRAY_MODES
+
+
 def _reason_key(reason: str) -> str:
     """Group 'missing file x.png' and 'missing file y.png' under one count."""
     prefixes = ("missing file", "unreadable image", "image too large", "unreadable audio")
@@ -76,6 +84,7 @@ class Tally:
     rejected: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
     error: str | None = None  # strict: the first bad row
+    color: bool = False  # some image is in colour: the manifest says image_channels 3
 
 
 def write_rows(
@@ -102,6 +111,8 @@ def write_rows(
             if len(tally.examples) < EXAMPLES:
                 tally.examples.append(message)
             continue
+        if not tally.color and row.values.get("image") is not None:
+            tally.color = is_color(row.values["image"])
         split = row.split or split_of(row.id, val_fraction)
         record = {"id": row.id, **row.values}
         if labelled:
@@ -153,6 +164,7 @@ def _ingest_parallel(source: Source, writer: DatasetWriter, progress: bool, **kw
         total.rejected.update(part["rejected"])
         total.examples += part["examples"][: EXAMPLES - len(total.examples)]
         total.error = total.error or part["error"]
+        total.color = total.color or part["color"]
         bar.update(1)
         bar.set_postfix(rows=total.written)
     bar.close()
@@ -210,7 +222,10 @@ def ingest(
             raise IngestError(f"{source.name}: no usable rows (rejected: {dict(tally.rejected)})")
         if source.labelled and source.label_names is None:  # integer labels: "0".."max"
             writer.label_names = [str(i) for i in range(tally.max_label + 1)]
-        manifest = writer.finish(source.name, source.extra, dict(tally.rejected))
+        extra = dict(source.extra)
+        if "image" in source.modalities:
+            extra.setdefault("image_channels", 3 if tally.color else 1)
+        manifest = writer.finish(source.name, extra, dict(tally.rejected))
     except BaseException:
         writer.abort()
         raise

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import shutil
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib
 
@@ -168,6 +172,14 @@ STYLE = (
 )
 
 
+def _shown(path: str) -> str:
+    """Local paths under the working directory as relative ones: shorter, and shareable."""
+    if "://" in path or not os.path.isabs(path):
+        return path
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def write_report(run_dir: str, rows: int = 1000) -> str:
     """Write RUN_DIR/report/index.html and its PNGs (local or s3://); returns the page."""
     summary = json.loads(storage.read_bytes(storage.join(run_dir, "metrics.json")))
@@ -205,8 +217,8 @@ def write_report(run_dir: str, rows: int = 1000) -> str:
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>polymodal run {name}</title>"
         f"<style>{STYLE}</style></head><body><h1>Run {name}</h1>"
-        f"<p>checkpoint {html.escape(summary['checkpoint'])}, epoch {summary['epoch']}, "
-        f"step {summary['step']}; dataset {html.escape(str(meta['dataset']))} "
+        f"<p>checkpoint {html.escape(_shown(summary['checkpoint']))}, epoch {summary['epoch']}, "
+        f"step {summary['step']}; dataset {html.escape(_shown(str(meta['dataset'])))} "
         f"({len(sample.labels)} val rows shown)</p>"
         f"<h2>Validation metrics</h2>{_metrics_table(summary)}"
         f"<h2>Figures</h2>{figures}<h2>Retrieval examples</h2>{pairs or '<p>none</p>'}"
@@ -216,3 +228,28 @@ def write_report(run_dir: str, rows: int = 1000) -> str:
     page_uri = storage.join(out, "index.html")
     storage.write_bytes(page_uri, page.encode())
     return page_uri
+
+
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
+
+
+def screenshot(page: str, out: str, width: int = 1200, height: int = 1800) -> str:
+    """A PNG of a local report page as headless Chromium renders it (Debian:
+    apt-get install chromium-headless-shell)."""
+    if "://" in page:
+        raise ValueError(f"{page}: a screenshot needs a local report")
+    exe = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    if exe is None:
+        raise FileNotFoundError(
+            f"no headless Chromium found ({', '.join(BROWSERS)}); "
+            "install one, e.g. sudo apt-get install chromium-headless-shell"
+        )
+    out = os.path.abspath(out)
+    cmd = [exe, "--headless", "--disable-gpu", "--hide-scrollbars"]
+    if os.geteuid() == 0:  # Chromium refuses to run its sandbox as root
+        cmd.append("--no-sandbox")
+    cmd += [f"--screenshot={out}", f"--window-size={width},{height}", Path(page).resolve().as_uri()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 or not os.path.isfile(out):
+        raise RuntimeError(f"{exe} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return out

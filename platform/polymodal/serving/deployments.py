@@ -20,7 +20,7 @@ from ray.serve.exceptions import BackPressureError
 
 from polymodal import storage
 from polymodal.serving.index import INDEX_FILE, Index, open_index
-from polymodal.serving.inputs import InputError, image_bytes, parse_item
+from polymodal.serving.inputs import InputError, parse_item, parse_value
 from polymodal.serving.metrics import embedder_metrics, gateway_metrics, searcher_metrics
 from polymodal.serving.models import LoadedModel, list_models, model_card
 from polymodal.serving.schemas import (
@@ -345,6 +345,10 @@ class Gateway:
             raise InputError(
                 f"model '{model}' has no {modality} encoder (it has {card['modalities']})", param
             )
+        if modality == "vector" and len(value) != card["vector_dim"]:
+            raise InputError(
+                f"vector has {len(value)} values; the model takes {card['vector_dim']}", param
+            )
         if modality != "text":
             return 0
         if len(value) > MAX_TEXT_CHARS:
@@ -414,9 +418,9 @@ class Gateway:
                 raise InputError(
                     f"model '{body.model}' has no {modality} encoder", f"inputs.{modality}"
                 )
-            values[modality] = (
-                image_bytes(value, f"inputs.{modality}") if modality == "image" else value
-            )
+            param = f"inputs.{modality}"
+            values[modality] = parse_value(modality, value, param)
+            self._check_item(body.model, card, modality, values[modality], param)
         handle = self.embedder.options(multiplexed_model_id=body.model)
         try:
             probs = await handle.classify.remote(body.model, values)

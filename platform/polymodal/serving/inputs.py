@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 
 from polymodal.data.decode import DecodeError, open_image
 
 MAX_ITEM_BYTES = 10 * 1024 * 1024  # an image or a WAV clip, decoded
+MAX_VECTOR_DIM = 65_536
 
 
 class InputError(ValueError):
@@ -56,6 +58,32 @@ def audio_bytes(value: str, param: str) -> bytes:
     return _payload(value, param, "audio", "data:audio/wav;base64,...", read_wav)
 
 
+def vector_values(value, param: str) -> list[float]:
+    """A JSON array of finite numbers (its length is checked against the model elsewhere)."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        raise InputError("a vector is a JSON array of numbers", param)
+    if len(value) > MAX_VECTOR_DIM:
+        raise InputError(f"vector longer than {MAX_VECTOR_DIM} values", param, 413)
+    if not all(math.isfinite(v) for v in value):
+        raise InputError("vector has NaN or infinite values", param)
+    return [float(v) for v in value]
+
+
+def parse_value(modality: str, value, param: str):
+    """A value given for a known modality → what the model decodes, or InputError."""
+    if modality == "vector":
+        return vector_values(value, param)
+    if not isinstance(value, str):
+        raise InputError(f"{modality} data must be a string", param)
+    if modality == "image":
+        return image_bytes(value, param)
+    if modality == "audio":
+        return audio_bytes(value, param)
+    return value
+
+
 def parse_item(item, param: str) -> tuple[str, object]:
     """One `input` entry (or a search `query`) → (modality, raw value); param names it."""
     if isinstance(item, str):
@@ -64,8 +92,4 @@ def parse_item(item, param: str) -> tuple[str, object]:
         if item.startswith("data:audio/"):
             return "audio", audio_bytes(item, param)
         return "text", item
-    if item.type == "image":
-        return "image", image_bytes(item.data, param)
-    if item.type == "audio":
-        return "audio", audio_bytes(item.data, param)
-    return "text", item.data
+    return item.type, parse_value(item.type, item.data, param)

@@ -34,6 +34,7 @@ def model_card(uri: str) -> dict:
         "modalities": meta["preprocessing"]["modalities"],
         "dimension": meta["config"]["model"]["embed_dim"],
         "labels": meta.get("label_names") or [],
+        "vector_dim": len(meta["preprocessing"].get("vector_mean") or []),
     }
 
 

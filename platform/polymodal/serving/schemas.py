@@ -13,8 +13,10 @@ MAX_K = 1000  # results per search
 
 
 class TypedItem(BaseModel):
-    type: Literal["text", "image", "audio"]
-    data: str = Field(description="text, or base64 image bytes (PNG/JPEG), or base64 WAV bytes")
+    type: Literal["text", "image", "audio", "vector"]
+    data: str | list[float] = Field(
+        description="text, base64 image bytes (PNG/JPEG), base64 WAV bytes, or a vector's numbers"
+    )
 
 
 class EmbeddingRequest(BaseModel):
@@ -45,7 +47,9 @@ class EmbeddingResponse(BaseModel):
 
 class ClassifyRequest(BaseModel):
     model: str
-    inputs: dict[str, str] = Field(description="modality -> text, data URI or base64 image")
+    inputs: dict[str, str | list[float]] = Field(
+        description="modality -> text, data URI or base64 image/WAV, or a vector's numbers"
+    )
 
 
 class ClassifyResponse(BaseModel):

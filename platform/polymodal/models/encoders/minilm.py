@@ -11,6 +11,7 @@ from torch import nn
 from polymodal.data.decode import TEXT_PAD
 
 TUNINGS = ("freeze", "finetune", "lock_then_unlock")
+MAX_CACHED = 200_000  # pooled features of a frozen tower kept per distinct text (~1.5 KB each)
 
 
 class MiniLM(nn.Module):
@@ -32,8 +33,12 @@ class MiniLM(nn.Module):
         self.bert = BertModel.from_pretrained(str(model_dir), local_files_only=True)
         self.out_dim = self.bert.config.hidden_size
         self.locked = tuning != "finetune"
+        # A frozen tower is a fixed function: its features are computed once per distinct text
+        # (LiT precomputes them the same way); captions repeat every epoch.
+        self.cache: dict[bytes, torch.Tensor] | None = None
         if tuning == "freeze":  # no gradients at all: DDP and the optimizer skip these
             self.bert.requires_grad_(False)
+            self.cache = {}
 
     def unlock(self) -> None:
         self.locked = False
@@ -46,6 +51,17 @@ class MiniLM(nn.Module):
         return self
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.cache is None:
+            return self._pooled(ids)
+        keys = [row.tobytes() for row in ids.cpu().numpy()]
+        todo = sorted({i for i, k in enumerate(keys) if k not in self.cache})
+        fresh = dict(zip(todo, self._pooled(ids[todo]).float())) if todo else {}
+        for i, x in fresh.items():
+            if len(self.cache) < MAX_CACHED:
+                self.cache[keys[i]] = x
+        return torch.stack([fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)])
+
+    def _pooled(self, ids: torch.Tensor) -> torch.Tensor:
         keep = ids.ne(TEXT_PAD)
         length = max(int(keep.sum(1).max()), 1)
         ids, keep = ids[:, :length], keep[:, :length]
