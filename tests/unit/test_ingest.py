@@ -137,3 +137,27 @@ def test_fashion_mnist_source_reads_the_debian_files(tmp_path):
     row = pq.read_table(shard_paths(out, manifest, "train")[0]).slice(0, 1).to_pylist()[0]
     assert Image.open(io.BytesIO(row["image"])).size == (28, 28)
     assert manifest.label_names[row["label"]] in row["text"]
+
+
+def test_emoji_source_renders_named_colour_pictures_split_by_family(tmp_path):
+    out = tmp_path / "emoji"
+    ingest("builtin:emoji", out, limit=400, val_fraction=0.3, progress=False)
+    manifest = read_manifest(out)
+    assert manifest.extra["image_channels"] == 3 and manifest.label_names is None
+    rows = {
+        split: [r for p in shard_paths(out, manifest, split) for r in pq.read_table(p).to_pylist()]
+        for split in ("train", "val")
+    }
+    by_id = {r["id"]: r for split_rows in rows.values() for r in split_rows}
+    assert by_id["1f947"]["text"] == "1st place medal"
+    pixels = np.asarray(Image.open(io.BytesIO(by_id["1f947"]["image"])))
+    assert pixels.shape == (72, 72, 3) and pixels.std() > 20  # a picture, in colour
+    assert (np.abs(pixels[..., 0].astype(int) - pixels[..., 2]) > 60).any()
+    # Every skin tone of an emoji lands in the split of the emoji: 👋 and 👋🏿 stay together.
+    tones = {"1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"}
+    family = {
+        s: {"-".join(p for p in r["id"].split("-") if p not in tones) for r in rows[s]}
+        for s in rows
+    }
+    assert family["train"] and family["val"] and not family["train"] & family["val"]
+    assert any(tone in r["id"] for r in by_id.values() for tone in tones)

@@ -113,7 +113,7 @@ def write_rows(
             continue
         if not tally.color and row.values.get("image") is not None:
             tally.color = is_color(row.values["image"])
-        split = row.split or split_of(row.id, val_fraction)
+        split = row.split or split_of(row.group or row.id, val_fraction)
         record = {"id": row.id, **row.values}
         if labelled:
             record["label"] = row.label

@@ -17,6 +17,9 @@ class RawRow:
     values: dict[str, Any]  # modality -> raw value (image bytes, text str); None when missing
     label: int | None = None
     split: str | None = None  # the source's own split ("train"/"val"); None: split by id
+    # Rows of one group land in the same split (hashed instead of the id): near-duplicates
+    # (an emoji's skin tones) cannot leak from train into val.
+    group: str | None = None
     error: str | None = None  # set when the source already knows the row is bad
     shard: str | None = None  # the file it came from, when the source has several
 

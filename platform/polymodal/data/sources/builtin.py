@@ -23,6 +23,7 @@ ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 ASTERISK_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
 NOTO_EMOJI = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")  # fonts-noto-color-emoji
 EMOJI_PIXELS = 72  # stored size; training resizes to data.image_size
+SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}  # Fitzpatrick modifiers
 FASHION_LABELS = [
     "t-shirt",
     "trouser",
@@ -194,7 +195,7 @@ def asterisk(limit: int | None = None) -> Source:
 
 
 def emoji_name(short: str) -> str:
-    """The emoji package's ':red_heart:' → 'red heart' (its names are the Unicode CLDR names)."""
+    """The emoji package's ':red_heart:' → 'red heart' (Unicode's CLDR names, punctuation aside)."""
     return short.strip(":").replace("_", " ")
 
 
@@ -219,8 +220,10 @@ def render_emoji(font, char: str) -> np.ndarray | None:
 
 def emoji_images(limit: int | None = None) -> Source:
     """Every fully-qualified emoji that Noto Color Emoji draws as one picture (~3.9k), paired
-    with its official name ("smiling face with hearts", "waving hand: dark skin tone"); ids are
-    the code points, e.g. 1f44b-1f3ff. Sequences the font draws as several glyphs are left out."""
+    with its name from the emoji package ("smiling face with hearts", "waving hand dark skin
+    tone"); ids are the code points, e.g. 1f44b-1f3ff. Sequences the font draws as several
+    glyphs are left out. Train and val are split by family (the code points without skin-tone
+    modifiers), so val holds emoji whose kind train never saw."""
     import emoji
     from PIL import ImageFont
 
@@ -238,7 +241,10 @@ def emoji_images(limit: int | None = None) -> Source:
                 continue
             number += 1
             row_id = "-".join(f"{ord(c):x}" for c in char)
-            yield RawRow(number, row_id, {"image": png_bytes(pixels), "text": emoji_name(short)})
+            # Split by family (an emoji and its skin tones): val emoji are unseen in train.
+            family = "-".join(f"{ord(c):x}" for c in char if c not in SKIN_TONES)
+            values = {"image": png_bytes(pixels), "text": emoji_name(short)}
+            yield RawRow(number, row_id, values, group=family)
 
     return Source(
         name="builtin:emoji",
