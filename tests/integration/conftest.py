@@ -1,13 +1,11 @@
-"""A real local Ray cluster shared by the integration tests (2 CPUs, like CI)."""
+"""Datasets the integration tests damage or copy (the Ray cluster and S3 server are in
+tests/conftest.py, shared with tests/reliability)."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import socket
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,70 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """A real S3-compatible server (moto) on 127.0.0.1. Started before Ray so that every
-    Ray worker inherits the AWS_* settings that point its clients there and only there."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    os.environ.update(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_REGION="us-east-1",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_EC2_METADATA_DISABLED="true",
-    )
-    yield endpoint
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def metrics_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(s3_endpoint, metrics_port):
-    import ray
-
-    # Ray workers import test modules by name.
-    paths = [str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    temp_dir = tempfile.mkdtemp(prefix="ray-pm-", dir="/tmp")  # short: socket paths are limited
-    ray.init(
-        num_cpus=2,
-        # The dashboard's State API frees a trial's placement group when ASHA stops it;
-        # without it the next trial waits forever (costs ~2 s and ~0.9 GB).
-        include_dashboard=True,
-        _temp_dir=temp_dir,
-        # Prometheus /metrics on this port, refreshed every second instead of every 10.
-        _metrics_export_port=metrics_port,
-        _system_config={"metrics_report_interval_ms": 1000},
-        runtime_env={
-            "env_vars": {
-                "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-                "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-            }
-        },
-    )
-    yield ray
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
+from tests.conftest import REPO, free_port  # noqa: F401  (re-exported for the tests)
 
 BAD_ROWS = 2  # rows of each kind in damaged_digits
 

@@ -141,6 +141,22 @@ def test_same_run_name_resumes_from_checkpoint(first_run):
     assert meta["history"][: len(first_meta["history"])] == first_meta["history"]
 
 
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(first_run):
+    first, overrides = first_run
+    run_dir = Path(first.run_dir)
+    latest, previous = sorted(run_dir.glob("checkpoint_*"), reverse=True)[:2]
+    epoch = read_meta(latest)["epoch"]
+    weights = (latest / "model.pt").read_bytes()
+    (latest / "model.pt").write_bytes(weights[: len(weights) // 3])  # a torn upload
+    cfg = load_config(CONFIG, overrides + [f"train.epochs={epoch + 1}"])
+    result = fit(cfg)
+    # Ray offered the damaged latest; the run went on from the one before it instead.
+    assert result.epochs_run == 2
+    assert read_meta(result.checkpoint)["epoch"] == epoch + 1
+    steps_per_epoch = read_meta(previous)["step"] // (epoch - 1)
+    assert read_meta(result.checkpoint)["step"] == steps_per_epoch * (epoch + 1)
+
+
 def test_sigmoid_loss_with_grad_cache_and_label_positives_trains(
     ray_cluster, digits_dataset, tmp_path
 ):

@@ -1,11 +1,15 @@
 """The checkpoint format: model.pt (weights), train_state.pt (optimizer, for resume) and
-polymodal.json (config, preprocessing, labels, step, metrics, history). Loads are weights_only."""
+polymodal.json (config, preprocessing, labels, step, metrics, history, and the sha256 of the
+other files). polymodal.json is written last, so a checkpoint without it is unfinished; loads
+check the sums and are weights_only."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,21 @@ class CheckpointError(ValueError):
     pass
 
 
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write under a temporary name, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def save_checkpoint(
     directory: str | Path,
     model: torch.nn.Module,
@@ -36,10 +55,18 @@ def save_checkpoint(
 ) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), directory / WEIGHTS)
+    objects = {WEIGHTS: model.state_dict()}
     if train_state is not None:
-        torch.save(train_state, directory / TRAIN_STATE)
-    (directory / META).write_text(json.dumps({"format": FORMAT_VERSION, **meta}, indent=2))
+        objects[TRAIN_STATE] = train_state
+    files = {}
+    for name, obj in objects.items():
+        _write(directory / name, lambda tmp, obj=obj: torch.save(obj, tmp))
+        files[name] = {
+            "sha256": sha256(directory / name),
+            "bytes": (directory / name).stat().st_size,
+        }
+    body = json.dumps({"format": FORMAT_VERSION, **meta, "files": files}, indent=2)
+    _write(directory / META, lambda tmp: tmp.write_text(body))
     return directory
 
 
@@ -68,9 +95,30 @@ def fetch_checkpoint(uri: str | Path, files: tuple[str, ...] = (META, WEIGHTS)) 
     return storage.download(uri, missing, local) if missing else local
 
 
+def verify(directory: str | Path, names: tuple[str, ...] = (WEIGHTS, TRAIN_STATE)) -> None:
+    """CheckpointError unless each of `names` the checkpoint lists has its recorded size and
+    sha256 (a truncated, altered or missing file). Checkpoints from before the sums pass."""
+    recorded = read_meta(directory).get("files", {})
+    for name in names:
+        if name not in recorded:
+            continue
+        file = Path(directory) / name
+        if not file.is_file():
+            raise CheckpointError(f"missing {file}")
+        expected = recorded[name]
+        size = file.stat().st_size
+        if size != expected["bytes"]:
+            raise CheckpointError(
+                f"{file}: {size} bytes, expected {expected['bytes']} (truncated?)"
+            )
+        if sha256(file) != expected["sha256"]:
+            raise CheckpointError(f"{file}: sha256 differs from the one recorded (altered?)")
+
+
 def _load(file: Path, device: str | torch.device) -> Any:
     if not file.is_file():
         raise CheckpointError(f"missing {file}")
+    verify(file.parent, (file.name,))
     try:
         return torch.load(file, map_location=device, weights_only=True)
     except Exception as exc:  # unpickling refused or file damaged: never fall back to full pickle

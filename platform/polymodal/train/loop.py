@@ -29,10 +29,12 @@ from polymodal.objectives.grad_cache import (
 from polymodal.objectives.joint import joint_loss
 from polymodal.train.bad_rows import bad_fraction, check_bad_fraction, epoch_metrics
 from polymodal.train.checkpoint import (
+    CheckpointError,
     load_model_state,
     load_train_state,
     read_meta,
     save_checkpoint,
+    verify,
 )
 from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
@@ -63,6 +65,35 @@ def has_unused_encoders(cfg) -> bool:
     return used != mods or locked_tower
 
 
+def restore(checkpoint: ray.train.Checkpoint) -> tuple[dict, dict, dict]:
+    """(meta, model state, train state) of the newest intact checkpoint of the run: Ray's
+    latest, or, when that one is damaged or unfinished, the newest sibling that verifies."""
+    import pyarrow.fs as pafs
+
+    fs, parent = checkpoint.filesystem, checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+    siblings = sorted(
+        (
+            info.path
+            for info in fs.get_file_info(pafs.FileSelector(parent))
+            if info.type == pafs.FileType.Directory
+            and info.base_name.startswith("checkpoint_")  # Ray's names sort by time
+            and info.path.rstrip("/") != checkpoint.path.rstrip("/")
+        ),
+        reverse=True,
+    )
+    candidates = [checkpoint, *(ray.train.Checkpoint(p, filesystem=fs) for p in siblings)]
+    for candidate in candidates:
+        try:
+            with candidate.as_directory() as ckpt_dir:
+                verify(ckpt_dir)
+                return read_meta(ckpt_dir), load_model_state(ckpt_dir), load_train_state(ckpt_dir)
+        except CheckpointError as exc:
+            print(
+                f"checkpoint {candidate.path} is unusable ({exc}); trying an older one", flush=True
+            )
+    raise CheckpointError(f"no intact checkpoint under {parent} to resume from")
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     # ---- setup ----
     meta = loop_config["meta"]
@@ -80,10 +111,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     start_epoch, step, history = 1, 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # resume: same run name started again, or a restarted worker
-        with checkpoint.as_directory() as ckpt_dir:
-            saved = read_meta(ckpt_dir)
-            model.load_state_dict(load_model_state(ckpt_dir))
-            train_state = load_train_state(ckpt_dir)
+        saved, model_state, train_state = restore(checkpoint)
+        model.load_state_dict(model_state)
         start_epoch, step, history = saved["epoch"] + 1, saved["step"], saved["history"]
     per_worker_batch = cfg.train.batch_size // max(world, 1)
     grad_cache = 0 < cfg.train.grad_cache.chunk_size < per_worker_batch
