@@ -15,6 +15,7 @@ ARGS = {
     "num_cpus": float,
     "num_gpus": float,
     "index_dir": str,  # a directory of `polymodal index` outputs: enables POST /v1/search
+    "replicas": int,  # embedder replicas (the YAML's autoscaling_config overrides it)
 }
 
 

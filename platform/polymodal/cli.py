@@ -131,6 +131,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_models=args.max_models,
         num_gpus=args.num_gpus,
         index_dir=args.index_dir,
+        replicas=args.replicas,
     )
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, route_prefix="/")
@@ -392,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch-size", type=int, default=32)
     sv.add_argument("--max-models", type=int, default=4, help="checkpoints loaded per replica")
     sv.add_argument("--num-gpus", type=float, default=0, help="GPUs per embedder replica")
+    sv.add_argument("--replicas", type=int, default=1, help="embedder replicas")
     sv.add_argument(
         "--index-dir",
         help="a directory of `polymodal index` outputs (local or s3://) for POST /v1/search",

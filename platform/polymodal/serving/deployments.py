@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from polymodal import storage
@@ -270,6 +271,15 @@ async def _overloaded(request: Request, exc: BackPressureError) -> JSONResponse:
     return response
 
 
+@app.exception_handler(RayActorError)
+@app.exception_handler(ActorUnavailableError)
+async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
+    """Two replicas died under the same request: a server-side loss, retried by the client."""
+    response = _error(503, "an embedder replica was lost; retry")
+    response.headers["Retry-After"] = str(math.ceil(RETRY_AFTER_S))
+    return response
+
+
 @app.exception_handler(InputError)
 async def _input_error(request: Request, exc: InputError) -> JSONResponse:
     return _error(exc.status, str(exc), exc.param)
@@ -316,8 +326,7 @@ class Gateway:
             rows_of[model_id].append(i)
 
         async def call(model_id: str, rows: list[int]) -> list[np.ndarray]:
-            handle = self.embedder.options(multiplexed_model_id=model_id)
-            return await handle.embed.remote(model_id, [items[i][1:] for i in rows])
+            return await self._call(model_id, "embed", [items[i][1:] for i in rows])
 
         results = await asyncio.gather(*[call(m, rows) for m, rows in rows_of.items()])
         out: list[np.ndarray | None] = [None] * len(items)
@@ -325,6 +334,15 @@ class Gateway:
             for i, vec in zip(rows, vectors):
                 out[i] = vec
         return out
+
+    async def _call(self, model: str, method: str, arg):
+        """An embedder call, sent once more when its replica died under it (embedding is
+        idempotent; Serve routes the retry to a live replica)."""
+        handle = self.embedder.options(multiplexed_model_id=model)
+        try:
+            return await getattr(handle, method).remote(model, arg)
+        except (RayActorError, ActorUnavailableError):
+            return await getattr(handle, method).remote(model, arg)
 
     def _authorize(self, request: Request) -> None:
         if not self.api_key:
@@ -358,8 +376,7 @@ class Gateway:
     async def _embed(self, model: str, parsed: list[tuple[str, object]]) -> list[np.ndarray]:
         if self.batching:
             return await asyncio.gather(*[self.gather_items((model, *p)) for p in parsed])
-        handle = self.embedder.options(multiplexed_model_id=model)  # one call per request
-        return await handle.embed.remote(model, parsed)
+        return await self._call(model, "embed", parsed)  # one call per request
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
@@ -421,9 +438,8 @@ class Gateway:
             param = f"inputs.{modality}"
             values[modality] = parse_value(modality, value, param)
             self._check_item(body.model, card, modality, values[modality], param)
-        handle = self.embedder.options(multiplexed_model_id=body.model)
         try:
-            probs = await handle.classify.remote(body.model, values)
+            probs = await self._call(body.model, "classify", values)
         except RuntimeError as exc:  # the checkpoint has no classifier head
             raise InputError(str(exc), "model") from exc
         label = max(probs, key=probs.get)
@@ -471,6 +487,7 @@ def build_app(
     api_key: str | None = None,
     access_log: bool = True,
     index_dir: str | None = None,
+    replicas: int = 1,
 ):
     """The Serve application: gateway -> embedder (and searcher, with index_dir). The
     gateway gathers items of concurrent requests for up to batch_wait_timeout_s or
@@ -484,7 +501,8 @@ def build_app(
     api_key: require `Bearer api_key` (default: POLYMODAL_API_KEY, if set). access_log: one
     log line per request and call (turn off at high request rates). index_dir: a directory
     of `polymodal index` outputs (local or s3://) searched at POST /v1/search by a Searcher
-    deployment, which holds them apart from the embedders' models."""
+    deployment, which holds them apart from the embedders' models. replicas: embedder
+    replicas (serve/config.yaml autoscales instead)."""
     api_key = api_key or os.environ.get("POLYMODAL_API_KEY") or None
     ongoing = max(max_ongoing_requests, max_batch_size)
     backpressure = {"status_code": 503, "retry_after_s": RETRY_AFTER_S}
@@ -495,6 +513,7 @@ def build_app(
         backpressure_config=backpressure,
         logging_config=logging,
         ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
+        num_replicas=replicas,
     ).bind(model_dir, max_batch_size, 0.0, max_models)
     searcher = None
     if index_dir:
