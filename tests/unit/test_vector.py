@@ -100,6 +100,11 @@ def test_parquet_vectors_ingest_and_standardise_from_the_train_split(digit_vecto
     damaged = [train["vector"][0], [float("nan")] * 64, [1.0] * 63]
     arrays, bad = decode_columns({"vector": damaged, "text": ["a", "b", "c"]}, prep)
     assert len(arrays["vector"]) == 1 and bad == [(1, "bad vector"), (2, "bad vector")]
+    # Validation hashes every value to count identical content as a hit: vectors too.
+    same = [train["vector"][0], list(train["vector"][0]), train["vector"][1]]
+    arrays, _ = decode_columns({"vector": same, "text": ["a", "a", "b"]}, prep, with_hashes=True)
+    hashes = arrays["vector_hash"]
+    assert hashes[0] == hashes[1] != hashes[2]
 
 
 def test_csv_feature_columns_ingest_as_one_vector(tmp_path):

@@ -163,7 +163,12 @@ def decode_text(ids: np.ndarray) -> str:
 
 def content_hash(value: Any) -> int:
     """Stable id of a raw value, so retrieval can count identical content as a hit."""
-    data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if isinstance(value, str):
+        data = value.encode("utf-8")
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    else:  # a vector: its numbers as float32, however they were stored
+        data = np.asarray(value, dtype=np.float32).tobytes()
     return zlib.crc32(data) | (len(data) << 32)
 
 
