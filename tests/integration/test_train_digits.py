@@ -132,7 +132,8 @@ def test_eval_command_prints_the_same_metrics(first_run, digits_dataset):
 def test_same_run_name_resumes_from_the_newest_intact_checkpoint(first_run):
     first, overrides = first_run
     first_meta = read_meta(first.checkpoint)
-    latest, previous = sorted(Path(first.run_dir).glob("checkpoint_*"), reverse=True)[:2]
+    checkpoints = [p for p in Path(first.run_dir).glob("checkpoint_*") if p.is_dir()]
+    latest, previous = sorted(checkpoints, reverse=True)[:2]
     assert read_meta(latest)["epoch"] == 2 and read_meta(previous)["epoch"] == 1
     weights = (latest / "model.pt").read_bytes()
     (latest / "model.pt").write_bytes(weights[: len(weights) // 3])  # a torn upload

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polymodal import storage
 from polymodal.serving.index import INDEX_FILE, Index, open_index
@@ -277,6 +278,15 @@ async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
     """Two replicas died under the same request: a server-side loss, retried by the client."""
     response = _error(503, "an embedder replica was lost; retry")
     response.headers["Retry-After"] = str(math.ceil(RETRY_AFTER_S))
+    return response
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (a body that is not JSON at all, an unknown route) in the API's
+    error shape."""
+    response = _error(exc.status_code, str(exc.detail))
+    response.headers.update(exc.headers or {})
     return response
 
 

@@ -17,6 +17,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from polymodal import storage
 from polymodal.config import config_from_dict
 from polymodal.data.decode import Preprocessing
 from polymodal.evaluation.evaluate import evaluate
@@ -65,33 +66,41 @@ def has_unused_encoders(cfg) -> bool:
     return used != mods or locked_tower
 
 
-def restore(checkpoint: ray.train.Checkpoint) -> tuple[dict, dict, dict]:
-    """(meta, model state, train state) of the newest intact checkpoint of the run: Ray's
-    latest, or, when that one is damaged or unfinished, the newest sibling that verifies."""
+def restore(checkpoint: ray.train.Checkpoint | None, run_dir: str) -> tuple | None:
+    """(meta, model state, train state) of the newest intact checkpoint in the run directory,
+    or None when there is none. Newer than Ray's latest (`checkpoint`) can exist: a worker
+    died between writing it and the controller's next poll, so Ray never registered it.
+    A damaged or unfinished one is skipped, and said so."""
     import pyarrow.fs as pafs
 
-    fs, parent = checkpoint.filesystem, checkpoint.path.rstrip("/").rsplit("/", 1)[0]
-    siblings = sorted(
+    fs, root = storage.resolve(run_dir)
+    found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    names = sorted(
         (
-            info.path
-            for info in fs.get_file_info(pafs.FileSelector(parent))
-            if info.type == pafs.FileType.Directory
-            and info.base_name.startswith("checkpoint_")  # Ray's names sort by time
-            and info.path.rstrip("/") != checkpoint.path.rstrip("/")
+            info.path.rstrip("/")
+            for info in found
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
         ),
-        reverse=True,
+        reverse=True,  # Ray's names sort by time
     )
-    candidates = [checkpoint, *(ray.train.Checkpoint(p, filesystem=fs) for p in siblings)]
+    candidates = [ray.train.Checkpoint(p, filesystem=fs) for p in names]
+    if checkpoint is not None and checkpoint.path.rstrip("/") not in names:
+        candidates.insert(0, checkpoint)
     for candidate in candidates:
         try:
             with candidate.as_directory() as ckpt_dir:
                 verify(ckpt_dir)
-                return read_meta(ckpt_dir), load_model_state(ckpt_dir), load_train_state(ckpt_dir)
+                state = read_meta(ckpt_dir), load_model_state(ckpt_dir), load_train_state(ckpt_dir)
         except CheckpointError as exc:
             print(
                 f"checkpoint {candidate.path} is unusable ({exc}); trying an older one", flush=True
             )
-    raise CheckpointError(f"no intact checkpoint under {parent} to resume from")
+            continue
+        print(f"resuming from {candidate.path} (epoch {state[0]['epoch']})", flush=True)
+        return state
+    if candidates:
+        print(f"no intact checkpoint under {run_dir}: starting from scratch", flush=True)
+    return None
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
@@ -109,9 +118,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     model = build_model(cfg, prep, len(label_names or []))
     start_epoch, step, history = 1, 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # resume: same run name started again, or a restarted worker
-        saved, model_state, train_state = restore(checkpoint)
+    # Resume: the same run name started again, or a worker group restarted after a failure.
+    resumed = restore(ray.train.get_checkpoint(), loop_config["run_dir"])
+    if resumed is not None:
+        saved, model_state, train_state = resumed
         model.load_state_dict(model_state)
         start_epoch, step, history = saved["epoch"] + 1, saved["step"], saved["history"]
     per_worker_batch = cfg.train.batch_size // max(world, 1)
@@ -127,7 +137,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     steps_per_epoch = max(loop_config["train_rows"] // max(world, 1) // per_worker_batch, 1)
     optimizer = build_optimizer(raw_model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch * cfg.train.epochs)
-    if checkpoint is not None:
+    if resumed is not None:
         optimizer.load_state_dict(train_state["optimizer"])
         scheduler.load_state_dict(train_state["scheduler"])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
