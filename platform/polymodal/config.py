@@ -410,6 +410,13 @@ def validate(cfg: Config) -> None:
             f"'model.text.tuning' must be one of {', '.join(TUNINGS)}, got {text.tuning!r}"
             f"{_suggest(text.tuning, list(TUNINGS))}"
         )
+    if text.encoder == "minilm" and "text" in mods:
+        from polymodal.pretrained import pretrained_dir
+
+        try:
+            pretrained_dir("minilm")
+        except RuntimeError as exc:
+            raise ConfigError(f"'model.text.encoder: minilm': {exc}") from None
     if text.tuning != "finetune" and text.encoder == "byte_transformer":
         raise ConfigError(
             f"'model.text.tuning: {text.tuning}' locks a pretrained tower; "

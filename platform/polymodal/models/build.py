@@ -33,8 +33,8 @@ TEXT_ENCODERS: dict[str, EncoderBuilder] = {
         cfg.model.text.heads,
         cfg.model.dropout,
     ),
-    "minilm": lambda cfg, prep: _pretrained(
-        MiniLM(pretrained_dir("minilm"), cfg.model.text.tuning), cfg
+    "minilm": lambda cfg, prep: MiniLM(
+        pretrained_dir("minilm"), cfg.model.text.tuning, cfg.model.text.lr_scale
     ),
 }
 # The tokenizer each text encoder reads (Preprocessing.text_tokenizer).
@@ -72,11 +72,6 @@ DECODERS: dict[str, EncoderBuilder] = {
         cfg.model.embed_dim, len(prep.vector_mean), cfg.model.vector.hidden
     ),
 }
-
-
-def _pretrained(tower: nn.Module, cfg: Config) -> nn.Module:
-    tower.lr_scale = cfg.model.text.lr_scale
-    return tower
 
 
 def unlock_towers(model: nn.Module, cfg: Config, epoch: int) -> None:

@@ -18,11 +18,9 @@ class MiniLM(nn.Module):
     """`freeze`: never trains; `lock_then_unlock`: locked until `unlock()`, then trains;
     `finetune`: trains from the start. A locked tower runs in eval mode without gradients."""
 
-    # Optimizers give these weights optim.lr * lr_scale (set by the builder).
-    lr_scale = 1.0
-
-    def __init__(self, model_dir: Path, tuning: str = "finetune"):
+    def __init__(self, model_dir: Path, tuning: str = "finetune", lr_scale: float = 1.0):
         super().__init__()
+        self.lr_scale = lr_scale  # build_optimizer gives these weights optim.lr * lr_scale
         if tuning not in TUNINGS:
             raise ValueError(f"tuning must be one of {', '.join(TUNINGS)}, got {tuning!r}")
         # Slow import (seconds): only for this tower. Its per-load progress bar is noise in logs.
@@ -33,8 +31,9 @@ class MiniLM(nn.Module):
         self.bert = BertModel.from_pretrained(str(model_dir), local_files_only=True)
         self.out_dim = self.bert.config.hidden_size
         self.locked = tuning != "finetune"
-        # A frozen tower is a fixed function: its features are computed once per distinct text
-        # (LiT precomputes them the same way); captions repeat every epoch.
+        # A frozen tower is a fixed function: in training its features are computed once per
+        # distinct text (LiT precomputes them the same way); captions repeat every epoch.
+        # Not in eval mode: a serving replica would grow with every new text.
         self.cache: dict[bytes, torch.Tensor] | None = None
         if tuning == "freeze":  # no gradients at all: DDP and the optimizer skip these
             self.bert.requires_grad_(False)
@@ -51,7 +50,7 @@ class MiniLM(nn.Module):
         return self
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.cache is None:
+        if self.cache is None or not self.training:
             return self._pooled(ids)
         keys = [row.tobytes() for row in ids.cpu().numpy()]
         todo = sorted({i for i, k in enumerate(keys) if k not in self.cache})
