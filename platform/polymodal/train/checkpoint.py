@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,34 @@ def save_checkpoint(
     body = json.dumps({"format": FORMAT_VERSION, **meta, "files": files}, indent=2)
     _write(directory / META, lambda tmp: tmp.write_text(body))
     return directory
+
+
+def upload(
+    local_dir: str | Path,
+    fs,
+    dest: str,
+    attempts: int = 6,
+    first_wait_s: float = 1.0,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Copy a checkpoint directory to `dest` on a pyarrow filesystem, polymodal.json last (a
+    copy cut short has none, so it reads as unfinished); each file is retried with doubling
+    waits (1 + 2 + 4 + 8 + 16 s by default) while the store is unreachable."""
+    names = sorted(os.listdir(local_dir), key=lambda n: n == META)
+    for name in names:
+        data = (Path(local_dir) / name).read_bytes()
+        for attempt in range(attempts):
+            try:
+                fs.create_dir(dest, recursive=True)
+                with fs.open_output_stream(f"{dest}/{name}") as f:
+                    f.write(data)
+                break
+            except OSError as exc:
+                if attempt == attempts - 1:
+                    raise
+                wait = first_wait_s * 2**attempt
+                log(f"upload of {name} to {dest} failed ({exc}); retrying in {wait:.0f}s")
+                time.sleep(wait)
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from polymodal import storage
 from polymodal.config import config_from_dict
 from polymodal.data.decode import Preprocessing
 from polymodal.evaluation.evaluate import evaluate
@@ -35,6 +34,7 @@ from polymodal.train.checkpoint import (
     load_train_state,
     read_meta,
     save_checkpoint,
+    upload,
     verify,
 )
 from polymodal.train.metrics import live_metrics
@@ -66,15 +66,14 @@ def has_unused_encoders(cfg) -> bool:
     return used != mods or locked_tower
 
 
-def restore(checkpoint: ray.train.Checkpoint | None, run_dir: str) -> tuple | None:
+def restore(checkpoint: ray.train.Checkpoint | None, fs, run_dir: str) -> tuple | None:
     """(meta, model state, train state) of the newest intact checkpoint in the run directory,
     or None when there is none. Newer than Ray's latest (`checkpoint`) can exist: a worker
     died between writing it and the controller's next poll, so Ray never registered it.
     A damaged or unfinished one is skipped, and said so."""
     import pyarrow.fs as pafs
 
-    fs, root = storage.resolve(run_dir)
-    found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    found = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
     names = sorted(
         (
             info.path.rstrip("/")
@@ -103,6 +102,12 @@ def restore(checkpoint: ray.train.Checkpoint | None, run_dir: str) -> tuple | No
     return None
 
 
+def _upload(checkpoint: ray.train.Checkpoint, fs, dest: str) -> ray.train.Checkpoint:
+    """Ray's upload with retries while the store is unreachable, polymodal.json last."""
+    upload(checkpoint.path, fs, dest)
+    return ray.train.Checkpoint(dest, filesystem=fs)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     # ---- setup ----
     meta = loop_config["meta"]
@@ -119,7 +124,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     model = build_model(cfg, prep, len(label_names or []))
     start_epoch, step, history = 1, 0, []
     # Resume: the same run name started again, or a worker group restarted after a failure.
-    resumed = restore(ray.train.get_checkpoint(), loop_config["run_dir"])
+    store = ctx.get_storage()  # the run directory: where Ray keeps this run's checkpoints
+    fs, run_dir = store.storage_filesystem, store.experiment_fs_path
+    resumed = restore(ray.train.get_checkpoint(), fs, run_dir)
     if resumed is not None:
         saved, model_state, train_state = resumed
         model.load_state_dict(model_state)
@@ -309,7 +316,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                         "scheduler": scheduler.state_dict(),
                     },
                 )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                    checkpoint_upload_fn=lambda c, name: _upload(c, fs, f"{run_dir}/{name}"),
+                )
         else:
             ray.train.report(metrics)
     return {"epochs_run": cfg.train.epochs - start_epoch + 1, "start_epoch": start_epoch}

@@ -201,11 +201,7 @@ def build_trainer(
     from polymodal.train.loop import train_loop_per_worker
 
     metric, mode = checkpoint_score or (None, "max")
-    loop_config = {
-        **inputs.loop_config,
-        "meta": {**inputs.meta, "config": cfg.to_dict()},
-        "run_dir": f"{storage_path.rstrip('/')}/{name}",
-    }
+    loop_config = {**inputs.loop_config, "meta": {**inputs.meta, "config": cfg.to_dict()}}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
