@@ -28,14 +28,22 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint():
-    """A real S3-compatible server (moto) on 127.0.0.1. Started before Ray so that every
-    Ray worker inherits the AWS_* settings that point its clients there and only there."""
+def s3_server():
+    """A real S3-compatible server (moto) on 127.0.0.1. A test may stop it and start it
+    again: its buckets live in this process and survive."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
     server.start()
-    host, port = server.get_host_and_port()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server):
+    """s3_server's address. Set up before Ray so that every Ray worker inherits the AWS_*
+    settings that point its clients there and only there."""
+    host, port = s3_server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     os.environ.update(
         AWS_ENDPOINT_URL=endpoint,
@@ -45,8 +53,7 @@ def s3_endpoint():
         AWS_DEFAULT_REGION="us-east-1",
         AWS_EC2_METADATA_DISABLED="true",
     )
-    yield endpoint
-    server.stop()
+    return endpoint
 
 
 @pytest.fixture(scope="session")

@@ -173,6 +173,9 @@ class TrainConfig:
     seed: int = 0
     checkpoints_to_keep: int = 2
     log_every_steps: int = 50
+    # A local directory where every worker appends the sample ids of each step it trains
+    # (epoch-E-rank-R-pid-P.txt, a line per step): audits what a restart repeated or skipped.
+    sample_log_dir: str = ""
     grad_cache: GradCacheConfig = field(default_factory=GradCacheConfig)
 
 

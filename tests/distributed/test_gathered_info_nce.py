@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from polymodal.objectives.contrastive import info_nce
+from tests.distributed.helpers import run_on_ranks
 
 WORLD, B_LOCAL, DIM = 2, 4, 6
 
@@ -33,8 +31,7 @@ def _data():
     )
 
 
-def _worker(rank: int, init_file: str, gather: str, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+def _worker(rank: int, world: int, gather: str) -> list[torch.Tensor]:
     model = _model()
     scale = nn.Parameter(torch.tensor(2.0))
     xa, xb = _data()
@@ -44,24 +41,19 @@ def _worker(rank: int, init_file: str, gather: str, out: str) -> None:
     grads = [p.grad for p in model.parameters()] + [scale.grad]
     for g in grads:  # what DDP does: average gradients over ranks
         dist.all_reduce(g)
-        g /= WORLD
-    if rank == 0:
-        torch.save([g.clone() for g in grads], out)
-    dist.destroy_process_group()
+        g /= world
+    return [g.clone() for g in grads]
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("gather", ["local", "full"])
-def test_gathered_gradients_equal_single_process(tmp_path, gather):
+def test_gathered_gradients_equal_single_process(gather):
     model = _model()
     scale = nn.Parameter(torch.tensor(2.0))
     xa, xb = _data()
     _loss(model, xa, xb, scale, "none").backward()
     expected = [p.grad for p in model.parameters()] + [scale.grad]
 
-    out = str(tmp_path / "grads.pt")
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    mp.spawn(_worker, args=(str(tmp_path / "init"), gather, out), nprocs=WORLD, join=True)
-    got = torch.load(out, weights_only=True)
+    got = run_on_ranks(WORLD, _worker, gather)
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)

@@ -4,6 +4,7 @@ eval; then resume the same run."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,22 @@ def test_same_run_name_resumes_from_the_newest_intact_checkpoint(first_run):
     first_epoch = [row for row in first_meta["history"] if row["epoch"] <= 1]
     assert meta["history"][: len(first_epoch)] == first_epoch
     assert [row["epoch"] for row in meta["history"] if "val/loss" in row] == [0, 1, 2, 3]
+
+
+def test_a_checkpoint_ray_never_registered_is_reported_on_resume(first_run):
+    """A worker that dies between writing a checkpoint and Ray's next poll leaves one Ray
+    does not know: the resumed run goes on from it and reports it, so Ray (and Tune) do."""
+    first, overrides = first_run
+    run_dir = Path(first.run_dir)
+    latest = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())[-1]
+    epoch = read_meta(latest)["epoch"]
+    unknown = run_dir / "checkpoint_2999-01-01_00-00-00.000000"  # Ray's names sort by time
+    shutil.copytree(latest, unknown)
+    result = fit(load_config(CONFIG, overrides + [f"train.epochs={epoch}"]))
+    assert result.epochs_run == 0
+    assert Path(result.checkpoint) == unknown
+    snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    assert unknown.name in {c["checkpoint_dir_name"] for c in snapshot["checkpoint_results"]}
 
 
 def test_sigmoid_loss_with_grad_cache_and_label_positives_trains(

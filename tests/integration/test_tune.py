@@ -124,7 +124,6 @@ def test_interrupted_sweep_resumes(ray_cluster, digits_dataset, tmp_path):
     proc.wait()
     log.close()
     assert second is not None, (tmp_path / "first.log").read_text()[-3000:]
-    killed_at = time.time()
     (first,) = trials.glob("*_00000")
     first_before = _checkpoints(first)
     second_before = _checkpoints(second)
@@ -136,7 +135,8 @@ def test_interrupted_sweep_resumes(ray_cluster, digits_dataset, tmp_path):
     assert _checkpoints(first) == first_before  # a finished trial is not run again
     after = _checkpoints(second)
     new = {n: e for n, e in after.items() if n not in second_before}
-    # The unfinished trial went on from its last checkpoint: no epoch trained twice.
+    # The unfinished trial went on from its last checkpoint: no epoch trained twice. (Its
+    # last may be one Ray had not registered when the sweep was killed: written before the
+    # kill, it is reported again on resume.)
     assert new and min(new.values()) > max(second_before.values()), (second_before, after)
     assert max(after.values()) == 2
-    assert all((second / n).stat().st_mtime >= killed_at - 1 for n in new)

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
 
+from polymodal import storage
 from polymodal.config import load_config
 from polymodal.data.decode import Preprocessing
+from polymodal.data.format import read_manifest
 from polymodal.models.build import build_model
 from polymodal.train.checkpoint import CheckpointError, read_meta, save_checkpoint, upload, verify
 from tests.conftest import free_port
@@ -81,3 +84,65 @@ def test_upload_rides_out_an_outage_and_a_cut_upload_reads_as_unfinished(tmp_pat
             read_meta(tmp_path / "cut")
     finally:
         restarted[0].stop()
+
+
+@pytest.mark.integration
+def test_a_training_run_rides_out_a_store_outage(
+    ray_cluster, s3_server, s3_endpoint, digits_dataset, tmp_path, capfd
+):
+    """The run directory on S3; the store stops as epoch 2 begins and comes back only after
+    epoch 2 has been trained, so its checkpoint upload meets the outage."""
+    import boto3
+
+    from polymodal.train.run import fit
+    from tests.conftest import CONFIGS
+
+    samples = tmp_path / "samples"
+    cfg = load_config(
+        CONFIGS / "digits.yaml",
+        [f"data.path={digits_dataset}", "train.storage_path=s3://outage/runs", "train.name=r"]
+        + ["train.epochs=3", "train.cpus_per_worker=0.5", f"train.sample_log_dir={samples}"],
+    )
+    rows = read_manifest(str(digits_dataset)).rows("train")
+    steps = rows // cfg.train.num_workers // (cfg.train.batch_size // cfg.train.num_workers)
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="outage")
+    fs, _ = storage.resolve("s3://outage")
+    outage: list[float] = []
+
+    def epoch_2_steps() -> int:  # rank 0's, from its sample log
+        return sum(len(f.read_text().splitlines()) for f in samples.glob("epoch-2-rank-0-*"))
+
+    def store_down_through_epoch_2s_upload():
+        while epoch_2_steps() < 1:  # epoch 1's checkpoint is uploaded: epoch 2 began
+            time.sleep(0.05)
+        s3_server.stop()
+        outage.append(time.monotonic())
+        while epoch_2_steps() < steps:
+            time.sleep(0.05)
+        time.sleep(3.0)  # validation, then the upload starts and fails
+        s3_server.start()
+        outage.append(time.monotonic())
+
+    chaos = threading.Thread(target=store_down_through_epoch_2s_upload)
+    chaos.start()
+    result = fit(cfg)
+    chaos.join()
+    assert len(outage) == 2
+    assert result.epochs_run == 3  # no restart: the upload waited for the store
+    found = fs.get_file_info(pafs.FileSelector("outage/runs/r"))
+    checkpoints = sorted(
+        i.path
+        for i in found
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+    )
+    assert len(checkpoints) == cfg.train.checkpoints_to_keep
+    for path in checkpoints:  # every checkpoint kept is whole
+        local = tmp_path / Path(path).name
+        local.mkdir()
+        for info in fs.get_file_info(pafs.FileSelector(path)):
+            with fs.open_input_stream(info.path) as f:
+                (local / info.base_name).write_bytes(f.read())
+        verify(local)
+    assert [read_meta(tmp_path / Path(p).name)["epoch"] for p in checkpoints] == [2, 3]
+    time.sleep(1.0)  # worker output reaches the driver's stdout through Ray's log monitor
+    assert "retrying in" in capfd.readouterr().out

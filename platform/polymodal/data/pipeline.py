@@ -7,6 +7,7 @@ with Train's equal streaming split gives every rank the same number of batches.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -58,6 +59,11 @@ class BadRows:
         }
 
 
+def sample_key(row_id: str) -> int:
+    """A row id as a 63-bit integer, so it rides along in tensor batches (`sample`)."""
+    return int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest()) >> 1
+
+
 def decode_table(
     table: pa.Table,
     prep: dict[str, Any],
@@ -68,12 +74,17 @@ def decode_table(
     split: str = "",
     augment: Augment | None = None,
 ) -> dict:
-    """One block of raw rows → decoded (and, with augment, randomly changed) arrays;
-    undecodable rows are dropped and, with a BadRows actor, counted."""
+    """One block of raw rows → decoded (and, with augment, randomly changed) arrays, with
+    `sample` the rows' sample_key; undecodable rows are dropped and, with a BadRows actor,
+    counted."""
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
     out, bad = decode_columns(columns, Preprocessing(**prep), with_hashes, num_labels, augment)
+    ids = columns.get("id") or [str(i) for i in range(table.num_rows)]
+    dropped = {i for i, _ in bad}
+    out["sample"] = np.array(
+        [sample_key(ids[i]) for i in range(table.num_rows) if i not in dropped], dtype=np.int64
+    )
     if bad_rows is not None:  # fire and forget: the count must not slow decoding down
-        ids = columns.get("id") or [str(i) for i in range(table.num_rows)]
         bad_rows.add.remote(split, table.num_rows, [(ids[i], reason) for i, reason in bad])
     if shuffle:  # a fresh permutation every time the block is decoded, i.e. every epoch
         order = np.random.default_rng().permutation(len(out["label"]))

@@ -7,6 +7,7 @@ report metrics with a checkpoint. The Ray-specific lines are the `ray.train.*` c
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from collections import defaultdict
@@ -67,10 +68,10 @@ def has_unused_encoders(cfg) -> bool:
 
 
 def restore(checkpoint: ray.train.Checkpoint | None, fs, run_dir: str) -> tuple | None:
-    """(meta, model state, train state) of the newest intact checkpoint in the run directory,
-    or None when there is none. Newer than Ray's latest (`checkpoint`) can exist: a worker
-    died between writing it and the controller's next poll, so Ray never registered it.
-    A damaged or unfinished one is skipped, and said so."""
+    """(meta, model state, train state, checkpoint) of the newest intact checkpoint in the
+    run directory, or None when there is none. Newer than Ray's latest (`checkpoint`) can
+    exist: a worker died between writing it and the controller's next poll, so Ray never
+    registered it. A damaged or unfinished one is skipped, and said so."""
     import pyarrow.fs as pafs
 
     found = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
@@ -89,7 +90,8 @@ def restore(checkpoint: ray.train.Checkpoint | None, fs, run_dir: str) -> tuple 
         try:
             with candidate.as_directory() as ckpt_dir:
                 verify(ckpt_dir)
-                state = read_meta(ckpt_dir), load_model_state(ckpt_dir), load_train_state(ckpt_dir)
+                meta, model_state = read_meta(ckpt_dir), load_model_state(ckpt_dir)
+                state = meta, model_state, load_train_state(ckpt_dir), candidate
         except CheckpointError as exc:
             print(
                 f"checkpoint {candidate.path} is unusable ({exc}); trying an older one", flush=True
@@ -100,6 +102,17 @@ def restore(checkpoint: ray.train.Checkpoint | None, fs, run_dir: str) -> tuple 
     if candidates:
         print(f"no intact checkpoint under {run_dir}: starting from scratch", flush=True)
     return None
+
+
+def _name(checkpoint: ray.train.Checkpoint) -> str:
+    return checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _open_sample_log(directory: str, epoch: int, rank: int):
+    if not directory:
+        return None
+    os.makedirs(directory, exist_ok=True)
+    return open(f"{directory}/epoch-{epoch}-rank-{rank}-pid-{os.getpid()}.txt", "a")
 
 
 def _upload(checkpoint: ray.train.Checkpoint, fs, dest: str) -> ray.train.Checkpoint:
@@ -126,11 +139,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     # Resume: the same run name started again, or a worker group restarted after a failure.
     store = ctx.get_storage()  # the run directory: where Ray keeps this run's checkpoints
     fs, run_dir = store.storage_filesystem, store.experiment_fs_path
-    resumed = restore(ray.train.get_checkpoint(), fs, run_dir)
+    latest = ray.train.get_checkpoint()
+    resumed = restore(latest, fs, run_dir)
+    unregistered = None  # a checkpoint found in the run directory that Ray does not know
     if resumed is not None:
-        saved, model_state, train_state = resumed
+        saved, model_state, train_state, found = resumed
         model.load_state_dict(model_state)
         start_epoch, step, history = saved["epoch"] + 1, saved["step"], saved["history"]
+        if latest is None or _name(found) > _name(latest):  # Ray's names sort by time
+            unregistered = found
     per_worker_batch = cfg.train.batch_size // max(world, 1)
     grad_cache = 0 < cfg.train.grad_cache.chunk_size < per_worker_batch
     if grad_cache:  # gradients are averaged once per step by sync_gradients, not by DDP
@@ -182,6 +199,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             }
         )
 
+    if unregistered is not None:
+        # Reported again, so that Ray (and Tune) know its epoch and keep or delete it with
+        # the others; it is in the run directory already.
+        ray.train.report(
+            saved["metrics"],
+            checkpoint=unregistered if rank == 0 else None,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
+        )
+
     # ---- epochs ----
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         unlock_towers(raw_model, cfg, epoch)
@@ -198,6 +224,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             prefetch_batches=cfg.data.prefetch_batches,
             local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows or None,
         )
+        sample_log = _open_sample_log(cfg.train.sample_log_dir, epoch, rank)
         fetch_start = time.perf_counter()
         for batch in batches:
             wait_s += time.perf_counter() - fetch_start
@@ -222,6 +249,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             scheduler.step()
             step += 1
             n_steps += 1
+            if sample_log is not None:  # flushed per step: a killed worker's line is there
+                sample_log.write(" ".join(map(str, batch["sample"].tolist())) + "\n")
+                sample_log.flush()
             if bad_rows is not None and step % cfg.train.log_every_steps == 0:
                 check_bad_rows(min_rows=cfg.data.decode_batch_size)  # fail early, not at the end
             samples += batch["label"].shape[0]
@@ -258,6 +288,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 window.clear()
             fetch_start = time.perf_counter()
         epoch_s = time.perf_counter() - epoch_start
+        if sample_log is not None:
+            sample_log.close()
 
         # Every rank reached here with the same step count: equal shards, drop_last.
         train_metrics = {f"train/{k}": v / max(n_steps, 1) for k, v in sums.items()}

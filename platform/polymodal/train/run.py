@@ -127,6 +127,8 @@ def bad_row_totals(inputs: RunInputs) -> dict[str, Any]:
 
 def prepare_inputs(cfg: Config) -> RunInputs:
     """Check the dataset against the config; lazy Ray datasets for train (shuffled) and val."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from polymodal.data.pipeline import BadRows, configure_ray_data, split_dataset
 
@@ -142,7 +144,10 @@ def prepare_inputs(cfg: Config) -> RunInputs:
     label_names = manifest.label_names
     templates = cfg.eval.zero_shot_templates or manifest.extra.get("caption_templates", [])
     configure_ray_data()
-    bad_rows = BadRows.remote()
+    # On the driver's node, like Train's controller: a lost worker node must not take it.
+    here = ray.get_runtime_context().get_node_id()
+    pinned = NodeAffinitySchedulingStrategy(here, soft=False)
+    bad_rows = BadRows.options(scheduling_strategy=pinned).remote()
     path, aug = dataset_path(cfg), cfg.data.augment
     datasets = {
         # Content hashes travel with training batches only when they define positives.

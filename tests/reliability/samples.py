@@ -1,0 +1,56 @@
+"""Reading train.sample_log_dir after a faulted run: which samples each epoch trained on,
+what a restart repeated, and that none was skipped."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from polymodal.data.format import read_manifest, shard_paths
+from polymodal.data.pipeline import sample_key
+
+
+def split_keys(dataset: Path, split: str) -> set[int]:
+    paths = shard_paths(str(dataset), read_manifest(str(dataset)), split)
+    ids = [i for p in paths for i in pq.read_table(p, columns=["id"])["id"].to_pylist()]
+    return {sample_key(i) for i in ids}
+
+
+def sample_log(directory: Path) -> dict[int, dict[int, list[int]]]:
+    """epoch -> worker pid -> the sample keys it trained on, step after step."""
+    seen: dict[int, dict[int, list[int]]] = defaultdict(dict)
+    for f in directory.glob("epoch-*-rank-*-pid-*.txt"):
+        _, epoch, _, _, _, pid = f.stem.split("-")
+        seen[int(epoch)][int(pid)] = [int(k) for line in f.open() for k in line.split()]
+    return seen
+
+
+def check_samples(directory: Path, train: set[int], epochs: int, start: int, lost_max: int):
+    """Each epoch the final model went through covered the train split once (less drop_last's
+    remainder); the restarted epoch's interrupted part is all that was repeated (returned)."""
+    seen = sample_log(directory)
+    first, last = set(seen[1]), set(seen[epochs])
+    repeated = 0
+    for epoch in range(1, epochs + 1):
+        kept = first if epoch < start else last
+        trained = [k for pid in kept for k in seen[epoch].get(pid, [])]
+        assert len(trained) == len(set(trained)), f"epoch {epoch} repeated samples"
+        assert set(trained) <= train
+        assert len(train) - len(trained) <= lost_max, f"epoch {epoch} skipped samples"
+        repeated += sum(len(ids) for pid, ids in seen[epoch].items() if pid not in kept)
+    assert repeated <= len(train)  # at most one checkpoint interval (an epoch)
+    return repeated
+
+
+def wait_until_mid_epoch(directory: Path, epoch: int, steps: int = 3, timeout_s=300) -> bool:
+    """Until rank 0 has trained `steps` steps of `epoch` (its sample log says so)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        logs = directory.glob(f"epoch-{epoch}-rank-0-*.txt")
+        if sum(len(f.read_text().splitlines()) for f in logs) >= steps:
+            return True
+        time.sleep(0.02)
+    return False
