@@ -161,3 +161,32 @@ def test_emoji_source_renders_named_colour_pictures_split_by_family(tmp_path):
     }
     assert family["train"] and family["val"] and not family["train"] & family["val"]
     assert any(tone in r["id"] for r in by_id.values() for tone in tones)
+
+
+def test_corrupt_files_never_reach_the_dataset(tmp_path):
+    """Truncated, garbage and decompression-bomb images are refused with their row; every
+    image the dataset holds decodes."""
+    root = tmp_path / "src"
+    root.mkdir()
+    _write_png(root / "good.png", 100)
+    whole = io.BytesIO()
+    Image.fromarray(np.arange(64 * 64, dtype=np.uint32).reshape(64, 64).astype(np.uint8)).save(
+        whole, format="PNG"
+    )
+    (root / "cut.png").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
+    (root / "noise.png").write_bytes(bytes(range(256)) * 4)
+    bomb = io.BytesIO()
+    Image.new("L", (20000, 20000)).save(bomb, format="PNG")  # 400 MP in a few hundred KB
+    (root / "bomb.png").write_bytes(bomb.getvalue())
+    names = ["good", "cut", "noise", "bomb"]
+    lines = ["id,image,text"] + [f"{n},{n}.png,{n} picture" for n in names]
+    (root / "index.csv").write_text("\n".join(lines) + "\n")
+    report = ingest(str(root), tmp_path / "ds", val_fraction=0.0, progress=False)
+    assert report.rows_written == 1
+    assert report.rejected == {"unreadable image": 2, "image too large": 1}
+    assert any("row 3 (id cut): unreadable image" in e for e in report.examples)
+    assert any("row 5 (id bomb): image too large" in e for e in report.examples)
+    manifest = read_manifest(tmp_path / "ds")
+    rows = pq.read_table(shard_paths(tmp_path / "ds", manifest, "train")[0]).to_pylist()
+    assert [r["id"] for r in rows] == ["good"]
+    Image.open(io.BytesIO(rows[0]["image"])).load()
