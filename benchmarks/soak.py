@@ -111,6 +111,7 @@ def main() -> None:
             )
             try:
                 with urllib.request.urlopen(req, timeout=30) as resp:
+                    resp.read()  # a client that hangs up early makes Serve cancel the request
                     statuses[resp.status] += 1
             except urllib.error.HTTPError as err:
                 statuses[err.code] += 1

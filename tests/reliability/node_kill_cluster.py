@@ -1,5 +1,5 @@
 """python tests/reliability/node_kill_cluster.py DATASET RUN_ROOT — trains digits on a 3-node
-local cluster and removes the node holding the training workers after the first checkpoint.
+local cluster and removes a node holding training workers 3 steps into epoch 2.
 
 Run by test_node_kill.py in its own process: a process joins one Ray cluster only, and the
 test session's is already up. Prints the result as one JSON line.
