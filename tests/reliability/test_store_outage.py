@@ -112,21 +112,27 @@ def test_a_training_run_rides_out_a_store_outage(
     def epoch_2_steps() -> int:  # rank 0's, from its sample log
         return sum(len(f.read_text().splitlines()) for f in samples.glob("epoch-2-rank-0-*"))
 
+    run_over = threading.Event()
+
     def store_down_through_epoch_2s_upload():
         while epoch_2_steps() < 1:  # epoch 1's checkpoint is uploaded: epoch 2 began
-            time.sleep(0.05)
+            if run_over.wait(0.05):
+                return
         s3_server.stop()
         outage.append(time.monotonic())
-        while epoch_2_steps() < steps:
-            time.sleep(0.05)
+        while epoch_2_steps() < steps and not run_over.wait(0.05):
+            pass
         time.sleep(3.0)  # validation, then the upload starts and fails
-        s3_server.start()
+        s3_server.start()  # also when the run failed: later tests use this store
         outage.append(time.monotonic())
 
     chaos = threading.Thread(target=store_down_through_epoch_2s_upload)
     chaos.start()
-    result = fit(cfg)
-    chaos.join()
+    try:
+        result = fit(cfg)
+    finally:
+        run_over.set()
+        chaos.join()
     assert len(outage) == 2
     assert result.epochs_run == 3  # no restart: the upload waited for the store
     found = fs.get_file_info(pafs.FileSelector("outage/runs/r"))
