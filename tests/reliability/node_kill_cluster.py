@@ -15,11 +15,8 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from polymodal.config import load_config
 from polymodal.train.run import fit
-from tests.reliability.samples import wait_until_mid_epoch
-
-CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
+from tests.reliability.samples import faulted_run_config, wait_until_mid_epoch
 
 
 def training_nodes() -> set[str]:
@@ -51,15 +48,10 @@ def main(dataset: str, root: str) -> None:
         cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
-    cfg = load_config(
-        CONFIGS / "digits.yaml",
-        [f"data.path={dataset}", f"train.storage_path={root}", "train.name=node-killed"]
-        + ["train.epochs=3", "train.num_workers=2", "train.cpus_per_worker=0.5"]
-        + ["train.max_failures=2", f"train.sample_log_dir={root}/samples"],
-    )
+    cfg = faulted_run_config(dataset, root, "node-killed")
     removed: list[str] = []
     killer = threading.Thread(
-        target=remove_training_node, args=(cluster, Path(root) / "samples", removed)
+        target=remove_training_node, args=(cluster, Path(cfg.train.sample_log_dir), removed)
     )
     killer.start()
     result = fit(cfg)  # Ray Train wants the driver's main thread

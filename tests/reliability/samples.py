@@ -1,5 +1,6 @@
-"""Reading train.sample_log_dir after a faulted run: which samples each epoch trained on,
-what a restart repeated, and that none was skipped."""
+"""The faulted training runs of tests/reliability: their config, and their
+train.sample_log_dir read back (which samples each epoch trained on, what a restart
+repeated, that none was skipped)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,22 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from polymodal.config import Config, load_config
 from polymodal.data.format import read_manifest, shard_paths
 from polymodal.data.pipeline import sample_key
+
+CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
+
+
+def faulted_run_config(dataset: Path | str, root: Path | str, name: str) -> Config:
+    """digits for 3 epochs on 2 workers that may fail twice, run under ROOT/NAME, each step's
+    sample ids logged to ROOT/samples."""
+    return load_config(
+        CONFIGS / "digits.yaml",
+        [f"data.path={dataset}", f"train.storage_path={root}", f"train.name={name}"]
+        + ["train.epochs=3", "train.num_workers=2", "train.cpus_per_worker=0.5"]
+        + ["train.max_failures=2", f"train.sample_log_dir={Path(root) / 'samples'}"],
+    )
 
 
 def split_keys(dataset: Path, split: str) -> set[int]:
@@ -45,12 +60,17 @@ def check_samples(directory: Path, train: set[int], epochs: int, start: int, los
     return repeated
 
 
+def steps_trained(directory: Path, epoch: int) -> int:
+    """Steps of `epoch` rank 0 has trained so far (lines of its sample logs)."""
+    logs = directory.glob(f"epoch-{epoch}-rank-0-*.txt")
+    return sum(len(f.read_text().splitlines()) for f in logs)
+
+
 def wait_until_mid_epoch(directory: Path, epoch: int, steps: int = 3, timeout_s=300) -> bool:
     """Until rank 0 has trained `steps` steps of `epoch` (its sample log says so)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        logs = directory.glob(f"epoch-{epoch}-rank-0-*.txt")
-        if sum(len(f.read_text().splitlines()) for f in logs) >= steps:
+        if steps_trained(directory, epoch) >= steps:
             return True
         time.sleep(0.02)
     return False

@@ -19,6 +19,7 @@ from polymodal.data.format import read_manifest
 from polymodal.models.build import build_model
 from polymodal.train.checkpoint import CheckpointError, read_meta, save_checkpoint, upload, verify
 from tests.conftest import free_port
+from tests.reliability.samples import steps_trained
 
 pytestmark = pytest.mark.reliability
 
@@ -109,18 +110,15 @@ def test_a_training_run_rides_out_a_store_outage(
     fs, _ = storage.resolve("s3://outage")
     outage: list[float] = []
 
-    def epoch_2_steps() -> int:  # rank 0's, from its sample log
-        return sum(len(f.read_text().splitlines()) for f in samples.glob("epoch-2-rank-0-*"))
-
     run_over = threading.Event()
 
     def store_down_through_epoch_2s_upload():
-        while epoch_2_steps() < 1:  # epoch 1's checkpoint is uploaded: epoch 2 began
+        while steps_trained(samples, 2) < 1:  # epoch 1's checkpoint is uploaded: epoch 2 began
             if run_over.wait(0.05):
                 return
         s3_server.stop()
         outage.append(time.monotonic())
-        while epoch_2_steps() < steps and not run_over.wait(0.05):
+        while steps_trained(samples, 2) < steps and not run_over.wait(0.05):
             pass
         time.sleep(3.0)  # validation, then the upload starts and fails
         s3_server.start()  # also when the run failed: later tests use this store

@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from polymodal.config import load_config
 from polymodal.train.checkpoint import read_meta
 from polymodal.train.run import fit
-from tests.conftest import CONFIGS
-from tests.reliability.samples import check_samples, split_keys, wait_until_mid_epoch
+from tests.reliability.samples import (
+    check_samples,
+    faulted_run_config,
+    split_keys,
+    wait_until_mid_epoch,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -33,12 +36,7 @@ def _kill_a_worker_mid_epoch_2(samples: Path, killed: list):
 
 
 def test_a_killed_worker_is_restarted_and_the_run_resumes(ray_cluster, digits_dataset, tmp_path):
-    cfg = load_config(
-        CONFIGS / "digits.yaml",
-        [f"data.path={digits_dataset}", f"train.storage_path={tmp_path}", "train.name=killed"]
-        + ["train.epochs=3", "train.num_workers=2", "train.cpus_per_worker=0.5"]
-        + ["train.max_failures=2", f"train.sample_log_dir={tmp_path / 'samples'}"],
-    )
+    cfg = faulted_run_config(digits_dataset, tmp_path, "killed")
     killed: list[int] = []
     killer = threading.Thread(
         target=_kill_a_worker_mid_epoch_2, args=(tmp_path / "samples", killed)
