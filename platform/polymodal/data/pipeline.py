@@ -73,17 +73,20 @@ def decode_table(
     bad_rows: Any = None,
     split: str = "",
     augment: Augment | None = None,
+    with_samples: bool = False,
 ) -> dict:
     """One block of raw rows → decoded (and, with augment, randomly changed) arrays, with
-    `sample` the rows' sample_key; undecodable rows are dropped and, with a BadRows actor,
-    counted."""
+    `sample` the rows' sample_key if with_samples; undecodable rows are dropped and, with a
+    BadRows actor, counted."""
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
     out, bad = decode_columns(columns, Preprocessing(**prep), with_hashes, num_labels, augment)
     ids = columns.get("id") or [str(i) for i in range(table.num_rows)]
-    dropped = {i for i, _ in bad}
-    out["sample"] = np.array(
-        [sample_key(ids[i]) for i in range(table.num_rows) if i not in dropped], dtype=np.int64
-    )
+    if with_samples:  # only for train.sample_log_dir: no hashing, no extra tensor otherwise
+        dropped = {i for i, _ in bad}
+        out["sample"] = np.array(
+            [sample_key(ids[i]) for i in range(table.num_rows) if i not in dropped],
+            dtype=np.int64,
+        )
     if bad_rows is not None:  # fire and forget: the count must not slow decoding down
         bad_rows.add.remote(split, table.num_rows, [(ids[i], reason) for i, reason in bad])
     if shuffle:  # a fresh permutation every time the block is decoded, i.e. every epoch
@@ -171,8 +174,10 @@ def split_dataset(
     bad_rows: Any = None,
     manifest: Manifest | None = None,
     augment: Augment | None = None,
+    with_samples: bool = False,
 ) -> ray.data.Dataset:
-    """Lazy Ray Dataset of decoded arrays for one split (nothing is read until iterated)."""
+    """Lazy Ray Dataset of decoded arrays for one split (nothing is read until iterated);
+    with_samples adds each row's sample_key as `sample`."""
     manifest = manifest or read_manifest(path)
     columns = ["id", *read_columns(path, manifest, prep.modalities)]
     # One read task per row group or tar, decoding fused into it, so decoding runs in
@@ -190,6 +195,7 @@ def split_dataset(
         bad_rows=bad_rows,
         split=split,
         augment=augment if augment is not None and augment.active else None,
+        with_samples=with_samples,
     )
     return ray.data.read_datasource(
         Pieces(items, columns, decode_batch_size, shuffle, decode),

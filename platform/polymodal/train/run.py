@@ -161,6 +161,7 @@ def prepare_inputs(cfg: Config) -> RunInputs:
             bad_rows=bad_rows,
             manifest=manifest,
             augment=Augment(tuple(aug.crop_scale), tuple(aug.crop_ratio), aug.hflip),
+            with_samples=bool(cfg.train.sample_log_dir),
         ),
         "val": split_dataset(
             path,
