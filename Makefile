@@ -18,6 +18,7 @@ lint: setup
 	$(VENV)/bin/ruff check platform tests jobs benchmarks serve scripts
 	$(VENV)/bin/ruff format --check platform tests jobs benchmarks serve scripts
 	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	@for b in benchmarks/*.py; do echo "# $$b"; $(VENV)/bin/python $$b; done

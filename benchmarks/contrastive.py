@@ -94,8 +94,9 @@ def run_loss(world: int, global_batch: int, kind: str, gather: str, chunk: int =
 
 def _encoder_step(cfg: dict, out: str) -> None:
     """One training step of a real JointModel (image + text) in a fresh process."""
+    from polymodal.batch import Batch
     from polymodal.config import load_config
-    from polymodal.data.decode import Preprocessing
+    from polymodal.modalities import Preprocessing
     from polymodal.models.build import build_model
     from polymodal.objectives.grad_cache import grad_cache_backward
     from polymodal.objectives.joint import joint_loss
@@ -111,18 +112,19 @@ def _encoder_step(cfg: dict, out: str) -> None:
             "objective.contrastive.chunk_size=1024",
         ],
     )
-    prep = Preprocessing(["image", "text"], 28, 1, 32)
+    prep = Preprocessing(["image", "text"], image_size=28, image_channels=1, text_max_len=32)
     torch.manual_seed(0)
     model = build_model(config, prep).train()
     n = cfg["batch"]
     g = torch.Generator().manual_seed(1)
-    batch = {
-        "image": torch.rand(n, 1, 28, 28, generator=g),
-        "text": torch.randint(1, 257, (n, 32), generator=g),
-        "image_present": torch.ones(n),
-        "text_present": torch.ones(n),
-        "label": torch.zeros(n, dtype=torch.long),
-    }
+    batch = Batch(
+        inputs={
+            "image": torch.rand(n, 1, 28, 28, generator=g),
+            "text": torch.randint(1, 257, (n, 32), generator=g),
+        },
+        present={"image": torch.ones(n), "text": torch.ones(n)},
+        label=torch.zeros(n, dtype=torch.long),
+    )
     base = _reset_peak()
     start = time.perf_counter()
     if cfg["chunk"]:

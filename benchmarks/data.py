@@ -47,7 +47,8 @@ class ParquetRows(torch.utils.data.IterableDataset):
     def __iter__(self):
         import pyarrow.parquet as pq
 
-        from polymodal.data.decode import Preprocessing, decode_columns
+        from polymodal.data.decode import decode_columns
+        from polymodal.modalities import Preprocessing
 
         info = torch.utils.data.get_worker_info()
         mine = self.shards[info.id :: info.num_workers] if info else self.shards
@@ -65,10 +66,10 @@ class ParquetRows(torch.utils.data.IterableDataset):
 def case_loader(path: str) -> dict:
     import ray
 
-    from polymodal.data.decode import Preprocessing
     from polymodal.data.pipeline import configure_ray_data, split_dataset
+    from polymodal.modalities import Preprocessing
 
-    prep = Preprocessing(["image", "text"], 28, 1, 48)
+    prep = Preprocessing(["image", "text"], image_size=28, image_channels=1, text_max_len=48)
     torch.set_num_threads(1)
     loader = torch.utils.data.DataLoader(
         ParquetRows(_shards(path, "train"), prep.to_dict()), batch_size=None, num_workers=2

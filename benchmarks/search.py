@@ -1,4 +1,4 @@
-"""Exact search over a memory-mapped index (polymodal.serving.search) against brute force over
+"""Exact search over a memory-mapped index (polymodal.retrieval.search) against brute force over
 the same vectors loaded into memory (the baseline), on random unit vectors, in this process.
 
 Run: .venv/bin/python benchmarks/search.py [--quick] [--rows 100000,1000000] [--dim 128]
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from polymodal.serving.index import IndexWriter, open_index
-from polymodal.serving.search import search_rows
+from polymodal.retrieval.index import IndexWriter, open_index
+from polymodal.retrieval.search import search_rows
 
 K = 10
 REPEATS = 5

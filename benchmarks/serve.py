@@ -43,10 +43,10 @@ def _free_port() -> int:
 def _checkpoint(overrides: list[str], out: Path) -> Path:
     import torch
 
+    from polymodal.checkpoint import save_checkpoint
     from polymodal.config import load_config
-    from polymodal.data.decode import Preprocessing
+    from polymodal.modalities import Preprocessing
     from polymodal.models.build import build_model
-    from polymodal.train.checkpoint import save_checkpoint
 
     cfg = load_config(str(CONFIG), overrides)
     prep = Preprocessing(list(cfg.model.modalities), cfg.data.image_size, 1, cfg.data.text_max_len)
@@ -71,8 +71,8 @@ def _inputs(size: int, n: int = 64) -> dict[str, list[str]]:
 
 def offline_limit(checkpoint: Path, values: list, modality: str, batch: int, secs: float):
     """Items/s of decode + forward in batches of `batch`, in this process."""
+    from polymodal.inference.model import LoadedModel
     from polymodal.serving.inputs import parse_item
-    from polymodal.serving.models import LoadedModel
 
     model = LoadedModel.load(str(checkpoint))
     raw = [parse_item(v, f"input[{i}]")[1] for i, v in enumerate(values)]
@@ -135,7 +135,7 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from polymodal.serving.deployments import build_app
+    from polymodal.serving.app import build_app
 
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
     port = _free_port()

@@ -64,11 +64,11 @@ def main() -> None:
     import torch
     from ray import serve
 
+    from polymodal.checkpoint import save_checkpoint
     from polymodal.config import load_config
-    from polymodal.data.decode import Preprocessing
+    from polymodal.modalities import Preprocessing
     from polymodal.models.build import build_model
-    from polymodal.serving.deployments import build_app
-    from polymodal.train.checkpoint import save_checkpoint
+    from polymodal.serving.app import build_app
 
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     cfg = load_config(str(CONFIG), [])

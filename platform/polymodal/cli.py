@@ -57,8 +57,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from polymodal.cluster import ensure_ray
     from polymodal.data.validate import validate_dataset
-    from polymodal.train.run import ensure_ray
 
     ensure_ray(args.address)
     report = validate_dataset(args.dataset)
@@ -68,10 +68,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from polymodal.config import load_config
+
+    # Checked before torch and Ray are imported: a config error prints in well under 2 s.
+    cfg = load_config(args.config, args.overrides)
+    from polymodal.evaluation.report import write_report
     from polymodal.train.run import fit
 
-    cfg = load_config(args.config, args.overrides)
     result = fit(cfg, address=args.address)
+    write_report(result.run_dir)
     print(format_metrics(result.metrics, f"run {cfg.train.name}"))
     print(f"checkpoint: {result.checkpoint}")
     print(f"metrics:    {result.run_dir}/metrics.json")
@@ -82,9 +86,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from polymodal.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # before torch and Ray, as for train
     from polymodal.tune.sweep import format_table, run_sweep
 
-    cfg = load_config(args.config, args.overrides)
     result = run_sweep(cfg, address=args.address)
     print(format_table(result))
     print(f"table: {result.sweep_dir}/trials.csv (and .parquet)")
@@ -115,15 +120,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from polymodal.serving.models import list_models
-    from polymodal.train.run import ensure_ray
+    from polymodal.cluster import ensure_ray
+    from polymodal.inference.model import list_models
 
     if not list_models(args.model_dir):
         raise FileNotFoundError(f"{args.model_dir}: no checkpoints (no polymodal.json found)")
     ensure_ray(args.address, metrics_port=args.metrics_port)
     from ray import serve
 
-    from polymodal.serving.deployments import build_app
+    from polymodal.serving.app import build_app
 
     app = build_app(
         args.model_dir,
@@ -152,8 +157,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from polymodal.serving.batch import embed_dataset
-    from polymodal.train.run import ensure_ray
+    from polymodal.cluster import ensure_ray
+    from polymodal.inference.offline import embed_dataset
 
     ensure_ray(args.address)
     rows = embed_dataset(args.checkpoint, args.dataset, args.out, split=args.split)
@@ -162,8 +167,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from polymodal.serving.batch import build_index, check_index_inputs
-    from polymodal.train.run import ensure_ray
+    from polymodal.cluster import ensure_ray
+    from polymodal.inference.offline import build_index, check_index_inputs
 
     check_index_inputs(args.checkpoint, args.dataset, args.modality, args.split)
     ensure_ray(args.address)

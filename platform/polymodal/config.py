@@ -1,46 +1,62 @@
-"""Typed run configuration: dataclasses loaded from YAML plus `key=value` overrides.
-
-Unknown keys and wrong types raise ConfigError naming the dotted key and the closest valid one.
-"""
+"""Typed run configuration: pydantic sections (every choice a Literal) loaded from YAML plus
+`key=value` overrides; a bad key, type or choice is a ConfigError naming the key and a fix."""
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import difflib
-import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from polymodal.modalities import MODALITIES
+from polymodal.pretrained import pretrained_dir
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the offending key."""
 
 
-@dataclass
-class AugmentConfig:
+def _yaml_float(value: Any) -> Any:
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string; users mean the number
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+# Strict like every field, except that numeric strings count (see _yaml_float).
+Float = Annotated[float, BeforeValidator(_yaml_float)]
+
+
+class Section(BaseModel):
+    # strict: an int refuses "3" and True, a bool refuses 1 (YAML typos must not coerce).
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, strict=True)
+
+
+class AugmentConfig(Section):
     """Random image changes for the train split, done in the Ray Data decoding tasks."""
 
-    crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # area kept; [1,1]: off
-    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.333])  # aspect ratio range
-    hflip: float = 0.0  # probability of a horizontal flip
+    crop_scale: list[Float] = Field(default_factory=lambda: [1.0, 1.0])  # area kept; [1,1]: off
+    crop_ratio: list[Float] = Field(default_factory=lambda: [0.75, 1.333])  # aspect ratio range
+    hflip: Float = 0.0  # probability of a horizontal flip
 
 
-@dataclass
-class DataConfig:
+class DataConfig(Section):
     # A dataset written by `polymodal data ingest` (local or s3://), or webdataset tars read
     # in place: a pattern like s3://bucket/shards/{00000..00099}.tar with val_path for val.
     path: str = "data/fashion-mnist"
     val_path: str = ""  # webdataset only: the val tars
-    label_names: list[str] = field(default_factory=list)  # webdataset only: names of .cls ids
+    label_names: list[str] = Field(default_factory=list)  # webdataset only: names of .cls ids
     image_size: int = 28  # images are resized to image_size x image_size
     image_channels: int = 0  # 0: take it from the manifest (1 for grayscale, 3 for RGB)
     text_max_len: int = 48  # UTF-8 bytes (or a pretrained tower's tokens) kept per text
     audio_rate: int = 8000  # Hz every clip is resampled to
-    audio_seconds: float = 2.0  # clips are cut or zero-padded to this length
+    audio_seconds: Float = 2.0  # clips are cut or zero-padded to this length
     n_mels: int = 40  # log-mel bands (25 ms-ish windows, hop of 128 samples)
     decode_batch_size: int = 1024  # rows per Ray Data decoding task
     prefetch_batches: int = 4  # batches each worker decodes ahead of the step
@@ -51,102 +67,103 @@ class DataConfig:
     shuffle_buffer_rows: int = 0
     # Rows that cannot be decoded (bad image, empty text, label out of range...) are dropped
     # and counted; the run fails once they are more than this fraction of the rows read.
-    max_bad_fraction: float = 0.01
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    max_bad_fraction: Float = 0.01
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
-@dataclass
-class ImageModelConfig:
-    encoder: str = "small_cnn"  # key of models.build.IMAGE_ENCODERS
+# Norm layers of the small CNNs: batch | group (per sample, exact with train.grad_cache).
+Norm = Literal["batch", "group"]
+
+
+class ImageModelConfig(Section):
+    encoder: Literal["small_cnn", "resnet18"] = "small_cnn"  # key of the image encoders
     width: int = 32
-    norm: str = "batch"  # small_cnn: batch | group (per sample, exact with train.grad_cache)
+    norm: Norm = "batch"  # small_cnn only
 
 
-@dataclass
-class TextModelConfig:
-    encoder: str = "byte_transformer"  # key of models.build.TEXT_ENCODERS (minilm: pretrained)
+class TextModelConfig(Section):
+    # minilm: a pretrained tower (its pip package must be installed).
+    encoder: Literal["byte_transformer", "minilm"] = "byte_transformer"
     width: int = 64
     layers: int = 2
     heads: int = 4
     # Pretrained towers only: freeze (LiT's locked tower) | finetune | lock_then_unlock.
-    tuning: str = "finetune"
+    tuning: Literal["freeze", "finetune", "lock_then_unlock"] = "finetune"
     unlock_epoch: int = 1  # lock_then_unlock: locked for this many epochs
-    lr_scale: float = 0.1  # the tower's learning rate is optim.lr * lr_scale
+    lr_scale: Float = 0.1  # the tower's learning rate is optim.lr * lr_scale
 
 
-@dataclass
-class AudioModelConfig:
-    encoder: str = "mel_cnn"  # key of models.build.AUDIO_ENCODERS
+class AudioModelConfig(Section):
+    encoder: Literal["mel_cnn"] = "mel_cnn"
     width: int = 16
-    norm: str = "batch"  # batch | group, as for images
+    norm: Norm = "batch"  # as for images
 
 
-@dataclass
-class VectorModelConfig:
-    encoder: str = "mlp"  # key of models.build.VECTOR_ENCODERS
+class VectorModelConfig(Section):
+    encoder: Literal["mlp"] = "mlp"
     width: int = 128
     hidden: int = 256
 
 
-@dataclass
-class ModelConfig:
-    modalities: list[str] = field(default_factory=lambda: ["image", "text"])
+class ModelConfig(Section):
+    modalities: list[str] = Field(default_factory=lambda: ["image", "text"])
     embed_dim: int = 128
-    dropout: float = 0.0
+    dropout: Float = 0.0
     classifier_hidden: int = 256
-    image: ImageModelConfig = field(default_factory=ImageModelConfig)
-    text: TextModelConfig = field(default_factory=TextModelConfig)
-    audio: AudioModelConfig = field(default_factory=AudioModelConfig)
-    vector: VectorModelConfig = field(default_factory=VectorModelConfig)
+    image: ImageModelConfig = Field(default_factory=ImageModelConfig)
+    text: TextModelConfig = Field(default_factory=TextModelConfig)
+    audio: AudioModelConfig = Field(default_factory=AudioModelConfig)
+    vector: VectorModelConfig = Field(default_factory=VectorModelConfig)
 
 
-@dataclass
-class WeightsConfig:
-    contrastive: float = 1.0
-    reconstruction: float = 0.0
-    classification: float = 0.0
+class WeightsConfig(Section):
+    # Field order is the order of the terms (ObjectiveConfig.active_terms).
+    contrastive: Float = 1.0
+    reconstruction: Float = 0.0
+    classification: Float = 0.0
 
 
-@dataclass
-class ContrastiveConfig:
-    kind: str = "infonce"  # key of objectives.contrastive.CONTRASTIVE_KINDS: infonce | sigmoid
-    temperature_init: float = 0.07
+class ContrastiveConfig(Section):
+    kind: Literal["infonce", "sigmoid"] = "infonce"  # objectives.contrastive.CONTRASTIVE_KINDS
+    temperature_init: Float = 0.07
     learn_temperature: bool = True
-    max_logit_scale: float = 100.0
-    bias_init: float = -10.0  # sigmoid only: SigLIP's learnable logit bias
-    gather: str = "local"  # local | full | none (see objectives.contrastive.info_nce)
+    max_logit_scale: Float = 100.0
+    bias_init: Float = -10.0  # sigmoid only: SigLIP's learnable logit bias
+    gather: Literal["local", "full", "none"] = "local"  # see objectives.contrastive.info_nce
     chunk_size: int = 4096  # sigmoid only: columns per recomputed block
-    positives: str = "diagonal"  # diagonal | label | text: which other rows count as positives
+    # Which other rows count as positives.
+    positives: Literal["diagonal", "label", "text"] = "diagonal"
     # Weight per modality pair, e.g. {"image-text": 1.0}; pairs not named weigh 1.0.
-    pair_weights: dict[str, float] = field(default_factory=dict)
+    pair_weights: dict[str, Float] = Field(default_factory=dict)
 
 
-@dataclass
-class TermModalitiesConfig:
-    modalities: list[str] = field(default_factory=list)  # empty: every modality of the model
+class TermModalitiesConfig(Section):
+    modalities: list[str] = Field(default_factory=list)  # empty: every modality of the model
 
 
-@dataclass
-class ObjectiveConfig:
-    weighting: str = "static"  # key of objectives.joint.WEIGHTINGS
-    weights: WeightsConfig = field(default_factory=WeightsConfig)
-    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
-    reconstruction: TermModalitiesConfig = field(default_factory=TermModalitiesConfig)
+class ObjectiveConfig(Section):
+    weighting: Literal["static", "uncertainty"] = "static"  # objectives.joint.WEIGHTINGS
+    weights: WeightsConfig = Field(default_factory=WeightsConfig)
+    contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
+    reconstruction: TermModalitiesConfig = Field(default_factory=TermModalitiesConfig)
     # Modalities fused for the classifier head; leave out one that carries the label itself.
-    classification: TermModalitiesConfig = field(default_factory=TermModalitiesConfig)
+    classification: TermModalitiesConfig = Field(default_factory=TermModalitiesConfig)
+
+    def active_terms(self) -> dict[str, float]:
+        """Term → weight for the terms trained (weight > 0), in WeightsConfig's order."""
+        weights = {name: getattr(self.weights, name) for name in WeightsConfig.model_fields}
+        return {name: w for name, w in weights.items() if w > 0}
 
 
-@dataclass
-class OptimConfig:
-    lr: float = 2e-3
-    weight_decay: float = 0.05
+class OptimConfig(Section):
+    lr: Float = 2e-3
+    weight_decay: Float = 0.05
     warmup_steps: int = 100
-    min_lr_ratio: float = 0.01  # cosine decays to lr * min_lr_ratio
-    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+    min_lr_ratio: Float = 0.01  # cosine decays to lr * min_lr_ratio
+    grad_clip: Float = 1.0  # max global grad norm; 0 turns clipping off
 
 
-@dataclass
-class GradCacheConfig:
+class GradCacheConfig(Section):
     # Rows per sub-batch; 0 turns the gradient cache off. With it, a worker's batch can be far
     # larger than fits in memory: embeddings are computed without grad, the loss gradient is
     # cached, then each sub-batch is re-encoded and back-propagated (exact for per-sample
@@ -154,21 +171,17 @@ class GradCacheConfig:
     chunk_size: int = 0
 
 
-# Ray's placement group strategies for the worker group.
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-
-
-@dataclass
-class TrainConfig:
+class TrainConfig(Section):
     name: str = "run"  # run directory name under storage_path; same name again resumes
     storage_path: str = "runs"
     epochs: int = 10
     batch_size: int = 256  # global batch, split evenly across workers
     num_workers: int = 2
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    # PACK: workers on as few nodes as fit; SPREAD: one per node where possible.
-    placement_strategy: str = "PACK"
+    cpus_per_worker: Float = 1.0
+    # Ray's placement group strategies for the worker group. PACK: workers on as few nodes
+    # as fit; SPREAD: one per node where possible.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: int = 0
     seed: int = 0
     checkpoints_to_keep: int = 2
@@ -176,36 +189,36 @@ class TrainConfig:
     # A local directory where every worker appends the sample ids of each step it trains
     # (epoch-E-rank-R-pid-P.txt, a line per step): audits what a restart repeated or skipped.
     sample_log_dir: str = ""
-    grad_cache: GradCacheConfig = field(default_factory=GradCacheConfig)
+    grad_cache: GradCacheConfig = Field(default_factory=GradCacheConfig)
 
 
-@dataclass
-class EvalConfig:
-    recall_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+class EvalConfig(Section):
+    recall_ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
     batch_size: int = 512  # val batches; val/loss/contrastive uses in-batch negatives
     chunk_size: int = 1024  # query rows per similarity block, bounds eval memory
     # Prompts for zero-shot; "{}" becomes the label name. Empty: the dataset's caption templates.
-    zero_shot_templates: list[str] = field(default_factory=list)
+    zero_shot_templates: list[str] = Field(default_factory=list)
 
 
-@dataclass
-class TuneConfig:
+class TuneConfig(Section):
     """`polymodal tune`: a sweep named train.name, its trials under storage_path/name."""
 
     # config key -> {choice: [...]} | {grid: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]}
-    space: dict[str, Any] = field(default_factory=dict)
+    # Checked by tune.space.check_tune, against the config keys it names.
+    space: dict[str, Any] = Field(default_factory=dict)
     num_samples: int = 4  # samples drawn from the space (with grid: repeats of the grid)
     metric: str = "val/zero_shot_accuracy"  # any validation metric name
-    mode: str = "max"
-    scheduler: str = "asha"  # asha (stops weak trials early) | fifo
-    searcher: str = "random"  # random (grid values enumerated) | optuna
+    mode: Literal["max", "min"] = "max"
+    # asha (stops weak trials early) | fifo: keys of tune.sweep.SCHEDULERS.
+    scheduler: Literal["asha", "fifo"] = "asha"
+    # random (grid values enumerated) | optuna: keys of tune.sweep.SEARCHERS.
+    searcher: Literal["random", "optuna"] = "random"
     max_concurrent_trials: int = 0  # 0: as many as the cluster's free CPUs/GPUs hold
     grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
     reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
 
 
-@dataclass
-class StorageConfig:
+class StorageConfig(Section):
     """S3 settings for every s3:// path of a run; empty fields fall back to the standard AWS_*
     variables. Keys are better left to the environment (or the cluster's IAM role / Secret):
     they are never written to run dirs, checkpoints or logs, and never sent to a remote Ray
@@ -213,28 +226,27 @@ class StorageConfig:
 
     endpoint_url: str = ""  # S3-compatible stores, e.g. http://minio.internal:9000
     region: str = ""
-    access_key_id: str = field(default="", repr=False)
-    secret_access_key: str = field(default="", repr=False)
+    access_key_id: str = Field(default="", repr=False)
+    secret_access_key: str = Field(default="", repr=False)
 
 
 SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key")
 
 
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
+class Config(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the secrets (SECRET_KEYS come back empty): this is what run dirs,
         checkpoints and Ray workers get."""
-        tree = dataclasses.asdict(self)
+        tree = self.model_dump()
         for key in SECRET_KEYS:
             section, name = key.split(".")
             tree[section][name] = ""
@@ -246,60 +258,66 @@ def _suggest(key: str, valid: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
 
 
-def _check_value(path: str, tp: Any, value: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Any:  # checked by the code that reads it (e.g. tune.space)
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"'{path}' must be a mapping, got {type(value).__name__}")
-        return _build(tp, value, path)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"'{path}' must be a list, got {value!r}")
-        return [_check_value(f"{path}[{i}]", item_tp, v) for i, v in enumerate(value)]
-    if origin is dict:
-        key_tp, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"'{path}' must be a mapping, got {value!r}")
-        return {
-            _check_value(f"{path}.{k}", key_tp, k): _check_value(f"{path}.{k}", val_tp, v)
-            for k, v in value.items()
-        }
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
+def _did_you_mean(value: Any, choices: list[str]) -> str:
+    lower = {c.lower(): c for c in choices}  # `pack` means PACK
+    close = difflib.get_close_matches(str(value).lower(), list(lower), n=1, cutoff=0.5)
+    return f"; did you mean '{lower[close[0]]}'?" if close else ""
+
+
+def _dotted(loc: tuple) -> str:
+    path = ""
+    for i, part in enumerate(loc):
+        if part == "[key]":  # the error is about the dict key just named
+            continue
+        if isinstance(part, int) and loc[i + 1 : i + 2] != ("[key]",):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _annotation(loc: tuple) -> Any:
+    """The declared type at loc (a path of field names from Config), None past a model."""
+    tp: Any = Config
+    for part in loc:
+        if not (isinstance(tp, type) and issubclass(tp, BaseModel)) or part not in tp.model_fields:
             return None
-        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" as a string; users mean the number
-            value = float(value)
-        except ValueError:
-            pass
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }.get(tp)
-    if ok is None:
-        raise ConfigError(f"'{path}' has unsupported type {tp}")
-    if not ok:
-        raise ConfigError(f"'{path}' must be {tp.__name__}, got {value!r} ({type(value).__name__})")
-    return float(value) if tp is float else value
+        tp = tp.model_fields[part].annotation
+    return tp
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            valid = [f"{prefix}.{n}" if prefix else n for n in names]
-            raise ConfigError(f"unknown config key '{path}'{_suggest(path, valid)}")
-        kwargs[key] = _check_value(path, hints[key], value)
-    return cls(**kwargs)
+TYPE_NAMES = {"int_type": "int", "bool_type": "bool", "float_type": "float", "string_type": "str"}
+
+
+def _error_message(error: dict[str, Any]) -> str:
+    """One pydantic error in the form ConfigError has always had: key first, then the fix."""
+    loc, value, kind = tuple(error["loc"]), error["input"], error["type"]
+    path = _dotted(loc)
+    if kind == "extra_forbidden":
+        parent = _annotation(loc[:-1])
+        prefix = _dotted(loc[:-1])
+        valid = [f"{prefix}.{n}" if prefix else n for n in parent.model_fields]
+        return f"unknown config key '{path}'{_suggest(path, valid)}"
+    if kind == "literal_error":
+        choices = [str(c) for c in typing.get_args(_annotation(loc))]
+        return (
+            f"'{path}' must be one of {', '.join(choices)}, "
+            f"got {value!r}{_did_you_mean(value, choices)}"
+        )
+    if kind in TYPE_NAMES:
+        return f"'{path}' must be {TYPE_NAMES[kind]}, got {value!r} ({type(value).__name__})"
+    if kind == "list_type":
+        return f"'{path}' must be a list, got {value!r}"
+    if kind in ("dict_type", "model_type"):
+        return f"'{path}' must be a mapping, got {value!r} ({type(value).__name__})"
+    return f"'{path}': {error['msg']}, got {value!r}"
+
+
+def _build(tree: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_error_message(exc.errors()[0])) from None
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -328,10 +346,10 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
-    tree = dict(data)
+    tree = copy.deepcopy(data)  # overrides must not reach the caller's sections
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
-    cfg = _build(Config, tree)
+    cfg = _build(tree)
     validate(cfg)
     return cfg
 
@@ -341,7 +359,7 @@ def config_with(cfg: Config, values: dict[str, Any]) -> Config:
     tree = cfg.to_dict()
     for key, value in values.items():
         _set_dotted(tree, key, value)
-    new = _build(Config, tree)
+    new = _build(tree)
     validate(new)
     return new
 
@@ -365,15 +383,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
 
 
-KNOWN_MODALITIES = ("image", "text", "audio", "vector")
-
-
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     mods = cfg.model.modalities
     for m in mods:
-        if m not in KNOWN_MODALITIES:
-            close = _suggest(m, list(KNOWN_MODALITIES))
+        if m not in MODALITIES:  # the registry: built-in modalities and registered ones
+            close = _suggest(m, list(MODALITIES))
             raise ConfigError(f"'model.modalities': unknown modality '{m}'{close}")
     if not mods:
         raise ConfigError("'model.modalities' must name at least one modality")
@@ -383,39 +398,8 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(
                     f"'objective.{key}.modalities': '{m}' is not in model.modalities {mods}"
                 )
-    # Imported here: loading torch is only worth it once a config is being validated.
-    from polymodal.objectives.contrastive import CONTRASTIVE_KINDS, GATHER_MODES, POSITIVES
-
-    c = cfg.objective.contrastive
-    for key, value, allowed in (
-        ("gather", c.gather, GATHER_MODES),
-        ("kind", c.kind, tuple(CONTRASTIVE_KINDS)),
-        ("positives", c.positives, POSITIVES),
-    ):
-        if value not in allowed:
-            raise ConfigError(
-                f"'objective.contrastive.{key}' must be one of {', '.join(allowed)}, "
-                f"got {value!r}{_suggest(value, list(allowed))}"
-            )
-    from polymodal.objectives.joint import WEIGHTINGS
-
-    if cfg.objective.weighting not in WEIGHTINGS:
-        w = cfg.objective.weighting
-        raise ConfigError(
-            f"'objective.weighting' must be one of {', '.join(WEIGHTINGS)}, got {w!r}"
-            f"{_suggest(w, list(WEIGHTINGS))}"
-        )
-    from polymodal.models.encoders.minilm import TUNINGS
-
     text = cfg.model.text
-    if text.tuning not in TUNINGS:
-        raise ConfigError(
-            f"'model.text.tuning' must be one of {', '.join(TUNINGS)}, got {text.tuning!r}"
-            f"{_suggest(text.tuning, list(TUNINGS))}"
-        )
     if text.encoder == "minilm" and "text" in mods:
-        from polymodal.pretrained import pretrained_dir
-
         try:
             pretrained_dir("minilm")
         except RuntimeError as exc:
@@ -425,6 +409,7 @@ def validate(cfg: Config) -> None:
             f"'model.text.tuning: {text.tuning}' locks a pretrained tower; "
             "the byte_transformer trains from scratch (set model.text.encoder: minilm)"
         )
+    c = cfg.objective.contrastive
     if c.positives == "text" and "text" not in mods:
         raise ConfigError("'objective.contrastive.positives: text' needs the text modality")
     if cfg.train.grad_cache.chunk_size < 0 or c.chunk_size < 1:
@@ -440,11 +425,6 @@ def validate(cfg: Config) -> None:
     t = cfg.train
     if t.num_workers < 0 or t.epochs < 1 or t.batch_size < 1:
         raise ConfigError("'train.num_workers' >= 0, 'train.epochs' >= 1, 'train.batch_size' >= 1")
-    if t.placement_strategy not in PLACEMENT_STRATEGIES:
-        raise ConfigError(
-            f"'train.placement_strategy' must be one of {', '.join(PLACEMENT_STRATEGIES)}, "
-            f"got {t.placement_strategy!r}"
-        )
     if t.batch_size % max(t.num_workers, 1):
         raise ConfigError(
             f"'train.batch_size' ({t.batch_size}) must divide evenly across "

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from polymodal.batch import Batch, ModelOutput
 from polymodal.config import load_config
-from polymodal.data.decode import Preprocessing
+from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
 from polymodal.objectives.grad_cache import grad_cache_backward, sync_gradients
 from polymodal.objectives.joint import batch_counts, contrastive_term, per_sample_terms
@@ -36,31 +37,34 @@ def _setup(dropout: float, kind: str = "infonce"):
     torch.manual_seed(0)
     model = build_model(cfg, PREP, num_classes=3).double().train()
     g = torch.Generator().manual_seed(1)
-    batch = {
-        "image": torch.rand(N, 1, 8, 8, generator=g, dtype=torch.float64),
-        "text": torch.randint(1, 200, (N, 10), generator=g),
-        "image_present": torch.ones(N, dtype=torch.float64),
-        "text_present": (torch.rand(N, generator=g) > 0.2).double(),
-        "label": torch.tensor([0, 1, 2, -1, 0, 1, 2, 0, 1, 2, 0, 1]),
-    }
-    batch["text"][:, 7:] = 0  # padding
+    image = torch.rand(N, 1, 8, 8, generator=g, dtype=torch.float64)
+    text = torch.randint(1, 200, (N, 10), generator=g)
+    batch = Batch(
+        inputs={"image": image, "text": text},
+        present={
+            "image": torch.ones(N, dtype=torch.float64),
+            "text": (torch.rand(N, generator=g) > 0.2).double(),
+        },
+        label=torch.tensor([0, 1, 2, -1, 0, 1, 2, 0, 1, 2, 0, 1]),
+    )
+    batch.inputs["text"][:, 7:] = 0  # padding
     return cfg, model, batch
 
 
 def _reference(cfg, model, batch, chunk: int, seed: int):
     """Full-batch loss, with each chunk encoded in order (the same dropout draws)."""
     torch.manual_seed(seed)
-    outs = [model({k: v[s : s + chunk] for k, v in batch.items()}) for s in range(0, N, chunk)]
-    emb = {m: torch.cat([o["embeddings"][m] for o in outs]) for m in model.modalities}
-    merged = {
-        "embeddings": emb,
-        "logit_scale": model.logit_scale(),
-        "logit_bias": model.logit_bias,
-        "reconstructions": {
-            m: torch.cat([o["reconstructions"][m] for o in outs]) for m in model.decoders
+    outs = [model(batch.slice(slice(s, s + chunk))) for s in range(0, N, chunk)]
+    merged = ModelOutput(
+        embeddings={m: torch.cat([o.embeddings[m] for o in outs]) for m in model.modalities},
+        present=batch.present,
+        logit_scale=model.logit_scale(),
+        logit_bias=model.logit_bias,
+        reconstructions={
+            m: torch.cat([o.reconstructions[m] for o in outs]) for m in model.decoders
         },
-        "class_logits": torch.cat([o["class_logits"] for o in outs]),
-    }
+        class_logits=torch.cat([o.class_logits for o in outs]),
+    )
     terms, _ = per_sample_terms(
         merged, batch, cfg.objective, batch_counts(batch, ["image", "text"])
     )
@@ -108,8 +112,8 @@ def test_grad_cache_without_dropout_equals_one_full_forward():
 
 def _uniform(batch):
     """Equal counts on every rank, so per-rank means average to the global mean (as in DDP)."""
-    batch["text_present"] = torch.ones(N, dtype=torch.float64)
-    batch["label"] = batch["label"].clamp(min=0)
+    batch.present["text"] = torch.ones(N, dtype=torch.float64)
+    batch.label = batch.label.clamp(min=0)
     return batch
 
 
@@ -117,7 +121,7 @@ def _two_ranks(rank: int, world: int):
     cfg, model, batch = _setup(dropout=0.0)
     batch = _uniform(batch)
     half = N // world
-    local = {k: v[rank * half : (rank + 1) * half] for k, v in batch.items()}
+    local = batch.slice(slice(rank * half, (rank + 1) * half))
     loss, _ = grad_cache_backward(model, local, cfg.objective, chunk_size=2)
     sync_gradients(model)
     return {n: p.grad.clone() for n, p in model.named_parameters()}

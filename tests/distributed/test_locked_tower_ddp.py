@@ -13,12 +13,14 @@ def _train(rank: int, world: int) -> dict:
     import numpy as np
     import torch.distributed as dist
 
+    from polymodal.batch import Batch
     from polymodal.config import load_config
-    from polymodal.data.decode import Preprocessing, encode_text
+    from polymodal.modalities import Preprocessing
+    from polymodal.modalities.text import encode_text
     from polymodal.models.build import build_model, unlock_towers
     from polymodal.objectives.joint import joint_loss
-    from polymodal.train.loop import has_unused_encoders
     from polymodal.train.optim import build_optimizer
+    from polymodal.train.step import has_unused_encoders
 
     torch.set_num_threads(1)
     cfg = load_config(
@@ -43,13 +45,14 @@ def _train(rank: int, world: int) -> dict:
         for _ in range(2):
             order = torch.randperm(len(words), generator=g).tolist()
             ids = np.stack([encode_text(words[i], 8, "minilm") for i in order])
-            batch = {
-                "image": torch.rand(8, 1, 8, 8, generator=g),
-                "text": torch.from_numpy(ids),
-                "image_present": torch.ones(8),
-                "text_present": torch.ones(8),
-                "label": torch.full((8,), -1),
-            }
+            batch = Batch(
+                inputs={
+                    "image": torch.rand(8, 1, 8, 8, generator=g),
+                    "text": torch.from_numpy(ids),
+                },
+                present={"image": torch.ones(8), "text": torch.ones(8)},
+                label=torch.full((8,), -1),
+            )
             opt.zero_grad()
             loss, _ = joint_loss(model(batch), batch, cfg.objective)
             loss.backward()

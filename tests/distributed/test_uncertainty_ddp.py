@@ -10,8 +10,9 @@ from tests.distributed.helpers import run_on_ranks
 def _train(rank: int, world: int) -> dict:
     import torch.distributed as dist
 
+    from polymodal.batch import Batch
     from polymodal.config import load_config
-    from polymodal.data.decode import Preprocessing
+    from polymodal.modalities import Preprocessing
     from polymodal.models.build import build_model
     from polymodal.objectives.joint import joint_loss
 
@@ -34,13 +35,14 @@ def _train(rank: int, world: int) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     g = torch.Generator().manual_seed(100 + rank)  # different data on each rank
     for _ in range(3):
-        batch = {
-            "image": torch.rand(8, 1, 8, 8, generator=g),
-            "text": torch.randint(1, 256, (8, 8), generator=g),
-            "image_present": torch.ones(8),
-            "text_present": torch.ones(8),
-            "label": torch.randint(0, 3, (8,), generator=g),
-        }
+        batch = Batch(
+            inputs={
+                "image": torch.rand(8, 1, 8, 8, generator=g),
+                "text": torch.randint(1, 256, (8, 8), generator=g),
+            },
+            present={"image": torch.ones(8), "text": torch.ones(8)},
+            label=torch.randint(0, 3, (8,), generator=g),
+        )
         opt.zero_grad()
         loss, _ = joint_loss(model(batch), batch, cfg.objective)
         loss.backward()

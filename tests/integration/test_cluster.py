@@ -158,10 +158,10 @@ def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
     from ray.util.state import list_actors
 
     from polymodal import storage
+    from polymodal.checkpoint import fetch_checkpoint, read_meta
     from polymodal.data.format import read_manifest
     from polymodal.data.ingest import ingest
     from polymodal.evaluation.run import evaluate_checkpoint
-    from polymodal.train.checkpoint import fetch_checkpoint, read_meta
 
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="cluster")
     ingest("builtin:digits", "s3://cluster/digits", rows_per_shard=500, progress=False)

@@ -17,18 +17,18 @@ def _one_step(config: dict) -> None:
     import ray.train.torch
 
     from polymodal.config import config_from_dict
-    from polymodal.data.decode import Preprocessing
     from polymodal.evaluation.evaluate import decoded_batches
+    from polymodal.modalities import Preprocessing
     from polymodal.models.build import build_model
     from polymodal.objectives.joint import joint_loss
 
     cfg = config_from_dict(config["cfg"])
-    prep = Preprocessing(["image", "text"], 8, 1, 40)
+    prep = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=40)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     batch = next(decoded_batches(config["data"], "train", prep, batch_size=GLOBAL_BATCH))
     rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
-    local = {k: v[rows] for k, v in batch.items()}
+    local = batch.slice(rows)
     torch.manual_seed(0)
     model = ray.train.torch.prepare_model(build_model(cfg, prep, num_classes=10))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from polymodal import storage
+from polymodal.checkpoint import fetch_checkpoint, read_meta
 from polymodal.config import load_config
 from polymodal.data.format import DatasetError, read_manifest
 from polymodal.data.ingest import ingest
 from polymodal.evaluation.run import evaluate_checkpoint
-from polymodal.train.checkpoint import fetch_checkpoint, read_meta
 from polymodal.train.run import fit
 
 CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "digits.yaml"

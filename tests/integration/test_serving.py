@@ -17,13 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
+from polymodal.checkpoint import load_model, save_checkpoint
 from polymodal.config import load_config
-from polymodal.data.decode import Preprocessing, decode_image, encode_text
 from polymodal.data.sources.builtin import DIGIT_LABELS
 from polymodal.evaluation.evaluate import decoded_batches
+from polymodal.modalities import Preprocessing
+from polymodal.modalities.image import decode_image
+from polymodal.modalities.text import encode_text
 from polymodal.models.build import build_model
 from polymodal.objectives.joint import joint_loss
-from polymodal.train.checkpoint import load_model, save_checkpoint
 from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -129,7 +131,7 @@ def service(ray_cluster, s3_endpoint, digits_dataset, tmp_path_factory):
     import boto3
     from ray import serve
 
-    from polymodal.serving.deployments import build_app
+    from polymodal.serving.app import build_app
 
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="search-indexes")
     model_dir = tmp_path_factory.mktemp("models")
@@ -275,7 +277,7 @@ def test_malformed_json_and_bad_classify_inputs(service):
 def test_batch_embed_matches_the_service(service, digits_dataset, tmp_path):
     import pyarrow.parquet as pq
 
-    from polymodal.serving.batch import embed_dataset
+    from polymodal.inference.offline import embed_dataset
 
     url, model_dir = service
     rows = embed_dataset(
@@ -295,7 +297,7 @@ def test_batch_embed_matches_the_service(service, digits_dataset, tmp_path):
 def test_api_key_is_required_when_set(service):
     from ray import serve
 
-    from polymodal.serving.deployments import build_app
+    from polymodal.serving.app import build_app
 
     url, model_dir = service
     serve.run(
@@ -321,7 +323,7 @@ def test_oversized_body_is_413(service):
     import http.client
     from urllib.parse import urlparse
 
-    from polymodal.serving.deployments import MAX_BODY_BYTES
+    from polymodal.serving.gateway import MAX_BODY_BYTES
 
     url, _ = service
     parsed = urlparse(url)
@@ -404,7 +406,7 @@ def test_burst_beyond_capacity_gets_503_then_recovers(service):
 
     from ray import serve
 
-    from polymodal.serving.deployments import build_app
+    from polymodal.serving.app import build_app
 
     url, model_dir = service
     serve.run(
@@ -442,7 +444,7 @@ def test_models_from_s3_with_lru_limit(service, s3_endpoint, metrics_port, tmp_p
     import boto3
     from ray import serve
 
-    from polymodal.serving.deployments import build_app
+    from polymodal.serving.app import build_app
 
     url, model_dir = service
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
@@ -489,7 +491,7 @@ def digits_index(service, digits_dataset):
 
 def test_index_command_writes_shards_then_index_json(digits_index):
     from polymodal import storage
-    from polymodal.serving.index import open_index
+    from polymodal.retrieval.index import open_index
 
     printed, rows = digits_index
     assert f"embedded {len(rows)}/{len(rows)} rows" in printed  # progress

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from polymodal.checkpoint import read_meta
 from polymodal.config import load_config
-from polymodal.evaluation.report import screenshot
+from polymodal.evaluation.report import screenshot, write_report
 from polymodal.evaluation.run import evaluate_checkpoint
-from polymodal.train.checkpoint import read_meta
 from polymodal.train.run import fit
 from tests.integration.conftest import BAD_ROWS
 
@@ -35,7 +35,9 @@ def first_run(ray_cluster, damaged_digits, tmp_path_factory):
         "train.cpus_per_worker=0.5",
     ]
     cfg = load_config(CONFIG, overrides)
-    return fit(cfg), overrides
+    result = fit(cfg)
+    write_report(result.run_dir)  # as `polymodal train` does once the run is finished
+    return result, overrides
 
 
 def test_train_writes_checkpoint_metrics_and_plot(first_run, tmp_path):

@@ -12,8 +12,9 @@ import pytest
 
 from polymodal.config import load_config
 from polymodal.data.ingest import ingest
+from polymodal.evaluation.report import write_report
 from polymodal.evaluation.run import evaluate_checkpoint
-from polymodal.serving.models import LoadedModel
+from polymodal.inference.model import LoadedModel
 from polymodal.train.run import fit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +44,7 @@ def test_trimodal_digits_train_and_evaluate_every_direction(ray_cluster, tmp_pat
     bad = json.loads((Path(result.run_dir) / "bad_rows.json").read_text())
     assert bad["bad_rows"] == 0 and bad["rows_read"] >= 1797
 
+    write_report(result.run_dir)  # as `polymodal train` does once the run is finished
     page = (Path(result.run_dir) / "report" / "index.html").read_text()
     assert "<h3>audio → text</h3>" in page and "audio → image" in page
 

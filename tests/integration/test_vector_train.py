@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 
 from polymodal.config import load_config
 from polymodal.data.ingest import ingest
-from polymodal.serving.models import LoadedModel
+from polymodal.inference.model import LoadedModel
 from polymodal.train.run import fit
 
 pytestmark = pytest.mark.integration

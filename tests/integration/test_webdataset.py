@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from polymodal.checkpoint import read_meta
 from polymodal.config import load_config
 from polymodal.data.format import read_manifest
 from polymodal.data.ingest import ingest
 from polymodal.data.sources.builtin import FASHION_LABELS, fashion_mnist
 from polymodal.data.validate import validate_dataset
-from polymodal.train.checkpoint import read_meta
 from polymodal.train.run import fit
 from tests.conftest import write_tars
 

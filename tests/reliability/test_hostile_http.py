@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from polymodal.checkpoint import save_checkpoint
 from polymodal.config import load_config
-from polymodal.data.decode import Preprocessing
+from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
-from polymodal.train.checkpoint import save_checkpoint
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -151,7 +151,7 @@ bodies = st.one_of(
 def url(ray_cluster, tmp_path_factory):
     from ray import serve
 
-    from polymodal.serving.deployments import build_app
+    from polymodal.serving.app import build_app
 
     cfg = load_config(
         None,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from polymodal.train.checkpoint import read_meta
+from polymodal.checkpoint import read_meta
 from tests.conftest import REPO
 from tests.reliability.samples import check_samples, split_keys
 

@@ -15,10 +15,10 @@ from collections import Counter
 
 import pytest
 
+from polymodal.checkpoint import save_checkpoint
 from polymodal.config import load_config
-from polymodal.data.decode import Preprocessing
+from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
-from polymodal.train.checkpoint import save_checkpoint
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -37,7 +37,7 @@ def _embedder_replicas(app: str) -> list:
 def test_killed_replica_under_load(ray_cluster, tmp_path):
     from ray import serve
 
-    from polymodal.serving.deployments import build_app
+    from polymodal.serving.app import build_app
 
     cfg = load_config(None, ["model.embed_dim=8", "model.text.width=16", "model.text.layers=1"])
     prep = Preprocessing(["image", "text"], image_size=8, text_max_len=16)

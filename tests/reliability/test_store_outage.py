@@ -13,11 +13,11 @@ import pyarrow.fs as pafs
 import pytest
 
 from polymodal import storage
+from polymodal.checkpoint import CheckpointError, read_meta, save_checkpoint, upload, verify
 from polymodal.config import load_config
-from polymodal.data.decode import Preprocessing
 from polymodal.data.format import read_manifest
+from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
-from polymodal.train.checkpoint import CheckpointError, read_meta, save_checkpoint, upload, verify
 from tests.conftest import free_port
 from tests.reliability.samples import steps_trained
 

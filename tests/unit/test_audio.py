@@ -11,29 +11,26 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from polymodal.batch import Batch
 from polymodal.config import load_config
-from polymodal.data.audio import (
+from polymodal.data.decode import decode_columns, input_shapes
+from polymodal.data.format import read_manifest, shard_paths
+from polymodal.data.ingest import ingest
+from polymodal.modalities import Preprocessing, bad_row_reasons
+from polymodal.modalities.audio import (
     fit_length,
     hz_to_mel,
     log_mel,
     mel_filterbank,
+    mel_frames,
     mel_to_hz,
     read_wav,
     resample,
 )
-from polymodal.data.decode import (
-    BAD_ROW_REASONS,
-    DecodeError,
-    Preprocessing,
-    decode_columns,
-    input_shapes,
-    mel_frames,
-)
-from polymodal.data.format import read_manifest, shard_paths
-from polymodal.data.ingest import ingest
+from polymodal.modalities.base import DecodeError, InputError
 from polymodal.models.build import build_model
 from polymodal.objectives.joint import joint_loss
-from polymodal.serving.inputs import InputError, parse_item
+from polymodal.serving.inputs import parse_item
 from polymodal.serving.schemas import TypedItem
 
 
@@ -191,7 +188,7 @@ def test_decode_columns_turn_wav_into_mel_inputs_and_drop_bad_audio():
     assert arrays["audio_present"].tolist() == [1.0, 0.0]
     assert -1.0 <= arrays["audio"][0].min() and arrays["audio"][0].max() < 2.0
     assert bad == [(1, "unreadable audio"), (3, "wrong type")]
-    assert {"unreadable audio", "audio too long"} <= set(BAD_ROW_REASONS)
+    assert {"unreadable audio", "audio too long"} <= set(bad_row_reasons())
 
 
 def test_audio_text_model_embeds_and_reconstructs_mel():
@@ -203,16 +200,14 @@ def test_audio_text_model_embeds_and_reconstructs_mel():
     prep = Preprocessing(["audio", "text"], text_max_len=16, audio_seconds=0.5, n_mels=40)
     model = build_model(cfg, prep)
     shape, _ = input_shapes(prep)["audio"]
-    batch = {
-        "audio": torch.randn(3, *shape),
-        "text": torch.randint(1, 257, (3, 16)),
-        "audio_present": torch.ones(3),
-        "text_present": torch.ones(3),
-        "label": torch.full((3,), -1),
-    }
+    batch = Batch(
+        inputs={"audio": torch.randn(3, *shape), "text": torch.randint(1, 257, (3, 16))},
+        present={"audio": torch.ones(3), "text": torch.ones(3)},
+        label=torch.full((3,), -1),
+    )
     out = model(batch)
-    assert out["embeddings"]["audio"].shape == (3, cfg.model.embed_dim)
-    assert out["reconstructions"]["audio"].shape == (3, *shape)
+    assert out.embeddings["audio"].shape == (3, cfg.model.embed_dim)
+    assert out.reconstructions["audio"].shape == (3, *shape)
     loss, logs = joint_loss(out, batch, cfg.objective)
     loss.backward()
     assert torch.isfinite(loss) and "reconstruction/audio" in logs

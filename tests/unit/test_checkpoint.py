@@ -4,10 +4,7 @@ import pickle
 import pytest
 import torch
 
-from polymodal.config import load_config
-from polymodal.data.decode import Preprocessing
-from polymodal.models.build import build_model
-from polymodal.train.checkpoint import (
+from polymodal.checkpoint import (
     CheckpointError,
     load_model,
     load_train_state,
@@ -15,6 +12,9 @@ from polymodal.train.checkpoint import (
     sha256,
     verify,
 )
+from polymodal.config import load_config
+from polymodal.modalities import Preprocessing
+from polymodal.models.build import build_model
 
 
 def _meta(cfg, prep):
@@ -32,7 +32,7 @@ def _meta(cfg, prep):
 
 def test_round_trip_restores_identical_outputs(tmp_path):
     cfg = load_config(None, ["objective.weights.classification=1", "model.embed_dim=16"])
-    prep = Preprocessing(["image", "text"], 8, 1, 12)
+    prep = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=12)
     model = build_model(cfg, prep, 2).eval()
     save_checkpoint(tmp_path, model, _meta(cfg, prep))
     loaded, meta = load_model(tmp_path)
@@ -48,7 +48,7 @@ class _Evil:
 
 def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
     cfg = load_config(None, ["model.embed_dim=16"])
-    prep = Preprocessing(["image", "text"], 8, 1, 12)
+    prep = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=12)
     save_checkpoint(tmp_path, build_model(cfg, prep), _meta(cfg, prep))
     with open(tmp_path / "model.pt", "wb") as f:
         pickle.dump({"weights": _Evil()}, f)
@@ -72,7 +72,7 @@ def test_not_a_checkpoint(tmp_path):
 
 def test_truncated_or_altered_files_are_detected(tmp_path):
     cfg = load_config(None, ["model.embed_dim=16"])
-    prep = Preprocessing(["image", "text"], 8, 1, 12)
+    prep = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=12)
     model = build_model(cfg, prep)
     save_checkpoint(tmp_path, model, _meta(cfg, prep), {"optimizer": {"step": 3}})
     verify(tmp_path)

@@ -1,9 +1,14 @@
+import subprocess
+import sys
+import time
+import typing
 from pathlib import Path
 
 import pytest
 
+from polymodal import config
 from polymodal.config import Config, ConfigError, config_from_dict, load_config
-from polymodal.data.decode import Preprocessing
+from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "jobs" / "configs").glob("*.yaml"))
@@ -20,7 +25,12 @@ def test_every_shipped_config_loads_and_builds(path):
     assert path.read_text().startswith("# "), "configs start with the command that runs them"
     assert "polymodal" in path.read_text().splitlines()[0]
     cfg = load_config(path)
-    prep = Preprocessing(cfg.model.modalities, cfg.data.image_size, 1, cfg.data.text_max_len)
+    prep = Preprocessing(
+        cfg.model.modalities,
+        image_size=cfg.data.image_size,
+        image_channels=1,
+        text_max_len=cfg.data.text_max_len,
+    )
     model = build_model(cfg, prep, num_classes=10)
     assert set(model.modalities) == set(cfg.model.modalities)
 
@@ -97,3 +107,117 @@ def test_storage_keys_stay_out_of_saved_configs():
     assert "s3cr3t" not in repr(cfg) and "AKIDEXAMPLE" not in repr(cfg)
     assert cfg.to_dict()["storage"]["endpoint_url"] == "http://127.0.0.1:9000"
     assert config_from_dict(cfg.to_dict()).storage.secret_access_key == ""
+
+
+def test_types_are_strict_but_floats_read_yaml_strings():
+    for key, value, expected in (
+        ("train.epochs", "3", "must be int, got '3'"),
+        ("train.epochs", True, "must be int, got True"),
+        ("train.use_gpu", 1, "must be bool, got 1"),
+        ("train.name", 12, "must be str, got 12"),
+        ("eval.recall_ks", 5, "must be a list"),
+        ("eval.recall_ks", [1, "5"], r"'eval\.recall_ks\[1\]' must be int"),
+        ("objective.contrastive.pair_weights", {"image-text": "x"}, "pair_weights.image-text"),
+        ("train", 3, "'train' must be a mapping"),
+    ):
+        tree = value
+        for part in reversed(key.split(".")):
+            tree = {part: tree}
+        with pytest.raises(ConfigError, match=expected):
+            config_from_dict(tree)
+    cfg = config_from_dict(
+        {"optim": {"lr": "1e-3", "weight_decay": 0}, "data": {"augment": {"hflip": "0.5"}}}
+    )
+    assert cfg.optim.lr == pytest.approx(1e-3) and cfg.data.augment.hflip == 0.5
+    assert isinstance(cfg.optim.weight_decay, float)
+
+
+# Every declared choice: a typo names the key, the choices and the closest one.
+BAD_CHOICES = [
+    ("model.image.encoder", "resnet19", "small_cnn, resnet18", "resnet18"),
+    ("model.image.norm", "btch", "batch, group", "batch"),
+    ("model.audio.norm", "grop", "batch, group", "group"),
+    ("model.text.encoder", "minlm", "byte_transformer, minilm", "minilm"),
+    ("model.text.tuning", "freez", "freeze, finetune, lock_then_unlock", "freeze"),
+    ("model.audio.encoder", "mel_cn", "mel_cnn", "mel_cnn"),
+    ("model.vector.encoder", "mlpp", "mlp", "mlp"),
+    ("objective.weighting", "uncertainty2", "static, uncertainty", "uncertainty"),
+    ("objective.contrastive.kind", "sigmoidd", "infonce, sigmoid", "sigmoid"),
+    ("objective.contrastive.gather", "ful", "local, full, none", "full"),
+    ("objective.contrastive.positives", "labels", "diagonal, label, text", "label"),
+    ("train.placement_strategy", "spread", "PACK, SPREAD, STRICT_PACK, STRICT_SPREAD", "SPREAD"),
+    ("tune.mode", "maximum", "max, min", "max"),
+    ("tune.scheduler", "ashaa", "asha, fifo", "asha"),
+    ("tune.searcher", "optuno", "random, optuna", "optuna"),
+]
+
+
+@pytest.mark.parametrize("key,value,choices,suggestion", BAD_CHOICES, ids=lambda v: str(v))
+def test_bad_choice_names_key_choices_and_suggestion(key, value, choices, suggestion):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"{key}={value}"])
+    assert str(err.value) == (
+        f"'{key}' must be one of {choices}, got '{value}'; did you mean '{suggestion}'?"
+    )
+
+
+def _choices(section: type, name: str) -> set[str]:
+    return set(typing.get_args(section.model_fields[name].annotation))
+
+
+def test_declared_choices_match_the_registries():
+    from polymodal.modalities import MODALITIES
+    from polymodal.objectives.contrastive import CONTRASTIVE_KINDS, GATHER_MODES, POSITIVES
+    from polymodal.objectives.joint import WEIGHTINGS
+    from polymodal.towers.image import NORMS
+    from polymodal.towers.minilm import TUNINGS
+    from polymodal.tune.sweep import SCHEDULERS, SEARCHERS
+
+    for modality, section in (
+        ("image", config.ImageModelConfig),
+        ("text", config.TextModelConfig),
+        ("audio", config.AudioModelConfig),
+        ("vector", config.VectorModelConfig),
+    ):
+        assert _choices(section, "encoder") == set(MODALITIES[modality].encoders), modality
+    assert _choices(config.ImageModelConfig, "norm") == set(NORMS)
+    assert _choices(config.AudioModelConfig, "norm") == set(NORMS)
+    assert _choices(config.TextModelConfig, "tuning") == set(TUNINGS)
+    assert _choices(config.ContrastiveConfig, "kind") == set(CONTRASTIVE_KINDS)
+    assert _choices(config.ContrastiveConfig, "gather") == set(GATHER_MODES)
+    assert _choices(config.ContrastiveConfig, "positives") == set(POSITIVES)
+    assert _choices(config.ObjectiveConfig, "weighting") == set(WEIGHTINGS)
+    assert _choices(config.TuneConfig, "scheduler") == set(SCHEDULERS)
+    assert _choices(config.TuneConfig, "searcher") == set(SEARCHERS)
+
+
+def test_active_terms_in_term_order():
+    cfg = load_config(
+        None,
+        ["objective.weights.classification=0.5", "objective.weights.reconstruction=0"],
+    )
+    assert cfg.objective.active_terms() == {"contrastive": 1.0, "classification": 0.5}
+    cfg = load_config(None, ["objective.weights.contrastive=0", "model.modalities=[image]"])
+    assert cfg.objective.active_terms() == {}
+
+
+def test_config_error_from_the_cli_is_fast_and_names_the_key():
+    cli = Path(sys.executable).with_name("polymodal")
+    cmd = [str(cli)] if cli.is_file() else [sys.executable, "-m", "polymodal.cli"]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [*cmd, "train", str(CONFIGS[0].parent / "digits.yaml"), "train.epoch=3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr
+    assert "'train.epoch'; did you mean 'train.epochs'?" in proc.stderr
+    assert seconds < 2.0, f"a config error took {seconds:.2f}s (torch or Ray imported first?)"
+
+
+def test_config_module_does_not_import_torch():
+    code = "import sys, polymodal.config; print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -4,14 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from polymodal.data.decode import (
-    DecodeError,
-    Preprocessing,
-    decode_columns,
-    decode_image,
-    decode_text,
-    encode_text,
-)
+from polymodal.data.decode import decode_columns
+from polymodal.modalities import Preprocessing, bad_row_reasons
+from polymodal.modalities.base import DecodeError
+from polymodal.modalities.image import decode_image
+from polymodal.modalities.text import decode_text, encode_text
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -40,9 +37,9 @@ def test_text_bytes_round_trip_any_language():
 def test_corrupt_and_oversized_images_refused(monkeypatch):
     with pytest.raises(DecodeError, match="unreadable image"):
         decode_image(b"not an image", 8, 1)
-    import polymodal.data.decode as decode
+    import polymodal.modalities.image as image
 
-    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 50)
+    monkeypatch.setattr(image, "MAX_IMAGE_PIXELS", 50)
     with pytest.raises(DecodeError, match="too large: 10x10"):
         decode_image(_png(np.zeros((10, 10), dtype=np.uint8)), 8, 1)
 
@@ -79,12 +76,12 @@ def test_shuffled_blocks_keep_columns_aligned():
 
 
 def test_bad_rows_are_dropped_with_their_reason(monkeypatch):
-    import polymodal.data.decode as decode
+    import polymodal.modalities.image as image
 
     prep = Preprocessing(["image", "text"], image_size=4, image_channels=1, text_max_len=8)
     good = _png(np.zeros((4, 4), dtype=np.uint8))
     bomb = _png(np.zeros((10, 10), dtype=np.uint8))
-    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 50)
+    monkeypatch.setattr(image, "MAX_IMAGE_PIXELS", 50)
     columns = {
         "image": [good, b"garbage", bomb, good, "a string", None, good, good],
         "text": ["ok", "ok", "ok", "   ", "ok", None, "ok", "ok"],
@@ -100,13 +97,13 @@ def test_bad_rows_are_dropped_with_their_reason(monkeypatch):
         (6, "label out of range"),
     ]
     others = {"unreadable audio", "audio too long", "bad vector"}  # test_audio.py, test_vector.py
-    assert {reason for _, reason in bad} == set(decode.BAD_ROW_REASONS) - others
+    assert {reason for _, reason in bad} == set(bad_row_reasons()) - others
     assert out["label"].tolist() == [0, 2]  # the good rows, still aligned across columns
     assert out["image"].shape == (2, 1, 4, 4) and out["text_hash"].shape == (2,)
 
 
 def test_augment_crops_and_flips_only_when_asked():
-    from polymodal.data.decode import Augment
+    from polymodal.modalities.image import Augment
 
     arr = np.zeros((16, 16), dtype=np.uint8)
     arr[:, :4] = 255  # a bright band on the left

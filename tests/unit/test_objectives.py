@@ -4,11 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from polymodal.batch import Batch, ModelOutput
 from polymodal.config import load_config
 from polymodal.objectives.classification import classification_loss
-from polymodal.objectives.contrastive import info_nce, multi_contrastive
+from polymodal.objectives.contrastive import info_nce, multi_contrastive, sigmoid_loss
 from polymodal.objectives.joint import joint_loss
-from polymodal.objectives.reconstruction import image_reconstruction, text_reconstruction
+from polymodal.objectives.reconstruction import reconstruction_mean
 
 
 def test_info_nce_matches_hand_computed_value():
@@ -46,19 +47,63 @@ def test_multi_contrastive_sums_every_pair_with_weights():
     assert float(total) == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_valid_and_keys_are_keywords_of_both_pair_losses():
+    torch.manual_seed(0)
+    a = F.normalize(torch.randn(5, 4), dim=-1)
+    b = F.normalize(torch.randn(5, 4), dim=-1)
+    s, bias = torch.tensor(4.0), torch.tensor(-1.0)
+    valid = torch.tensor([True, True, True, True, False])
+    for loss in (
+        lambda **kw: info_nce(a, b, s, **kw),
+        lambda **kw: sigmoid_loss(a, b, s, bias, chunk_size=2, **kw),
+    ):
+        dropped = loss(valid=valid)
+        assert float(dropped) != pytest.approx(float(loss()))
+        keyed = loss(keys=torch.tensor([0, 0, 1, 2, 3]))
+        assert float(keyed) != pytest.approx(float(loss()))
+    # a dropped row is as if it were not in the batch
+    kept = info_nce(a[:4], b[:4], s)
+    assert float(info_nce(a, b, s, valid=valid)) == pytest.approx(float(kept), rel=1e-6)
+    kept = sigmoid_loss(a[:4], b[:4], s, bias)
+    assert float(sigmoid_loss(a, b, s, bias, valid=valid)) == pytest.approx(float(kept), rel=1e-6)
+
+
+def test_batch_from_decoded_dict_and_slices():
+    d = {
+        "image": torch.rand(4, 1, 2, 2),
+        "image_present": torch.tensor([1.0, 0.0, 1.0, 1.0]),
+        "image_hash": torch.arange(4),
+        "text": torch.randint(1, 9, (4, 3)),
+        "text_present": torch.ones(4),
+        "label": torch.tensor([0, -1, 1, 2]),
+    }
+    batch = Batch.from_dict(d)
+    assert batch.modalities == ["image", "text"] and batch.size == 4
+    assert batch.inputs["text"] is d["text"] and batch.present["image"] is d["image_present"]
+    assert set(batch.hashes) == {"image"} and batch.sample is None
+    part = Batch.from_dict({**d, "sample": torch.arange(10, 14)}).slice(slice(1, 3))
+    assert part.size == 2 and part.sample.tolist() == [11, 12]
+    assert part.present["image"].tolist() == [0.0, 1.0] and part.hashes["image"].tolist() == [1, 2]
+    assert torch.equal(part.inputs["image"], d["image"][1:3])
+    moved = batch.to("cpu")
+    assert torch.equal(moved.label, batch.label) and moved.modalities == batch.modalities
+
+
 def test_reconstruction_values():
     pred = torch.zeros(2, 1, 2, 2)
     target = torch.ones(2, 1, 2, 2)
     target[1] = 3.0
     # row 0 error 1, row 1 error 9; the second row is missing, so only row 0 counts.
-    assert float(image_reconstruction(pred, target, torch.tensor([1.0, 0.0]))) == 1.0
-    assert float(image_reconstruction(pred, target, torch.tensor([1.0, 1.0]))) == 5.0
+    assert float(reconstruction_mean("image", pred, target, torch.tensor([1.0, 0.0]))) == 1.0
+    assert float(reconstruction_mean("image", pred, target, torch.tensor([1.0, 1.0]))) == 5.0
     logits = torch.full((1, 3, 257), -1e4)
     logits[0, 0, 5] = logits[0, 1, 7] = 0.0  # predicts bytes 5, 7 perfectly
     ids = torch.tensor([[5, 7, 0]])
-    assert float(text_reconstruction(logits, ids, torch.ones(1))) == pytest.approx(0.0, abs=1e-4)
+    assert float(reconstruction_mean("text", logits, ids, torch.ones(1))) == pytest.approx(
+        0.0, abs=1e-4
+    )
     logits[0, 1] = 0.0  # uniform over 257 at position 1
-    value = float(text_reconstruction(logits, ids, torch.ones(1)))
+    value = float(reconstruction_mean("text", logits, ids, torch.ones(1)))
     assert value == pytest.approx(math.log(257) / 2, rel=1e-4)
 
 
@@ -79,19 +124,18 @@ def test_joint_loss_is_the_weighted_sum_and_logs_every_term():
         ],
     ).objective
     emb = {m: F.normalize(torch.randn(4, 8), dim=-1) for m in ("image", "text")}
-    batch = {
-        "image": torch.rand(4, 1, 2, 2),
-        "text": torch.randint(1, 9, (4, 3)),
-        "image_present": torch.ones(4),
-        "text_present": torch.ones(4),
-        "label": torch.tensor([0, 1, 0, 1]),
-    }
-    outputs = {
-        "embeddings": emb,
-        "logit_scale": torch.tensor(5.0),
-        "reconstructions": {"image": torch.rand(4, 1, 2, 2), "text": torch.randn(4, 3, 257)},
-        "class_logits": torch.randn(4, 2),
-    }
+    batch = Batch(
+        inputs={"image": torch.rand(4, 1, 2, 2), "text": torch.randint(1, 9, (4, 3))},
+        present={"image": torch.ones(4), "text": torch.ones(4)},
+        label=torch.tensor([0, 1, 0, 1]),
+    )
+    outputs = ModelOutput(
+        embeddings=emb,
+        present=batch.present,
+        logit_scale=torch.tensor(5.0),
+        reconstructions={"image": torch.rand(4, 1, 2, 2), "text": torch.randn(4, 3, 257)},
+        class_logits=torch.randn(4, 2),
+    )
     total, logs = joint_loss(outputs, batch, cfg)
     expected = 0.5 * logs["contrastive"] + 2 * logs["reconstruction"] + 3 * logs["classification"]
     assert float(total) == pytest.approx(float(expected), rel=1e-6)
@@ -105,7 +149,7 @@ def test_uncertainty_weighting_formula_and_learning_on_digits():
     """Kendall et al.: sum of 1/2 (exp(-s) L + s); on real digits the learned s_i move."""
     from sklearn.datasets import load_digits
 
-    from polymodal.data.decode import Preprocessing
+    from polymodal.modalities import Preprocessing
     from polymodal.models.build import build_model
 
     cfg = load_config(
@@ -127,15 +171,16 @@ def test_uncertainty_weighting_formula_and_learning_on_digits():
     digits = load_digits()
     n = 128
     names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-    batch = {
-        "image": torch.tensor(digits.images[:n] / 16.0, dtype=torch.float32)[:, None],
-        "text": torch.tensor(
-            [list(f"a digit {names[y]}".encode().ljust(16, b"\0")) for y in digits.target[:n]]
-        ),
-        "image_present": torch.ones(n),
-        "text_present": torch.ones(n),
-        "label": torch.tensor(digits.target[:n]),
-    }
+    batch = Batch(
+        inputs={
+            "image": torch.tensor(digits.images[:n] / 16.0, dtype=torch.float32)[:, None],
+            "text": torch.tensor(
+                [list(f"a digit {names[y]}".encode().ljust(16, b"\0")) for y in digits.target[:n]]
+            ),
+        },
+        present={"image": torch.ones(n), "text": torch.ones(n)},
+        label=torch.tensor(digits.target[:n]),
+    )
     with torch.no_grad():
         model.loss_log_vars["classification"].fill_(1.0)
         total, logs = joint_loss(model(batch), batch, cfg.objective)

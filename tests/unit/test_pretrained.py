@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from polymodal.batch import Batch
+from polymodal.checkpoint import load_model, save_checkpoint
 from polymodal.config import ConfigError, load_config
-from polymodal.data.decode import Preprocessing, decode_columns, encode_text
+from polymodal.data.decode import decode_columns
+from polymodal.modalities import Preprocessing
+from polymodal.modalities.text import encode_text
 from polymodal.models.build import build_model, unlock_towers
 from polymodal.objectives.joint import joint_loss
 from polymodal.pretrained import pretrained_dir
-from polymodal.train.checkpoint import load_model, save_checkpoint
 from polymodal.train.optim import build_optimizer
 
 TEXTS = ["grinning face", "red heart", "a photo of a trouser", "ünïcödé and numbers 42"]
@@ -36,13 +39,11 @@ PREP = Preprocessing(["image", "text"], image_size=8, text_max_len=16, text_toke
 def _batch(n=4):
     g = torch.Generator().manual_seed(0)
     ids = np.stack([encode_text(TEXTS[i % len(TEXTS)], 16, "minilm") for i in range(n)])
-    return {
-        "image": torch.rand(n, 1, 8, 8, generator=g),
-        "text": torch.from_numpy(ids),
-        "image_present": torch.ones(n),
-        "text_present": torch.ones(n),
-        "label": torch.full((n,), -1),
-    }
+    return Batch(
+        inputs={"image": torch.rand(n, 1, 8, 8, generator=g), "text": torch.from_numpy(ids)},
+        present={"image": torch.ones(n), "text": torch.ones(n)},
+        label=torch.full((n,), -1),
+    )
 
 
 def _steps(model, cfg, n=2):
@@ -128,7 +129,8 @@ def test_checkpoint_round_trip_and_config_checks(tmp_path):
     batch = _batch()
     with torch.no_grad():
         assert torch.allclose(
-            model.eval().embed("text", batch["text"]), loaded.embed("text", batch["text"])
+            model.eval().embed("text", batch.inputs["text"]),
+            loaded.embed("text", batch.inputs["text"]),
         )
     with pytest.raises(ConfigError, match="byte_transformer trains from scratch"):
         load_config(None, ["model.text.tuning=freeze"])

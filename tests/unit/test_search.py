@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from polymodal.serving.index import INDEX_FILE, IndexFileError, IndexWriter, open_index
-from polymodal.serving.search import search, search_rows
+from polymodal.retrieval.index import INDEX_FILE, IndexFileError, IndexWriter, open_index
+from polymodal.retrieval.search import search, search_rows
 
 
 def _write(out, vectors, labels=None, shard_rows=37, ids=None):

@@ -22,9 +22,17 @@ def _deployments(application) -> set[str]:
     return seen
 
 
+def _build(args: dict):
+    """The application as `serve run` and `serve deploy` build it: Serve validates the args
+    against the builder's annotation (ServeArgs), then calls it."""
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from serve.app import app
+
+    return call_user_app_builder_with_args_if_necessary(app, args)
+
+
 def test_config_yaml_validates_and_builds(tmp_path):
     from ray.serve.schema import ServeDeploySchema
-    from serve.app import app
 
     raw = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(raw)
@@ -33,9 +41,40 @@ def test_config_yaml_validates_and_builds(tmp_path):
     assert names == {"Gateway", "Embedder", "Searcher"}
     for d in spec.deployments:
         assert d.max_ongoing_requests and d.max_queued_requests > 0
-    assert app(spec.args) is not None  # builds the graph (no cluster needed)
-    assert "Searcher" in _deployments(app(spec.args))  # the YAML's Searcher entry needs one
+    assert _build(spec.args) is not None  # builds the graph (no cluster needed)
+    assert "Searcher" in _deployments(_build(spec.args))  # the YAML's Searcher entry needs one
     without = {k: v for k, v in spec.args.items() if k != "index_dir"}
-    assert "Searcher" not in _deployments(app(without))
-    with pytest.raises(ValueError, match="unknown args"):
-        app({**spec.args, "max_batch": 8})
+    assert "Searcher" not in _deployments(_build(without))
+    with pytest.raises(ValueError, match="max_batch\n.*Extra inputs are not permitted"):
+        _build({**spec.args, "max_batch": 8})
+
+
+def test_builder_args_are_typed():
+    from polymodal.serving.app import ServeArgs
+
+    with pytest.raises(ValueError, match="max_batch_size\n.*valid integer"):
+        _build({"model_dir": "m", "max_batch_size": "eight"})
+    with pytest.raises(ValueError, match="model_dir\n.*Field required"):
+        _build({"max_batch_size": 8})
+    # `serve run serve.app:app max_batch_size=8` passes strings: numbers still convert
+    args = ServeArgs.model_validate({"model_dir": "m", "max_batch_size": "8", "num_gpus": "1"})
+    assert args.max_batch_size == 8 and args.num_gpus == 1.0
+
+
+def test_builder_args_match_build_app():
+    """ServeArgs has build_app's names, types and defaults, less what a config file must not
+    set (api_key, access_log)."""
+    import inspect
+
+    from polymodal.serving.app import ServeArgs, build_app
+
+    params = inspect.signature(build_app).parameters
+    fields = ServeArgs.model_fields
+    assert set(params) - set(fields) == {"api_key", "access_log"}
+    assert set(fields) <= set(params)
+    for name, field in fields.items():
+        assert field.annotation == params[name].annotation, name
+        if params[name].default is inspect.Parameter.empty:
+            assert field.is_required(), name
+        else:
+            assert field.default == params[name].default, name

@@ -60,7 +60,7 @@ def test_weighting_is_checked_at_load():
 
 
 def test_optuna_searcher_samples_the_space():
-    from polymodal.tune.sweep import _searcher
+    from polymodal.tune.sweep import SEARCHERS
 
     cfg = _cfg(
         {
@@ -70,7 +70,7 @@ def test_optuna_searcher_samples_the_space():
         "tune.searcher=optuna",
     )
     check_tune(cfg)
-    searcher = _searcher(cfg)
+    searcher = SEARCHERS[cfg.tune.searcher](cfg)
     assert searcher.set_search_properties(cfg.tune.metric, cfg.tune.mode, search_space(cfg))
     for i in range(5):
         sample = searcher.suggest(f"t{i}")

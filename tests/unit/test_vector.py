@@ -8,15 +8,18 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from polymodal.batch import Batch
+from polymodal.checkpoint import load_model, save_checkpoint
 from polymodal.config import load_config
-from polymodal.data.decode import DecodeError, Preprocessing, decode_columns
+from polymodal.data.dataset import preprocessing_for
+from polymodal.data.decode import decode_columns
 from polymodal.data.format import DatasetError, read_manifest
 from polymodal.data.ingest import ingest
-from polymodal.data.vector import decode_vector, vector_stats
+from polymodal.modalities import Preprocessing
+from polymodal.modalities.base import DecodeError
+from polymodal.modalities.vector import decode_vector, vector_stats
 from polymodal.models.build import build_model
 from polymodal.objectives.joint import joint_loss
-from polymodal.train.checkpoint import load_model, save_checkpoint
-from polymodal.train.run import preprocessing_for
 
 
 def test_decode_standardises_and_refuses_bad_vectors():
@@ -149,16 +152,17 @@ def test_vector_text_model_trains_and_keeps_its_statistics(digit_vectors, tmp_pa
     )
     prep = preprocessing_for(cfg, read_manifest(out))
     model = build_model(cfg, prep)
-    batch = {
-        "vector": torch.randn(4, 64),
-        "text": torch.randint(1, 257, (4, cfg.data.text_max_len)),
-        "vector_present": torch.tensor([1.0, 1.0, 1.0, 0.0]),
-        "text_present": torch.ones(4),
-        "label": torch.full((4,), -1),
-    }
+    batch = Batch(
+        inputs={
+            "vector": torch.randn(4, 64),
+            "text": torch.randint(1, 257, (4, cfg.data.text_max_len)),
+        },
+        present={"vector": torch.tensor([1.0, 1.0, 1.0, 0.0]), "text": torch.ones(4)},
+        label=torch.full((4,), -1),
+    )
     out_ = model(batch)
-    assert out_["embeddings"]["vector"].shape == (4, cfg.model.embed_dim)
-    assert out_["reconstructions"]["vector"].shape == (4, 64)
+    assert out_.embeddings["vector"].shape == (4, cfg.model.embed_dim)
+    assert out_.reconstructions["vector"].shape == (4, 64)
     loss, logs = joint_loss(out_, batch, cfg.objective)
     loss.backward()
     assert torch.isfinite(loss) and "reconstruction/vector" in logs
@@ -169,5 +173,5 @@ def test_vector_text_model_trains_and_keeps_its_statistics(digit_vectors, tmp_pa
     assert Preprocessing(**saved["preprocessing"]).vector_std == prep.vector_std
     with torch.no_grad():
         model.eval()
-        same = loaded.embed("vector", batch["vector"])
-        assert torch.allclose(same, model.embed("vector", batch["vector"]), atol=1e-6)
+        same = loaded.embed("vector", batch.inputs["vector"])
+        assert torch.allclose(same, model.embed("vector", batch.inputs["vector"]), atol=1e-6)

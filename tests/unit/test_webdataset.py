@@ -10,7 +10,7 @@ import pytest
 from polymodal.data.format import DatasetError, read_manifest, shard_paths
 from polymodal.data.ingest import ingest
 from polymodal.data.sources.builtin import FASHION_LABELS, fashion_mnist
-from polymodal.data.webdataset import expand, iter_samples, webdataset_manifest
+from polymodal.data.tars import expand, iter_samples, webdataset_manifest
 from tests.conftest import write_tars
 
 

@@ -21,18 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from polymodal import storage
+from polymodal.modalities import MODALITIES
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ROW_GROUP_ROWS = 1024  # Parquet row groups are the unit of parallel reading and decoding
-
-# Arrow type of each modality column (DESIGN.md, "Dataset on disk").
-MODALITY_TYPES: dict[str, pa.DataType] = {
-    "image": pa.binary(),
-    "text": pa.string(),
-    "audio": pa.binary(),
-    "vector": pa.list_(pa.float32()),
-}
 
 
 class DatasetError(ValueError):
@@ -62,7 +55,8 @@ class Manifest:
 
 def arrow_schema(modalities: list[str], labelled: bool) -> pa.Schema:
     fields = [pa.field("id", pa.string(), nullable=False)]
-    fields += [pa.field(m, MODALITY_TYPES[m]) for m in modalities]
+    # Each modality's column type: docs/architecture.md, "Dataset on disk".
+    fields += [pa.field(m, MODALITIES[m].arrow_type) for m in modalities]
     if labelled:
         fields.append(pa.field("label", pa.int64()))
     return pa.schema(fields)
@@ -289,23 +283,3 @@ def read_columns(path: str | Path, manifest: Manifest, modalities: list[str]) ->
 
 def is_webdataset(manifest: Manifest) -> bool:
     return manifest.extra.get("format") == "webdataset"
-
-
-def iter_tables(
-    path: str | Path,
-    split: str,
-    columns: list[str],
-    batch_size: int,
-    manifest: Manifest | None = None,
-):
-    """Record batches of one split, read shard by shard (memory bounded by batch_size)."""
-    manifest = manifest or read_manifest(path)
-    if is_webdataset(manifest):
-        from polymodal.data.webdataset import read_tables
-
-        for table in read_tables(shard_paths(path, manifest, split), batch_size):
-            yield table.select(columns)
-        return
-    for file in shard_paths(path, manifest, split):
-        for batch in open_shard(file).iter_batches(batch_size=batch_size, columns=columns):
-            yield pa.Table.from_batches([batch])

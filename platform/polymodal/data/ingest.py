@@ -18,10 +18,10 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from polymodal.data.audio import read_wav
-from polymodal.data.decode import DecodeError, open_image
 from polymodal.data.format import DatasetWriter, Manifest, ShardWriter, split_of
 from polymodal.data.sources import RawRow, Source, open_source
+from polymodal.modalities import MODALITIES
+from polymodal.modalities.base import DecodeError
 
 EXAMPLES = 10
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -48,12 +48,11 @@ def check_row(row: RawRow, label_names: list[str] | None) -> str | None:
         return row.error
     if all(v is None for v in row.values.values()):
         return "no modality present"
-    image, audio = row.values.get("image"), row.values.get("audio")
-    try:
-        if image is not None:
-            open_image(image)
-        if audio is not None:
-            read_wav(audio)
+    try:  # values that can never decode (a corrupt image, a WAV without samples)
+        for m, value in row.values.items():
+            check = MODALITIES[m].check_raw
+            if value is not None and check is not None:
+                check(value)
     except DecodeError as exc:
         return str(exc)
     if row.label is not None and label_names and row.label >= len(label_names):
@@ -98,9 +97,10 @@ def write_rows(
 ) -> Tally:
     tally = Tally()
     for row in rows:
-        text = row.values.get("text")
-        if isinstance(text, str) and not text.strip():  # blank text is missing text
-            row.values["text"] = None
+        for m, value in row.values.items():  # a blank value (text "  ") is a missing one
+            blank = MODALITIES[m].blank
+            if value is not None and blank is not None and blank(value):
+                row.values[m] = None
         reason = check_row(row, label_names)
         if reason is not None:
             message = f"{row.shard or where} row {row.number} (id {row.id}): {reason}"
@@ -138,7 +138,7 @@ def _ingest_shard(item: dict, shard_rows, writer: ShardWriter, **kwargs) -> dict
 def _ingest_parallel(source: Source, writer: DatasetWriter, progress: bool, **kwargs):
     import ray.data
 
-    from polymodal.train.run import ensure_ray
+    from polymodal.cluster import ensure_ray
 
     ensure_ray()
     items = [{"uri": u, "index": i} for i, u in enumerate(source.shards)]

@@ -19,8 +19,8 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from polymodal import storage
-from polymodal.data import webdataset
-from polymodal.data.decode import Augment, Preprocessing, decode_columns
+from polymodal.data import tars
+from polymodal.data.decode import decode_columns
 from polymodal.data.format import (
     Manifest,
     is_webdataset,
@@ -30,6 +30,8 @@ from polymodal.data.format import (
     row_groups,
     shard_paths,
 )
+from polymodal.modalities import Preprocessing
+from polymodal.modalities.image import Augment
 
 SAMPLE_IDS = 100  # rejected row ids kept per run, for the run dir's bad_rows.json
 
@@ -108,7 +110,7 @@ def read_piece(
     """One read task: a Parquet row group (group >= 0) or a whole webdataset tar (group -1),
     decoded `rows` rows at a time into blocks."""
     if group < 0:
-        pieces = (t.select(columns) for t in webdataset.read_tables([uri], rows))
+        pieces = (t.select(columns) for t in tars.read_tables([uri], rows))
     else:
         whole = open_shard(uri).read_row_group(group, columns=columns)
         pieces = (whole.slice(start, rows) for start in range(0, whole.num_rows, rows))

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from polymodal import storage
-from polymodal.data.decode import Preprocessing, decode_columns
+from polymodal.data.decode import decode_columns
 from polymodal.data.format import arrow_schema, read_manifest, schema_difference, shard_paths
+from polymodal.modalities import Preprocessing
 
 EXAMPLES = 10
 

@@ -1,7 +1,7 @@
 """Run a JointModel over a split and compute DESIGN.md's val/ metrics.
 
-Plain torch: batches come from Ray Data inside training, or straight from Parquet in
-`polymodal eval`; both give dicts of tensors as made by data.decode.decode_columns.
+Plain torch: Batches come from Ray Data inside training, or straight from Parquet in
+`polymodal eval` (decoded_batches); both are decoded by data.decode.decode_columns.
 """
 
 from __future__ import annotations
@@ -9,16 +9,20 @@ from __future__ import annotations
 import copy
 import itertools
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from polymodal.batch import Batch
 from polymodal.config import EvalConfig, ObjectiveConfig
-from polymodal.data.decode import Preprocessing, decode_columns, encode_text
-from polymodal.data.format import Manifest, iter_tables, read_columns, read_manifest
+from polymodal.data.dataset import iter_tables
+from polymodal.data.decode import decode_columns
+from polymodal.data.format import Manifest, read_columns, read_manifest
 from polymodal.evaluation.retrieval import recall_at_k
+from polymodal.modalities import Preprocessing
+from polymodal.modalities.text import encode_text
 from polymodal.models.joint import JointModel
 from polymodal.objectives.joint import joint_loss
 
@@ -29,14 +33,14 @@ def decoded_batches(
     prep: Preprocessing,
     batch_size: int = 512,
     manifest: Manifest | None = None,
-):
+) -> Iterator[Batch]:
     """Ray-free batches of one split with content hashes, for evaluation."""
     manifest = manifest or read_manifest(path)
     columns = read_columns(path, manifest, prep.modalities)
     for table in iter_tables(path, split, columns, batch_size, manifest):
         cols = {name: table.column(name).to_pylist() for name in table.column_names}
         arrays, _ = decode_columns(cols, prep, True, manifest.num_labels)
-        yield {k: torch.from_numpy(v) for k, v in arrays.items()}
+        yield Batch.from_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
 
 
 @torch.no_grad()
@@ -61,7 +65,7 @@ def zero_shot_prototypes(
 @torch.no_grad()
 def evaluate(
     model: JointModel,
-    batches: Iterable[dict[str, torch.Tensor]],
+    batches: Iterable[Batch],
     prep: Preprocessing,
     eval_cfg: EvalConfig,
     objective: ObjectiveConfig | None = None,
@@ -75,19 +79,20 @@ def evaluate(
     if objective is not None:  # validation loss uses in-batch negatives only
         objective = copy.deepcopy(objective)
         objective.contrastive.gather = "none"
-    store: dict[str, list[torch.Tensor]] = defaultdict(list)
+    emb, present, hashes = defaultdict(list), defaultdict(list), defaultdict(list)
+    labels, preds = [], []
     loss_sums: dict[str, float] = defaultdict(float)
     n_batches = 0
     for batch in batches:
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = batch.to(device)
         out = model(batch)
         for m in model.modalities:
-            store[f"{m}_emb"].append(out["embeddings"][m].float().cpu())
-            store[f"{m}_present"].append(batch[f"{m}_present"].cpu())
-            store[f"{m}_hash"].append(batch[f"{m}_hash"].cpu())
-        store["label"].append(batch["label"].cpu())
-        if "class_logits" in out:
-            store["pred"].append(out["class_logits"].argmax(-1).cpu())
+            emb[m].append(out.embeddings[m].float().cpu())
+            present[m].append(batch.present[m].cpu())
+            hashes[m].append(batch.hashes[m].cpu())
+        labels.append(batch.label.cpu())
+        if out.class_logits is not None:
+            preds.append(out.class_logits.argmax(-1).cpu())
         if objective is not None:
             total, logs = joint_loss(out, batch, objective)
             loss_sums["loss"] += float(total)
@@ -96,28 +101,29 @@ def evaluate(
         n_batches += 1
     if n_batches == 0:
         raise ValueError("evaluation got no batches: is the split empty?")
-    data = {k: torch.cat(v) for k, v in store.items()}
+    emb, present, hashes = ({m: torch.cat(v) for m, v in d.items()} for d in (emb, present, hashes))
+    label = torch.cat(labels)
     metrics: dict[str, float] = {f"val/{k}": v / n_batches for k, v in loss_sums.items()}
 
     for a, b in itertools.permutations(model.modalities, 2):
-        both = (data[f"{a}_present"] > 0) & (data[f"{b}_present"] > 0)
+        both = (present[a] > 0) & (present[b] > 0)
         recalls = recall_at_k(
-            data[f"{a}_emb"][both],
-            data[f"{b}_emb"][both],
-            data[f"{b}_hash"][both],
+            emb[a][both],
+            emb[b][both],
+            hashes[b][both],
             eval_cfg.recall_ks,
             eval_cfg.chunk_size,
         )
         metrics.update({f"val/recall@{k}/{a}->{b}": r for k, r in recalls.items()})
 
-    labelled = data["label"] >= 0
-    if "pred" in data and labelled.any():
-        correct = data["pred"][labelled] == data["label"][labelled]
+    labelled = label >= 0
+    if preds and labelled.any():
+        correct = torch.cat(preds)[labelled] == label[labelled]
         metrics["val/accuracy"] = float(correct.float().mean())
     if label_names and templates and "text" in model.modalities and "image" in model.modalities:
-        rows = labelled & (data["image_present"] > 0)
+        rows = labelled & (present["image"] > 0)
         if rows.any():
             protos = zero_shot_prototypes(model, label_names, templates, prep, device).cpu()
-            pred = (data["image_emb"][rows] @ protos.t()).argmax(-1)
-            metrics["val/zero_shot_accuracy"] = float((pred == data["label"][rows]).float().mean())
+            pred = (emb["image"][rows] @ protos.t()).argmax(-1)
+            metrics["val/zero_shot_accuracy"] = float((pred == label[rows]).float().mean())
     return metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -11,6 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from polymodal import storage  # noqa: E402
+
+if TYPE_CHECKING:  # torch is imported only to plot reconstructions
+    from polymodal.batch import Batch
 
 
 def _save(fig, out: str | Path) -> str:
@@ -43,13 +47,13 @@ def plot_loss_curves(history: list[dict[str, float]], out: str | Path) -> str:
     return _save(fig, out)
 
 
-def plot_reconstructions(model, batch: dict, out: str | Path, n: int = 8) -> str | None:
+def plot_reconstructions(model, batch: Batch, out: str | Path, n: int = 8) -> str | None:
     """Originals (top) over their reconstructions (bottom); None without an image decoder."""
     import torch
 
     if "image" not in getattr(model, "decoders", {}):
         return None
-    images = batch["image"][:n]
+    images = batch.inputs["image"][:n]
     with torch.no_grad():
         recon = model.decoders["image"](model.project("image", images)).clamp(0, 1)
     n = images.shape[0]

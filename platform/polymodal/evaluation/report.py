@@ -21,12 +21,18 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from polymodal import storage  # noqa: E402
+from polymodal.batch import Batch  # noqa: E402
+from polymodal.checkpoint import fetch_checkpoint, load_model  # noqa: E402
 from polymodal.config import config_from_dict  # noqa: E402
-from polymodal.data.decode import Preprocessing, decode_columns  # noqa: E402
-from polymodal.data.format import iter_tables, read_columns, read_manifest  # noqa: E402
-from polymodal.data.webdataset import is_webdataset_path  # noqa: E402
+from polymodal.data.dataset import (
+    dataset_manifest,  # noqa: E402
+    iter_tables,  # noqa: E402
+)
+from polymodal.data.decode import decode_columns  # noqa: E402
+from polymodal.data.format import read_columns, read_manifest  # noqa: E402
+from polymodal.data.tars import is_webdataset_path  # noqa: E402
 from polymodal.evaluation.plots import _save, plot_loss_curves  # noqa: E402
-from polymodal.train.checkpoint import fetch_checkpoint, load_model  # noqa: E402
+from polymodal.modalities import Preprocessing  # noqa: E402
 
 REPORT_DIR = "report"
 
@@ -53,18 +59,18 @@ def _sample(model, prep: Preprocessing, dataset: str, manifest, rows: int) -> Sa
     table = pa.concat_tables(tables).slice(0, rows)
     cols = {name: table.column(name).to_pylist() for name in table.column_names}
     arrays, bad = decode_columns(cols, prep, num_labels=manifest.num_labels)
+    batch = Batch.from_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
     dropped = {i for i, _ in bad}
     kept = [i for i in range(table.num_rows) if i not in dropped]
     raw = {m: [cols.get(m, [None] * table.num_rows)[i] for i in kept] for m in prep.modalities}
     embeddings, present = {}, {}
     with torch.no_grad():
         for m in prep.modalities:
-            x = torch.from_numpy(arrays[m])
-            present[m] = arrays[f"{m}_present"] > 0
+            x = batch.inputs[m]
+            present[m] = (batch.present[m] > 0).numpy()
             out = [model.embed(m, x[i : i + 256]) for i in range(0, len(x), 256)]
             embeddings[m] = torch.cat(out).numpy() * present[m][:, None]
-    inputs = {m: torch.from_numpy(arrays[m]) for m in prep.modalities}
-    return Sample(raw, inputs, present, embeddings, arrays["label"])
+    return Sample(raw, batch.inputs, present, embeddings, batch.label.numpy())
 
 
 def _metrics_table(metrics: dict[str, float]) -> str:
@@ -188,8 +194,6 @@ def write_report(run_dir: str, rows: int = 1000) -> str:
     out = storage.join(run_dir, REPORT_DIR)
     dataset = meta["dataset"]  # absolute, or s3://
     if is_webdataset_path(dataset):  # tars read in place: their manifest is made up
-        from polymodal.train.run import dataset_manifest
-
         manifest = dataset_manifest(config_from_dict(meta["config"]))
     else:
         manifest = read_manifest(dataset)

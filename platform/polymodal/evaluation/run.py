@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from polymodal.checkpoint import fetch_checkpoint, load_model
 from polymodal.config import config_from_dict
-from polymodal.data.decode import Preprocessing
 from polymodal.data.format import read_manifest
 from polymodal.evaluation.evaluate import decoded_batches, evaluate
-from polymodal.train.checkpoint import fetch_checkpoint, load_model
+from polymodal.modalities import Preprocessing
 
 
 def evaluate_checkpoint(

@@ -1,77 +1,13 @@
-"""Build a JointModel from config through plain dict registries (grep for the key)."""
+"""Build a JointModel from config: each modality's encoder and decoder come from its Modality
+(polymodal.modalities), by the name in model.<modality>.encoder."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from torch import nn
 
 from polymodal.config import Config
-from polymodal.data.decode import Preprocessing, mel_frames, text_vocab_size
-from polymodal.models.decoders import ImageDecoder, MelDecoder, TextDecoder, VectorDecoder
-from polymodal.models.encoders.image import ResNet18, SmallCNN
-from polymodal.models.encoders.minilm import MiniLM
-from polymodal.models.encoders.text import ByteTransformer
-from polymodal.models.encoders.vector import MLP
+from polymodal.modalities import MODALITIES, Preprocessing
 from polymodal.models.joint import JointModel
-from polymodal.objectives.joint import active_terms
-from polymodal.pretrained import pretrained_dir
-
-EncoderBuilder = Callable[[Config, Preprocessing], nn.Module]
-
-IMAGE_ENCODERS: dict[str, EncoderBuilder] = {
-    "small_cnn": lambda cfg, prep: SmallCNN(
-        prep.image_channels, cfg.model.image.width, cfg.model.image.norm
-    ),
-    "resnet18": lambda cfg, prep: ResNet18(prep.image_channels),
-}
-TEXT_ENCODERS: dict[str, EncoderBuilder] = {
-    "byte_transformer": lambda cfg, prep: ByteTransformer(
-        prep.text_max_len,
-        cfg.model.text.width,
-        cfg.model.text.layers,
-        cfg.model.text.heads,
-        cfg.model.dropout,
-    ),
-    "minilm": lambda cfg, prep: MiniLM(
-        pretrained_dir("minilm"), cfg.model.text.tuning, cfg.model.text.lr_scale
-    ),
-}
-# The tokenizer each text encoder reads (Preprocessing.text_tokenizer).
-TEXT_TOKENIZERS: dict[str, str] = {"byte_transformer": "bytes", "minilm": "minilm"}
-# A log-mel spectrogram is a one-channel image: the same small CNN, pooled over time and bands.
-AUDIO_ENCODERS: dict[str, EncoderBuilder] = {
-    "mel_cnn": lambda cfg, prep: SmallCNN(1, cfg.model.audio.width, cfg.model.audio.norm),
-}
-VECTOR_ENCODERS: dict[str, EncoderBuilder] = {
-    "mlp": lambda cfg, prep: MLP(
-        len(prep.vector_mean), cfg.model.vector.hidden, cfg.model.vector.width, cfg.model.dropout
-    ),
-}
-ENCODERS: dict[str, dict[str, EncoderBuilder]] = {
-    "image": IMAGE_ENCODERS,
-    "text": TEXT_ENCODERS,
-    "audio": AUDIO_ENCODERS,
-    "vector": VECTOR_ENCODERS,
-}
-
-DECODERS: dict[str, EncoderBuilder] = {
-    "image": lambda cfg, prep: ImageDecoder(
-        cfg.model.embed_dim, prep.image_channels, prep.image_size, cfg.model.image.width
-    ),
-    "text": lambda cfg, prep: TextDecoder(
-        cfg.model.embed_dim, prep.text_max_len, vocab=text_vocab_size(prep.text_tokenizer)
-    ),
-    "audio": lambda cfg, prep: MelDecoder(
-        cfg.model.embed_dim,
-        prep.n_mels,
-        mel_frames(prep.audio_seconds, prep.audio_rate),
-        cfg.model.audio.width,
-    ),
-    "vector": lambda cfg, prep: VectorDecoder(
-        cfg.model.embed_dim, len(prep.vector_mean), cfg.model.vector.hidden
-    ),
-}
 
 
 def unlock_towers(model: nn.Module, cfg: Config, epoch: int) -> None:
@@ -82,36 +18,40 @@ def unlock_towers(model: nn.Module, cfg: Config, epoch: int) -> None:
                 module.unlock()
 
 
-def _encoder_name(cfg: Config, modality: str) -> str:
-    return getattr(cfg.model, modality).encoder
+def encoder_name(cfg: Config, modality: str) -> str:
+    """model.<modality>.encoder, or the modality's first encoder when config has no section
+    for it (a modality registered without settings of its own)."""
+    section = getattr(cfg.model, modality, None)
+    return section.encoder if section is not None else next(iter(MODALITIES[modality].encoders))
 
 
 def build_model(cfg: Config, prep: Preprocessing, num_classes: int = 0) -> JointModel:
     encoders = {}
     for m in cfg.model.modalities:
-        name = _encoder_name(cfg, m)
-        registry = ENCODERS[m]
-        if name not in registry:
+        name, registry = encoder_name(cfg, m), MODALITIES[m].encoders
+        if name not in registry:  # config declares the same choices; this is a last guard
             raise ValueError(f"model.{m}.encoder: unknown '{name}'; choose from {sorted(registry)}")
         encoders[m] = registry[name](cfg, prep)
+    terms = cfg.objective.active_terms()
     decoders = {}
-    if cfg.objective.weights.reconstruction > 0:
+    if "reconstruction" in terms:
         for m in cfg.objective.reconstruction.modalities or cfg.model.modalities:
-            decoders[m] = DECODERS[m](cfg, prep)
+            build_decoder = MODALITIES[m].decoder
+            if build_decoder is None:
+                raise ValueError(f"objective.reconstruction: modality '{m}' has no decoder")
+            decoders[m] = build_decoder(cfg, prep)
     contrastive = cfg.objective.contrastive
     return JointModel(
         encoders,
         cfg.model.embed_dim,
         decoders=decoders,
-        num_classes=num_classes if cfg.objective.weights.classification > 0 else 0,
+        num_classes=num_classes if "classification" in terms else 0,
         classifier_hidden=cfg.model.classifier_hidden,
         classify_modalities=cfg.objective.classification.modalities or None,
         temperature_init=contrastive.temperature_init,
         # Without a contrastive term the temperature gets no gradient; freeze it (DDP needs that).
-        learn_temperature=contrastive.learn_temperature and cfg.objective.weights.contrastive > 0,
+        learn_temperature=contrastive.learn_temperature and "contrastive" in terms,
         max_logit_scale=contrastive.max_logit_scale,
         logit_bias_init=contrastive.bias_init if contrastive.kind == "sigmoid" else None,
-        learned_weight_terms=(
-            list(active_terms(cfg.objective)) if cfg.objective.weighting == "uncertainty" else []
-        ),
+        learned_weight_terms=list(terms) if cfg.objective.weighting == "uncertainty" else [],
     )

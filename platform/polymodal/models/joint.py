@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polymodal.batch import Batch, ModelOutput
+
 
 class JointModel(nn.Module):
     def __init__(
@@ -84,18 +86,16 @@ class JointModel(nn.Module):
             raise RuntimeError("this model has no classifier head (no labels or weight 0)")
         return self.classifier(self.fuse(embeddings, present))
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, object]:
-        raw = {m: self.project(m, batch[m]) for m in self.modalities}
+    def forward(self, batch: Batch) -> ModelOutput:
+        raw = {m: self.project(m, batch.inputs[m]) for m in self.modalities}
         emb = {m: F.normalize(z, dim=-1) for m, z in raw.items()}
-        present = {m: batch[f"{m}_present"] for m in self.modalities}
-        out: dict[str, object] = {
-            "embeddings": emb,
-            "present": present,
-            "logit_scale": self.logit_scale(),
-            "logit_bias": self.logit_bias,
-            "loss_log_vars": dict(self.loss_log_vars),
-        }
-        out["reconstructions"] = {m: dec(raw[m]) for m, dec in self.decoders.items()}
-        if self.classifier is not None:
-            out["class_logits"] = self.classify(emb, present)
-        return out
+        present = {m: batch.present[m] for m in self.modalities}
+        return ModelOutput(
+            embeddings=emb,
+            present=present,
+            logit_scale=self.logit_scale(),
+            logit_bias=self.logit_bias,
+            loss_log_vars=dict(self.loss_log_vars),
+            reconstructions={m: dec(raw[m]) for m, dec in self.decoders.items()},
+            class_logits=self.classify(emb, present) if self.classifier is not None else None,
+        )

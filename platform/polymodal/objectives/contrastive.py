@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,55 @@ def positive_mask(
     return pos
 
 
-def _layout(gather: str, batch: int, device: torch.device):
+@dataclass(frozen=True)
+class Gathered:
+    """Every rank's rows of one pair (rank order), gathered once per step by multi_contrastive:
+    features a, b [B_global, D] with gradients back to their owners, which rows have both
+    modalities, and the keys (None without keys)."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    valid: torch.Tensor
+    keys: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class PairMask:
+    """Which cells of one pair's logits count and which are positives: the rows' and columns'
+    global ids (same id: same sample), validity (both modalities present) and keys."""
+
+    row_ids: torch.Tensor
+    col_ids: torch.Tensor
+    row_valid: torch.Tensor
+    col_valid: torch.Tensor
+    row_keys: torch.Tensor | None = None
+    col_keys: torch.Tensor | None = None
+
+    def positives(self, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """[rows, columns start:end] bool, see positive_mask."""
+        cols = slice(start, end)
+        col_keys = None if self.col_keys is None else self.col_keys[cols]
+        return positive_mask(self.row_ids, self.col_ids[cols], self.row_keys, col_keys)
+
+
+@dataclass(frozen=True)
+class PairLayout:
+    """One pair under a gather mode: the rows this rank scores against the columns (features of
+    both modalities), their mask, and what the summed loss divides by.
+
+    The normaliser makes the per-rank losses average (over ranks, as DDP does) to the mean over
+    every valid row of the global batch: valid_global / W for "local", valid_global for "full".
+    """
+
+    rows_a: torch.Tensor
+    rows_b: torch.Tensor
+    cols_a: torch.Tensor
+    cols_b: torch.Tensor
+    mask: PairMask
+    norm: torch.Tensor
+
+
+def _span(gather: str, batch: int, device: torch.device):
     """(world size the loss spans, global ids of this rank's rows, whether rows are all ranks')."""
     if gather not in GATHER_MODES:
         raise ValueError(f"gather must be one of {GATHER_MODES}, got {gather!r}")
@@ -44,41 +93,37 @@ def _layout(gather: str, batch: int, device: torch.device):
     return world_size, torch.arange(batch, device=device) + rank * batch, False
 
 
-def _prepare(a, b, gather, a_all, b_all, valid, keys, valid_all=None, keys_all=None):
-    """Rows, columns, ids, validity, keys and the normaliser for one pair under a gather mode.
+def _gather_pair(a, b, valid, keys) -> Gathered:
+    check_equal_batch(a.shape[0])
+    a_all, b_all, valid_all = gather_with_grad(a), gather_with_grad(b), gather_no_grad(valid)
+    return Gathered(a_all, b_all, valid_all, gather_no_grad(keys) if keys is not None else None)
 
-    The normaliser makes the per-rank losses average (over ranks, as DDP does) to the mean over
-    every valid row of the global batch: valid_global / W for "local", valid_global for "full".
-    """
+
+def pair_layout(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    gather: str,
+    valid: torch.Tensor | None = None,
+    keys: torch.Tensor | None = None,
+    gathered: Gathered | None = None,
+) -> PairLayout:
+    """Lay out one pair under a gather mode, gathering whatever `gathered` does not bring."""
     n = a.shape[0]
     valid = torch.ones(n, dtype=torch.bool, device=a.device) if valid is None else valid.bool()
-    world_size, row_ids, full = _layout(gather, n, a.device)
+    world_size, row_ids, full = _span(gather, n, a.device)
     if world_size == 1:
-        return a, b, a, b, row_ids, row_ids, valid, valid, keys, keys, valid.sum()
-    if a_all is None or b_all is None:  # multi_contrastive checks once per step
-        check_equal_batch(n)
-    a_all = gather_with_grad(a) if a_all is None else a_all
-    b_all = gather_with_grad(b) if b_all is None else b_all
-    valid_all = gather_no_grad(valid) if valid_all is None else valid_all.bool()
-    if keys is not None and keys_all is None:
-        keys_all = gather_no_grad(keys)
-    col_ids = torch.arange(a_all.shape[0], device=a.device)
+        mask = PairMask(row_ids, row_ids, valid, valid, keys, keys)
+        return PairLayout(a, b, a, b, mask, valid.sum())
+    g = _gather_pair(a, b, valid, keys) if gathered is None else gathered
+    if keys is not None and g.keys is None:
+        raise ValueError("keys were given but the gathered rows have none")
+    valid_all = g.valid.bool()
+    col_ids = torch.arange(g.a.shape[0], device=a.device)
     if full:
-        return (
-            a_all,
-            b_all,
-            a_all,
-            b_all,
-            col_ids,
-            col_ids,
-            valid_all,
-            valid_all,
-            keys_all,
-            keys_all,
-            valid_all.sum(),
-        )
-    norm = valid_all.sum() / world_size
-    return a, b, a_all, b_all, row_ids, col_ids, valid, valid_all, keys, keys_all, norm
+        mask = PairMask(col_ids, col_ids, valid_all, valid_all, g.keys, g.keys)
+        return PairLayout(g.a, g.b, g.a, g.b, mask, valid_all.sum())
+    mask = PairMask(row_ids, col_ids, valid, valid_all, keys, g.keys)
+    return PairLayout(a, b, g.a, g.b, mask, valid_all.sum() / world_size)
 
 
 def _soft_ce_sum(logits, pos, valid_rows, valid_cols) -> torch.Tensor:
@@ -95,12 +140,10 @@ def info_nce(
     b: torch.Tensor,
     logit_scale: torch.Tensor,
     gather: str = "local",
-    a_all: torch.Tensor | None = None,
-    b_all: torch.Tensor | None = None,
+    *,
     valid: torch.Tensor | None = None,
     keys: torch.Tensor | None = None,
-    valid_all: torch.Tensor | None = None,
-    keys_all: torch.Tensor | None = None,
+    gathered: Gathered | None = None,
 ) -> torch.Tensor:
     """½·(CE(a→b) + CE(b→a)), each averaged over rows, positives on the diagonal.
 
@@ -109,18 +152,15 @@ def info_nce(
       - "local": this rank's rows against all ranks' columns (B_local x B_global logits);
       - "full": the whole B_global x B_global matrix on every rank;
       - "none": negatives from the local batch only.
-    a_all / b_all: already-gathered features (a modality is gathered once per step).
     valid: [B_local] rows that have both modalities; the others drop out of rows and columns.
     keys: [B_local] int64; rows with equal keys >= 0 are positives too (multi-positive).
-    valid_all / keys_all: already-gathered valid and keys (saves collectives).
+    gathered: every rank's a, b, valid (and keys), already gathered (saves collectives).
     """
-    ra, rb, ca, cb, row_ids, col_ids, vr, vc, kr, kc, norm = _prepare(
-        a, b, gather, a_all, b_all, valid, keys, valid_all, keys_all
-    )
-    pos = positive_mask(row_ids, col_ids, kr, kc)
-    loss_ab = _soft_ce_sum(logit_scale * ra @ cb.t(), pos, vr, vc)
-    loss_ba = _soft_ce_sum(logit_scale * rb @ ca.t(), pos, vr, vc)
-    return 0.5 * (loss_ab + loss_ba) / norm.clamp(min=1e-6)  # the sum is 0 when no row is valid
+    p = pair_layout(a, b, gather, valid, keys, gathered)
+    pos, vr, vc = p.mask.positives(), p.mask.row_valid, p.mask.col_valid
+    loss_ab = _soft_ce_sum(logit_scale * p.rows_a @ p.cols_b.t(), pos, vr, vc)
+    loss_ba = _soft_ce_sum(logit_scale * p.rows_b @ p.cols_a.t(), pos, vr, vc)
+    return 0.5 * (loss_ab + loss_ba) / p.norm.clamp(min=1e-6)  # the sum is 0 when no row is valid
 
 
 class _ChunkedSigmoid(torch.autograd.Function):
@@ -131,27 +171,25 @@ class _ChunkedSigmoid(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rows, cols, scale, bias, row_ids, col_ids, rkeys, ckeys, vr, vc, chunk):
-        ctx.save_for_backward(rows, cols, scale, bias, row_ids, col_ids, rkeys, ckeys, vr, vc)
-        ctx.chunk = chunk
+    def forward(ctx, rows, cols, scale, bias, mask: PairMask, chunk: int):
+        ctx.save_for_backward(rows, cols, scale, bias)
+        ctx.mask, ctx.chunk = mask, chunk  # ids, flags and keys: no gradient, never changed
         total = rows.new_zeros(())
         for start in range(0, cols.shape[0], chunk):
-            z, w, logits = _sigmoid_chunk(
-                rows, cols, scale, bias, row_ids, col_ids, rkeys, ckeys, vr, vc, start, chunk
-            )
+            z, w, logits = _sigmoid_chunk(rows, cols, scale, bias, mask, start, chunk)
             total = total - (F.logsigmoid(z * logits) * w).sum()
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
-        rows, cols, scale, bias, *ids_and_masks = ctx.saved_tensors
-        chunk = ctx.chunk
+        rows, cols, scale, bias = ctx.saved_tensors
+        mask, chunk = ctx.mask, ctx.chunk
         grad_rows = torch.zeros_like(rows)
         grad_cols = torch.zeros_like(cols)
         grad_scale = torch.zeros_like(scale)
         grad_bias = torch.zeros_like(bias)
         for start in range(0, cols.shape[0], chunk):
-            z, w, logits = _sigmoid_chunk(rows, cols, scale, bias, *ids_and_masks, start, chunk)
+            z, w, logits = _sigmoid_chunk(rows, cols, scale, bias, mask, start, chunk)
             # d/dl of −log σ(z·l) = −z·σ(−z·l)
             dl = -z * torch.sigmoid(-z * logits) * w * grad_out
             block = cols[start : start + chunk]
@@ -159,20 +197,13 @@ class _ChunkedSigmoid(torch.autograd.Function):
             grad_cols[start : start + chunk] = scale * dl.t() @ rows
             grad_scale += (dl * (rows @ block.t())).sum()
             grad_bias += dl.sum()
-        return grad_rows, grad_cols, grad_scale, grad_bias, *([None] * 7)
+        return grad_rows, grad_cols, grad_scale, grad_bias, None, None
 
 
-def _sigmoid_chunk(rows, cols, scale, bias, row_ids, col_ids, rkeys, ckeys, vr, vc, start, chunk):
+def _sigmoid_chunk(rows, cols, scale, bias, mask: PairMask, start: int, chunk: int):
     end = start + chunk
-    has_keys = rkeys.numel() > 0
-    pos = positive_mask(
-        row_ids,
-        col_ids[start:end],
-        rkeys if has_keys else None,
-        ckeys[start:end] if has_keys else None,
-    )
-    z = pos.to(rows.dtype) * 2 - 1
-    w = (vr[:, None] & vc[None, start:end]).to(rows.dtype)
+    z = mask.positives(start, end).to(rows.dtype) * 2 - 1
+    w = (mask.row_valid[:, None] & mask.col_valid[None, start:end]).to(rows.dtype)
     logits = scale * rows @ cols[start:end].t() + bias
     return z, w, logits
 
@@ -183,12 +214,10 @@ def sigmoid_loss(
     logit_scale: torch.Tensor,
     logit_bias: torch.Tensor,
     gather: str = "local",
-    a_all: torch.Tensor | None = None,
-    b_all: torch.Tensor | None = None,
+    *,
     valid: torch.Tensor | None = None,
     keys: torch.Tensor | None = None,
-    valid_all: torch.Tensor | None = None,
-    keys_all: torch.Tensor | None = None,
+    gathered: Gathered | None = None,
     chunk_size: int = 4096,
 ) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss, summed over columns and averaged over rows.
@@ -196,26 +225,19 @@ def sigmoid_loss(
     Same arguments as info_nce plus the learnable logit_bias; computed in column chunks of
     chunk_size that are recomputed in backward.
     """
-    ra, _, _, cb, row_ids, col_ids, vr, vc, kr, kc, norm = _prepare(
-        a, b, gather, a_all, b_all, valid, keys, valid_all, keys_all
-    )
-    empty = row_ids.new_zeros(0)
-    if ra.dtype in (torch.float16, torch.bfloat16):  # the pairwise sums stay in float32
-        ra, cb = ra.float(), cb.float()
+    p = pair_layout(a, b, gather, valid, keys, gathered)
+    rows, cols = p.rows_a, p.cols_b
+    if rows.dtype in (torch.float16, torch.bfloat16):  # the pairwise sums stay in float32
+        rows, cols = rows.float(), cols.float()
     total = _ChunkedSigmoid.apply(
-        ra,
-        cb,
-        logit_scale.to(ra.dtype),
-        logit_bias.to(ra.dtype),
-        row_ids,
-        col_ids,
-        kr if kr is not None else empty,
-        kc if kc is not None else empty,
-        vr,
-        vc,
+        rows,
+        cols,
+        logit_scale.to(rows.dtype),
+        logit_bias.to(rows.dtype),
+        p.mask,
         max(int(chunk_size), 1),
     )
-    return total / norm.clamp(min=1e-6)  # the sum is 0 when no row is valid
+    return total / p.norm.clamp(min=1e-6)  # the sum is 0 when no row is valid
 
 
 def pair_name(a: str, b: str) -> str:
@@ -246,53 +268,66 @@ def multi_contrastive(
         raise ValueError(f"contrastive kind must be one of {sorted(CONTRASTIVE_KINDS)}")
     pair_weights = pair_weights or {}
     mods = list(embeddings)
-    gathered: dict[str, torch.Tensor] = {}
-    present_all: dict[str, torch.Tensor] = {}
-    keys_all = None
+    step = None
     if gather != "none" and world()[1] > 1:
-        check_equal_batch(embeddings[mods[0]].shape[0])
-        columns = [embeddings[m] for m in mods]
-        if present is not None:
-            flags = torch.stack([present[m] for m in mods], 1)
-            columns.append(flags.to(columns[0].dtype))
-        packed = gather_with_grad(torch.cat(columns, 1))
-        offset = 0
-        for m in mods:
-            width = embeddings[m].shape[1]
-            gathered[m] = packed[:, offset : offset + width]
-            offset += width
-        if present is not None:
-            flags_all = packed[:, offset:].detach() > 0
-            present_all = {m: flags_all[:, j] for j, m in enumerate(mods)}
-        keys_all = gather_no_grad(keys) if keys is not None else None
+        step = _gather_step(embeddings, present, keys)
     total = None
     per_pair = {}
     for a, b in itertools.combinations(mods, 2):
         name = pair_name(a, b)
         weight = pair_weights.get(name, pair_weights.get(pair_name(b, a), 1.0))
-        valid = valid_all = None
+        valid = None
         if present is not None:
             valid = (present[a] > 0) & (present[b] > 0)
-        if gathered:
+        gathered = None
+        if step is not None:
+            features_all, present_all, keys_all = step
             valid_all = (
                 present_all[a] & present_all[b]
-                if present is not None
-                else torch.ones(gathered[a].shape[0], dtype=torch.bool, device=packed.device)
+                if present_all is not None
+                else torch.ones(
+                    features_all[a].shape[0], dtype=torch.bool, device=features_all[a].device
+                )
             )
+            gathered = Gathered(features_all[a], features_all[b], valid_all, keys_all)
         extra = {"logit_bias": logit_bias, "chunk_size": chunk_size} if kind == "sigmoid" else {}
         loss = CONTRASTIVE_KINDS[kind](
             embeddings[a],
             embeddings[b],
             logit_scale,
             gather=gather,
-            a_all=gathered.get(a),
-            b_all=gathered.get(b),
             valid=valid,
             keys=keys,
-            valid_all=valid_all,
-            keys_all=keys_all,
+            gathered=gathered,
             **extra,
         )
         per_pair[name] = loss.detach()
         total = weight * loss if total is None else total + weight * loss
     return total, per_pair
+
+
+def _gather_step(
+    embeddings: dict[str, torch.Tensor],
+    present: dict[str, torch.Tensor] | None,
+    keys: torch.Tensor | None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, torch.Tensor | None]:
+    """Every rank's features and presence flags of every modality in one collective (flags
+    ride along as extra feature columns), keys in a second: (features, present, keys)."""
+    mods = list(embeddings)
+    check_equal_batch(embeddings[mods[0]].shape[0])
+    columns = [embeddings[m] for m in mods]
+    if present is not None:
+        flags = torch.stack([present[m] for m in mods], 1)
+        columns.append(flags.to(columns[0].dtype))
+    packed = gather_with_grad(torch.cat(columns, 1))
+    features_all, offset = {}, 0
+    for m in mods:
+        width = embeddings[m].shape[1]
+        features_all[m] = packed[:, offset : offset + width]
+        offset += width
+    present_all = None
+    if present is not None:
+        flags_all = packed[:, offset:].detach() > 0
+        present_all = {m: flags_all[:, j] for j, m in enumerate(mods)}
+    keys_all = gather_no_grad(keys) if keys is not None else None
+    return features_all, present_all, keys_all

@@ -15,14 +15,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from polymodal.batch import Batch, ModelOutput
 from polymodal.config import ObjectiveConfig
 from polymodal.objectives.gather import distributed
-from polymodal.objectives.joint import (
-    active_terms,
-    batch_counts,
-    contrastive_term,
-    per_sample_terms,
-)
+from polymodal.objectives.joint import batch_counts, contrastive_term, per_sample_terms
 
 
 def _rng_state(device: torch.device):
@@ -38,7 +34,7 @@ def _set_rng_state(state, device: torch.device) -> None:
 
 def grad_cache_backward(
     model: nn.Module,
-    batch: dict[str, torch.Tensor],
+    batch: Batch,
     cfg: ObjectiveConfig,
     chunk_size: int,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -46,13 +42,13 @@ def grad_cache_backward(
 
     `model` is the plain JointModel (not DDP-wrapped): call sync_gradients afterwards.
     """
-    weights = active_terms(cfg)
+    weights = cfg.active_terms()
     if cfg.weighting != "static":
         raise ValueError("the gradient cache supports objective.weighting: static")
-    n = batch["label"].shape[0]
-    device = batch["label"].device
+    n = batch.size
+    device = batch.label.device
     chunks = [slice(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
-    subs = [{k: v[sl] for k, v in batch.items()} for sl in chunks]
+    subs = [batch.slice(sl) for sl in chunks]
 
     # 1. embeddings without grad; BatchNorm running stats are restored so they move once.
     states, cached = [], {m: [] for m in model.modalities}
@@ -61,7 +57,7 @@ def grad_cache_backward(
         for sub in subs:
             states.append(_rng_state(device))
             for m in model.modalities:
-                cached[m].append(model.embed(m, sub[m]))
+                cached[m].append(model.embed(m, sub.inputs[m]))
     for name, value in model.named_buffers():
         value.copy_(buffers[name])
 
@@ -72,11 +68,12 @@ def grad_cache_backward(
     emb_grads = None
     if "contrastive" in weights:
         leaves = {m: torch.cat(v).requires_grad_() for m, v in cached.items()}
-        outputs = {
-            "embeddings": leaves,
-            "logit_scale": model.logit_scale(),
-            "logit_bias": model.logit_bias,
-        }
+        outputs = ModelOutput(
+            embeddings=leaves,
+            present=batch.present,
+            logit_scale=model.logit_scale(),
+            logit_bias=model.logit_bias,
+        )
         loss, pair_logs = contrastive_term(outputs, batch, cfg)
         (weights["contrastive"] * loss).backward()  # temperature/bias grads land on the params
         emb_grads = {m: leaf.grad for m, leaf in leaves.items()}
@@ -92,7 +89,7 @@ def grad_cache_backward(
         out = model(sub)
         surrogate = torch.zeros((), device=device, dtype=dtype)
         if emb_grads is not None:
-            for m, emb in out["embeddings"].items():
+            for m, emb in out.embeddings.items():
                 surrogate = surrogate + (emb * emb_grads[m][sl]).sum()
         terms, part_logs = per_sample_terms(out, sub, cfg, counts)
         for name, value in terms.items():

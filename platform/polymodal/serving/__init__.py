@@ -1,1 +1,1 @@
-"""Ray Serve side: request schemas, input decoding, model loading, deployments and the app."""
+"""Ray Serve side: request schemas and parsing, metrics, the deployments and the app."""

@@ -7,13 +7,15 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from polymodal.modalities import MODALITIES
+
 MAX_ITEMS = 256  # items per request
-MAX_TEXT_CHARS = 8_192
 MAX_K = 1000  # results per search
 
 
 class TypedItem(BaseModel):
-    type: Literal["text", "image", "audio", "vector"]
+    # The modalities registered when the service starts (polymodal.modalities).
+    type: Literal[tuple(MODALITIES)]
     data: str | list[float] = Field(
         description="text, base64 image bytes (PNG/JPEG), base64 WAV bytes, or a vector's numbers"
     )

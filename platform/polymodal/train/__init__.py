@@ -1,1 +1,2 @@
-"""Ray Train wiring: the per-worker loop, the driver that fits it, and the checkpoint format."""
+"""Ray Train wiring: the driver that fits a run (run.py) and the per-worker loop (loop.py), with
+its step strategy, epoch statistics and resume."""

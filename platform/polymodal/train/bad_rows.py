@@ -4,6 +4,7 @@ and the run dir's bad_rows.json (counts by split and reason, a sample of row ids
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from polymodal import storage
@@ -46,6 +47,37 @@ def epoch_metrics(totals: dict[str, Any], previous: dict[str, Any] | None) -> di
     metrics["train/bad_rows"] = float(sum(now.values()) - sum(before.values()))
     metrics["train/bad_fraction"] = bad_fraction(totals)[2]
     return metrics
+
+
+@dataclass
+class BadRowCheck:
+    """A worker's view of the run's BadRows actor (None: nothing is counted, nothing checked)."""
+
+    actor: Any
+    max_fraction: float  # data.max_bad_fraction
+    dataset: str
+    before: dict[str, Any] | None = None  # the totals at the end of the previous epoch
+
+    def check(self, min_rows: int = 0) -> dict[str, Any]:
+        """The run's totals; BadDataError once they pass max_fraction, checked when at least
+        min_rows were read (a first few bad rows are no fraction yet)."""
+        if self.actor is None:
+            return {}
+        import ray
+
+        totals = ray.get(self.actor.totals.remote())
+        if bad_fraction(totals)[1] >= min_rows:
+            check_bad_fraction(totals, self.max_fraction, self.dataset)
+        return totals
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Checked again; epoch_metrics since the previous call."""
+        if self.actor is None:
+            return {}
+        totals = self.check()
+        metrics = epoch_metrics(totals, self.before)
+        self.before = totals
+        return metrics
 
 
 def write_bad_rows(run_dir: str, totals: dict[str, Any]) -> None:

@@ -4,26 +4,20 @@ TorchTrainer, fit, then write metrics.json and the loss-curve PNG into the run d
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from polymodal import storage
+from polymodal.checkpoint import fetch_checkpoint, load_model, read_meta
+from polymodal.cluster import ensure_ray
 from polymodal.config import Config, config_from_dict
-from polymodal.data.decode import Augment, Preprocessing
-from polymodal.data.format import Manifest, read_manifest
-from polymodal.data.webdataset import is_webdataset_path, webdataset_manifest
+from polymodal.data.dataset import dataset_manifest, dataset_path, preprocessing_for
 from polymodal.evaluation.evaluate import decoded_batches
 from polymodal.evaluation.plots import plot_loss_curves, plot_reconstructions
-from polymodal.models.build import TEXT_TOKENIZERS
+from polymodal.modalities import Preprocessing
+from polymodal.modalities.image import Augment
 from polymodal.train.bad_rows import check_bad_fraction, write_bad_rows
-from polymodal.train.checkpoint import fetch_checkpoint, load_model, read_meta
-
-QUIET_ENV = {
-    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
 
 
 @dataclass
@@ -32,74 +26,6 @@ class RunResult:
     checkpoint: str
     metrics: dict[str, float]
     epochs_run: int
-
-
-def ensure_ray(
-    address: str | None = None, min_cpus: float = 1, metrics_port: int | None = None
-) -> None:
-    """Connect to `address` / RAY_ADDRESS, or start an embedded local cluster (with
-    Prometheus /metrics on metrics_port, when given)."""
-    import ray
-
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        # S3 endpoint and region go along; keys must already be on the cluster's nodes. In a
-        # submitted job, Ray refuses a variable that the job's runtime env already sets.
-        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
-        job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
-        settings = {k: v for k, v in storage.public_settings().items() if k not in job_env}
-        ray.init(address=address, runtime_env={"env_vars": settings} if settings else None)
-        return
-    # Logical CPUs: what the caller needs (training: one per worker plus one for Ray Data's
-    # decoding). With only the physical count (2 here) workers take every CPU and reading
-    # never starts.
-    ray.init(
-        num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
-        runtime_env={"env_vars": QUIET_ENV},
-        _metrics_export_port=metrics_port,
-    )
-
-
-def dataset_manifest(cfg: Config) -> Manifest:
-    """The manifest of cfg's dataset: written by ingest, or made up for webdataset tars."""
-    if is_webdataset_path(cfg.data.path):
-        return webdataset_manifest(
-            dataset_path(cfg), cfg.data.val_path, tuple(cfg.data.label_names)
-        )
-    return read_manifest(cfg.data.path)
-
-
-def dataset_path(cfg: Config) -> str:
-    return cfg.data.path if "://" in cfg.data.path else os.path.abspath(cfg.data.path)
-
-
-def preprocessing_for(cfg: Config, manifest) -> Preprocessing:
-    """What turns the dataset's values into model inputs; for vectors, the train split's
-    mean and std per feature (one pass over that column), kept in every checkpoint."""
-    channels = cfg.data.image_channels or manifest.extra.get("image_channels", 1)
-    mean, std = [], []
-    if "vector" in cfg.model.modalities:
-        from polymodal.data.format import open_shard, shard_paths
-        from polymodal.data.vector import vector_stats
-
-        paths = shard_paths(dataset_path(cfg), manifest, "train")
-        mean, std = vector_stats(open_shard(p).read(columns=["vector"]).column(0) for p in paths)
-    return Preprocessing(
-        modalities=list(cfg.model.modalities),
-        image_size=cfg.data.image_size,
-        image_channels=channels,
-        text_max_len=cfg.data.text_max_len,
-        text_tokenizer=TEXT_TOKENIZERS.get(cfg.model.text.encoder, "bytes"),
-        audio_rate=cfg.data.audio_rate,
-        audio_seconds=cfg.data.audio_seconds,
-        n_mels=cfg.data.n_mels,
-        vector_mean=mean,
-        vector_std=std,
-    )
 
 
 def run_dir_of(cfg: Config) -> str:
@@ -262,8 +188,8 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
 
 
 def finish_run(run_dir: str, checkpoint: str, epochs_run: int) -> RunResult:
-    """Write metrics.json, loss_curves.png, (with an image decoder) reconstructions.png and
-    the HTML report (report/index.html) into the run directory, local or s3://."""
+    """Write metrics.json, loss_curves.png and (with an image decoder) reconstructions.png
+    into the run directory, local or s3://. The HTML report is the caller's to write."""
     local = fetch_checkpoint(checkpoint)
     meta = read_meta(local)
     metrics = meta["metrics"]
@@ -283,7 +209,4 @@ def finish_run(run_dir: str, checkpoint: str, epochs_run: int) -> RunResult:
         manifest = dataset_manifest(config_from_dict(meta["config"]))
         batch = next(decoded_batches(meta["dataset"], "val", prep, 8, manifest))
         plot_reconstructions(model, batch, storage.join(run_dir, "reconstructions.png"))
-    from polymodal.evaluation.report import write_report
-
-    write_report(run_dir)
     return RunResult(run_dir, checkpoint, metrics, epochs_run)

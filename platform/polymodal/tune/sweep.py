@@ -4,15 +4,12 @@ ASHA (or FIFO) under a Tuner, resume an interrupted sweep of the same name, writ
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
+from polymodal.cluster import ensure_ray
 from polymodal.config import Config, ConfigError
-from polymodal.train.run import (
-    RunInputs,
-    apply_storage,
-    ensure_ray,
-    prepare_inputs,
-    run_dir_of,
-)
+from polymodal.train.run import RunInputs, apply_storage, prepare_inputs, run_dir_of
 from polymodal.tune.report import SweepResult, write_results
 from polymodal.tune.space import check_tune, search_space
 from polymodal.tune.trial import run_trial
@@ -43,11 +40,9 @@ def materialize(inputs: RunInputs) -> RunInputs:
     return RunInputs(inputs.meta, inputs.loop_config, {"train": train, "val": val}, inputs.bad_rows)
 
 
-def _scheduler(cfg: Config):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+def _asha(cfg: Config):
+    from ray.tune.schedulers import ASHAScheduler
 
-    if cfg.tune.scheduler == "fifo":
-        return FIFOScheduler()
     # Rungs are epochs: the loop reports once per epoch, with validation metrics.
     return ASHAScheduler(
         time_attr="epoch",
@@ -57,14 +52,26 @@ def _scheduler(cfg: Config):
     )
 
 
-def _searcher(cfg: Config):
-    if cfg.tune.searcher != "optuna":
-        return None  # random sampling, grid values enumerated
+def _fifo(cfg: Config):
+    from ray.tune.schedulers import FIFOScheduler
+
+    return FIFOScheduler()
+
+
+def _optuna(cfg: Config):
     try:
         from ray.tune.search.optuna import OptunaSearch
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ConfigError("tune.searcher: optuna needs `pip install optuna`") from exc
     return OptunaSearch()
+
+
+# tune.scheduler and tune.searcher → the Tune object (config.py declares the same names).
+SCHEDULERS: dict[str, Callable[[Config], Any]] = {"asha": _asha, "fifo": _fifo}
+SEARCHERS: dict[str, Callable[[Config], Any]] = {
+    "random": lambda cfg: None,  # Tune's default: random sampling, grid values enumerated
+    "optuna": _optuna,
+}
 
 
 def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) -> SweepResult:
@@ -97,8 +104,8 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) ->
                 metric=cfg.tune.metric,
                 mode=cfg.tune.mode,
                 num_samples=cfg.tune.num_samples,
-                scheduler=_scheduler(cfg),
-                search_alg=_searcher(cfg),
+                scheduler=SCHEDULERS[cfg.tune.scheduler](cfg),
+                search_alg=SEARCHERS[cfg.tune.searcher](cfg),
                 max_concurrent_trials=concurrent_trials(cfg),
             ),
             run_config=tune.RunConfig(

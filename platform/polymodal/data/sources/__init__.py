@@ -16,7 +16,7 @@ from polymodal.data.sources.builtin import (
 from polymodal.data.sources.folder import folder
 from polymodal.data.sources.table import parse_mapping, table
 from polymodal.data.sources.webdataset import webdataset
-from polymodal.data.webdataset import is_webdataset_path
+from polymodal.data.tars import is_webdataset_path
 
 BUILTIN_SOURCES: dict[str, Callable[..., Source]] = {
     "builtin:digits": digits,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from polymodal.data.format import DatasetError
 from polymodal.data.sources.base import RawRow, Source
-from polymodal.data.webdataset import iter_samples, sample_row, shard_uris
+from polymodal.data.tars import iter_samples, sample_row, shard_uris
 
 
 def shard_rows(uri: str) -> Iterator[RawRow]:

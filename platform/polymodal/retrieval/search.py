@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from polymodal.serving.index import Index, normalise
+from polymodal.retrieval.index import Index, normalise
 
 CHUNK_BYTES = 64 * 1024 * 1024  # per chunk: its vectors, and the scores of every query
 

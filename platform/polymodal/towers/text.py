@@ -1,20 +1,26 @@
-"""Text encoder: a small transformer over UTF-8 byte ids (no vocabulary to download)."""
+"""Text tower: a small transformer over UTF-8 byte ids (no vocabulary to download)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from polymodal.data.decode import TEXT_PAD, TEXT_VOCAB
-
 
 class ByteTransformer(nn.Module):
     def __init__(
-        self, max_len: int, width: int = 64, layers: int = 2, heads: int = 4, dropout: float = 0.0
+        self,
+        max_len: int,
+        width: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        dropout: float = 0.0,
+        vocab: int = 257,
+        pad_id: int = 0,
     ):
         super().__init__()
         self.out_dim = width
-        self.embed = nn.Embedding(TEXT_VOCAB, width, padding_idx=TEXT_PAD)
+        self.pad_id = pad_id
+        self.embed = nn.Embedding(vocab, width, padding_idx=pad_id)
         self.pos = nn.Parameter(torch.zeros(max_len, width))
         nn.init.normal_(self.pos, std=0.02)
         layer = nn.TransformerEncoderLayer(
@@ -31,7 +37,7 @@ class ByteTransformer(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         # Trim to the longest text in the batch: short captions cost little.
-        keep = ids.ne(TEXT_PAD)
+        keep = ids.ne(self.pad_id)
         length = max(int(keep.sum(1).max()), 1)
         ids, keep = ids[:, :length], keep[:, :length]
         x = self.embed(ids) + self.pos[:length]

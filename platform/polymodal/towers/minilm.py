@@ -8,8 +8,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from polymodal.data.decode import TEXT_PAD
-
 TUNINGS = ("freeze", "finetune", "lock_then_unlock")
 MAX_CACHED = 200_000  # pooled features of a frozen tower kept per distinct text (~1.5 KB each)
 
@@ -18,8 +16,11 @@ class MiniLM(nn.Module):
     """`freeze`: never trains; `lock_then_unlock`: locked until `unlock()`, then trains;
     `finetune`: trains from the start. A locked tower runs in eval mode without gradients."""
 
-    def __init__(self, model_dir: Path, tuning: str = "finetune", lr_scale: float = 1.0):
+    def __init__(
+        self, model_dir: Path, tuning: str = "finetune", lr_scale: float = 1.0, pad_id: int = 0
+    ):
         super().__init__()
+        self.pad_id = pad_id
         self.lr_scale = lr_scale  # build_optimizer gives these weights optim.lr * lr_scale
         if tuning not in TUNINGS:
             raise ValueError(f"tuning must be one of {', '.join(TUNINGS)}, got {tuning!r}")
@@ -61,7 +62,7 @@ class MiniLM(nn.Module):
         return torch.stack([fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)])
 
     def _pooled(self, ids: torch.Tensor) -> torch.Tensor:
-        keep = ids.ne(TEXT_PAD)
+        keep = ids.ne(self.pad_id)
         length = max(int(keep.sum(1).max()), 1)
         ids, keep = ids[:, :length], keep[:, :length]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.locked):

@@ -1,7 +1,5 @@
-"""The checkpoint format: model.pt (weights), train_state.pt (optimizer, for resume) and
-polymodal.json (config, preprocessing, labels, step, metrics, history, and the sha256 of the
-other files). polymodal.json is written last, so a checkpoint without it is unfinished; loads
-check the sums and are weights_only."""
+"""The checkpoint format, written by training and read by evaluation and serving: model.pt,
+train_state.pt and polymodal.json (meta and the others' sha256, written last; loads check them)."""
 
 from __future__ import annotations
 
@@ -18,7 +16,7 @@ import torch
 
 from polymodal import storage
 from polymodal.config import config_from_dict
-from polymodal.data.decode import Preprocessing
+from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
 from polymodal.models.joint import JointModel
 

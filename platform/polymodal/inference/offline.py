@@ -14,8 +14,8 @@ import ray
 
 from polymodal.data.format import DatasetError, open_shard, read_manifest
 from polymodal.data.pipeline import pieces
-from polymodal.serving.index import IndexWriter
-from polymodal.serving.models import LoadedModel, model_card
+from polymodal.inference.model import LoadedModel, model_card
+from polymodal.retrieval.index import IndexWriter
 
 SMALL_CPUS = 0.25
 

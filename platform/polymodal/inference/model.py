@@ -1,5 +1,5 @@
-"""Finding and loading served checkpoints; embedding and classifying raw values with the
-exact preprocessing of training (read from each checkpoint's polymodal.json)."""
+"""Finding and loading checkpoints (for the service and batch jobs); embedding and classifying
+raw values with the exact preprocessing of training (read from each checkpoint's polymodal.json)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from polymodal import storage
-from polymodal.data.decode import Preprocessing, decode_value, encode_text
-from polymodal.train.checkpoint import META, fetch_checkpoint, load_model, read_meta
+from polymodal.checkpoint import META, fetch_checkpoint, load_model, read_meta
+from polymodal.modalities import MODALITIES, Preprocessing
 
 
 def list_models(model_dir: str) -> dict[str, str]:
@@ -34,7 +34,7 @@ def model_card(uri: str) -> dict:
         "modalities": meta["preprocessing"]["modalities"],
         "dimension": meta["config"]["model"]["embed_dim"],
         "labels": meta.get("label_names") or [],
-        "vector_dim": len(meta["preprocessing"].get("vector_mean") or []),
+        "prep": Preprocessing(**meta["preprocessing"]),  # what requests are checked against
     }
 
 
@@ -55,12 +55,9 @@ class LoadedModel:
         )
 
     def inputs(self, modality: str, values: list) -> torch.Tensor:
-        if modality == "text":  # an empty text embeds as all padding, as it always has
-            arr = np.stack(
-                [encode_text(v, self.prep.text_max_len, self.prep.text_tokenizer) for v in values]
-            )
-        else:
-            arr = np.stack([decode_value(modality, v, self.prep) for v in values])
+        spec = MODALITIES[modality]
+        decode = spec.serve_decode or spec.decode
+        arr = np.stack([decode(v, self.prep) for v in values])
         return torch.from_numpy(arr).to(self.device)
 
     @torch.no_grad()

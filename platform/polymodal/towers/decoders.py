@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polymodal.data.decode import TEXT_VOCAB
-
 
 class ImageDecoder(nn.Module):
     """Embedding → [C, S, S] in [0, 1]: a 1/4-size feature map upsampled twice."""
@@ -35,7 +33,7 @@ class ImageDecoder(nn.Module):
 class TextDecoder(nn.Module):
     """Embedding → token logits [L, vocab] for every position at once."""
 
-    def __init__(self, embed_dim: int, max_len: int, width: int = 64, vocab: int = TEXT_VOCAB):
+    def __init__(self, embed_dim: int, max_len: int, vocab: int, width: int = 64):
         super().__init__()
         self.max_len = max_len
         self.hidden = nn.Sequential(nn.Linear(embed_dim, max_len * width), nn.GELU())

@@ -1,0 +1,83 @@
+"""Typed containers passed between data, model and objectives: a Batch of decoded rows and the
+ModelOutput a JointModel computes from it. Batch.from_dict is the one reader of the
+decoded-batch keys (modalities.base.present_key / hash_key)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._pytree import register_dataclass
+
+from polymodal.modalities.base import hash_key, present_key
+
+
+@dataclass(kw_only=True)
+class Batch:
+    """Rows of a step: model inputs, presence flags and (for evaluation and text positives)
+    content hashes per modality, labels (-1: none) and, when logged, the rows' sample keys."""
+
+    inputs: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    hashes: dict[str, torch.Tensor] = field(default_factory=dict)
+    label: torch.Tensor
+    sample: torch.Tensor | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, torch.Tensor]) -> Batch:
+        """From the decoded-batch dict: `m`, `m_present`, optional `m_hash`, `label` and an
+        optional `sample`; the modalities are the keys that have a `_present` twin."""
+        mods = [m for m in d if present_key(m) in d]
+        return cls(
+            inputs={m: d[m] for m in mods},
+            present={m: d[present_key(m)] for m in mods},
+            hashes={m: d[hash_key(m)] for m in mods if hash_key(m) in d},
+            label=d["label"],
+            sample=d.get("sample"),
+        )
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.inputs)
+
+    @property
+    def size(self) -> int:
+        return self.label.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def slice(self, rows: slice) -> Batch:
+        """The rows `rows` of every tensor (the gradient cache's sub-batches)."""
+        return self._map(lambda t: t[rows])
+
+    def _map(self, fn) -> Batch:
+        return Batch(
+            inputs={m: fn(t) for m, t in self.inputs.items()},
+            present={m: fn(t) for m, t in self.present.items()},
+            hashes={m: fn(t) for m, t in self.hashes.items()},
+            label=fn(self.label),
+            sample=None if self.sample is None else fn(self.sample),
+        )
+
+
+@dataclass(kw_only=True)
+class ModelOutput:
+    """What JointModel.forward gives the objective: L2-normalised embeddings and the presence
+    flags they go with, the contrastive scale (exp'd) and bias, the learned loss log-variances,
+    the decoders' reconstructions and the classifier's logits (None without a classifier)."""
+
+    embeddings: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    logit_scale: torch.Tensor
+    logit_bias: torch.Tensor | None = None
+    loss_log_vars: dict[str, torch.Tensor] = field(default_factory=dict)
+    reconstructions: dict[str, torch.Tensor] = field(default_factory=dict)
+    class_logits: torch.Tensor | None = None
+
+
+# DDP flattens a forward's output with pytree to route every tensor through its sink (so with
+# find_unused_parameters an output the loss leaves unused is handled); unregistered, a
+# dataclass would be one opaque leaf.
+register_dataclass(ModelOutput)

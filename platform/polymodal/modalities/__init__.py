@@ -1,0 +1,65 @@
+"""The modality registry: MODALITIES maps each name to its Modality (one file each), and
+Preprocessing holds the settings every registered modality declares, as checkpoints store them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from polymodal.modalities.audio import AUDIO
+from polymodal.modalities.base import COMMON_BAD_ROW_REASONS, Modality
+from polymodal.modalities.image import IMAGE
+from polymodal.modalities.text import TEXT
+from polymodal.modalities.vector import VECTOR
+
+MODALITIES: dict[str, Modality] = {m.name: m for m in (IMAGE, TEXT, AUDIO, VECTOR)}
+
+
+def register(modality: Modality) -> None:
+    """Add a modality (or replace one of the same name); see docs/architecture.md."""
+    MODALITIES[modality.name] = modality
+
+
+def get(name: str) -> Modality:
+    if name not in MODALITIES:
+        raise ValueError(f"unknown modality '{name}' (registered: {', '.join(MODALITIES)})")
+    return MODALITIES[name]
+
+
+def bad_row_reasons() -> tuple[str, ...]:
+    """Why a row is dropped at training time, as counted in metrics and `data validate`."""
+    own = (r for m in MODALITIES.values() for r in m.bad_row_reasons)
+    return COMMON_BAD_ROW_REASONS + tuple(own)
+
+
+class Preprocessing:
+    """Everything needed to turn raw values into model inputs; stored in every checkpoint as
+    {"modalities": [...], "image_size": 28, ...}: each registered modality's settings
+    (Modality.defaults), read as attributes (prep.image_size)."""
+
+    def __init__(self, modalities: list[str], **settings: Any):
+        values: dict[str, Any] = {}
+        for m in MODALITIES.values():
+            values.update(m.defaults)
+        unknown = set(settings) - set(values)
+        if unknown:
+            raise ValueError(f"preprocessing: unknown settings {sorted(unknown)}")
+        for m in modalities:
+            get(m)
+        self.modalities = list(modalities)
+        self.settings = {**values, **settings}
+
+    def __getattr__(self, name: str) -> Any:
+        try:  # through __dict__: unpickling calls this before settings exists
+            return self.__dict__["settings"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Preprocessing) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Preprocessing({self.to_dict()})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"modalities": list(self.modalities), **self.settings}

@@ -1,0 +1,136 @@
+"""The image modality: encoded PNG/JPEG bytes → float [channels, size, size] in [0, 1], with
+random crops and flips for training; a small CNN or ResNet-18 tower; per-pixel MSE."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from polymodal.modalities.base import DecodeError, Modality, payload_bytes
+
+MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs before decoding
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Open and fully decode image bytes; raise DecodeError for anything unusable."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise DecodeError("image too large", f"{img.width}x{img.height} pixels")
+        img.load()
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, before ours is reached
+        raise DecodeError("image too large", str(exc)) from exc
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise DecodeError("unreadable image", str(exc)) from exc
+    return img
+
+
+@dataclass
+class Augment:
+    """Random resized crop (torchvision's sampling) and horizontal flip, for training only."""
+
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    hflip: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.crop_scale[0] < 1.0 or self.hflip > 0
+
+
+def random_crop_box(
+    width: int, height: int, aug: Augment, rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) covering a random share of the area and aspect ratio."""
+    area = width * height
+    log_ratio = np.log(aug.crop_ratio)
+    for _ in range(10):
+        target = area * rng.uniform(*aug.crop_scale)
+        ratio = np.exp(rng.uniform(*log_ratio))
+        w, h = round(np.sqrt(target * ratio)), round(np.sqrt(target / ratio))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            return left, top, left + w, top + h
+    return 0, 0, width, height  # the whole image, as torchvision falls back to a center crop
+
+
+def decode_image(
+    data: bytes,
+    size: int,
+    channels: int,
+    augment: Augment | None = None,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Image bytes → float32 [channels, size, size] in [0, 1], randomly cropped and flipped
+    when augment is given."""
+    img = open_image(data).convert("L" if channels == 1 else "RGB")
+    if augment is not None and augment.active:
+        rng = rng or np.random.default_rng()
+        if augment.crop_scale[0] < 1.0:
+            img = img.crop(random_crop_box(img.width, img.height, augment, rng))
+        if rng.random() < augment.hflip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def decode(value: Any, prep, augment: Augment | None = None, rng=None) -> np.ndarray:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise DecodeError("wrong type", f"image is {type(value).__name__}, expected bytes")
+    return decode_image(bytes(value), prep.image_size, prep.image_channels, augment, rng)
+
+
+def settings(cfg, manifest, train_column) -> dict[str, Any]:
+    # Ingest records 3 channels once any image is in colour; data.image_channels overrides.
+    channels = cfg.data.image_channels or manifest.extra.get("image_channels", 1)
+    return {"image_size": cfg.data.image_size, "image_channels": channels}
+
+
+def small_cnn(cfg, prep):
+    from polymodal.towers.image import SmallCNN
+
+    return SmallCNN(prep.image_channels, cfg.model.image.width, cfg.model.image.norm)
+
+
+def resnet18(cfg, prep):
+    from polymodal.towers.image import ResNet18
+
+    return ResNet18(prep.image_channels)
+
+
+def decoder(cfg, prep):
+    from polymodal.towers.decoders import ImageDecoder
+
+    return ImageDecoder(
+        cfg.model.embed_dim, prep.image_channels, prep.image_size, cfg.model.image.width
+    )
+
+
+def parse_request(value: Any, param: str) -> bytes:
+    """Image bytes that decode (pixel limit enforced)."""
+    return payload_bytes(value, param, "image", "data:image/png;base64,...", open_image)
+
+
+IMAGE = Modality(
+    name="image",
+    arrow_type=pa.binary(),
+    defaults={"image_size": 28, "image_channels": 1},
+    settings=settings,
+    decode=decode,
+    input_shape=lambda prep: ((prep.image_channels, prep.image_size, prep.image_size), np.float32),
+    encoders={"small_cnn": small_cnn, "resnet18": resnet18},
+    decoder=decoder,
+    parse_request=parse_request,
+    data_uri="image",
+    check_raw=open_image,
+    bad_row_reasons=("unreadable image", "image too large"),
+)

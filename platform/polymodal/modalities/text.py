@@ -1,0 +1,144 @@
+"""The text modality: UTF-8 strings → byte ids (or a pretrained tower's WordPiece ids), a byte
+transformer or MiniLM tower, and cross-entropy reconstruction over token positions."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from polymodal.modalities.base import DecodeError, InputError, Modality
+from polymodal.pretrained import pretrained_dir
+
+TEXT_PAD = 0  # also BERT's [PAD] id, so one padding rule serves every tokenizer
+TEXT_VOCAB = 257  # byte value + 1; 0 is padding
+MAX_TEXT_CHARS = 8_192  # per text in a request
+# The tokenizer each text encoder reads (Preprocessing.text_tokenizer).
+TOKENIZERS: dict[str, str] = {"byte_transformer": "bytes", "minilm": "minilm"}
+
+
+@functools.lru_cache(maxsize=8)
+def _wordpiece(name: str, max_len: int):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(pretrained_dir(name) / "tokenizer.json"))
+    tok.enable_truncation(max_len)
+    tok.enable_padding(length=max_len, pad_id=TEXT_PAD)
+    return tok
+
+
+def text_vocab_size(tokenizer: str) -> int:
+    return TEXT_VOCAB if tokenizer == "bytes" else _wordpiece(tokenizer, 8).get_vocab_size()
+
+
+def encode_text(text: str, max_len: int, tokenizer: str = "bytes") -> np.ndarray:
+    """UTF-8 bytes + 1, padded with 0: any language works without a vocabulary. With a
+    pretrained tower's name, that tower's WordPiece ids ([CLS] ... [SEP], padded with 0)."""
+    if tokenizer != "bytes":
+        return np.asarray(_wordpiece(tokenizer, max_len).encode(text).ids, dtype=np.int64)
+    ids = np.zeros(max_len, dtype=np.int64)
+    raw = np.frombuffer(text.encode("utf-8")[:max_len], dtype=np.uint8)
+    ids[: len(raw)] = raw.astype(np.int64) + 1
+    return ids
+
+
+def decode_text(ids: np.ndarray) -> str:
+    raw = bytes(int(i) - 1 for i in ids if i != TEXT_PAD)
+    return raw.decode("utf-8", errors="replace")
+
+
+def decode(value: Any, prep, augment=None, rng=None) -> np.ndarray:
+    if not isinstance(value, str):
+        raise DecodeError("wrong type", f"text is {type(value).__name__}, expected str")
+    if not value.strip():
+        raise DecodeError("empty text")
+    return encode_text(value, prep.text_max_len, prep.text_tokenizer)
+
+
+def serve_decode(value: str, prep, augment=None, rng=None) -> np.ndarray:
+    """An empty text embeds as all padding, as it always has over HTTP."""
+    return encode_text(value, prep.text_max_len, prep.text_tokenizer)
+
+
+def settings(cfg, manifest, train_column) -> dict[str, Any]:
+    return {
+        "text_max_len": cfg.data.text_max_len,
+        "text_tokenizer": TOKENIZERS[cfg.model.text.encoder],
+    }
+
+
+def byte_transformer(cfg, prep):
+    from polymodal.towers.text import ByteTransformer
+
+    t = cfg.model.text
+    return ByteTransformer(
+        prep.text_max_len, t.width, t.layers, t.heads, cfg.model.dropout, TEXT_VOCAB, TEXT_PAD
+    )
+
+
+def minilm(cfg, prep):
+    from polymodal.towers.minilm import MiniLM
+
+    t = cfg.model.text
+    return MiniLM(pretrained_dir("minilm"), t.tuning, t.lr_scale, pad_id=TEXT_PAD)
+
+
+def decoder(cfg, prep):
+    from polymodal.towers.decoders import TextDecoder
+
+    vocab = text_vocab_size(prep.text_tokenizer)
+    return TextDecoder(cfg.model.embed_dim, prep.text_max_len, vocab=vocab)
+
+
+def _targets(ids, present):
+    """Token ids to reconstruct: those of absent rows become padding (ignored)."""
+    return ids.masked_fill(present.unsqueeze(1).eq(0), TEXT_PAD)
+
+
+def reconstruction_sum(logits, ids, present):
+    """(Σ of token cross-entropies over real tokens of present rows, number of such tokens)."""
+    import torch.nn.functional as F
+
+    ids = _targets(ids[:, : logits.shape[1]], present)
+    total = F.cross_entropy(
+        logits.flatten(0, 1), ids.flatten(), ignore_index=TEXT_PAD, reduction="sum"
+    )
+    return total, ids.ne(TEXT_PAD).sum().to(logits.dtype)
+
+
+def reconstruction_count(ids, present):
+    return _targets(ids, present).ne(TEXT_PAD).sum().float()
+
+
+def parse_request(value: Any, param: str) -> str:
+    if not isinstance(value, str):
+        raise InputError("text data must be a string", param)
+    return value
+
+
+def check_request(value: str, prep, param: str) -> int:
+    """Usage counts a text's UTF-8 bytes as its tokens."""
+    if len(value) > MAX_TEXT_CHARS:
+        raise InputError(f"text longer than {MAX_TEXT_CHARS} characters", param)
+    return len(value.encode("utf-8"))
+
+
+TEXT = Modality(
+    name="text",
+    arrow_type=pa.string(),
+    defaults={"text_max_len": 48, "text_tokenizer": "bytes"},
+    settings=settings,
+    decode=decode,
+    input_shape=lambda prep: ((prep.text_max_len,), np.int64),
+    encoders={"byte_transformer": byte_transformer, "minilm": minilm},
+    decoder=decoder,
+    reconstruction_sum=reconstruction_sum,
+    reconstruction_count=reconstruction_count,
+    parse_request=parse_request,
+    check_request=check_request,
+    serve_decode=serve_decode,
+    blank=lambda value: isinstance(value, str) and not value.strip(),
+    bad_row_reasons=("empty text",),
+)

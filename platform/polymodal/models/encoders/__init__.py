@@ -1,1 +1,0 @@
-"""One encoder family per modality; each maps a batch to [B, width] features."""

@@ -1,0 +1,91 @@
+"""The Serve application: build_app binds the gateway, embedder and (with an index_dir)
+searcher deployments; ServeArgs types the builder arguments of serve/config.yaml."""
+
+import os
+
+from pydantic import BaseModel, ConfigDict
+from ray.serve import Application
+
+from polymodal.serving.embedder import Embedder
+from polymodal.serving.gateway import RETRY_AFTER_S, Gateway
+from polymodal.serving.searcher import Searcher
+
+
+class ServeArgs(BaseModel):
+    """The `args` that serve/config.yaml (or `serve run serve.app:app key=value ...`) may
+    give build_app: its arguments of the same names, types and defaults, which Serve
+    validates before building. Not api_key (a secret comes from POLYMODAL_API_KEY, never
+    from a config file) nor access_log (the YAML sets Serve's own logging_config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str  # a checkpoint or a directory of checkpoints, local or s3://
+    max_batch_size: int = 32
+    batch_wait_timeout_s: float = 0.01
+    max_ongoing_requests: int = 64
+    max_queued_requests: int = 256
+    max_models: int = 4
+    num_cpus: float = 0.5
+    num_gpus: float = 0
+    index_dir: str | None = None  # a directory of `polymodal index` outputs: POST /v1/search
+    replicas: int = 1  # embedder replicas (the YAML's autoscaling_config overrides it)
+
+
+def build_app(
+    model_dir: str,
+    max_batch_size: int = 32,
+    batch_wait_timeout_s: float = 0.01,
+    max_ongoing_requests: int = 64,
+    max_queued_requests: int = 256,
+    max_models: int = 4,
+    num_cpus: float = 0.5,
+    num_gpus: float = 0,
+    api_key: str | None = None,
+    access_log: bool = True,
+    index_dir: str | None = None,
+    replicas: int = 1,
+) -> Application:
+    """The Serve application: gateway -> embedder (and searcher, with index_dir). The
+    gateway gathers items of concurrent requests for up to batch_wait_timeout_s or
+    max_batch_size items; embedders merge calls from several gateways into one forward per
+    (model, modality) without waiting again.
+
+    max_ongoing_requests: requests an embedder replica works on at once; kept >=
+    max_batch_size, or Serve caps every batch at it. max_queued_requests: requests each
+    caller may queue beyond that; the rest get 503 with Retry-After at once, never a hang.
+    max_models: checkpoints kept loaded per replica (LRU). num_gpus: per embedder replica.
+    api_key: require `Bearer api_key` (default: POLYMODAL_API_KEY, if set). access_log: one
+    log line per request and call (turn off at high request rates). index_dir: a directory
+    of `polymodal index` outputs (local or s3://) searched at POST /v1/search by a Searcher
+    deployment, which holds them apart from the embedders' models. replicas: embedder
+    replicas (serve/config.yaml autoscales instead)."""
+    api_key = api_key or os.environ.get("POLYMODAL_API_KEY") or None
+    ongoing = max(max_ongoing_requests, max_batch_size)
+    backpressure = {"status_code": 503, "retry_after_s": RETRY_AFTER_S}
+    logging_config = {"enable_access_log": access_log}
+    embedder = Embedder.options(
+        max_ongoing_requests=ongoing,
+        max_queued_requests=max_queued_requests,
+        backpressure_config=backpressure,
+        logging_config=logging_config,
+        ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
+        num_replicas=replicas,
+    ).bind(model_dir, max_batch_size, 0.0, max_models)
+    searcher = None
+    if index_dir:
+        searcher = Searcher.options(
+            max_ongoing_requests=ongoing,
+            max_queued_requests=max_queued_requests,
+            backpressure_config=backpressure,
+            logging_config=logging_config,
+            ray_actor_options={"num_cpus": num_cpus / 2},
+        ).bind(index_dir)
+    # The gateway holds what the embedder queues, so overload surfaces as the embedder's
+    # BackPressureError, answered in the API's JSON error shape.
+    return Gateway.options(
+        max_ongoing_requests=ongoing + max_queued_requests,
+        max_queued_requests=max_queued_requests,
+        backpressure_config=backpressure,
+        logging_config=logging_config,
+        ray_actor_options={"num_cpus": num_cpus / 2},
+    ).bind(embedder, model_dir, api_key, max_batch_size, batch_wait_timeout_s, searcher)

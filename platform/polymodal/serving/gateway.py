@@ -1,0 +1,301 @@
+"""The HTTP API: the FastAPI app (body-size guard, metrics, errors in OpenAI's shape) and the
+Gateway ingress deployment whose routes check requests and call the embedder and searcher."""
+
+import asyncio
+import base64
+import hmac
+import math
+import time
+from collections import defaultdict
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from polymodal.inference.model import list_models, model_card
+from polymodal.modalities.base import InputError
+from polymodal.serving.inputs import check_item, parse_item, parse_value
+from polymodal.serving.metrics import gateway_metrics
+from polymodal.serving.schemas import (
+    MAX_ITEMS,
+    ClassifyRequest,
+    ClassifyResponse,
+    EmbeddingItem,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelCard,
+    ModelList,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+    Usage,
+)
+
+app = FastAPI(
+    title="polymodal",
+    description="Embeddings, classification and search from polymodal "
+    "checkpoints. OpenAI-compatible /v1/embeddings.",
+)
+
+
+def _encode(vector, encoding_format: str) -> list[float] | str:
+    """OpenAI's encodings: a list of floats, or base64 of little-endian float32."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
+    return [float(x) for x in vector]
+
+
+def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param}}
+    return JSONResponse(status_code=status, content=body)
+
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+RETRY_AFTER_S = 1.0
+# Metric labels: the API's routes; any other path counts as "other", so scanners hitting
+# random paths cannot grow the label set.
+_ROUTES = {
+    "/healthz",
+    "/readyz",
+    "/v1/models",
+    "/v1/embeddings",
+    "/v1/classify",
+    "/v1/search",
+    "/docs",
+}
+
+
+@app.middleware("http")
+async def _guard(request: Request, call_next):
+    """Refuse oversized bodies before anything reads them."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        return _error(413, f"request body over {MAX_BODY_BYTES} bytes", None)
+    return await call_next(request)
+
+
+@app.middleware("http")
+async def _record(request: Request, call_next):
+    """Count and time every response, 4xx from the guard above included (this middleware
+    is added last, so it runs outermost)."""
+    start = time.perf_counter()
+    response = await call_next(request)
+    path = request.url.path
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :] or "/"
+    route = path if path in _ROUTES else "other"
+    m = gateway_metrics()
+    m.requests.inc(tags={"route": route, "status": str(response.status_code)})
+    m.latency.observe(time.perf_counter() - start, tags={"route": route})
+    return response
+
+
+@app.exception_handler(BackPressureError)
+async def _overloaded(request: Request, exc: BackPressureError) -> JSONResponse:
+    response = _error(exc.status_code, "the service is over capacity; retry later")
+    response.headers["Retry-After"] = str(math.ceil(exc.retry_after_s or RETRY_AFTER_S))
+    return response
+
+
+@app.exception_handler(RayActorError)
+@app.exception_handler(ActorUnavailableError)
+async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
+    """Two replicas died under the same request: a server-side loss, retried by the client."""
+    response = _error(503, "an embedder replica was lost; retry")
+    response.headers["Retry-After"] = str(math.ceil(RETRY_AFTER_S))
+    return response
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (a body that is not JSON at all, an unknown route) in the API's
+    error shape."""
+    response = _error(exc.status_code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
+
+
+@app.exception_handler(InputError)
+async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+    return _error(exc.status, str(exc), exc.param)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    # The request's own field: deeper parts of pydantic's location name union members
+    # ("query.str"), not anything the client sent.
+    loc = first.get("loc", ())
+    param = str(loc[1]) if len(loc) > 1 else None
+    return _error(400, f"invalid request: {first.get('msg', 'malformed body')}", param)
+
+
+@serve.deployment
+@serve.ingress(app)
+class Gateway:
+    def __init__(
+        self,
+        embedder,
+        model_dir: str,
+        api_key: str | None = None,
+        max_batch_size: int = 32,
+        batch_wait_timeout_s: float = 0.01,
+        searcher=None,
+    ):
+        self.api_key = api_key  # never logged; compared in constant time
+        self.embedder = embedder
+        self.searcher = searcher
+        self.model_dir = model_dir
+        self.cards = {name: model_card(path) for name, path in list_models(model_dir).items()}
+        self.batching = max_batch_size > 1
+        self.gather_items.set_max_batch_size(max_batch_size)
+        self.gather_items.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    # Two batches in flight: the next one is sent while the embedder runs the last.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
+    async def gather_items(self, items: list[tuple[str, str, object]]) -> list[np.ndarray]:
+        """Items of concurrent requests, sent as one embedder call per model: a call costs
+        milliseconds of Serve overhead, so per-request calls capped throughput."""
+        rows_of: dict[str, list[int]] = defaultdict(list)
+        for i, (model_id, _, _) in enumerate(items):
+            rows_of[model_id].append(i)
+
+        async def call(model_id: str, rows: list[int]) -> list[np.ndarray]:
+            return await self._call(model_id, "embed", [items[i][1:] for i in rows])
+
+        results = await asyncio.gather(*[call(m, rows) for m, rows in rows_of.items()])
+        out: list[np.ndarray | None] = [None] * len(items)
+        for rows, vectors in zip(rows_of.values(), results):
+            for i, vec in zip(rows, vectors):
+                out[i] = vec
+        return out
+
+    async def _call(self, model: str, method: str, arg):
+        """An embedder call, sent once more when its replica died under it (embedding is
+        idempotent; Serve routes the retry to a live replica)."""
+        handle = self.embedder.options(multiplexed_model_id=model)
+        try:
+            return await getattr(handle, method).remote(model, arg)
+        except (RayActorError, ActorUnavailableError):
+            return await getattr(handle, method).remote(model, arg)
+
+    def _authorize(self, request: Request) -> None:
+        if not self.api_key:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+            raise InputError("missing or wrong API key (Authorization: Bearer ...)", None, 401)
+
+    def _card(self, model: str) -> dict:
+        if model not in self.cards:
+            raise InputError(f"unknown model '{model}' (have {sorted(self.cards)})", "model", 404)
+        return self.cards[model]
+
+    async def _embed(self, model: str, parsed: list[tuple[str, object]]) -> list[np.ndarray]:
+        if self.batching:
+            return await asyncio.gather(*[self.gather_items((model, *p)) for p in parsed])
+        return await self._call(model, "embed", parsed)  # one call per request
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        if not self.cards:
+            return _error(503, f"no checkpoints in {self.model_dir}")
+        return JSONResponse({"status": "ready", "models": sorted(self.cards)})
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models(self, request: Request) -> ModelList:
+        self._authorize(request)
+        return ModelList(
+            data=[
+                ModelCard(id=name, modalities=c["modalities"], dimension=c["dimension"])
+                for name, c in self.cards.items()
+            ]
+        )
+
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse)
+    async def embeddings(self, body: EmbeddingRequest, request: Request) -> EmbeddingResponse:
+        self._authorize(request)
+        card = self._card(body.model)
+        items = [body.input] if isinstance(body.input, str) else body.input
+        if not items:
+            raise InputError("input is empty", "input")
+        if len(items) > MAX_ITEMS:
+            raise InputError(f"at most {MAX_ITEMS} items per request", "input", 413)
+        parsed = [parse_item(item, f"input[{i}]") for i, item in enumerate(items)]
+        tokens = sum(
+            check_item(body.model, card["prep"], m, v, f"input[{i}]")
+            for i, (m, v) in enumerate(parsed)
+        )
+        vectors = await self._embed(body.model, parsed)
+        data = [
+            EmbeddingItem(index=i, embedding=_encode(v, body.encoding_format))
+            for i, v in enumerate(vectors)
+        ]
+        return EmbeddingResponse(
+            data=data, model=body.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
+        )
+
+    @app.post("/v1/classify", response_model=ClassifyResponse)
+    async def classify(self, body: ClassifyRequest, request: Request) -> ClassifyResponse:
+        self._authorize(request)
+        card = self._card(body.model)
+        if not card["labels"]:
+            raise InputError(f"model '{body.model}' has no classifier labels", "model")
+        if not body.inputs:
+            raise InputError("inputs is empty", "inputs")
+        values = {}
+        for modality, value in body.inputs.items():
+            if modality not in card["modalities"]:
+                raise InputError(
+                    f"model '{body.model}' has no {modality} encoder", f"inputs.{modality}"
+                )
+            param = f"inputs.{modality}"
+            values[modality] = parse_value(modality, value, param)
+            check_item(body.model, card["prep"], modality, values[modality], param)
+        try:
+            probs = await self._call(body.model, "classify", values)
+        except RuntimeError as exc:  # the checkpoint has no classifier head
+            raise InputError(str(exc), "model") from exc
+        label = max(probs, key=probs.get)
+        return ClassifyResponse(model=body.model, label=label, probabilities=probs)
+
+    @app.post("/v1/search", response_model=SearchResponse)
+    async def search(self, body: SearchRequest, request: Request) -> SearchResponse:
+        """The k rows of the (model, modality) index nearest the query (text or image) by
+        cosine similarity of the model's embeddings."""
+        self._authorize(request)
+        card = self._card(body.model)
+        if self.searcher is None:
+            raise InputError("this service has no search indexes (no index_dir)", "model", 404)
+        if body.modality not in card["modalities"]:
+            raise InputError(
+                f"model '{body.model}' has no {body.modality} encoder, so no {body.modality} index",
+                "modality",
+                404,
+            )
+        modality, value = parse_item(body.query, "query")
+        if modality == "text" and not value.strip():
+            raise InputError("query is empty", "query")
+        check_item(body.model, card["prep"], modality, value, "query")
+        vectors = await self._embed(body.model, [(modality, value)])
+        answer = await self.searcher.search.remote(
+            body.model, body.modality, np.stack(vectors), body.k
+        )
+        if answer["status"] >= 500:
+            return _error(answer["status"], answer["message"])
+        if answer["status"] != 200:
+            raise InputError(answer["message"], answer["param"], answer["status"])
+        hits = [SearchHit(**hit) for hit in answer["hits"]]
+        return SearchResponse(model=body.model, modality=body.modality, data=hits)

@@ -1,0 +1,130 @@
+"""One optimisation step of a Train worker, `step(batch) -> (loss value, logs)`, in one of two
+strategies chosen once per run: plain DDP, or the gradient cache (train.grad_cache)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ray.train.torch
+import torch
+from torch import nn
+
+from polymodal.batch import Batch
+from polymodal.config import Config
+from polymodal.objectives.grad_cache import (
+    broadcast_parameters,
+    grad_cache_backward,
+    sync_gradients,
+)
+from polymodal.objectives.joint import joint_loss
+
+Logs = dict[str, torch.Tensor]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A step's loss is NaN or infinite; raised before anything was applied to the model."""
+
+    def __init__(self, value: float):
+        super().__init__(f"loss is {value}")
+        self.value = value
+
+
+def has_unused_encoders(cfg: Config) -> bool:
+    """Whether some encoder gets no gradient in a step: it feeds no active term, or it is a
+    locked pretrained tower (DDP must then look for unused parameters)."""
+    w, mods = cfg.objective.weights, set(cfg.model.modalities)
+    used = set(mods) if w.contrastive > 0 else set()
+    if w.reconstruction > 0:
+        used |= set(cfg.objective.reconstruction.modalities or mods)
+    if w.classification > 0:
+        used |= set(cfg.objective.classification.modalities or mods)
+    # A locked pretrained tower gets no gradient until it is unlocked.
+    locked_tower = "text" in mods and cfg.model.text.tuning == "lock_then_unlock"
+    return used != mods or locked_tower
+
+
+class Step:
+    """zero_grad → the strategy's forward and backward → clip → optimizer and scheduler."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        cfg: Config,
+        device: torch.device,
+    ):
+        self.model, self.optimizer, self.scheduler, self.cfg = model, optimizer, scheduler, cfg
+        # bf16 on GPUs; on CPUs autocast would only slow float32 down
+        self.autocast = torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+        )
+
+    @staticmethod
+    def prepare(model: nn.Module, cfg: Config) -> nn.Module:
+        """The model on this worker's device, wrapped as the strategy needs."""
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, Logs]:
+        raise NotImplementedError
+
+    def backward(self, loss: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def __call__(self, batch: Batch) -> tuple[float, Logs]:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast:
+            loss, logs = self.forward(batch)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(loss_value)
+        self.backward(loss)
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss_value, logs
+
+
+class DDPStep(Step):
+    """The whole batch forward through the DDP-wrapped model; DDP averages the gradients
+    during backward."""
+
+    @staticmethod
+    def prepare(model: nn.Module, cfg: Config) -> nn.Module:
+        return ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": has_unused_encoders(cfg)}
+        )
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, Logs]:
+        return joint_loss(self.model(batch), batch, self.cfg.objective)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+
+class GradCacheStep(Step):
+    """Sub-batches of train.grad_cache.chunk_size rows, backward inside the forward; the
+    gradients are then averaged over ranks once, by sync_gradients rather than DDP."""
+
+    @staticmethod
+    def prepare(model: nn.Module, cfg: Config) -> nn.Module:
+        model = ray.train.torch.prepare_model(model, parallel_strategy=None)
+        broadcast_parameters(model)  # what DDP would have done when wrapping it
+        return model
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, Logs]:
+        chunk = self.cfg.train.grad_cache.chunk_size
+        return grad_cache_backward(self.model, batch, self.cfg.objective, chunk)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        sync_gradients(self.model)
+
+
+def step_strategy(cfg: Config, per_worker_batch: int) -> type[Step]:
+    """The one place the strategy is chosen: the gradient cache when its chunks are smaller
+    than a worker's batch."""
+    if 0 < cfg.train.grad_cache.chunk_size < per_worker_batch:
+        return GradCacheStep
+    return DDPStep
