@@ -1,0 +1,238 @@
+"""What each `polymodal` subcommand does with its parsed arguments: call one function of
+the package and print the result (cli.py builds the parser and dispatches here)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from polymodal.data.ingest import ingest
+
+    report = ingest(
+        args.source,
+        args.out,
+        strict=args.strict,
+        val_fraction=args.val_fraction,
+        rows_per_shard=args.rows_per_shard,
+        limit=args.limit,
+        overwrite=args.overwrite,
+        mapping=args.map,
+    )
+    counts = ", ".join(f"{s}={i['rows']}" for s, i in report.manifest.splits.items())
+    tasks = f", {report.parallel_tasks} parallel tasks" if report.parallel_tasks else ""
+    print(
+        f"wrote {report.rows_written} rows to {args.out} ({counts}), "
+        f"{report.bytes_written / 1e6:.1f} MB in {report.seconds:.1f}s{tasks}"
+    )
+    rejected = sum(report.rejected.values())
+    print(f"rejected {rejected} rows" + (f": {dict(report.rejected)}" if rejected else ""))
+    for line in report.examples:
+        print(f"  {line}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from polymodal.data.inspect import inspect_dataset
+
+    print(inspect_dataset(args.dataset, rows=args.rows))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from polymodal.cluster import ensure_ray
+    from polymodal.data.validate import validate_dataset
+
+    ensure_ray(args.address)
+    report = validate_dataset(args.dataset)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from polymodal.config import load_config
+
+    # Checked before torch and Ray are imported: a config error prints in well under 2 s.
+    cfg = load_config(args.config, args.overrides)
+    from polymodal.evaluation.report import write_report
+    from polymodal.train.run import fit
+
+    result = fit(cfg, address=args.address)
+    write_report(result.run_dir)
+    print(format_metrics(result.metrics, f"run {cfg.train.name}"))
+    print(f"checkpoint: {result.checkpoint}")
+    print(f"metrics:    {result.run_dir}/metrics.json")
+    print(f"plot:       {result.run_dir}/loss_curves.png")
+    print(f"report:     {result.run_dir}/report/index.html")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from polymodal.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # before torch and Ray, as for train
+    from polymodal.tune.sweep import format_table, run_sweep
+
+    result = run_sweep(cfg, address=args.address)
+    print(format_table(result))
+    print(f"table: {result.sweep_dir}/trials.csv (and .parquet)")
+    print(f"plot:  {result.sweep_dir}/metric_vs_space.png")
+    if result.best_checkpoint is None:
+        print(f"no trial reported {cfg.tune.metric}; no best checkpoint")
+        return 1
+    best, value = result.best_checkpoint, result.best[f"best {cfg.tune.metric}"]
+    print(f"best:  {best} ({cfg.tune.metric} {value:.4f})")
+    print(f"next:  polymodal eval {best}  |  polymodal serve {best}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from polymodal.evaluation.run import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, split=args.split)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(format_metrics(metrics, f"eval {args.checkpoint} on {args.split}"))
+    if args.out:
+        Path(args.out).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from polymodal.cluster import ensure_ray
+    from polymodal.inference.model import list_models
+
+    if not list_models(args.model_dir):
+        raise FileNotFoundError(f"{args.model_dir}: no checkpoints (no polymodal.json found)")
+    ensure_ray(args.address, metrics_port=args.metrics_port)
+    from ray import serve
+
+    from polymodal.serving.app import build_app
+
+    app = build_app(
+        args.model_dir,
+        max_batch_size=args.max_batch_size,
+        max_models=args.max_models,
+        num_gpus=args.num_gpus,
+        index_dir=args.index_dir,
+        replicas=args.replicas,
+    )
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(app, route_prefix="/")
+    print(f"serving {args.model_dir} at http://{args.host}:{args.port} (docs: /docs); Ctrl-C stops")
+    if args.metrics_port and not args.address:
+        print(f"Prometheus metrics: http://{args.host}:{args.metrics_port}/metrics")
+    if args.index_dir:
+        print(f"search: POST /v1/search over the indexes in {args.index_dir}")
+    sys.stdout.flush()  # to a log file too, before the wait that a SIGTERM ends
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    serve.shutdown()
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from polymodal.cluster import ensure_ray
+    from polymodal.inference.offline import embed_dataset
+
+    ensure_ray(args.address)
+    rows = embed_dataset(args.checkpoint, args.dataset, args.out, split=args.split)
+    print(f"wrote embeddings of {rows} rows ({args.split}) to {args.out}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from polymodal.cluster import ensure_ray
+    from polymodal.inference.offline import build_index, check_index_inputs
+
+    check_index_inputs(args.checkpoint, args.dataset, args.modality, args.split)
+    ensure_ray(args.address)
+    r = build_index(
+        args.checkpoint,
+        args.dataset,
+        args.out,
+        modality=args.modality,
+        split=args.split,
+        shard_rows=args.shard_rows,
+        batch_size=args.batch_size,
+        num_cpus=args.num_cpus,
+        actors=args.actors,
+        model_name=args.model,
+    )
+    print(
+        f"indexed {r.rows} {r.modality} rows of {args.split} ({r.dim}-d, model '{r.model}') "
+        f"into {r.shards} shards at {r.out}: {r.bytes_written / 1e6:.1f} MB in {r.seconds:.1f}s "
+        f"({r.rows / r.seconds:.0f} rows/s)"
+        + (f"; skipped {r.skipped} rows without {r.modality}" if r.skipped else "")
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from polymodal.evaluation.report import screenshot, write_report
+
+    page = write_report(args.run_dir, rows=args.rows)
+    print(f"report: {page}")
+    if args.screenshot:
+        print(f"screenshot: {screenshot(page, args.screenshot)}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from polymodal.submit import follow, submit
+
+    jobs, job_id = submit(
+        args.kind, args.args, address=args.address, entrypoint_num_cpus=args.entrypoint_num_cpus
+    )
+    print(f"submitted {args.kind} job {job_id} to {jobs.get_address()}", flush=True)
+    if args.no_wait:
+        print(f"follow it: polymodal jobs logs {job_id} --follow")
+        return 0
+    try:
+        status = follow(jobs, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job goes on (polymodal jobs stop {job_id} ends it)")
+        return 130
+    print(f"job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from polymodal.submit import client, follow, format_jobs, format_status
+
+    jobs = client(args.address)
+    try:
+        if args.jobs_command == "list":
+            print(format_jobs(jobs.list_jobs()))
+        elif args.jobs_command == "status":
+            print(format_status(jobs.get_job_info(args.job_id)))
+        elif args.jobs_command == "logs" and args.follow:
+            return 0 if follow(jobs, args.job_id) == "SUCCEEDED" else 1
+        elif args.jobs_command == "logs":
+            print(jobs.get_job_logs(args.job_id), end="")
+        else:
+            stopped = jobs.stop_job(args.job_id)
+            print(f"job {args.job_id}: " + ("stop requested" if stopped else "already finished"))
+    except RuntimeError as exc:  # the Job API's answer, e.g. no such job
+        print(f"polymodal: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def format_metrics(metrics: dict[str, float], title: str) -> str:
+    rows = [(k, v) for k, v in sorted(metrics.items()) if k.startswith("val/")]
+    width = max((len(k) for k, _ in rows), default=10)
+    lines = [title, "-" * (width + 10)]
+    lines += [f"{k:<{width}}  {v:.4f}" for k, v in rows]
+    return "\n".join(lines)
