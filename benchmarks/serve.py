@@ -49,7 +49,11 @@ def _checkpoint(overrides: list[str], out: Path) -> Path:
     from polymodal.models.build import build_model
 
     cfg = load_config(str(CONFIG), overrides)
-    prep = Preprocessing(list(cfg.model.modalities), cfg.data.image_size, 1, cfg.data.text_max_len)
+    prep = Preprocessing(
+        list(cfg.model.modalities),
+        image_size=cfg.data.image_size,
+        text_max_len=cfg.data.text_max_len,
+    )
     torch.manual_seed(0)
     model = build_model(cfg, prep, num_classes=10).eval()
     meta = {"config": cfg.to_dict(), "preprocessing": prep.to_dict(), "num_classes": 10}

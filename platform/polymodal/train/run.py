@@ -13,10 +13,12 @@ from polymodal.checkpoint import fetch_checkpoint, load_model, read_meta
 from polymodal.cluster import ensure_ray
 from polymodal.config import Config, config_from_dict
 from polymodal.data.dataset import dataset_manifest, dataset_path, preprocessing_for
+from polymodal.data.format import Manifest
 from polymodal.evaluation.evaluate import decoded_batches
 from polymodal.evaluation.plots import plot_loss_curves, plot_reconstructions
 from polymodal.modalities import Preprocessing
 from polymodal.modalities.image import Augment
+from polymodal.models.build import build_model
 from polymodal.train.bad_rows import check_bad_fraction, write_bad_rows
 
 
@@ -51,13 +53,12 @@ def bad_row_totals(inputs: RunInputs) -> dict[str, Any]:
     return ray.get(inputs.bad_rows.totals.remote())
 
 
-def prepare_inputs(cfg: Config) -> RunInputs:
-    """Check the dataset against the config; lazy Ray datasets for train (shuffled) and val."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from polymodal.data.pipeline import BadRows, configure_ray_data, split_dataset
-
+def check_run(cfg: Config) -> tuple[Manifest, Preprocessing]:
+    """The dataset's manifest, checked against the config, and its preprocessing; the model
+    is built once, so one that cannot be built fails here, before Ray starts. No Ray: in a
+    submitted job, the driver's working directory was gone once Ray had connected, and a
+    library first imported after that (torchvision) failed in os.getcwd()
+    (tests/integration/test_cluster.py); building the model here imports them in time."""
     manifest = dataset_manifest(cfg)
     for split in ("train", "val"):
         if manifest.rows(split) == 0:
@@ -67,6 +68,20 @@ def prepare_inputs(cfg: Config) -> RunInputs:
             f"{cfg.data.path}: objective.weights.classification > 0 but the dataset has no labels"
         )
     prep = preprocessing_for(cfg, manifest)
+    model = build_model(cfg, prep, len(manifest.label_names or []))
+    sizes = [(p.numel(), p.requires_grad) for p in model.parameters()]
+    trained = sum(n for n, grad in sizes if grad)
+    print(f"model: {sum(n for n, _ in sizes):,} parameters, {trained:,} trained", flush=True)
+    return manifest, prep
+
+
+def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunInputs:
+    """Lazy Ray datasets for train (shuffled) and val, from check_run's results."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from polymodal.data.pipeline import BadRows, configure_ray_data, split_dataset
+
     label_names = manifest.label_names
     templates = cfg.eval.zero_shot_templates or manifest.extra.get("caption_templates", [])
     configure_ray_data()
@@ -167,8 +182,9 @@ def apply_storage(cfg: Config) -> None:
 
 def fit(cfg: Config, address: str | None = None) -> RunResult:
     apply_storage(cfg)
+    manifest, prep = check_run(cfg)
     ensure_ray(address, cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
-    inputs = prepare_inputs(cfg)
+    inputs = prepare_inputs(cfg, manifest, prep)
     run_dir = run_dir_of(cfg)
     storage_path, name = run_dir.rsplit("/", 1)
     try:

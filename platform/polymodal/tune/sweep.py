@@ -9,7 +9,7 @@ from typing import Any
 
 from polymodal.cluster import ensure_ray
 from polymodal.config import Config, ConfigError
-from polymodal.train.run import RunInputs, apply_storage, prepare_inputs, run_dir_of
+from polymodal.train.run import RunInputs, apply_storage, check_run, prepare_inputs, run_dir_of
 from polymodal.tune.report import SweepResult, write_results
 from polymodal.tune.space import check_tune, search_space
 from polymodal.tune.trial import run_trial
@@ -79,6 +79,7 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) ->
 
     check_tune(cfg)
     apply_storage(cfg)
+    manifest, prep = check_run(cfg)
     ensure_ray(address, trial_cpus(cfg) + 1)
     sweep_dir = run_dir_of(cfg)
     storage_path, name = sweep_dir.rsplit("/", 1)
@@ -86,7 +87,7 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) ->
         tune.with_parameters(
             run_trial,
             base=cfg.to_dict(),
-            inputs=materialize(prepare_inputs(cfg)),
+            inputs=materialize(prepare_inputs(cfg, manifest, prep)),
             sweep_dir=sweep_dir,
         ),
         {"CPU": 0.01},  # the trial only drives its trainer, whose workers hold the CPUs
