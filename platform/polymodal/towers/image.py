@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
 
 # BatchNorm couples the rows of a batch; GroupNorm is per sample (exact under grad cache).
@@ -47,6 +46,10 @@ class ResNet18(nn.Module):
 
     def __init__(self, channels: int, width: int = 64):
         super().__init__()
+        # Imported here: torchvision takes 1.3 s to import, which every load of a small_cnn
+        # model (the default; a serving replica's first request) would otherwise pay.
+        import torchvision
+
         net = torchvision.models.resnet18(weights=None)
         net.conv1 = nn.Conv2d(channels, 64, 3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
