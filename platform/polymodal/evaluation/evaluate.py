@@ -1,4 +1,4 @@
-"""Run a JointModel over a split and compute DESIGN.md's val/ metrics.
+"""Run a JointModel over a split and compute the val/ metrics (docs/architecture.md, Metric names).
 
 Plain torch: Batches come from Ray Data inside training, or straight from Parquet in
 `polymodal eval` (decoded_batches); both are decoded by data.decode.decode_columns.
