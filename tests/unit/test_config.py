@@ -134,7 +134,7 @@ def test_types_are_strict_but_floats_read_yaml_strings():
 
 # Every declared choice: a typo names the key, the choices and the closest one.
 BAD_CHOICES = [
-    ("model.image.encoder", "resnet19", "small_cnn, resnet18", "resnet18"),
+    ("model.image.encoder", "resnet19", "small_cnn, resnet18, efficientnet_lite0", "resnet18"),
     ("model.image.norm", "btch", "batch, group", "batch"),
     ("model.audio.norm", "grop", "batch, group", "group"),
     ("model.text.encoder", "minlm", "byte_transformer, minilm", "minilm"),
@@ -170,7 +170,7 @@ def test_declared_choices_match_the_registries():
     from polymodal.objectives.contrastive import CONTRASTIVE_KINDS, GATHER_MODES, POSITIVES
     from polymodal.objectives.joint import WEIGHTINGS
     from polymodal.towers.image import NORMS
-    from polymodal.towers.minilm import TUNINGS
+    from polymodal.towers.tuning import TUNINGS
     from polymodal.tune.sweep import SCHEDULERS, SEARCHERS
 
     for modality, section in (

@@ -12,6 +12,7 @@ import pyarrow as pa
 from PIL import Image
 
 from polymodal.modalities.base import DecodeError, Modality, payload_bytes
+from polymodal.pretrained import pretrained_file
 
 MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs before decoding
 
@@ -107,6 +108,14 @@ def resnet18(cfg, prep):
     return ResNet18(prep.image_channels)
 
 
+def efficientnet_lite0(cfg, prep):
+    from polymodal.towers.efficientnet import EfficientNetLite0
+
+    section = cfg.model.image
+    weights = pretrained_file("efficientnet_lite0")
+    return EfficientNetLite0(weights, section.tuning, section.lr_scale)
+
+
 def decoder(cfg, prep):
     from polymodal.towers.decoders import ImageDecoder
 
@@ -127,7 +136,11 @@ IMAGE = Modality(
     settings=settings,
     decode=decode,
     input_shape=lambda prep: ((prep.image_channels, prep.image_size, prep.image_size), np.float32),
-    encoders={"small_cnn": small_cnn, "resnet18": resnet18},
+    encoders={
+        "small_cnn": small_cnn,
+        "resnet18": resnet18,
+        "efficientnet_lite0": efficientnet_lite0,
+    },
     decoder=decoder,
     parse_request=parse_request,
     data_uri="image",

@@ -11,11 +11,15 @@ from polymodal.models.joint import JointModel
 
 
 def unlock_towers(model: nn.Module, cfg: Config, epoch: int) -> None:
-    """lock_then_unlock: a pretrained tower trains from epoch model.text.unlock_epoch + 1 on."""
-    if cfg.model.text.tuning == "lock_then_unlock" and epoch > cfg.model.text.unlock_epoch:
-        for module in model.modules():
-            if getattr(module, "locked", False):
-                module.unlock()
+    """lock_then_unlock: a pretrained tower trains from epoch model.<modality>.unlock_epoch + 1
+    on."""
+    for m, encoder in model.encoders.items():
+        section = getattr(cfg.model, m, None)
+        tuning = getattr(section, "tuning", "finetune")
+        if tuning == "lock_then_unlock" and epoch > section.unlock_epoch:
+            for module in encoder.modules():
+                if getattr(module, "locked", False):
+                    module.unlock()
 
 
 def encoder_name(cfg: Config, modality: str) -> str:

@@ -8,22 +8,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-TUNINGS = ("freeze", "finetune", "lock_then_unlock")
+from polymodal.towers.tuning import Tunable
+
 MAX_CACHED = 200_000  # pooled features of a frozen tower kept per distinct text (~1.5 KB each)
 
 
-class MiniLM(nn.Module):
-    """`freeze`: never trains; `lock_then_unlock`: locked until `unlock()`, then trains;
-    `finetune`: trains from the start. A locked tower runs in eval mode without gradients."""
+class MiniLM(Tunable):
+    """Token ids → the mean of BERT's last hidden states over real tokens; tuning as in
+    towers/tuning.py."""
 
     def __init__(
         self, model_dir: Path, tuning: str = "finetune", lr_scale: float = 1.0, pad_id: int = 0
     ):
-        super().__init__()
+        super().__init__(tuning, lr_scale)
         self.pad_id = pad_id
-        self.lr_scale = lr_scale  # build_optimizer gives these weights optim.lr * lr_scale
-        if tuning not in TUNINGS:
-            raise ValueError(f"tuning must be one of {', '.join(TUNINGS)}, got {tuning!r}")
         # Slow import (seconds): only for this tower. Its per-load progress bar is noise in logs.
         from transformers import BertModel
         from transformers.utils.logging import disable_progress_bar
@@ -31,24 +29,17 @@ class MiniLM(nn.Module):
         disable_progress_bar()
         self.bert = BertModel.from_pretrained(str(model_dir), local_files_only=True)
         self.out_dim = self.bert.config.hidden_size
-        self.locked = tuning != "finetune"
         # A frozen tower is a fixed function: in training its features are computed once per
         # distinct text (LiT precomputes them the same way); captions repeat every epoch.
         # Not in eval mode: a serving replica would grow with every new text.
         self.cache: dict[bytes, torch.Tensor] | None = None
-        if tuning == "freeze":  # no gradients at all: DDP and the optimizer skip these
-            self.bert.requires_grad_(False)
+        self.freeze_if_asked()
+        if tuning == "freeze":
             self.cache = {}
 
-    def unlock(self) -> None:
-        self.locked = False
-        self.bert.train(self.training)
-
-    def train(self, mode: bool = True) -> MiniLM:
-        super().train(mode)
-        if self.locked:  # dropout off: a locked tower gives the same features every time
-            self.bert.eval()
-        return self
+    @property
+    def inner(self) -> nn.Module:
+        return self.bert
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.cache is None or not self.training:
@@ -65,7 +56,7 @@ class MiniLM(nn.Module):
         keep = ids.ne(self.pad_id)
         length = max(int(keep.sum(1).max()), 1)
         ids, keep = ids[:, :length], keep[:, :length]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.locked):
+        with torch.set_grad_enabled(self.grad_enabled()):
             x = self.bert(input_ids=ids, attention_mask=keep.long()).last_hidden_state
         w = keep.unsqueeze(-1).to(x.dtype)
         return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
