@@ -61,20 +61,21 @@ def test_builder_args_are_typed():
     assert args.max_batch_size == 8 and args.num_gpus == 1.0
 
 
-def test_builder_args_match_build_app():
-    """ServeArgs has build_app's names, types and defaults, less what a config file must not
-    set (api_key, access_log)."""
+def test_build_app_takes_its_settings_through_serve_args():
+    """build_app's settings are ServeArgs' fields (one set of names, types and defaults); only
+    what a config file must not set (api_key, access_log) is build_app's own."""
     import inspect
+
+    from pydantic import ValidationError
 
     from polymodal.serving.app import ServeArgs, build_app
 
     params = inspect.signature(build_app).parameters
-    fields = ServeArgs.model_fields
-    assert set(params) - set(fields) == {"api_key", "access_log"}
-    assert set(fields) <= set(params)
-    for name, field in fields.items():
-        assert field.annotation == params[name].annotation, name
-        if params[name].default is inspect.Parameter.empty:
-            assert field.is_required(), name
-        else:
-            assert field.default == params[name].default, name
+    assert list(params) == ["model_dir", "api_key", "access_log", "settings"]
+    assert (
+        "model_dir" in ServeArgs.model_fields and ServeArgs.model_fields["model_dir"].is_required()
+    )
+    with pytest.raises(ValidationError, match="max_batch\n.*Extra inputs are not permitted"):
+        build_app("m", max_batch=8)
+    with pytest.raises(ValidationError, match="max_batch_size\n.*valid integer"):
+        build_app("m", max_batch_size="eight")

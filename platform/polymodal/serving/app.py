@@ -2,6 +2,7 @@
 searcher deployments; ServeArgs types the builder arguments of serve/config.yaml."""
 
 import os
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from ray.serve import Application
@@ -32,24 +33,14 @@ class ServeArgs(BaseModel):
 
 
 def build_app(
-    model_dir: str,
-    max_batch_size: int = 32,
-    batch_wait_timeout_s: float = 0.01,
-    max_ongoing_requests: int = 64,
-    max_queued_requests: int = 256,
-    max_models: int = 4,
-    num_cpus: float = 0.5,
-    num_gpus: float = 0,
-    api_key: str | None = None,
-    access_log: bool = True,
-    index_dir: str | None = None,
-    replicas: int = 1,
+    model_dir: str, api_key: str | None = None, access_log: bool = True, **settings: Any
 ) -> Application:
     """The Serve application: gateway -> embedder (and searcher, with index_dir). The
     gateway gathers items of concurrent requests for up to batch_wait_timeout_s or
     max_batch_size items; embedders merge calls from several gateways into one forward per
     (model, modality) without waiting again.
 
+    settings: ServeArgs' other fields, checked by it (one set of names, types and defaults).
     max_ongoing_requests: requests an embedder replica works on at once; kept >=
     max_batch_size, or Serve caps every batch at it. max_queued_requests: requests each
     caller may queue beyond that; the rest get 503 with Retry-After at once, never a hang.
@@ -59,33 +50,36 @@ def build_app(
     of `polymodal index` outputs (local or s3://) searched at POST /v1/search by a Searcher
     deployment, which holds them apart from the embedders' models. replicas: embedder
     replicas (serve/config.yaml autoscales instead)."""
+    args = ServeArgs(model_dir=model_dir, **settings)
     api_key = api_key or os.environ.get("POLYMODAL_API_KEY") or None
-    ongoing = max(max_ongoing_requests, max_batch_size)
+    ongoing = max(args.max_ongoing_requests, args.max_batch_size)
     backpressure = {"status_code": 503, "retry_after_s": RETRY_AFTER_S}
     logging_config = {"enable_access_log": access_log}
     embedder = Embedder.options(
         max_ongoing_requests=ongoing,
-        max_queued_requests=max_queued_requests,
+        max_queued_requests=args.max_queued_requests,
         backpressure_config=backpressure,
         logging_config=logging_config,
-        ray_actor_options={"num_cpus": num_cpus, "num_gpus": num_gpus},
-        num_replicas=replicas,
-    ).bind(model_dir, max_batch_size, 0.0, max_models)
+        ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
+        num_replicas=args.replicas,
+    ).bind(args.model_dir, args.max_batch_size, 0.0, args.max_models)
     searcher = None
-    if index_dir:
+    if args.index_dir:
         searcher = Searcher.options(
             max_ongoing_requests=ongoing,
-            max_queued_requests=max_queued_requests,
+            max_queued_requests=args.max_queued_requests,
             backpressure_config=backpressure,
             logging_config=logging_config,
-            ray_actor_options={"num_cpus": num_cpus / 2},
-        ).bind(index_dir)
+            ray_actor_options={"num_cpus": args.num_cpus / 2},
+        ).bind(args.index_dir)
     # The gateway holds what the embedder queues, so overload surfaces as the embedder's
     # BackPressureError, answered in the API's JSON error shape.
     return Gateway.options(
-        max_ongoing_requests=ongoing + max_queued_requests,
-        max_queued_requests=max_queued_requests,
+        max_ongoing_requests=ongoing + args.max_queued_requests,
+        max_queued_requests=args.max_queued_requests,
         backpressure_config=backpressure,
         logging_config=logging_config,
-        ray_actor_options={"num_cpus": num_cpus / 2},
-    ).bind(embedder, model_dir, api_key, max_batch_size, batch_wait_timeout_s, searcher)
+        ray_actor_options={"num_cpus": args.num_cpus / 2},
+    ).bind(
+        embedder, args.model_dir, api_key, args.max_batch_size, args.batch_wait_timeout_s, searcher
+    )
