@@ -125,6 +125,10 @@ class ModelConfig(Section):
     audio: AudioModelConfig = Field(default_factory=AudioModelConfig)
     vector: VectorModelConfig = Field(default_factory=VectorModelConfig)
 
+    def tuning(self, modality: str) -> str:
+        """model.<modality>.tuning; "finetune" for a modality whose section has none."""
+        return getattr(getattr(self, modality, None), "tuning", "finetune")
+
 
 class WeightsConfig(Section):
     # Field order is the order of the terms (ObjectiveConfig.active_terms).

@@ -14,9 +14,7 @@ def unlock_towers(model: nn.Module, cfg: Config, epoch: int) -> None:
     """lock_then_unlock: a pretrained tower trains from epoch model.<modality>.unlock_epoch + 1
     on."""
     for m, encoder in model.encoders.items():
-        section = getattr(cfg.model, m, None)
-        tuning = getattr(section, "tuning", "finetune")
-        if tuning == "lock_then_unlock" and epoch > section.unlock_epoch:
+        if cfg.model.tuning(m) == "lock_then_unlock" and epoch > getattr(cfg.model, m).unlock_epoch:
             for module in encoder.modules():
                 if getattr(module, "locked", False):
                     module.unlock()

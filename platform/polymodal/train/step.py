@@ -40,10 +40,7 @@ def has_unused_encoders(cfg: Config) -> bool:
     if w.classification > 0:
         used |= set(cfg.objective.classification.modalities or mods)
     # A locked pretrained tower gets no gradient until it is unlocked.
-    locked_tower = any(
-        getattr(getattr(cfg.model, m, None), "tuning", "finetune") == "lock_then_unlock"
-        for m in mods
-    )
+    locked_tower = any(cfg.model.tuning(m) == "lock_then_unlock" for m in mods)
     return used != mods or locked_tower
 
 
