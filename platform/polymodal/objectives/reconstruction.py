@@ -13,10 +13,11 @@ from polymodal.batch import Batch
 from polymodal.modalities import MODALITIES
 
 
-def reconstruction_mean(modality: str, pred, target, present) -> torch.Tensor:
-    """One modality's mean error over the present rows (or real tokens) of a batch."""
-    total, count = MODALITIES[modality].reconstruction_sum(pred, target, present)
-    return total / count.clamp(min=1)
+def reconstruction_mean(modality: str, pred, target, present, count=None) -> torch.Tensor:
+    """One modality's mean error over the present rows (or real tokens) of a batch; `count`
+    replaces the denominator (the gradient cache's whole-batch count)."""
+    total, own = MODALITIES[modality].reconstruction_sum(pred, target, present)
+    return total / (own if count is None else count).clamp(min=1)
 
 
 def reconstruction_counts(batch: Batch, modalities) -> dict[str, torch.Tensor]:
@@ -33,10 +34,11 @@ def reconstruction_loss(
     counts: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Σ over modalities of each modality's mean error; `counts` overrides the denominators."""
-    per_modality = {}
-    for m, pred in reconstructions.items():
-        total, count = MODALITIES[m].reconstruction_sum(pred, batch.inputs[m], batch.present[m])
-        denom = counts[m] if counts is not None else count
-        per_modality[m] = total / denom.clamp(min=1)
+    per_modality = {
+        m: reconstruction_mean(
+            m, pred, batch.inputs[m], batch.present[m], counts[m] if counts is not None else None
+        )
+        for m, pred in reconstructions.items()
+    }
     total = torch.stack(list(per_modality.values())).sum()
     return total, {m: v.detach() for m, v in per_modality.items()}
