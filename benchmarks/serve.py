@@ -16,7 +16,6 @@ import base64
 import io
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from polymodal.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "jobs" / "configs" / "fashion.yaml"
 CONCURRENCY = [1, 8, 32, 64]
@@ -32,12 +33,6 @@ MODELS = {
     "demo": [],
     "large": ["model.image.encoder=resnet18", "model.text.width=256", "model.text.layers=4"],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _checkpoint(overrides: list[str], out: Path) -> Path:
@@ -142,7 +137,7 @@ def main() -> None:
     from polymodal.serving.app import build_app
 
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     tmp = Path(tempfile.mkdtemp(prefix="pm-serve-bench-"))
     values = _inputs(size=28)

@@ -14,7 +14,6 @@ import base64
 import io
 import json
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -26,14 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from polymodal.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "jobs" / "configs" / "fashion.yaml"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_bytes(pid: int) -> int:
@@ -84,7 +79,7 @@ def main() -> None:
     save_checkpoint(tmp / "models" / "soak", model, meta)
 
     ray.init(num_cpus=2, include_dashboard=True)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(str(tmp / "models"), access_log=False), route_prefix="/")
     base = f"http://127.0.0.1:{port}"

@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,12 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from polymodal.data.format import read_manifest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from polymodal.ports import free_port
 
 
 def _call(url: str, body: dict | None = None) -> dict:
@@ -33,7 +27,7 @@ def _call(url: str, body: dict | None = None) -> dict:
 
 
 def main(checkpoint: str, dataset: str, index_dir: str | None = None) -> int:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [os.path.join(os.path.dirname(sys.executable), "polymodal"), "serve", checkpoint]
     cmd += ["--port", str(port), "--metrics-port", str(metrics_port)]
