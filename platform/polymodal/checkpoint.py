@@ -1,5 +1,5 @@
-"""The checkpoint format, written by training and read by evaluation and serving: model.pt,
-train_state.pt and polymodal.json (meta and the others' sha256, written last; loads check them)."""
+"""The checkpoint format, written by training and read by evaluation and serving: model.pt or
+model.safetensors, train_state.pt, polymodal.json (meta and the others' sha256, written last)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ _CACHE = Path(tempfile.gettempdir()) / "polymodal-checkpoints"
 FORMAT_VERSION = 1
 META = "polymodal.json"
 WEIGHTS = "model.pt"
+WEIGHTS_SAFE = "model.safetensors"  # what `polymodal export --format safetensors` writes
 TRAIN_STATE = "train_state.pt"
 
 
@@ -51,15 +52,17 @@ def save_checkpoint(
     model: torch.nn.Module,
     meta: dict[str, Any],
     train_state: dict[str, Any] | None = None,
+    safetensors: bool = False,
 ) -> Path:
+    """safetensors: the weights as model.safetensors, which loads without any unpickling."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    objects = {WEIGHTS: model.state_dict()}
+    objects = {WEIGHTS_SAFE if safetensors else WEIGHTS: model.state_dict()}
     if train_state is not None:
         objects[TRAIN_STATE] = train_state
     files = {}
     for name, obj in objects.items():
-        _write(directory / name, lambda tmp, obj=obj: torch.save(obj, tmp))
+        _write(directory / name, lambda tmp, name=name, obj=obj: _save(name, obj, tmp))
         files[name] = {
             "sha256": sha256(directory / name),
             "bytes": (directory / name).stat().st_size,
@@ -67,6 +70,20 @@ def save_checkpoint(
     body = json.dumps({"format": FORMAT_VERSION, **meta, "files": files}, indent=2)
     _write(directory / META, lambda tmp: tmp.write_text(body))
     return directory
+
+
+def _save(name: str, obj: Any, path: Path) -> None:
+    if name == WEIGHTS_SAFE:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in obj.items()}, str(path))
+    else:
+        torch.save(obj, path)
+
+
+def weights_name(meta: dict[str, Any]) -> str:
+    """model.safetensors when the checkpoint was written with it, else model.pt."""
+    return WEIGHTS_SAFE if WEIGHTS_SAFE in meta.get("files", {}) else WEIGHTS
 
 
 def upload(
@@ -110,19 +127,25 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def fetch_checkpoint(uri: str | Path, files: tuple[str, ...] = (META, WEIGHTS)) -> Path:
+def fetch_checkpoint(uri: str | Path, files: tuple[str, ...] | None = None) -> Path:
     """A local directory holding the checkpoint's files: the path itself, or a cached copy
-    of an s3:// checkpoint (only `files`: serving and eval leave the optimizer state)."""
+    of an s3:// checkpoint (only `files`; by default its meta and weights: serving and eval
+    leave the optimizer state)."""
     if not storage.is_remote(uri):
         return Path(uri)
     uri = str(uri)
     key = f"{uri}@{storage.version(storage.join(uri, META))}"  # a rewritten checkpoint is new
     local = _CACHE / hashlib.sha1(key.encode()).hexdigest()[:16]
+    if not (local / META).is_file():
+        storage.download(uri, [META], local)
+    files = files or (META, weights_name(read_meta(local)))
     missing = [f for f in files if not (local / f).is_file()]
     return storage.download(uri, missing, local) if missing else local
 
 
-def verify(directory: str | Path, names: tuple[str, ...] = (WEIGHTS, TRAIN_STATE)) -> None:
+def verify(
+    directory: str | Path, names: tuple[str, ...] = (WEIGHTS, WEIGHTS_SAFE, TRAIN_STATE)
+) -> None:
     """CheckpointError unless each of `names` the checkpoint lists has its recorded size and
     sha256 (a truncated, altered or missing file). Checkpoints from before the sums pass."""
     recorded = read_meta(directory).get("files", {})
@@ -147,6 +170,10 @@ def _load(file: Path, device: str | torch.device) -> Any:
         raise CheckpointError(f"missing {file}")
     verify(file.parent, (file.name,))
     try:
+        if file.name == WEIGHTS_SAFE:
+            from safetensors.torch import load_file
+
+            return load_file(file, device=str(device))
         return torch.load(file, map_location=device, weights_only=True)
     except Exception as exc:  # unpickling refused or file damaged: never fall back to full pickle
         raise CheckpointError(f"{file}: cannot load safely: {exc}") from exc
@@ -163,7 +190,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu"):
 
 
 def load_model_state(directory: str | Path, device: str | torch.device = "cpu") -> dict:
-    return _load(Path(directory) / WEIGHTS, device)
+    return _load(Path(directory) / weights_name(read_meta(directory)), device)
 
 
 def load_train_state(directory: str | Path, device: str | torch.device = "cpu") -> dict:

@@ -133,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--split", default="val")
     _add_address(em)
     em.set_defaults(func=commands.cmd_embed)
+    ex = sub.add_parser(
+        "export",
+        help="write a checkpoint as ONNX graphs or safetensors weights",
+        description="onnx: OUT/<modality>.onnx per encoder (input 'input' as the modality "
+        "decodes it, output 'embedding', L2-normalised; dynamic batch), checked against torch "
+        "with onnxruntime, and OUT/polymodal-onnx.json (preprocessing, labels, config). "
+        "safetensors: a checkpoint whose weights load without unpickling (eval, serve and "
+        "index read it).",
+    )
+    ex.add_argument("checkpoint")
+    ex.add_argument("out", help="new or empty output directory")
+    ex.add_argument("--format", required=True, choices=["onnx", "safetensors"])
+    ex.set_defaults(func=commands.cmd_export)
     ix = sub.add_parser(
         "index",
         help="build an exact top-k search index of one modality of a dataset split",

@@ -102,6 +102,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from polymodal.export import export_checkpoint
+
+    print(json.dumps(export_checkpoint(args.checkpoint, args.out, args.format), indent=2))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading

@@ -21,6 +21,7 @@ from polymodal.checkpoint import load_model, save_checkpoint
 from polymodal.config import load_config
 from polymodal.data.sources.builtin import DIGIT_LABELS
 from polymodal.evaluation.evaluate import decoded_batches
+from polymodal.export import export_checkpoint
 from polymodal.modalities import Preprocessing
 from polymodal.modalities.image import decode_image
 from polymodal.modalities.text import encode_text
@@ -137,7 +138,9 @@ def service(ray_cluster, s3_endpoint, digits_dataset, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("models")
     _checkpoint(model_dir / "small", seed=0, embed_dim=16)
     _checkpoint(model_dir / "other", seed=1, embed_dim=24)
-    _vector_checkpoint(model_dir / "vec")
+    # "vec" is served from a safetensors export; the original sits where no listing finds it.
+    _vector_checkpoint(model_dir / "original" / "vec")
+    export_checkpoint(str(model_dir / "original" / "vec"), model_dir / "vec", "safetensors")
     _trained_checkpoint(model_dir / "digits", digits_dataset)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -193,8 +196,10 @@ def test_embeddings_equal_offline_encoder(service):
 
 
 def test_vectors_embed_and_classify_as_json_arrays(service):
+    """Also: a model exported as safetensors serves what the original computes offline."""
     url, model_dir = service
-    model, _ = load_model(model_dir / "vec")
+    assert not (model_dir / "vec" / "model.pt").exists()
+    model, _ = load_model(model_dir / "original" / "vec")
     vec = [3.0, 2.0, 1.0, 1.0]
     item = {"type": "vector", "data": vec}
     status, body = _call(f"{url}/v1/embeddings", {"model": "vec", "input": [item, "seven"]})
