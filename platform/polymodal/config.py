@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from polymodal.modalities import MODALITIES
-from polymodal.pretrained import PRETRAINED, pretrained_file
+from polymodal.pretrained import PRETRAINED, check_hf_model, pretrained_file
 
 
 class ConfigError(ValueError):
@@ -82,7 +82,10 @@ Tuning = Literal["freeze", "finetune", "lock_then_unlock"]
 class ImageModelConfig(Section):
     # efficientnet_lite0: pretrained on ImageNet (its pip package must be installed; 224 px
     # images are its native size: data.image_size: 224).
-    encoder: Literal["small_cnn", "resnet18", "efficientnet_lite0"] = "small_cnn"
+    # hf: any Hugging Face vision model (ViT, CLIP or SigLIP vision, ...) in hf_model: a local
+    # directory or a hub id; sizes and mean/std come from its image processor.
+    encoder: Literal["small_cnn", "resnet18", "efficientnet_lite0", "hf"] = "small_cnn"
+    hf_model: str = ""
     width: int = 32
     norm: Norm = "batch"  # small_cnn only
     # Pretrained towers only, as for text.
@@ -92,8 +95,12 @@ class ImageModelConfig(Section):
 
 
 class TextModelConfig(Section):
-    # minilm: a pretrained tower (its pip package must be installed).
-    encoder: Literal["byte_transformer", "minilm"] = "byte_transformer"
+    # minilm: a pretrained tower (its pip package must be installed). hf: any Hugging Face
+    # text model in hf_model (a local directory or a hub id), read with its own tokenizer and
+    # pooled over [CLS] or the mean of its tokens.
+    encoder: Literal["byte_transformer", "minilm", "hf"] = "byte_transformer"
+    hf_model: str = ""
+    pooling: Literal["cls", "mean"] = "mean"
     width: int = 64
     layers: int = 2
     heads: int = 4
@@ -416,16 +423,19 @@ def validate(cfg: Config) -> None:
         section = getattr(cfg.model, m, None)
         if section is None or not hasattr(section, "tuning"):
             continue
-        if section.encoder in PRETRAINED:
+        if section.encoder in PRETRAINED or section.encoder == "hf":
             try:
-                pretrained_file(section.encoder)
+                if section.encoder == "hf":
+                    check_hf_model(section.hf_model)
+                else:
+                    pretrained_file(section.encoder)
             except RuntimeError as exc:
                 raise ConfigError(f"'model.{m}.encoder: {section.encoder}': {exc}") from None
         elif section.tuning != "finetune":
             pretrained = [
                 e
                 for e in typing.get_args(type(section).model_fields["encoder"].annotation)
-                if e in PRETRAINED
+                if e in PRETRAINED or e == "hf"
             ]
             raise ConfigError(
                 f"'model.{m}.tuning: {section.tuning}' locks a pretrained tower; the "

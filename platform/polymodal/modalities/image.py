@@ -91,6 +91,17 @@ def decode(value: Any, prep, augment: Augment | None = None, rng=None) -> np.nda
 
 
 def settings(cfg, manifest, train_column) -> dict[str, Any]:
+    if cfg.model.image.encoder == "hf":  # the size and normalisation its processor asks for
+        from polymodal.towers.hf import image_settings
+
+        s = image_settings(cfg.model.image.hf_model)
+        return {
+            "image_size": s["size"],
+            "image_channels": 3,
+            "image_mean": s["mean"],
+            "image_std": s["std"],
+            "image_model": cfg.model.image.hf_model,
+        }
     # Ingest records 3 channels once any image is in colour; data.image_channels overrides.
     channels = cfg.data.image_channels or manifest.extra.get("image_channels", 1)
     return {"image_size": cfg.data.image_size, "image_channels": channels}
@@ -116,6 +127,15 @@ def efficientnet_lite0(cfg, prep):
     return EfficientNetLite0(weights, section.tuning, section.lr_scale)
 
 
+def hf_vision(cfg, prep):
+    from polymodal.towers.hf import HFVision
+
+    section = cfg.model.image
+    return HFVision(
+        prep.image_model, prep.image_mean, prep.image_std, section.tuning, section.lr_scale
+    )
+
+
 def decoder(cfg, prep):
     from polymodal.towers.decoders import ImageDecoder
 
@@ -132,7 +152,14 @@ def parse_request(value: Any, param: str) -> bytes:
 IMAGE = Modality(
     name="image",
     arrow_type=pa.binary(),
-    defaults={"image_size": 28, "image_channels": 1},
+    # image_mean/std/model: set only for a Hugging Face tower (its processor's values).
+    defaults={
+        "image_size": 28,
+        "image_channels": 1,
+        "image_mean": [],
+        "image_std": [],
+        "image_model": "",
+    },
     settings=settings,
     decode=decode,
     input_shape=lambda prep: ((prep.image_channels, prep.image_size, prep.image_size), np.float32),
@@ -140,6 +167,7 @@ IMAGE = Modality(
         "small_cnn": small_cnn,
         "resnet18": resnet18,
         "efficientnet_lite0": efficientnet_lite0,
+        "hf": hf_vision,
     },
     decoder=decoder,
     parse_request=parse_request,

@@ -1,5 +1,5 @@
-"""The text modality: UTF-8 strings → byte ids (or a pretrained tower's WordPiece ids), a byte
-transformer or MiniLM tower, and cross-entropy reconstruction over token positions."""
+"""The text modality: UTF-8 strings → byte ids (or a pretrained tower's own token ids), a byte
+transformer, MiniLM or any Hugging Face text tower; cross-entropy reconstruction over tokens."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from polymodal.pretrained import pretrained_dir
 TEXT_PAD = 0  # also BERT's [PAD] id, so one padding rule serves every tokenizer
 TEXT_VOCAB = 257  # byte value + 1; 0 is padding
 MAX_TEXT_CHARS = 8_192  # per text in a request
-# The tokenizer each text encoder reads (Preprocessing.text_tokenizer).
+# The tokenizer each text encoder reads (Preprocessing.text_tokenizer); "hf" reads its own
+# model's, recorded as "hf:<directory or hub id>".
 TOKENIZERS: dict[str, str] = {"byte_transformer": "bytes", "minilm": "minilm"}
+HF = "hf:"
 
 
 @functools.lru_cache(maxsize=8)
@@ -30,12 +32,21 @@ def _wordpiece(name: str, max_len: int):
 
 
 def text_vocab_size(tokenizer: str) -> int:
+    if tokenizer.startswith(HF):
+        from polymodal.towers import hf
+
+        return hf.vocab_size(tokenizer[len(HF) :])
     return TEXT_VOCAB if tokenizer == "bytes" else _wordpiece(tokenizer, 8).get_vocab_size()
 
 
 def encode_text(text: str, max_len: int, tokenizer: str = "bytes") -> np.ndarray:
     """UTF-8 bytes + 1, padded with 0: any language works without a vocabulary. With a
-    pretrained tower's name, that tower's WordPiece ids ([CLS] ... [SEP], padded with 0)."""
+    pretrained tower's name, that tower's WordPiece ids ([CLS] ... [SEP], padded with 0);
+    with hf:<model>, that model's tokenizer's ids + 1 (padded with 0)."""
+    if tokenizer.startswith(HF):
+        from polymodal.towers import hf  # torch and transformers: only for such a tower
+
+        return hf.encode(text, tokenizer[len(HF) :], max_len)
     if tokenizer != "bytes":
         return np.asarray(_wordpiece(tokenizer, max_len).encode(text).ids, dtype=np.int64)
     ids = np.zeros(max_len, dtype=np.int64)
@@ -63,9 +74,10 @@ def serve_decode(value: str, prep, augment=None, rng=None) -> np.ndarray:
 
 
 def settings(cfg, manifest, train_column) -> dict[str, Any]:
+    t = cfg.model.text
     return {
         "text_max_len": cfg.data.text_max_len,
-        "text_tokenizer": TOKENIZERS[cfg.model.text.encoder],
+        "text_tokenizer": HF + t.hf_model if t.encoder == "hf" else TOKENIZERS[t.encoder],
     }
 
 
@@ -79,10 +91,19 @@ def byte_transformer(cfg, prep):
 
 
 def minilm(cfg, prep):
-    from polymodal.towers.minilm import MiniLM
+    """Mean-pooled like sentence-transformers; its WordPiece ids are unshifted (BERT pads
+    with 0)."""
+    from polymodal.towers.hf import HFText
 
     t = cfg.model.text
-    return MiniLM(pretrained_dir("minilm"), t.tuning, t.lr_scale, pad_id=TEXT_PAD)
+    return HFText(pretrained_dir("minilm"), "mean", t.tuning, t.lr_scale, shift=0)
+
+
+def hf_text(cfg, prep):
+    from polymodal.towers.hf import HFText
+
+    t = cfg.model.text
+    return HFText(prep.text_tokenizer[len(HF) :], t.pooling, t.tuning, t.lr_scale)
 
 
 def decoder(cfg, prep):
@@ -132,7 +153,7 @@ TEXT = Modality(
     settings=settings,
     decode=decode,
     input_shape=lambda prep: ((prep.text_max_len,), np.int64),
-    encoders={"byte_transformer": byte_transformer, "minilm": minilm},
+    encoders={"byte_transformer": byte_transformer, "minilm": minilm, "hf": hf_text},
     decoder=decoder,
     reconstruction_sum=reconstruction_sum,
     reconstruction_count=reconstruction_count,

@@ -1,0 +1,160 @@
+"""Pretrained towers from Hugging Face transformers, from a local directory or a hub id: any
+text model (pooled over [CLS] or the mean of real tokens) and vision model (its pooled output)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from polymodal.towers.tuning import Tunable
+
+MAX_CACHED = 200_000  # pooled features of a frozen text tower kept per distinct text
+POOLINGS = ("cls", "mean")
+
+
+def load_options(ref: str) -> dict:
+    """A local directory never touches the network; a hub id is looked up only online."""
+    offline = Path(ref).is_dir() or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    return {"local_files_only": offline}
+
+
+def _quiet() -> None:
+    from transformers.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # a per-load progress bar is noise in logs
+
+
+@functools.lru_cache(maxsize=8)
+def tokenizer(ref: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(ref, **load_options(ref))
+
+
+def encode(text: str, ref: str, max_len: int):
+    """The tokenizer's ids for `text`, shifted up by one so that 0 is padding for every
+    tokenizer (RoBERTa's own padding id is 1, its [CLS] is 0)."""
+    import numpy as np
+
+    ids = tokenizer(ref)(text, truncation=True, max_length=max_len)["input_ids"]
+    out = np.zeros(max_len, dtype=np.int64)
+    out[: len(ids)] = np.asarray(ids, dtype=np.int64) + 1
+    return out
+
+
+def vocab_size(ref: str) -> int:
+    return len(tokenizer(ref)) + 1  # + padding
+
+
+def image_settings(ref: str) -> dict:
+    """Size, mean and std from the model's image processor."""
+    from transformers import AutoImageProcessor
+
+    proc = AutoImageProcessor.from_pretrained(ref, **load_options(ref))
+    size = proc.crop_size if getattr(proc, "do_center_crop", False) else proc.size
+    side = size.get("height") or size.get("shortest_edge")
+    return {"size": int(side), "mean": list(proc.image_mean), "std": list(proc.image_std)}
+
+
+class HFText(Tunable):
+    """Token ids (the tokenizer's + `shift`, 0 = padding) → the last hidden state at [CLS]
+    or its mean over real tokens; tuning as in towers/tuning.py."""
+
+    def __init__(
+        self,
+        ref: str | Path,
+        pooling: str = "mean",
+        tuning: str = "finetune",
+        lr_scale: float = 1.0,
+        shift: int = 1,
+    ):
+        super().__init__(tuning, lr_scale)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        from transformers import AutoModel  # slow import (seconds): only for this tower
+
+        _quiet()
+        self.hf = AutoModel.from_pretrained(str(ref), **load_options(str(ref)))
+        if getattr(self.hf, "pooler", None) is not None:
+            self.hf.pooler = None  # unused here: DDP would wait for its gradients
+        self.pooling, self.shift = pooling, shift
+        self.out_dim = self.hf.config.hidden_size
+        # A frozen tower is a fixed function: in training its features are computed once per
+        # distinct text (LiT precomputes them the same way); captions repeat every epoch.
+        # Not in eval mode: a serving replica would grow with every new text.
+        self.cache: dict[bytes, torch.Tensor] | None = {} if tuning == "freeze" else None
+        self.freeze_if_asked()
+        # Checkpoints of the MiniLM tower, from before it was an HFText, name it `bert`.
+        self._register_load_state_dict_pre_hook(_renamed_bert)
+
+    @property
+    def inner(self) -> nn.Module:
+        return self.hf
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.cache is None or not self.training:
+            return self._pooled(ids)
+        keys = [row.tobytes() for row in ids.cpu().numpy()]
+        todo = sorted({i for i, k in enumerate(keys) if k not in self.cache})
+        fresh = dict(zip(todo, self._pooled(ids[todo]).float())) if todo else {}
+        for i, x in fresh.items():
+            if len(self.cache) < MAX_CACHED:
+                self.cache[keys[i]] = x
+        return torch.stack([fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)])
+
+    def _pooled(self, ids: torch.Tensor) -> torch.Tensor:
+        keep = ids.ne(0)
+        length = max(int(keep.sum(1).max()), 1)  # trim to the longest text of the batch
+        ids, keep = ids[:, :length], keep[:, :length]
+        tokens = (ids - self.shift).clamp(min=0)
+        with torch.set_grad_enabled(self.grad_enabled()):
+            x = self.hf(input_ids=tokens, attention_mask=keep.long()).last_hidden_state
+        if self.pooling == "cls":
+            return x[:, 0]
+        w = keep.unsqueeze(-1).to(x.dtype)
+        return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+def _renamed_bert(state, prefix, *args) -> None:
+    for key in [k for k in state if k.startswith(prefix + "bert.")]:
+        state[prefix + "hf." + key[len(prefix) + 5 :]] = state.pop(key)
+
+
+class HFVision(Tunable):
+    """Images in [0, 1] (grey repeats as RGB) → the vision model's pooled output, normalised
+    with its image processor's mean and std; tuning as in towers/tuning.py. A CLIP or SigLIP
+    checkpoint holding both towers gives its vision tower."""
+
+    def __init__(
+        self,
+        ref: str | Path,
+        mean: list[float],
+        std: list[float],
+        tuning: str = "finetune",
+        lr_scale: float = 1.0,
+    ):
+        super().__init__(tuning, lr_scale)
+        from transformers import AutoModel
+
+        _quiet()
+        model = AutoModel.from_pretrained(str(ref), **load_options(str(ref)))
+        self.hf = getattr(model, "vision_model", model)
+        config = getattr(self.hf, "config", model.config)
+        self.out_dim = config.hidden_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.freeze_if_asked()
+
+    @property
+    def inner(self) -> nn.Module:
+        return self.hf
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        with torch.set_grad_enabled(self.grad_enabled()):
+            return self.hf(pixel_values=(images - self.mean) / self.std).pooler_output
