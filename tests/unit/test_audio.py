@@ -9,6 +9,7 @@ import wave
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import soundfile
 import torch
 
 from polymodal.batch import Batch
@@ -24,7 +25,7 @@ from polymodal.modalities.audio import (
     mel_filterbank,
     mel_frames,
     mel_to_hz,
-    read_wav,
+    read_audio,
     resample,
 )
 from polymodal.modalities.base import DecodeError, InputError
@@ -69,7 +70,7 @@ def float_wav(x: np.ndarray, rate: int) -> bytes:
 @pytest.mark.parametrize("width", [1, 2, 3, 4])
 def test_pcm_widths_decode_to_the_signal(width):
     x = sine(440, 8000)
-    got, rate = read_wav(pcm_wav(x, 8000, width))
+    got, rate = read_audio(pcm_wav(x, 8000, width))
     assert rate == 8000 and got.dtype == np.float32 and len(got) == len(x)
     tolerance = 1.5 / 128 if width == 1 else 1e-4
     assert np.abs(got - x).max() < tolerance
@@ -77,37 +78,61 @@ def test_pcm_widths_decode_to_the_signal(width):
 
 def test_float_and_stereo_decode():
     x = sine(300, 16000)
-    got, rate = read_wav(float_wav(x, 16000))
+    got, rate = read_audio(float_wav(x, 16000))
     assert rate == 16000 and np.array_equal(got, x)
-    mono, _ = read_wav(pcm_wav(x, 16000, channels=2))
+    mono, _ = read_audio(pcm_wav(x, 16000, channels=2))
     assert np.abs(mono - x).max() < 1e-4  # channels averaged
 
 
 def test_truncated_file_keeps_whole_frames():
     data = pcm_wav(sine(440, 8000), 8000)
-    got, _ = read_wav(data[:-101])  # cut mid-frame: 100 bytes = 50 frames lost, half a frame
+    got, _ = read_audio(data[:-101])  # cut mid-frame: 100 bytes = 50 frames lost, half a frame
     assert len(got) == 4000 - 51
 
 
 @pytest.mark.parametrize(
     "data, detail",
     [
-        (b"not audio at all", "not a RIFF/WAVE"),
-        (b"RIFF\x04\x00\x00\x00WAVE", "no fmt or data chunk"),
+        (b"not audio at all", "Format not recognised"),
+        (b"RIFF\x04\x00\x00\x00WAVE", "No 'data' chunk"),
         (pcm_wav(np.zeros(0, np.float32), 8000), "no samples"),
     ],
 )
 def test_bad_files_raise_unreadable_audio(data, detail):
     with pytest.raises(DecodeError) as err:
-        read_wav(data)
+        read_audio(data)
     assert err.value.reason == "unreadable audio" and detail in str(err.value)
 
 
 def test_unsupported_encoding_is_named():
     data = bytearray(pcm_wav(sine(440, 8000), 8000))
-    data[20:22] = struct.pack("<H", 2)  # ADPCM
-    with pytest.raises(DecodeError, match="unsupported WAV format 2"):
-        read_wav(bytes(data))
+    data[20:22] = struct.pack("<H", 2)  # MS ADPCM, with a 16-bit PCM body
+    with pytest.raises(DecodeError, match="ADPCM WAV file. Invalid bit width"):
+        read_audio(bytes(data))
+
+
+def _encoded(x: np.ndarray, rate: int, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    soundfile.write(buf, x, rate, format=fmt)
+    return buf.getvalue()
+
+
+def _peak_hz(x: np.ndarray, rate: int) -> float:
+    return float(np.argmax(np.abs(np.fft.rfft(x))) * rate / len(x))
+
+
+@pytest.mark.parametrize("fmt", ["FLAC", "OGG", "MP3"])
+def test_compressed_formats_decode_to_the_signal(fmt):
+    """Datasets ship FLAC, OGG/Vorbis and MP3: the same tone comes back at its pitch and
+    length (lossless FLAC to 16-bit precision)."""
+    x = sine(440, 16000, seconds=1.0)
+    got, rate = read_audio(_encoded(x, 16000, fmt))
+    assert rate == 16000 and got.dtype == np.float32
+    if fmt == "FLAC":
+        assert len(got) == len(x) and np.abs(got - x).max() < 1e-4
+    else:  # lossy codecs pad with a few ms of priming samples
+        assert abs(len(got) - len(x)) < 0.1 * len(x)
+    assert abs(_peak_hz(got[:16000], 16000) - 440) < 5
 
 
 def test_overlong_audio_is_refused_before_decoding():
@@ -115,7 +140,7 @@ def test_overlong_audio_is_refused_before_decoding():
     body_size = 8000 * 2 * 601  # 601 s at 8 kHz, 16 bit
     data = bytes(header[:40]) + struct.pack("<I", body_size) + bytes(body_size)
     with pytest.raises(DecodeError) as err:
-        read_wav(data)
+        read_audio(data)
     assert err.value.reason == "audio too long"
 
 
@@ -227,7 +252,7 @@ def test_asterisk_source_pairs_prompts_with_transcripts(tmp_path):
     ]
     by_id = {r["id"]: r for r in rows}
     assert by_id["agent-loginok"]["text"] == "Agent logged in."
-    samples, rate = read_wav(by_id["agent-loginok"]["audio"])
+    samples, rate = read_audio(by_id["agent-loginok"]["audio"])
     assert rate == 8000 and 0.5 < len(samples) / rate < 5  # a short real recording
     assert np.abs(samples).max() > 0.05  # not silence
 

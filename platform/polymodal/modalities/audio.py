@@ -1,9 +1,9 @@
-"""The audio modality: WAV bytes (PCM 8/16/24/32-bit or float, any rate, any channels) → mono
-float32 at the configured rate → log-mel spectrogram; a small CNN tower; per-cell MSE."""
+"""The audio modality: WAV, FLAC, OGG or MP3 bytes (any rate, any channels) → mono float32 at
+the configured rate → log-mel spectrogram; a small CNN tower; per-cell MSE."""
 
 from __future__ import annotations
 
-import struct
+import io
 from math import gcd
 from typing import Any
 
@@ -13,57 +13,33 @@ import pyarrow as pa
 from polymodal.modalities.base import DecodeError, Modality, payload_bytes
 
 MAX_AUDIO_SECONDS = 600  # longer clips are refused before decoding, like oversized images
-PCM, IEEE_FLOAT, EXTENSIBLE = 1, 3, 0xFFFE
 
 
-def _chunks(data: bytes) -> dict[bytes, bytes]:
-    """The RIFF/WAVE file's chunks by id (the first of each)."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise DecodeError("unreadable audio", "not a RIFF/WAVE file")
-    chunks, pos = {}, 12
-    while pos + 8 <= len(data):
-        cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        body = data[pos + 8 : pos + 8 + size]
-        if cid == b"data" and len(body) < size:
-            # Truncated while being written: keep the whole frames that are there.
-            chunks.setdefault(cid, body)
-            break
-        chunks.setdefault(cid, body)
-        pos += 8 + size + (size & 1)  # chunks are word-aligned
-    return chunks
+def read_audio(data: bytes) -> tuple[np.ndarray, int]:
+    """(mono float32 samples in [-1, 1], sample rate) of a WAV, FLAC, OGG/Vorbis/Opus or MP3
+    file, read by libsndfile (through soundfile); DecodeError says what is wrong. The length
+    is checked from the header before any sample is decoded; a file cut short while being
+    written gives the whole frames it has."""
+    import soundfile  # loads libsndfile: only when audio is decoded
 
-
-def read_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """(mono float32 samples in [-1, 1], sample rate); DecodeError says what is wrong."""
-    chunks = _chunks(bytes(data))
-    fmt, body = chunks.get(b"fmt "), chunks.get(b"data")
-    if fmt is None or len(fmt) < 16 or body is None:
-        raise DecodeError("unreadable audio", "no fmt or data chunk")
-    code, channels, rate, _, block, bits = struct.unpack("<HHIIHH", fmt[:16])
-    if code == EXTENSIBLE and len(fmt) >= 26:
-        code = struct.unpack("<H", fmt[24:26])[0]  # the sub-format GUID starts with the code
-    if channels < 1 or rate < 1 or bits not in (8, 16, 24, 32, 64) or block != channels * bits // 8:
-        raise DecodeError("unreadable audio", f"bad header: {channels} ch, {rate} Hz, {bits} bit")
-    frames = len(body) // block
-    if frames == 0:
+    try:
+        with soundfile.SoundFile(io.BytesIO(bytes(data))) as f:
+            rate = f.samplerate
+            if f.frames > MAX_AUDIO_SECONDS * rate:
+                raise DecodeError(
+                    "audio too long", f"{f.frames / rate:.0f} s > {MAX_AUDIO_SECONDS} s"
+                )
+            x = f.read(dtype="float32", always_2d=True)
+    except DecodeError:
+        raise
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        # libsndfile's own words ("Format not recognised."), without the file object's repr
+        raise DecodeError("unreadable audio", getattr(exc, "error_string", str(exc))) from exc
+    if len(x) == 0:
         raise DecodeError("unreadable audio", "no samples")
-    if frames > MAX_AUDIO_SECONDS * rate:
-        raise DecodeError("audio too long", f"{frames / rate:.0f} s > {MAX_AUDIO_SECONDS} s")
-    raw = body[: frames * block]
-    if code == PCM and bits == 8:  # unsigned, centred on 128
-        x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
-    elif code == PCM and bits == 24:
-        b = np.frombuffer(raw, np.uint8).reshape(-1, 3).astype(np.int32)
-        x = ((b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)) << 8 >> 8).astype(np.float32) / 2**23
-    elif code == PCM and bits in (16, 32):
-        x = np.frombuffer(raw, f"<i{bits // 8}").astype(np.float32) / 2 ** (bits - 1)
-    elif code == IEEE_FLOAT and bits in (32, 64):
-        x = np.frombuffer(raw, f"<f{bits // 8}").astype(np.float32)
-        if not np.isfinite(x).all():
-            raise DecodeError("unreadable audio", "NaN or infinite samples")
-    else:
-        raise DecodeError("unreadable audio", f"unsupported WAV format {code} at {bits} bit")
-    return x.reshape(frames, channels).mean(axis=1), rate
+    if not np.isfinite(x).all():
+        raise DecodeError("unreadable audio", "NaN or infinite samples")
+    return x.mean(axis=1), rate
 
 
 def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -125,9 +101,9 @@ def mel_frames(seconds: float, rate: int, hop: int = 128) -> int:
 
 
 def audio_features(data: bytes, prep) -> np.ndarray:
-    """WAV bytes → the audio encoder's input [1, n_mels, frames]: prep.audio_seconds at
+    """Audio file bytes → the audio encoder's input [1, n_mels, frames]: prep.audio_seconds at
     prep.audio_rate, log-mel scaled so -100 dB..0 dB maps to -1..1."""
-    x, rate = read_wav(data)
+    x, rate = read_audio(data)
     x = fit_length(resample(x, rate, prep.audio_rate), round(prep.audio_seconds * prep.audio_rate))
     mel = log_mel(x, prep.audio_rate, prep.n_mels)
     return (mel / 50.0 + 1.0).unsqueeze(0).numpy()
@@ -164,8 +140,8 @@ def decoder(cfg, prep):
 
 
 def parse_request(value: Any, param: str) -> bytes:
-    """WAV bytes that decode (length limit enforced)."""
-    return payload_bytes(value, param, "audio", "data:audio/wav;base64,...", read_wav)
+    """Audio file bytes that decode (length limit enforced)."""
+    return payload_bytes(value, param, "audio", "data:audio/wav;base64,...", read_audio)
 
 
 AUDIO = Modality(
@@ -179,6 +155,6 @@ AUDIO = Modality(
     decoder=decoder,  # MSE per log-mel cell: a spectrogram is a one-channel image of reals
     parse_request=parse_request,
     data_uri="audio",
-    check_raw=read_wav,
+    check_raw=read_audio,
     bad_row_reasons=("unreadable audio", "audio too long"),
 )
