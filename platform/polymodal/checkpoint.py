@@ -15,14 +15,14 @@ from typing import Any
 import torch
 
 from polymodal import storage
-from polymodal.config import config_from_dict
+from polymodal.config import CHECKPOINT_META, config_from_dict
 from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
 from polymodal.models.joint import JointModel
 
 _CACHE = Path(tempfile.gettempdir()) / "polymodal-checkpoints"
 FORMAT_VERSION = 1
-META = "polymodal.json"
+META = CHECKPOINT_META
 WEIGHTS = "model.pt"
 WEIGHTS_SAFE = "model.safetensors"  # what `polymodal export --format safetensors` writes
 TRAIN_STATE = "train_state.pt"
@@ -195,3 +195,27 @@ def load_model_state(directory: str | Path, device: str | torch.device = "cpu") 
 
 def load_train_state(directory: str | Path, device: str | torch.device = "cpu") -> dict:
     return _load(Path(directory) / TRAIN_STATE, device)
+
+
+# Parts of a JointModel a checkpoint may lack when it starts another run: heads that run adds
+# (and SigLIP's logit bias, which only the sigmoid loss has, either way).
+NEW_HEADS = ("classifier.", "decoders.", "loss_log_vars.", "logit_bias")
+
+
+def init_weights(model: torch.nn.Module, uri: str) -> None:
+    """Load train.init_from's weights into a fresh model; CheckpointError names what does not
+    fit. Only heads the new run adds (a classifier, decoders) may be missing."""
+    state = load_model_state(fetch_checkpoint(uri))
+    own = model.state_dict()
+    shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in state.items() if k not in shapes}, strict=False
+    )
+    missing = [k for k in missing if not k.startswith(NEW_HEADS)]
+    unexpected = [k for k in unexpected if k != "logit_bias"]
+    if shapes or missing or unexpected:
+        raise CheckpointError(
+            f"train.init_from={uri}: its weights do not fit this model (shape differs: "
+            f"{shapes[:3]}, missing: {missing[:3]}, unexpected: {unexpected[:3]}); its "
+            "model section must match (it is used unless this config sets model keys)"
+        )

@@ -140,12 +140,31 @@ def build_parser() -> argparse.ArgumentParser:
         "decodes it, output 'embedding', L2-normalised; dynamic batch), checked against torch "
         "with onnxruntime, and OUT/polymodal-onnx.json (preprocessing, labels, config). "
         "safetensors: a checkpoint whose weights load without unpickling (eval, serve and "
-        "index read it).",
+        "index read it). open_clip: an imported OpenCLIP model, fine-tuned or not, in "
+        "open_clip's local-dir layout (open_clip.create_model('local-dir:OUT')).",
     )
     ex.add_argument("checkpoint")
     ex.add_argument("out", help="new or empty output directory")
-    ex.add_argument("--format", required=True, choices=["onnx", "safetensors"])
+    ex.add_argument("--format", required=True, choices=["onnx", "safetensors", "open_clip"])
     ex.set_defaults(func=commands.cmd_export)
+    im = sub.add_parser(
+        "import",
+        help="write a model from another library as a polymodal checkpoint",
+        description="open_clip: an OpenCLIP model (both towers, logit scale and bias, "
+        "preprocessing, tokenizer) as a checkpoint that eval, serve, index, export and "
+        "train (train.init_from=OUT) take; prints how far its embeddings are from "
+        "open_clip's own on the same inputs.",
+    )
+    im.add_argument("library", choices=["open_clip"])
+    im.add_argument(
+        "--model",
+        required=True,
+        help="open_clip architecture (e.g. ViT-B-32) or local-dir:DIR (open_clip_config.json "
+        "and weights)",
+    )
+    im.add_argument("--weights", help="local weights file for an architecture name")
+    im.add_argument("out", help="new or empty checkpoint directory")
+    im.set_defaults(func=commands.cmd_import)
     ix = sub.add_parser(
         "index",
         help="build an exact top-k search index of one modality of a dataset split",

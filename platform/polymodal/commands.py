@@ -109,6 +109,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from polymodal.openclip import import_open_clip
+
+    result = import_open_clip(args.model, args.weights, args.out)
+    print(json.dumps(result, indent=2))
+    print(f"fine-tune it: polymodal train CONFIG train.init_from={args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -13,7 +14,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from polymodal.modalities import MODALITIES
-from polymodal.pretrained import PRETRAINED, check_hf_model, pretrained_file
+from polymodal.pretrained import PRETRAINED, check_hf_model, check_open_clip, pretrained_file
 
 
 class ConfigError(ValueError):
@@ -84,7 +85,8 @@ class ImageModelConfig(Section):
     # images are its native size: data.image_size: 224).
     # hf: any Hugging Face vision model (ViT, CLIP or SigLIP vision, ...) in hf_model: a local
     # directory or a hub id; sizes and mean/std come from its image processor.
-    encoder: Literal["small_cnn", "resnet18", "efficientnet_lite0", "hf"] = "small_cnn"
+    # open_clip: the image tower of model.open_clip (written by `polymodal import open_clip`).
+    encoder: Literal["small_cnn", "resnet18", "efficientnet_lite0", "hf", "open_clip"] = "small_cnn"
     hf_model: str = ""
     width: int = 32
     norm: Norm = "batch"  # small_cnn only
@@ -98,7 +100,7 @@ class TextModelConfig(Section):
     # minilm: a pretrained tower (its pip package must be installed). hf: any Hugging Face
     # text model in hf_model (a local directory or a hub id), read with its own tokenizer and
     # pooled over [CLS] or the mean of its tokens.
-    encoder: Literal["byte_transformer", "minilm", "hf"] = "byte_transformer"
+    encoder: Literal["byte_transformer", "minilm", "hf", "open_clip"] = "byte_transformer"
     hf_model: str = ""
     pooling: Literal["cls", "mean"] = "mean"
     width: int = 64
@@ -122,6 +124,16 @@ class VectorModelConfig(Section):
     hidden: int = 256
 
 
+class OpenCLIPConfig(Section):
+    """The OpenCLIP model whose towers model.{image,text}.encoder: open_clip are; written by
+    `polymodal import open_clip` (its weights come from that checkpoint: train.init_from)."""
+
+    arch: str = ""  # the name it was imported under (for people; model_cfg builds it)
+    model_cfg: dict[str, Any] = Field(default_factory=dict)  # open_clip's model config
+    image_mean: list[float] = Field(default_factory=list)
+    image_std: list[float] = Field(default_factory=list)
+
+
 class ModelConfig(Section):
     modalities: list[str] = Field(default_factory=lambda: ["image", "text"])
     embed_dim: int = 128
@@ -131,6 +143,7 @@ class ModelConfig(Section):
     text: TextModelConfig = Field(default_factory=TextModelConfig)
     audio: AudioModelConfig = Field(default_factory=AudioModelConfig)
     vector: VectorModelConfig = Field(default_factory=VectorModelConfig)
+    open_clip: OpenCLIPConfig = Field(default_factory=OpenCLIPConfig)
 
     def tuning(self, modality: str) -> str:
         """model.<modality>.tuning; "finetune" for a modality whose section has none."""
@@ -211,6 +224,10 @@ class TrainConfig(Section):
     # (epoch-E-rank-R-pid-P.txt, a line per step): audits what a restart repeated or skipped.
     sample_log_dir: str = ""
     grad_cache: GradCacheConfig = Field(default_factory=GradCacheConfig)
+    # A checkpoint (local or s3://) whose weights this run starts from, and whose model section
+    # it uses under the model keys this config sets: fine-tune an imported OpenCLIP model or a
+    # run of your own. Resuming a run (same name) takes precedence.
+    init_from: str = ""
 
 
 class EvalConfig(Section):
@@ -251,6 +268,8 @@ class StorageConfig(Section):
     secret_access_key: str = Field(default="", repr=False)
 
 
+# A checkpoint's meta file (checkpoint.META), read here for train.init_from's model section.
+CHECKPOINT_META = "polymodal.json"
 SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key")
 
 
@@ -399,9 +418,39 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     try:
-        return config_from_dict(data, overrides)
+        tree = copy.deepcopy(data)
+        for key, value in parse_overrides(overrides or []):
+            _set_dotted(tree, key, value)
+        return config_from_dict(_with_init_model(tree))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+
+
+def _with_init_model(tree: dict[str, Any]) -> dict[str, Any]:
+    """With train.init_from, the model section is that checkpoint's under the model keys the
+    config sets itself (e.g. model.image.tuning: freeze): its weights need its architecture."""
+    train = tree.get("train")
+    source = train.get("init_from") if isinstance(train, dict) else None
+    if not source:
+        return tree
+    from polymodal import storage  # only here: reading a checkpoint's meta (local or s3://)
+
+    meta_uri = storage.join(source, CHECKPOINT_META)
+    try:
+        model = json.loads(storage.read_bytes(meta_uri))["config"]["model"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"'train.init_from': {meta_uri}: not a readable checkpoint ({exc})"
+        ) from None
+    return {**tree, "model": _merged(model, tree.get("model") or {})}
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else value
+    return out
 
 
 def validate(cfg: Config) -> None:
@@ -423,10 +472,12 @@ def validate(cfg: Config) -> None:
         section = getattr(cfg.model, m, None)
         if section is None or not hasattr(section, "tuning"):
             continue
-        if section.encoder in PRETRAINED or section.encoder == "hf":
+        if section.encoder in PRETRAINED or section.encoder in ("hf", "open_clip"):
             try:
                 if section.encoder == "hf":
                     check_hf_model(section.hf_model)
+                elif section.encoder == "open_clip":
+                    check_open_clip(cfg.model.open_clip.model_cfg, cfg.model.embed_dim)
                 else:
                     pretrained_file(section.encoder)
             except RuntimeError as exc:
@@ -435,7 +486,7 @@ def validate(cfg: Config) -> None:
             pretrained = [
                 e
                 for e in typing.get_args(type(section).model_fields["encoder"].annotation)
-                if e in PRETRAINED or e == "hf"
+                if e in PRETRAINED or e in ("hf", "open_clip")
             ]
             raise ConfigError(
                 f"'model.{m}.tuning: {section.tuning}' locks a pretrained tower; the "

@@ -1,5 +1,5 @@
 """`polymodal export`: a checkpoint as files other tools load: ONNX (one graph per encoder, checked
-with onnxruntime) or safetensors (weights that load without unpickling, still a checkpoint)."""
+with onnxruntime), safetensors (weights that load without unpickling) or open_clip's layout."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import torch
 from torch import nn
 
 from polymodal.checkpoint import fetch_checkpoint, load_model, save_checkpoint
+from polymodal.config import config_from_dict
 from polymodal.modalities import MODALITIES, Preprocessing
+from polymodal.openclip import export_open_clip
 
-FORMATS = ("onnx", "safetensors")
+FORMATS = ("onnx", "safetensors", "open_clip")
 ONNX_OPSET = 17
 ONNX_META = "polymodal-onnx.json"
 
@@ -112,6 +114,9 @@ def export_checkpoint(checkpoint: str, out: str | Path, fmt: str) -> dict:
         keep = {k: v for k, v in meta.items() if k not in ("format", "files")}
         save_checkpoint(out, model, keep, safetensors=True)
         return {"format": fmt, "out": str(out), "files": sorted(p.name for p in out.iterdir())}
+    if fmt == "open_clip":
+        diffs = export_open_clip(model, config_from_dict(meta["config"]), prep, out)
+        return {"format": fmt, "out": str(out), "max_abs_diff": diffs}
     description = export_onnx(model, prep, meta, out)
     diffs = {m: g["max_abs_diff"] for m, g in description["graphs"].items()}
     return {"format": fmt, "out": str(out), "max_abs_diff": diffs}

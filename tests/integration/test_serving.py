@@ -11,13 +11,15 @@ import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from polymodal.checkpoint import load_model, save_checkpoint
+from polymodal.checkpoint import load_model, read_meta, save_checkpoint
 from polymodal.config import load_config
 from polymodal.data.sources.builtin import DIGIT_LABELS
 from polymodal.evaluation.evaluate import decoded_batches
@@ -27,7 +29,9 @@ from polymodal.modalities.image import decode_image
 from polymodal.modalities.text import encode_text
 from polymodal.models.build import build_model
 from polymodal.objectives.joint import joint_loss
+from polymodal.openclip import import_open_clip
 from tests.integration.conftest import free_port
+from tests.open_clip_models import tiny_clip
 
 pytestmark = pytest.mark.integration
 PREP = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=24)
@@ -142,6 +146,9 @@ def service(ray_cluster, s3_endpoint, digits_dataset, tmp_path_factory):
     _vector_checkpoint(model_dir / "original" / "vec")
     export_checkpoint(str(model_dir / "original" / "vec"), model_dir / "vec", "safetensors")
     _trained_checkpoint(model_dir / "digits", digits_dataset)
+    # "clip" is imported from OpenCLIP; its source stays outside the listing.
+    src = tiny_clip(tmp_path_factory.mktemp("open_clip") / "src")
+    import_open_clip(f"local-dir:{src}", None, model_dir / "clip")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(str(model_dir), max_batch_size=8, index_dir=INDEX_DIR), route_prefix="/")
@@ -163,7 +170,7 @@ def test_health_and_models(service):
     url, _ = service
     assert _call(f"{url}/healthz") == (200, {"status": "ok"})
     status, ready = _call(f"{url}/readyz")
-    assert status == 200 and ready["models"] == ["digits", "other", "small", "vec"]
+    assert status == 200 and ready["models"] == ["clip", "digits", "other", "small", "vec"]
     status, models = _call(f"{url}/v1/models")
     cards = {m["id"]: m for m in models["data"]}
     assert cards["small"]["dimension"] == 16 and cards["other"]["dimension"] == 24
@@ -193,6 +200,28 @@ def test_embeddings_equal_offline_encoder(service):
     )
     vec = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(vec, offline_text[0], atol=1e-5)
+
+
+def test_an_imported_open_clip_model_serves_open_clips_embeddings(service):
+    import open_clip
+
+    url, model_dir = service
+    src = Path(read_meta(model_dir / "clip")["imported_from"]["open_clip"][len("local-dir:") :])
+    clip = open_clip.create_model(f"local-dir:{src}").eval()
+    text = "a photo of the number three"
+    image = _png(3)
+    uri = "data:image/png;base64," + base64.b64encode(image).decode()
+    status, body = _call(f"{url}/v1/embeddings", {"model": "clip", "input": [text, uri]})
+    assert status == 200, body
+    prep = Preprocessing(**read_meta(model_dir / "clip")["preprocessing"])
+    pixels = torch.from_numpy(decode_image(image, prep.image_size, 3))[None]
+    mean = torch.tensor(prep.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(prep.image_std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        theirs_text = F.normalize(clip.encode_text(open_clip.tokenize([text], 16)), dim=-1)[0]
+        theirs_image = F.normalize(clip.encode_image((pixels - mean) / std), dim=-1)[0]
+    np.testing.assert_allclose(body["data"][0]["embedding"], theirs_text.numpy(), atol=1e-5)
+    np.testing.assert_allclose(body["data"][1]["embedding"], theirs_image.numpy(), atol=1e-5)
 
 
 def test_vectors_embed_and_classify_as_json_arrays(service):

@@ -29,11 +29,23 @@ def tiny_hf(tmp_path_factory):
     return {"text": hf_models.roberta(root / "text"), "image": hf_models.vit(root / "image")}
 
 
+@pytest.fixture(scope="module")
+def tiny_imported(tmp_path_factory):
+    """A stand-in for the imported OpenCLIP checkpoint a config starts from."""
+    from polymodal.openclip import import_open_clip
+    from tests.open_clip_models import tiny_clip
+
+    root = tmp_path_factory.mktemp("oc")
+    return import_open_clip(f"local-dir:{tiny_clip(root / 'src')}", None, root / "imported")["out"]
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_builds(path, request):
     assert path.read_text().startswith("# "), "configs start with the command that runs them"
     assert "polymodal" in path.read_text().splitlines()[0]
-    cfg = load_config(path)
+    init_from = "init_from" in path.read_text()
+    overrides = [f"train.init_from={request.getfixturevalue('tiny_imported')}"] if init_from else []
+    cfg = load_config(path, overrides)
     hf = [m for m in ("image", "text") if getattr(cfg.model, m).encoder == "hf"]
     if hf:
         tiny = request.getfixturevalue("tiny_hf")
@@ -41,6 +53,9 @@ def test_every_shipped_config_loads_and_builds(path, request):
     settings = {}
     for m in hf:  # what the model's tokenizer or image processor sets
         settings.update(MODALITIES[m].settings(cfg, None, None))
+    if init_from:  # an imported OpenCLIP model: its sizes, mean/std and tokenizer
+        for m in cfg.model.modalities:
+            settings.update(MODALITIES[m].settings(cfg, None, None))
     prep = Preprocessing(
         cfg.model.modalities,
         **{
@@ -153,10 +168,15 @@ def test_types_are_strict_but_floats_read_yaml_strings():
 
 # Every declared choice: a typo names the key, the choices and the closest one.
 BAD_CHOICES = [
-    ("model.image.encoder", "resnet19", "small_cnn, resnet18, efficientnet_lite0, hf", "resnet18"),
+    (
+        "model.image.encoder",
+        "resnet19",
+        "small_cnn, resnet18, efficientnet_lite0, hf, open_clip",
+        "resnet18",
+    ),
     ("model.image.norm", "btch", "batch, group", "batch"),
     ("model.audio.norm", "grop", "batch, group", "group"),
-    ("model.text.encoder", "minlm", "byte_transformer, minilm, hf", "minilm"),
+    ("model.text.encoder", "minlm", "byte_transformer, minilm, hf, open_clip", "minilm"),
     ("model.text.tuning", "freez", "freeze, finetune, lock_then_unlock", "freeze"),
     ("model.audio.encoder", "mel_cn", "mel_cnn", "mel_cnn"),
     ("model.vector.encoder", "mlpp", "mlp", "mlp"),

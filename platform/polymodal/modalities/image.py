@@ -102,6 +102,15 @@ def settings(cfg, manifest, train_column) -> dict[str, Any]:
             "image_std": s["std"],
             "image_model": cfg.model.image.hf_model,
         }
+    if cfg.model.image.encoder == "open_clip":
+        oc = cfg.model.open_clip
+        size = oc.model_cfg["vision_cfg"]["image_size"]
+        return {
+            "image_size": size if isinstance(size, int) else size[0],
+            "image_channels": 3,
+            "image_mean": oc.image_mean,
+            "image_std": oc.image_std,
+        }
     # Ingest records 3 channels once any image is in colour; data.image_channels overrides.
     channels = cfg.data.image_channels or manifest.extra.get("image_channels", 1)
     return {"image_size": cfg.data.image_size, "image_channels": channels}
@@ -136,6 +145,16 @@ def hf_vision(cfg, prep):
     )
 
 
+def open_clip_image(cfg, prep):
+    from polymodal.towers.openclip import OpenCLIPImage, build_open_clip
+
+    section = cfg.model.image
+    clip = build_open_clip(cfg.model.open_clip.model_cfg)
+    return OpenCLIPImage(
+        clip, cfg.model.embed_dim, prep.image_mean, prep.image_std, section.tuning, section.lr_scale
+    )
+
+
 def decoder(cfg, prep):
     from polymodal.towers.decoders import ImageDecoder
 
@@ -152,7 +171,8 @@ def parse_request(value: Any, param: str) -> bytes:
 IMAGE = Modality(
     name="image",
     arrow_type=pa.binary(),
-    # image_mean/std/model: set only for a Hugging Face tower (its processor's values).
+    # image_mean/std: set only for Hugging Face and OpenCLIP towers (their values); image_model:
+    # the Hugging Face model.
     defaults={
         "image_size": 28,
         "image_channels": 1,
@@ -168,6 +188,7 @@ IMAGE = Modality(
         "resnet18": resnet18,
         "efficientnet_lite0": efficientnet_lite0,
         "hf": hf_vision,
+        "open_clip": open_clip_image,
     },
     decoder=decoder,
     parse_request=parse_request,

@@ -19,6 +19,7 @@ MAX_TEXT_CHARS = 8_192  # per text in a request
 # model's, recorded as "hf:<directory or hub id>".
 TOKENIZERS: dict[str, str] = {"byte_transformer": "bytes", "minilm": "minilm"}
 HF = "hf:"
+OPEN_CLIP = "open_clip"  # open_clip's CLIP BPE tokenizer: [SOT] ... [EOT], padded with 0
 
 
 @functools.lru_cache(maxsize=8)
@@ -31,7 +32,16 @@ def _wordpiece(name: str, max_len: int):
     return tok
 
 
+@functools.lru_cache(maxsize=1)
+def _open_clip_tokenizer():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
 def text_vocab_size(tokenizer: str) -> int:
+    if tokenizer == OPEN_CLIP:
+        return _open_clip_tokenizer().vocab_size
     if tokenizer.startswith(HF):
         from polymodal.towers import hf
 
@@ -47,6 +57,8 @@ def encode_text(text: str, max_len: int, tokenizer: str = "bytes") -> np.ndarray
         from polymodal.towers import hf  # torch and transformers: only for such a tower
 
         return hf.encode(text, tokenizer[len(HF) :], max_len)
+    if tokenizer == OPEN_CLIP:
+        return _open_clip_tokenizer()([text], context_length=max_len)[0].numpy()
     if tokenizer != "bytes":
         return np.asarray(_wordpiece(tokenizer, max_len).encode(text).ids, dtype=np.int64)
     ids = np.zeros(max_len, dtype=np.int64)
@@ -75,6 +87,9 @@ def serve_decode(value: str, prep, augment=None, rng=None) -> np.ndarray:
 
 def settings(cfg, manifest, train_column) -> dict[str, Any]:
     t = cfg.model.text
+    if t.encoder == "open_clip":  # its context length: positions are learned up to it
+        context = cfg.model.open_clip.model_cfg["text_cfg"].get("context_length", 77)
+        return {"text_max_len": context, "text_tokenizer": OPEN_CLIP}
     return {
         "text_max_len": cfg.data.text_max_len,
         "text_tokenizer": HF + t.hf_model if t.encoder == "hf" else TOKENIZERS[t.encoder],
@@ -104,6 +119,14 @@ def hf_text(cfg, prep):
 
     t = cfg.model.text
     return HFText(prep.text_tokenizer[len(HF) :], t.pooling, t.tuning, t.lr_scale)
+
+
+def open_clip_text(cfg, prep):
+    from polymodal.towers.openclip import OpenCLIPText, build_open_clip
+
+    t = cfg.model.text
+    clip = build_open_clip(cfg.model.open_clip.model_cfg)
+    return OpenCLIPText(clip, cfg.model.embed_dim, t.tuning, t.lr_scale)
 
 
 def decoder(cfg, prep):
@@ -153,7 +176,12 @@ TEXT = Modality(
     settings=settings,
     decode=decode,
     input_shape=lambda prep: ((prep.text_max_len,), np.int64),
-    encoders={"byte_transformer": byte_transformer, "minilm": minilm, "hf": hf_text},
+    encoders={
+        "byte_transformer": byte_transformer,
+        "minilm": minilm,
+        "hf": hf_text,
+        "open_clip": open_clip_text,
+    },
     decoder=decoder,
     reconstruction_sum=reconstruction_sum,
     reconstruction_count=reconstruction_count,

@@ -32,8 +32,12 @@ class JointModel(nn.Module):
         self.modalities = list(encoders)
         self.embed_dim = embed_dim
         self.encoders = nn.ModuleDict(encoders)
+        # A tower that projects into the shared space itself (OpenCLIP's) keeps its own.
         self.projections = nn.ModuleDict(
-            {m: nn.Linear(enc.out_dim, embed_dim) for m, enc in encoders.items()}
+            {
+                m: nn.Identity() if _projects(enc, embed_dim) else nn.Linear(enc.out_dim, embed_dim)
+                for m, enc in encoders.items()
+            }
         )
         self.decoders = nn.ModuleDict(decoders or {})
         self.log_logit_scale = nn.Parameter(
@@ -99,3 +103,11 @@ class JointModel(nn.Module):
             reconstructions={m: dec(raw[m]) for m, dec in self.decoders.items()},
             class_logits=self.classify(emb, present) if self.classifier is not None else None,
         )
+
+
+def _projects(encoder: nn.Module, embed_dim: int) -> bool:
+    if not getattr(encoder, "projects", False):
+        return False
+    if encoder.out_dim != embed_dim:
+        raise ValueError(f"the tower projects to {encoder.out_dim}; model.embed_dim is {embed_dim}")
+    return True

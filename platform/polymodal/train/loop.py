@@ -14,7 +14,7 @@ import ray.train.torch
 import torch
 
 from polymodal.batch import Batch
-from polymodal.checkpoint import save_checkpoint, upload
+from polymodal.checkpoint import init_weights, save_checkpoint, upload
 from polymodal.config import config_from_dict
 from polymodal.evaluation.evaluate import evaluate
 from polymodal.modalities import Preprocessing
@@ -110,6 +110,8 @@ class Recipe:
             model.load_state_dict(self.resumed.model_state)
             self.start_epoch, self.step = self.resumed.start_epoch, self.resumed.step
             self.history = self.resumed.history
+        elif cfg.train.init_from:
+            init_weights(model, cfg.train.init_from)
 
         self.per_worker_batch = cfg.train.batch_size // max(self.world, 1)
         Step = step_strategy(cfg, self.per_worker_batch)

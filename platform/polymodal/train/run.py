@@ -9,7 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from polymodal import storage
-from polymodal.checkpoint import fetch_checkpoint, load_model, read_meta
+from polymodal.checkpoint import (
+    fetch_checkpoint,
+    init_weights,
+    load_model,
+    read_meta,
+)
 from polymodal.cluster import ensure_ray
 from polymodal.config import Config, config_from_dict
 from polymodal.data.dataset import dataset_manifest, dataset_path, preprocessing_for
@@ -69,6 +74,8 @@ def check_run(cfg: Config) -> tuple[Manifest, Preprocessing]:
         )
     prep = preprocessing_for(cfg, manifest)
     model = build_model(cfg, prep, len(manifest.label_names or []))
+    if cfg.train.init_from:  # workers load it again; a mismatch fails here, before Ray
+        init_weights(model, cfg.train.init_from)
     sizes = [(p.numel(), p.requires_grad) for p in model.parameters()]
     trained = sum(n for n, grad in sizes if grad)
     print(f"model: {sum(n for n, _ in sizes):,} parameters, {trained:,} trained", flush=True)

@@ -1,0 +1,157 @@
+"""OpenCLIP's two towers as polymodal towers (image: `visual`; text: its token embedding,
+transformer and projection), and the state-dict names between an open_clip model and ours."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polymodal.towers.tuning import Tunable
+
+# Where each tower's `net` sits in an open_clip model's state dict.
+PREFIX = {"image": "visual.", "text": ""}  # CLIP keeps its text parts at the root
+CUSTOM_TEXT_PREFIX = "text."  # CustomTextCLIP (SigLIP, ...) keeps them under `text`
+
+
+def is_custom_text(model_cfg: dict[str, Any]) -> bool:
+    return bool(model_cfg.get("custom_text")) or "hf_model_name" in model_cfg.get("text_cfg", {})
+
+
+def build_open_clip(model_cfg: dict[str, Any]) -> nn.Module:
+    """A randomly initialised open_clip CLIP or CustomTextCLIP from its model config (what
+    open_clip_config.json's model_cfg holds); nothing is downloaded."""
+    from open_clip.model import CLIP, CustomTextCLIP  # only for these towers
+
+    cfg = copy.deepcopy(model_cfg)
+    if "multimodal_cfg" in cfg:
+        raise ValueError("open_clip CoCa models are not supported: they are captioners")
+    custom = is_custom_text(cfg)
+    cfg.pop("custom_text", None)
+    cfg.get("vision_cfg", {})["timm_model_pretrained"] = False
+    if "hf_model_name" in cfg.get("text_cfg", {}):
+        raise ValueError(
+            "open_clip models with a Hugging Face text tower are not supported yet; "
+            "use model.text.encoder: hf with that text model instead"
+        )
+    return (CustomTextCLIP if custom else CLIP)(**cfg)
+
+
+class CLIPText(nn.Module):
+    """CLIP's text parts under open_clip's own names, and its encode_text."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+        self.pool_type, self.eos_id = clip.text_pool_type, getattr(clip, "text_eos_id", None)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        from open_clip.transformer import text_global_pool
+
+        x = self.token_embedding(ids) + self.positional_embedding
+        x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask))
+        x = text_global_pool(x, ids, self.pool_type, eos_token_id=self.eos_id)
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x if self.text_projection is None else x @ self.text_projection
+
+
+class OpenCLIPImage(Tunable):
+    """Images in [0, 1] (grey repeats as RGB), normalised with the model's mean and std →
+    open_clip's encode_image (already projected: `projects`)."""
+
+    projects = True
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        embed_dim: int,
+        mean: list[float],
+        std: list[float],
+        tuning: str = "finetune",
+        lr_scale: float = 1.0,
+    ):
+        super().__init__(tuning, lr_scale)
+        self.net = clip.visual
+        self.out_dim = embed_dim
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.freeze_if_asked()
+
+    @property
+    def inner(self) -> nn.Module:
+        return self.net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        with torch.set_grad_enabled(self.grad_enabled()):
+            return self.net((images - self.mean) / self.std)
+
+
+class OpenCLIPText(Tunable):
+    """open_clip token ids (0 pads) at the full context length → encode_text (projected)."""
+
+    projects = True
+
+    def __init__(
+        self, clip: nn.Module, embed_dim: int, tuning: str = "finetune", lr_scale: float = 1.0
+    ):
+        super().__init__(tuning, lr_scale)
+        self.net = clip.text if hasattr(clip, "text") else CLIPText(clip)
+        self.out_dim = embed_dim
+        self.freeze_if_asked()
+
+    @property
+    def inner(self) -> nn.Module:
+        return self.net
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(self.grad_enabled()):
+            return self.net(ids)
+
+
+def encode(clip: nn.Module, modality: str, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's own normalised embedding, to compare ours with."""
+    fn = clip.encode_image if modality == "image" else clip.encode_text
+    return F.normalize(fn(x), dim=-1)
+
+
+def to_polymodal(state: dict[str, torch.Tensor], custom_text: bool) -> dict[str, torch.Tensor]:
+    """An open_clip state dict under JointModel's names (logit_scale is already a log)."""
+    text_prefix = CUSTOM_TEXT_PREFIX if custom_text else PREFIX["text"]
+    out = {}
+    for key, value in state.items():
+        if key == "logit_scale":
+            out["log_logit_scale"] = value.reshape(())
+        elif key == "logit_bias":
+            out["logit_bias"] = value.reshape(())
+        elif key.startswith(PREFIX["image"]):
+            out["encoders.image.net." + key[len(PREFIX["image"]) :]] = value
+        elif key.startswith(text_prefix):
+            out["encoders.text.net." + key[len(text_prefix) :]] = value
+    return out
+
+
+def to_open_clip(state: dict[str, torch.Tensor], custom_text: bool) -> dict[str, torch.Tensor]:
+    """JointModel's image and text towers and logit scale/bias under open_clip's names."""
+    text_prefix = CUSTOM_TEXT_PREFIX if custom_text else PREFIX["text"]
+    out = {}
+    for key, value in state.items():
+        if key == "log_logit_scale":
+            out["logit_scale"] = value.reshape(())
+        elif key == "logit_bias":
+            out["logit_bias"] = value.reshape(())
+        elif key.startswith("encoders.image.net."):
+            out[PREFIX["image"] + key[len("encoders.image.net.") :]] = value
+        elif key.startswith("encoders.text.net."):
+            out[text_prefix + key[len("encoders.text.net.") :]] = value
+    return out

@@ -1,0 +1,51 @@
+"""An imported OpenCLIP model fine-tunes with polymodal's objectives on 2 Ray Train workers
+(train.init_from), and the result goes back to open_clip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+
+from polymodal.checkpoint import load_model, read_meta
+from polymodal.config import load_config
+from polymodal.export import export_checkpoint
+from polymodal.openclip import import_open_clip
+from polymodal.train.run import fit
+from tests.open_clip_models import tiny_clip
+
+pytestmark = pytest.mark.integration
+
+
+def test_imported_open_clip_trains_on_two_workers(ray_cluster, digits_dataset, tmp_path):
+    imported = tmp_path / "imported"
+    import_open_clip(f"local-dir:{tiny_clip(tmp_path / 'src')}", None, imported)
+    cfg = load_config(
+        None,
+        [f"data.path={digits_dataset}", f"train.init_from={imported}"]
+        + [f"train.storage_path={tmp_path / 'runs'}", "train.name=oc", "train.epochs=1"]
+        + ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.batch_size=64"]
+        + ["objective.contrastive.gather=full", "optim.lr=0.001"],
+    )
+    result = fit(cfg)
+    meta = read_meta(result.checkpoint)
+    assert meta["step"] == 1612 // 64 and meta["epoch"] == 1
+    assert meta["config"]["model"]["image"]["encoder"] == "open_clip"
+    assert meta["preprocessing"]["image_size"] == 32  # its size, not the config's default
+    assert 0.0 <= meta["metrics"]["val/recall@10/image->text"] <= 1.0
+    before, _ = load_model(imported)
+    after, _ = load_model(result.checkpoint)
+    moved = [k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
+    assert any(k.startswith("encoders.image.net.") for k in moved)
+    assert any(k.startswith("encoders.text.net.") for k in moved)
+    # Fine-tuned here, loaded by open_clip: the same embeddings.
+    out = Path(tmp_path / "back")
+    export_checkpoint(result.checkpoint, out, "open_clip")
+    back = open_clip.create_model(f"local-dir:{out}").eval()
+    ids = torch.tensor([[49406, 320, 1125, 49407] + [0] * 12])
+    with torch.no_grad():
+        theirs = F.normalize(back.encode_text(ids), dim=-1)
+        torch.testing.assert_close(after.embed("text", ids), theirs, atol=1e-5, rtol=0)
