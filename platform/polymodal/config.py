@@ -228,6 +228,11 @@ class TrainConfig(Section):
     # it uses under the model keys this config sets: fine-tune an imported OpenCLIP model or a
     # run of your own. Resuming a run (same name) takes precedence.
     init_from: str = ""
+    # Frozen towers (model.<m>.tuning: freeze) run once per row: their features are kept in a
+    # table per node on disk (feature_cache_dir, default the temp dir), which later runs with
+    # the same tower, preprocessing and dataset reuse. Not for images that augmentation changes.
+    cache_frozen_features: bool = True
+    feature_cache_dir: str = ""
 
 
 class EvalConfig(Section):

@@ -1,8 +1,10 @@
-"""An imported OpenCLIP model fine-tunes with polymodal's objectives on 2 Ray Train workers
-(train.init_from), and the result goes back to open_clip."""
+"""An imported OpenCLIP model fine-tunes LiT-style (image tower frozen, its features computed
+once per row into the node's table) on 2 Ray Train workers (train.init_from), and the result
+goes back to open_clip."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import open_clip
@@ -26,21 +28,27 @@ def test_imported_open_clip_trains_on_two_workers(ray_cluster, digits_dataset, t
     cfg = load_config(
         None,
         [f"data.path={digits_dataset}", f"train.init_from={imported}"]
-        + [f"train.storage_path={tmp_path / 'runs'}", "train.name=oc", "train.epochs=1"]
+        + [f"train.storage_path={tmp_path / 'runs'}", "train.name=oc", "train.epochs=2"]
+        + ["model.image.tuning=freeze", f"train.feature_cache_dir={tmp_path / 'features'}"]
         + ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.batch_size=64"]
         + ["objective.contrastive.gather=full", "optim.lr=0.001"],
     )
     result = fit(cfg)
     meta = read_meta(result.checkpoint)
-    assert meta["step"] == 1612 // 64 and meta["epoch"] == 1
+    assert meta["step"] == 2 * (1612 // 64) and meta["epoch"] == 2
     assert meta["config"]["model"]["image"]["encoder"] == "open_clip"
     assert meta["preprocessing"]["image_size"] == 32  # its size, not the config's default
     assert 0.0 <= meta["metrics"]["val/recall@10/image->text"] <= 1.0
     before, _ = load_model(imported)
     after, _ = load_model(result.checkpoint)
     moved = [k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
-    assert any(k.startswith("encoders.image.net.") for k in moved)
+    assert not any(k.startswith("encoders.image.") for k in moved)  # frozen
     assert any(k.startswith("encoders.text.net.") for k in moved)
+    # Both workers wrote one table: each train row once (drop_last skips a few per epoch).
+    (table,) = (tmp_path / "features").glob("image-*.sqlite")
+    with sqlite3.connect(table) as db:
+        rows, width = db.execute("SELECT COUNT(*), MAX(LENGTH(v)) FROM f").fetchone()
+    assert 1600 <= rows <= 1612 and width == 16 * 4
     # Fine-tuned here, loaded by open_clip: the same embeddings.
     out = Path(tmp_path / "back")
     export_checkpoint(result.checkpoint, out, "open_clip")

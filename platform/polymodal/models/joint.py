@@ -4,6 +4,7 @@ for learned loss weighting, one log-variance per objective term."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -54,6 +55,8 @@ class JointModel(nn.Module):
         self.loss_log_vars = nn.ParameterDict(
             {t: nn.Parameter(torch.zeros(())) for t in learned_weight_terms or []}
         )
+        # Modalities whose inputs are already their tower's features (train/features.py).
+        self.precomputed: set[str] = set()
         self.classify_modalities = classify_modalities or self.modalities
         self.classifier = None
         if num_classes:
@@ -70,7 +73,17 @@ class JointModel(nn.Module):
 
     def project(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         """Raw (unnormalised) embedding of one modality."""
-        return self.projections[modality](self.encoders[modality](x))
+        features = x if modality in self.precomputed else self.encoders[modality](x)
+        return self.projections[modality](features)
+
+    @contextlib.contextmanager
+    def using_features(self, modalities: set[str]):
+        """Within: the inputs of `modalities` are their towers' features."""
+        self.precomputed = set(modalities)
+        try:
+            yield self
+        finally:
+            self.precomputed = set()
 
     def embed(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised embedding, the one used for retrieval and serving."""

@@ -12,7 +12,6 @@ from torch import nn
 
 from polymodal.towers.tuning import Tunable
 
-MAX_CACHED = 200_000  # pooled features of a frozen text tower kept per distinct text
 POOLINGS = ("cls", "mean")
 
 
@@ -83,10 +82,6 @@ class HFText(Tunable):
             self.hf.pooler = None  # unused here: DDP would wait for its gradients
         self.pooling, self.shift = pooling, shift
         self.out_dim = self.hf.config.hidden_size
-        # A frozen tower is a fixed function: in training its features are computed once per
-        # distinct text (LiT precomputes them the same way); captions repeat every epoch.
-        # Not in eval mode: a serving replica would grow with every new text.
-        self.cache: dict[bytes, torch.Tensor] | None = {} if tuning == "freeze" else None
         self.freeze_if_asked()
         # Checkpoints of the MiniLM tower, from before it was an HFText, name it `bert`.
         self._register_load_state_dict_pre_hook(_renamed_bert)
@@ -96,17 +91,6 @@ class HFText(Tunable):
         return self.hf
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.cache is None or not self.training:
-            return self._pooled(ids)
-        keys = [row.tobytes() for row in ids.cpu().numpy()]
-        todo = sorted({i for i, k in enumerate(keys) if k not in self.cache})
-        fresh = dict(zip(todo, self._pooled(ids[todo]).float())) if todo else {}
-        for i, x in fresh.items():
-            if len(self.cache) < MAX_CACHED:
-                self.cache[keys[i]] = x
-        return torch.stack([fresh[i] if i in fresh else self.cache[k] for i, k in enumerate(keys)])
-
-    def _pooled(self, ids: torch.Tensor) -> torch.Tensor:
         keep = ids.ne(0)
         length = max(int(keep.sum(1).max()), 1)  # trim to the longest text of the batch
         ids, keep = ids[:, :length], keep[:, :length]

@@ -20,6 +20,7 @@ from polymodal.evaluation.evaluate import evaluate
 from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model, unlock_towers
 from polymodal.train.bad_rows import BadRowCheck
+from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.resume import resume
@@ -112,6 +113,10 @@ class Recipe:
             self.history = self.resumed.history
         elif cfg.train.init_from:
             init_weights(model, cfg.train.init_from)
+        cached = cached_modalities(cfg)
+        self.frozen = (
+            FrozenFeatures(model, cached, cfg, self.prep, self.meta["dataset"]) if cached else None
+        )
 
         self.per_worker_batch = cfg.train.batch_size // max(self.world, 1)
         Step = step_strategy(cfg, self.per_worker_batch)
@@ -179,9 +184,13 @@ class Recipe:
             local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows or None,
         )
         sample_log = SampleLog(cfg.train.sample_log_dir, epoch, self.rank)
+        frozen = set(self.frozen.tables) if self.frozen else set()
         for raw in stats.timed(batches):
             batch = Batch.from_dict(raw)
-            loss, logs = self.optimize(batch, epoch)
+            if self.frozen:
+                batch = self.frozen(batch)
+            with self.raw_model.using_features(frozen):
+                loss, logs = self.optimize(batch, epoch)
             self.step += 1
             sample_log.write(batch)
             log_step = self.step % cfg.train.log_every_steps == 0

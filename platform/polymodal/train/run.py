@@ -25,6 +25,7 @@ from polymodal.modalities import Preprocessing
 from polymodal.modalities.image import Augment
 from polymodal.models.build import build_model
 from polymodal.train.bad_rows import check_bad_fraction, write_bad_rows
+from polymodal.train.features import cached_modalities
 
 
 @dataclass
@@ -109,7 +110,8 @@ def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunI
             bad_rows=bad_rows,
             manifest=manifest,
             augment=Augment(tuple(aug.crop_scale), tuple(aug.crop_ratio), aug.hflip),
-            with_samples=bool(cfg.train.sample_log_dir),
+            # Row keys for the sample log and for the frozen towers' feature tables.
+            with_samples=bool(cfg.train.sample_log_dir or cached_modalities(cfg)),
         ),
         "val": split_dataset(
             path,

@@ -1,0 +1,132 @@
+"""Frozen towers cost one pass: their features per row, in a side table on each node's disk
+(SQLite, keyed by row), so epoch 2 on, and later runs with the same tower, skip the tower.
+
+A frozen tower (model.<m>.tuning: freeze) is a fixed function of its input, which is fixed per
+row unless augmentation changes it. The table's name is a digest of the tower's weights, the
+modality's preprocessing and the dataset; its rows are the rows' sample keys. Memory stays flat:
+the table lives on disk, and SQLite keeps a few MB of it in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from polymodal.batch import Batch
+from polymodal.config import Config
+from polymodal.modalities import MODALITIES, Preprocessing
+
+
+def cached_modalities(cfg: Config) -> list[str]:
+    """The modalities whose frozen tower's features can be kept: not those that augmentation
+    changes from epoch to epoch."""
+    if not cfg.train.cache_frozen_features:
+        return []
+    aug = cfg.data.augment
+    augmented = {"image"} if aug.crop_scale[0] < 1.0 or aug.hflip > 0 else set()
+    return [
+        m for m in cfg.model.modalities if cfg.model.tuning(m) == "freeze" and m not in augmented
+    ]
+
+
+def tower_digest(tower: nn.Module, modality: str, prep: Preprocessing, dataset: str) -> str:
+    """Changes when anything that changes the features does: weights, preprocessing, data."""
+    h = hashlib.blake2b(digest_size=12)
+    for name, tensor in sorted(tower.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    settings = {k: getattr(prep, k) for k in MODALITIES[modality].defaults}
+    h.update(json.dumps([modality, settings, dataset], sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class FeatureTable:
+    """sample key → float32 features, in one SQLite file that every worker on the node shares
+    (WAL: readers do not wait for the writer)."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=120, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS f (key INTEGER PRIMARY KEY, v BLOB)")
+
+    def get(self, keys: list[int]) -> dict[int, np.ndarray]:
+        found: dict[int, np.ndarray] = {}
+        for start in range(0, len(keys), 900):  # SQLite's limit on bound parameters
+            part = keys[start : start + 900]
+            marks = ",".join("?" * len(part))
+            for key, blob in self.db.execute(f"SELECT key, v FROM f WHERE key IN ({marks})", part):
+                found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put(self, items: dict[int, np.ndarray]) -> None:
+        rows = [(k, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items.items()]
+        self.db.executemany("INSERT OR REPLACE INTO f VALUES (?, ?)", rows)
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM f").fetchone()[0]
+
+
+class FrozenFeatures:
+    """Replaces a batch's inputs of the frozen towers by their features: read from the
+    table, computed (and stored) for the rows it lacks. The model then skips those towers
+    (JointModel.precomputed)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        modalities: list[str],
+        cfg: Config,
+        prep: Preprocessing,
+        dataset: str,
+    ):
+        root = Path(
+            cfg.train.feature_cache_dir or Path(tempfile.gettempdir()) / "polymodal-features"
+        )
+        self.model = model
+        self.tables = {
+            m: FeatureTable(
+                root / f"{m}-{tower_digest(model.encoders[m], m, prep, dataset)}.sqlite"
+            )
+            for m in modalities
+        }
+        self.computed = self.read = 0
+
+    def __call__(self, batch: Batch) -> Batch:
+        if batch.sample is None:
+            raise ValueError("frozen-feature cache needs the rows' sample keys in the batch")
+        keys = batch.sample.tolist()
+        inputs = dict(batch.inputs)
+        for m, table in self.tables.items():
+            have = table.get(keys)
+            todo = [i for i, k in enumerate(keys) if k not in have]
+            fresh: dict[int, np.ndarray] = {}
+            if todo:
+                with torch.no_grad():
+                    out = self.model.encoders[m](batch.inputs[m][todo]).float().cpu().numpy()
+                fresh = {keys[i]: row for i, row in zip(todo, out)}
+                table.put(fresh)
+            self.computed += len(todo)
+            self.read += len(keys) - len(todo)
+            rows = np.stack([have[k] if k in have else fresh[k] for k in keys])
+            inputs[m] = torch.from_numpy(rows).to(batch.inputs[m].device)
+        return Batch(
+            inputs=inputs,
+            present=batch.present,
+            hashes=batch.hashes,
+            label=batch.label,
+            sample=batch.sample,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {"computed": self.computed, "read": self.read}
