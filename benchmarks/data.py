@@ -166,9 +166,11 @@ def train_one_epoch(path: str, runs: str, *extra: str) -> dict:
     }
 
 
-def _run_child(path: str, runs: str, *extra: str) -> dict:
+def run_child(script: str, path: str, *args: str) -> dict:
+    """`script --child path *args` in a fresh process (its peak memory is its own); the JSON
+    line it printed last."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", path, runs, *extra],
+        [sys.executable, script, "--child", path, *args],
         capture_output=True,
         text=True,
         check=False,
@@ -206,7 +208,7 @@ def main() -> None:
             # Rank 0's decoded val cache grows with the val split (bounded by
             # data.cache_val_rows); off here so the memory case measures the streaming path.
             no_cache = "data.cache_val_rows=0"
-            big = _run_child(args.data, os.path.join(tmp, "runs-big"), no_cache)
+            big = run_child(__file__, args.data, os.path.join(tmp, "runs-big"), no_cache)
             if "data_wait" in cases:
                 wait = {
                     "case": "data_wait",
@@ -219,7 +221,7 @@ def main() -> None:
             if "memory" in cases:
                 small = os.path.join(tmp, "small")
                 ingest("builtin:fashion-mnist", small, limit=args.small, progress=False)
-                one = _run_child(small, os.path.join(tmp, "runs-small"), no_cache)
+                one = run_child(__file__, small, os.path.join(tmp, "runs-small"), no_cache)
                 memory = {"case": "memory", "train_rows": [args.small, 60_000]}
                 for key in (
                     "driver_peak_rss_mb",

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from polymodal.towers.tuning import Tunable
+from polymodal.towers.tuning import ImageTunable
 
 # The Lite weights expect inputs scaled to [-1, 1] (TF's (x - 127) / 128): with them 38 of 77
 # ImageNet-class emoji had their class in the top 5, with ImageNet's mean/std 28.
@@ -50,12 +50,12 @@ def efficientnet_lite0(weights: Path) -> nn.Module:
     return model
 
 
-class EfficientNetLite0(Tunable):
+class EfficientNetLite0(ImageTunable):
     """Images in [0, 1], 1 or 3 channels (grey repeats as RGB), any size (224 is native) →
     pooled features [B, 1280]; tuning as in towers/tuning.py."""
 
     def __init__(self, weights: Path, tuning: str = "finetune", lr_scale: float = 1.0):
-        super().__init__(tuning, lr_scale)
+        super().__init__([MEAN] * 3, [STD] * 3, tuning, lr_scale)
         self.net = efficientnet_lite0(weights)
         self.net.reset_classifier(0)  # the ImageNet head goes; forward gives pooled features
         self.out_dim = self.net.num_features
@@ -64,9 +64,3 @@ class EfficientNetLite0(Tunable):
     @property
     def inner(self) -> nn.Module:
         return self.net
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        with torch.set_grad_enabled(self.grad_enabled()):
-            return self.net((images - MEAN) / STD)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from polymodal.towers.tuning import Tunable
+from polymodal.towers.tuning import ImageTunable, Tunable
 
 POOLINGS = ("cls", "mean")
 
@@ -108,7 +108,7 @@ def _renamed_bert(state, prefix, *args) -> None:
         state[prefix + "hf." + key[len(prefix) + 5 :]] = state.pop(key)
 
 
-class HFVision(Tunable):
+class HFVision(ImageTunable):
     """Images in [0, 1] (grey repeats as RGB) → the vision model's pooled output, normalised
     with its image processor's mean and std; tuning as in towers/tuning.py. A CLIP or SigLIP
     checkpoint holding both towers gives its vision tower."""
@@ -121,7 +121,7 @@ class HFVision(Tunable):
         tuning: str = "finetune",
         lr_scale: float = 1.0,
     ):
-        super().__init__(tuning, lr_scale)
+        super().__init__(mean, std, tuning, lr_scale)
         from transformers import AutoModel
 
         _quiet()
@@ -129,16 +129,11 @@ class HFVision(Tunable):
         self.hf = getattr(model, "vision_model", model)
         config = getattr(self.hf, "config", model.config)
         self.out_dim = config.hidden_size
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self.freeze_if_asked()
 
     @property
     def inner(self) -> nn.Module:
         return self.hf
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        with torch.set_grad_enabled(self.grad_enabled()):
-            return self.hf(pixel_values=(images - self.mean) / self.std).pooler_output
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hf(pixel_values=x).pooler_output

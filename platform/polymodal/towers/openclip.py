@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polymodal.towers.tuning import Tunable
+from polymodal.towers.tuning import ImageTunable, Tunable
 
 # Where each tower's `net` sits in an open_clip model's state dict.
 PREFIX = {"image": "visual.", "text": ""}  # CLIP keeps its text parts at the root
@@ -64,7 +64,7 @@ class CLIPText(nn.Module):
         return x if self.text_projection is None else x @ self.text_projection
 
 
-class OpenCLIPImage(Tunable):
+class OpenCLIPImage(ImageTunable):
     """Images in [0, 1] (grey repeats as RGB), normalised with the model's mean and std →
     open_clip's encode_image (already projected: `projects`)."""
 
@@ -79,22 +79,14 @@ class OpenCLIPImage(Tunable):
         tuning: str = "finetune",
         lr_scale: float = 1.0,
     ):
-        super().__init__(tuning, lr_scale)
+        super().__init__(mean, std, tuning, lr_scale)
         self.net = clip.visual
         self.out_dim = embed_dim
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         self.freeze_if_asked()
 
     @property
     def inner(self) -> nn.Module:
         return self.net
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        with torch.set_grad_enabled(self.grad_enabled()):
-            return self.net((images - self.mean) / self.std)
 
 
 class OpenCLIPText(Tunable):
@@ -125,33 +117,35 @@ def encode(clip: nn.Module, modality: str, x: torch.Tensor) -> torch.Tensor:
     return F.normalize(fn(x), dim=-1)
 
 
-def to_polymodal(state: dict[str, torch.Tensor], custom_text: bool) -> dict[str, torch.Tensor]:
-    """An open_clip state dict under JointModel's names (logit_scale is already a log)."""
-    text_prefix = CUSTOM_TEXT_PREFIX if custom_text else PREFIX["text"]
+def _names(custom_text: bool) -> list[tuple[str, str]]:
+    """(our name or prefix, open_clip's), the scalars first: CLIP's text prefix is empty."""
+    return [
+        ("log_logit_scale", "logit_scale"),
+        ("logit_bias", "logit_bias"),
+        ("encoders.image.net.", PREFIX["image"]),
+        ("encoders.text.net.", CUSTOM_TEXT_PREFIX if custom_text else PREFIX["text"]),
+    ]
+
+
+def _renamed(state: dict[str, torch.Tensor], pairs: list[tuple[str, str]]) -> dict:
     out = {}
     for key, value in state.items():
-        if key == "logit_scale":
-            out["log_logit_scale"] = value.reshape(())
-        elif key == "logit_bias":
-            out["logit_bias"] = value.reshape(())
-        elif key.startswith(PREFIX["image"]):
-            out["encoders.image.net." + key[len(PREFIX["image"]) :]] = value
-        elif key.startswith(text_prefix):
-            out["encoders.text.net." + key[len(text_prefix) :]] = value
+        for src, dst in pairs:
+            if key == src:
+                out[dst] = value.reshape(())
+                break
+            if src.endswith(".") or not src:
+                if key.startswith(src):
+                    out[dst + key[len(src) :]] = value
+                    break
     return out
+
+
+def to_polymodal(state: dict[str, torch.Tensor], custom_text: bool) -> dict[str, torch.Tensor]:
+    """An open_clip state dict under JointModel's names (logit_scale is already a log)."""
+    return _renamed(state, [(theirs, ours) for ours, theirs in _names(custom_text)])
 
 
 def to_open_clip(state: dict[str, torch.Tensor], custom_text: bool) -> dict[str, torch.Tensor]:
     """JointModel's image and text towers and logit scale/bias under open_clip's names."""
-    text_prefix = CUSTOM_TEXT_PREFIX if custom_text else PREFIX["text"]
-    out = {}
-    for key, value in state.items():
-        if key == "log_logit_scale":
-            out["logit_scale"] = value.reshape(())
-        elif key == "logit_bias":
-            out["logit_bias"] = value.reshape(())
-        elif key.startswith("encoders.image.net."):
-            out[PREFIX["image"] + key[len("encoders.image.net.") :]] = value
-        elif key.startswith("encoders.text.net."):
-            out[text_prefix + key[len("encoders.text.net.") :]] = value
-    return out
+    return _renamed(state, _names(custom_text))

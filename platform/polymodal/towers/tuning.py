@@ -41,3 +41,22 @@ class Tunable(nn.Module):
 
     def grad_enabled(self) -> bool:
         return torch.is_grad_enabled() and not self.locked
+
+
+class ImageTunable(Tunable):
+    """Base of the pretrained image towers: images in [0, 1] (grey repeats as RGB), normalised
+    with the weights' mean and std, → pooled(x), by default `inner`'s output."""
+
+    def __init__(self, mean, std, tuning: str = "finetune", lr_scale: float = 1.0):
+        super().__init__(tuning, lr_scale)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        with torch.set_grad_enabled(self.grad_enabled()):
+            return self.pooled((images - self.mean) / self.std)
