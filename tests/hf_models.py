@@ -76,3 +76,23 @@ def clip_vision(out: Path) -> Path:
     crop = {"height": 32, "width": 32}
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=crop).save_pretrained(out)
     return out
+
+
+def wav2vec2(out: Path) -> Path:
+    """wav2vec2 on raw 16 kHz waveforms, normalised per clip by its feature extractor."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    config = Wav2Vec2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
+    Wav2Vec2Model(config).save_pretrained(out)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=True).save_pretrained(out)
+    return out

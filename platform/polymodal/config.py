@@ -113,9 +113,17 @@ class TextModelConfig(Section):
 
 
 class AudioModelConfig(Section):
-    encoder: Literal["mel_cnn"] = "mel_cnn"
+    # hf: a Hugging Face audio model (wav2vec2, HuBERT, WavLM, ...) in hf_model, fed the raw
+    # waveform at its feature extractor's rate (data.audio_rate is then that rate), mean-pooled
+    # over time.
+    encoder: Literal["mel_cnn", "hf"] = "mel_cnn"
+    hf_model: str = ""
     width: int = 16
     norm: Norm = "batch"  # as for images
+    # Pretrained towers only, as for text.
+    tuning: Tuning = "finetune"
+    unlock_epoch: int = 1
+    lr_scale: Float = 0.1
 
 
 class VectorModelConfig(Section):

@@ -178,7 +178,7 @@ BAD_CHOICES = [
     ("model.audio.norm", "grop", "batch, group", "group"),
     ("model.text.encoder", "minlm", "byte_transformer, minilm, hf, open_clip", "minilm"),
     ("model.text.tuning", "freez", "freeze, finetune, lock_then_unlock", "freeze"),
-    ("model.audio.encoder", "mel_cn", "mel_cnn", "mel_cnn"),
+    ("model.audio.encoder", "mel_cn", "mel_cnn, hf", "mel_cnn"),
     ("model.vector.encoder", "mlpp", "mlp", "mlp"),
     ("objective.weighting", "uncertainty2", "static, uncertainty", "uncertainty"),
     ("objective.contrastive.kind", "sigmoidd", "infonce, sigmoid", "sigmoid"),

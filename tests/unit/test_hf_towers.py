@@ -27,6 +27,7 @@ def models(tmp_path_factory):
         "roberta": hf_models.roberta(root / "roberta"),
         "vit": hf_models.vit(root / "vit"),
         "clip": hf_models.clip_vision(root / "clip"),
+        "wav2vec2": hf_models.wav2vec2(root / "wav2vec2"),
     }
 
 
@@ -101,6 +102,37 @@ def test_vision_tower_equals_transformers(models, name, tmp_path):
     png = buf.getvalue()
     want = model.embed("image", torch.from_numpy(decode_image(png, 32, 3))[None])
     np.testing.assert_allclose(loaded.embed("image", [png]), want.detach().numpy(), atol=1e-6)
+
+
+def test_audio_tower_takes_the_waveform_its_extractor_makes(models):
+    import io
+
+    import soundfile
+    from transformers import AutoFeatureExtractor
+
+    ref = str(models["wav2vec2"])
+    cfg = load_config(
+        None,
+        ["model.modalities=[audio,text]", "model.audio.encoder=hf", f"model.audio.hf_model={ref}"]
+        + ["data.audio_seconds=1.0", "model.audio.tuning=freeze"]
+        + ["model.text.width=16", "model.text.layers=1", "model.embed_dim=8"],
+    )
+    prep = _prep(cfg)
+    assert (prep.audio_rate, prep.audio_input, prep.audio_normalize) == (16000, "waveform", True)
+    model = build_model(cfg, prep).eval()
+    t = np.arange(8000) / 8000  # one second at 8 kHz: resampled to the model's 16 kHz
+    buf = io.BytesIO()
+    soundfile.write(buf, 0.3 * np.sin(2 * np.pi * 440 * t), 8000, format="FLAC")
+    wave = MODALITIES["audio"].decode(buf.getvalue(), prep)
+    assert wave.shape == (16000,)
+    unnormalised = Preprocessing(**{**prep.to_dict(), "audio_normalize": False})
+    raw = MODALITIES["audio"].decode(buf.getvalue(), unnormalised)
+    extractor = AutoFeatureExtractor.from_pretrained(ref)
+    theirs_in = extractor(raw, sampling_rate=16000, return_tensors="pt")
+    with torch.no_grad():
+        ours = model.encoders["audio"](torch.from_numpy(wave)[None])
+        theirs = AutoModel.from_pretrained(ref).eval()(**theirs_in).last_hidden_state.mean(1)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
 def test_config_names_a_missing_model(tmp_path):

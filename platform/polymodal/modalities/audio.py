@@ -101,11 +101,17 @@ def mel_frames(seconds: float, rate: int, hop: int = 128) -> int:
 
 
 def audio_features(data: bytes, prep) -> np.ndarray:
-    """Audio file bytes → the audio encoder's input [1, n_mels, frames]: prep.audio_seconds at
-    prep.audio_rate, log-mel scaled so -100 dB..0 dB maps to -1..1."""
+    """Audio file bytes → the audio encoder's input: prep.audio_seconds at prep.audio_rate, as
+    a log-mel spectrogram [1, n_mels, frames] scaled so -100 dB..0 dB maps to -1..1, or (for a
+    Hugging Face tower) the waveform [samples], normalised as its feature extractor does."""
     x, rate = read_audio(data)
-    x = fit_length(resample(x, rate, prep.audio_rate), round(prep.audio_seconds * prep.audio_rate))
-    mel = log_mel(x, prep.audio_rate, prep.n_mels)
+    n = round(prep.audio_seconds * prep.audio_rate)
+    x = resample(x, rate, prep.audio_rate)[:n]
+    if prep.audio_input == "waveform":
+        if prep.audio_normalize:  # wav2vec2's zero-mean unit-variance over the real samples
+            x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
+        return fit_length(x, n).astype(np.float32)
+    mel = log_mel(fit_length(x, n), prep.audio_rate, prep.n_mels)
     return (mel / 50.0 + 1.0).unsqueeze(0).numpy()
 
 
@@ -116,11 +122,19 @@ def decode(value: Any, prep, augment=None, rng=None) -> np.ndarray:
 
 
 def settings(cfg, manifest, train_column) -> dict[str, Any]:
-    d = cfg.data
-    return {"audio_rate": d.audio_rate, "audio_seconds": d.audio_seconds, "n_mels": d.n_mels}
+    d, section = cfg.data, cfg.model.audio
+    out = {"audio_rate": d.audio_rate, "audio_seconds": d.audio_seconds, "n_mels": d.n_mels}
+    if section.encoder == "hf":  # the rate and normalisation its feature extractor asks for
+        from polymodal.towers.hf import audio_settings
+
+        out.update(audio_settings(section.hf_model), audio_input="waveform")
+        out["audio_model"] = section.hf_model
+    return out
 
 
 def input_shape(prep) -> tuple[tuple[int, ...], Any]:
+    if prep.audio_input == "waveform":
+        return (round(prep.audio_seconds * prep.audio_rate),), np.float32
     return (1, prep.n_mels, mel_frames(prep.audio_seconds, prep.audio_rate)), np.float32
 
 
@@ -132,9 +146,18 @@ def mel_cnn(cfg, prep):
     return SmallCNN(1, cfg.model.audio.width, cfg.model.audio.norm)
 
 
+def hf_audio(cfg, prep):
+    from polymodal.towers.hf import HFAudio
+
+    section = cfg.model.audio
+    return HFAudio(prep.audio_model, section.tuning, section.lr_scale)
+
+
 def decoder(cfg, prep):
     from polymodal.towers.decoders import MelDecoder
 
+    if prep.audio_input == "waveform":
+        raise ValueError("objective.reconstruction: audio read as a waveform has no decoder")
     frames = mel_frames(prep.audio_seconds, prep.audio_rate)
     return MelDecoder(cfg.model.embed_dim, prep.n_mels, frames, cfg.model.audio.width)
 
@@ -147,11 +170,19 @@ def parse_request(value: Any, param: str) -> bytes:
 AUDIO = Modality(
     name="audio",
     arrow_type=pa.binary(),
-    defaults={"audio_rate": 8000, "audio_seconds": 2.0, "n_mels": 40},
+    # audio_input: "mel" or, for a Hugging Face tower, "waveform" (audio_model, its model).
+    defaults={
+        "audio_rate": 8000,
+        "audio_seconds": 2.0,
+        "n_mels": 40,
+        "audio_input": "mel",
+        "audio_normalize": False,
+        "audio_model": "",
+    },
     settings=settings,
     decode=decode,
     input_shape=input_shape,
-    encoders={"mel_cnn": mel_cnn},
+    encoders={"mel_cnn": mel_cnn, "hf": hf_audio},
     decoder=decoder,  # MSE per log-mel cell: a spectrogram is a one-channel image of reals
     parse_request=parse_request,
     data_uri="audio",

@@ -1,5 +1,6 @@
 """Pretrained towers from Hugging Face transformers, from a local directory or a hub id: any
-text model (pooled over [CLS] or the mean of real tokens) and vision model (its pooled output)."""
+text model (pooled over [CLS] or the mean of real tokens), vision model (its pooled output) and
+audio model on raw waveforms (its hidden states averaged over time)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,14 @@ def image_settings(ref: str) -> dict:
     size = proc.crop_size if getattr(proc, "do_center_crop", False) else proc.size
     side = size.get("height") or size.get("shortest_edge")
     return {"size": int(side), "mean": list(proc.image_mean), "std": list(proc.image_std)}
+
+
+def audio_settings(ref: str) -> dict:
+    """Sample rate and normalisation from the model's feature extractor."""
+    from transformers import AutoFeatureExtractor
+
+    fx = AutoFeatureExtractor.from_pretrained(ref, **load_options(ref))
+    return {"audio_rate": int(fx.sampling_rate), "audio_normalize": bool(fx.do_normalize)}
 
 
 class HFText(Tunable):
@@ -137,3 +146,25 @@ class HFVision(ImageTunable):
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.hf(pixel_values=x).pooler_output
+
+
+class HFAudio(Tunable):
+    """Waveforms [B, samples] at the model's rate → its last hidden states averaged over
+    time; tuning as in towers/tuning.py."""
+
+    def __init__(self, ref: str | Path, tuning: str = "finetune", lr_scale: float = 1.0):
+        super().__init__(tuning, lr_scale)
+        from transformers import AutoModel
+
+        _quiet()
+        self.hf = AutoModel.from_pretrained(str(ref), **load_options(str(ref)))
+        self.out_dim = self.hf.config.hidden_size
+        self.freeze_if_asked()
+
+    @property
+    def inner(self) -> nn.Module:
+        return self.hf
+
+    def forward(self, waves: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(self.grad_enabled()):
+            return self.hf(input_values=waves).last_hidden_state.mean(1)
