@@ -56,7 +56,8 @@ def two_epochs(path: str, runs: str, image_size: int, *extra: str) -> dict:
     stop.set()
     watcher.join()
     run_dir = Path(result.run_dir)
-    metas = sorted((read_meta(p) for p in run_dir.glob("checkpoint_*")), key=lambda m: m["epoch"])
+    found = run_dir.glob("checkpoint_*/polymodal.json")
+    metas = sorted((read_meta(p.parent) for p in found), key=lambda m: m["epoch"])
     rows = cfg.train.batch_size * (metas[0]["step"])  # rows trained in epoch 1 (drop_last)
     seconds = [rows / m["metrics"]["train/samples_per_s"] for m in metas]
     return {

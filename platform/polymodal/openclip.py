@@ -37,7 +37,8 @@ def open_clip_model(arch: str, weights: str | None):
             raise ValueError(f"--model: open_clip has no architecture '{arch}'")
         if weights is None or not Path(weights).is_file():
             raise FileNotFoundError(f"--weights: {weights}: no such file (a local checkpoint)")
-    model = open_clip.create_model(arch, pretrained=None if arch.startswith("local-") else weights)
+    local = arch.startswith("local-dir:")
+    model = open_clip.create_model(arch, pretrained=None if local else weights)
     return model.eval(), model_cfg, dict(model.visual.preprocess_cfg)
 
 
@@ -106,14 +107,9 @@ def embedding_differences(model, clip, prep: Preprocessing) -> dict[str, float]:
         np.stack([encode_text(t, prep.text_max_len, prep.text_tokenizer) for t in texts])
     )
     with torch.no_grad():
-        return {
-            "image": float(
-                (model.embed("image", pixels) - encode(clip, "image", (pixels - mean) / std))
-                .abs()
-                .max()
-            ),
-            "text": float((model.embed("text", ids) - encode(clip, "text", ids)).abs().max()),
-        }
+        image = model.embed("image", pixels) - encode(clip, "image", (pixels - mean) / std)
+        text = model.embed("text", ids) - encode(clip, "text", ids)
+    return {"image": float(image.abs().max()), "text": float(text.abs().max())}
 
 
 def export_open_clip(model, cfg: Config, prep: Preprocessing, out: Path) -> dict[str, Any]:
