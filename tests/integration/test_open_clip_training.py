@@ -1,6 +1,7 @@
-"""An imported OpenCLIP model fine-tunes LiT-style (image tower frozen, its features computed
-once per row into the node's table) on 2 Ray Train workers (train.init_from), and the result
-goes back to open_clip."""
+"""An imported OpenCLIP model (SigLIP-style, with a logit bias) fine-tunes LiT-style (image
+tower frozen, its features computed once per row into the node's table) on 2 Ray Train
+workers (train.init_from) with the sigmoid loss, the gradient cache and label positives, and
+the result goes back to open_clip."""
 
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ pytestmark = pytest.mark.integration
 
 def test_imported_open_clip_trains_on_two_workers(ray_cluster, digits_dataset, tmp_path):
     imported = tmp_path / "imported"
-    import_open_clip(f"local-dir:{tiny_clip(tmp_path / 'src')}", None, imported)
+    import_open_clip(f"local-dir:{tiny_clip(tmp_path / 'src', bias=-10.0)}", None, imported)
     cfg = load_config(
         None,
         [f"data.path={digits_dataset}", f"train.init_from={imported}"]
         + [f"train.storage_path={tmp_path / 'runs'}", "train.name=oc", "train.epochs=2"]
         + ["model.image.tuning=freeze", f"train.feature_cache_dir={tmp_path / 'features'}"]
         + ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.batch_size=64"]
-        + ["objective.contrastive.gather=full", "optim.lr=0.001"],
+        + ["objective.contrastive.gather=full", "optim.lr=0.001"]
+        + ["objective.contrastive.kind=sigmoid", "objective.contrastive.positives=label"]
+        + ["train.grad_cache.chunk_size=8", "train.log_every_steps=5"],
     )
     result = fit(cfg)
     meta = read_meta(result.checkpoint)
@@ -39,6 +42,10 @@ def test_imported_open_clip_trains_on_two_workers(ray_cluster, digits_dataset, t
     assert meta["config"]["model"]["image"]["encoder"] == "open_clip"
     assert meta["preprocessing"]["image_size"] == 32  # its size, not the config's default
     assert 0.0 <= meta["metrics"]["val/recall@10/image->text"] <= 1.0
+    baseline = meta["history"][0]  # the imported model, validated before step 1
+    assert result.metrics["val/loss"] < baseline["val/loss"]
+    history = [row for row in meta["history"] if "train/loss" in row]
+    assert history[0]["train/loss"] > history[-1]["train/loss"]
     before, _ = load_model(imported)
     after, _ = load_model(result.checkpoint)
     moved = [k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
