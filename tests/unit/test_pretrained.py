@@ -58,7 +58,7 @@ def _steps(model, cfg, n=2):
 
 
 def _bert(model):
-    return {k: v.clone() for k, v in model.encoders["text"].hf.state_dict().items()}
+    return {k: v.clone() for k, v in model.encoders["text"].net.state_dict().items()}
 
 
 def test_tokenizer_and_tower_match_sentence_transformers():
@@ -87,7 +87,7 @@ def test_freeze_keeps_the_tower_and_trains_the_rest():
     after = _bert(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not torch.equal(proj, model.projections["text"].weight)  # the head above it learns
-    assert not model.encoders["text"].hf.training  # dropout stays off in a locked tower
+    assert not model.encoders["text"].net.training  # dropout stays off in a locked tower
 
 
 def test_lock_then_unlock_trains_the_tower_after_unlock_epoch_at_scaled_lr():
@@ -104,7 +104,7 @@ def test_lock_then_unlock_trains_the_tower_after_unlock_epoch_at_scaled_lr():
     unlock_towers(model, cfg, epoch=2)
     _steps(model, cfg)
     after = _bert(model)
-    assert model.encoders["text"].hf.training
+    assert model.encoders["text"].net.training
     assert not torch.equal(
         before["embeddings.word_embeddings.weight"], after["embeddings.word_embeddings.weight"]
     )
@@ -124,7 +124,7 @@ def test_checkpoint_round_trip_and_config_checks(tmp_path):
             loaded.embed("text", batch.inputs["text"]),
         )
     # Weights saved when the tower kept BERT under `bert` (before it became an HFText) load.
-    old = {k.replace("text.hf.", "text.bert."): v for k, v in model.state_dict().items()}
+    old = {k.replace("text.net.", "text.bert."): v for k, v in model.state_dict().items()}
     assert any(".bert." in k for k in old)
     fresh = build_model(cfg, PREP)
     fresh.load_state_dict(old)

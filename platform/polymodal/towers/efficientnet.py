@@ -60,7 +60,3 @@ class EfficientNetLite0(ImageTunable):
         self.net.reset_classifier(0)  # the ImageNet head goes; forward gives pooled features
         self.out_dim = self.net.num_features
         self.freeze_if_asked()
-
-    @property
-    def inner(self) -> nn.Module:
-        return self.net

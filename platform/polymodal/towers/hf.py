@@ -22,10 +22,13 @@ def load_options(ref: str) -> dict:
     return {"local_files_only": offline}
 
 
-def _quiet() -> None:
+def pretrained_model(ref: str | Path) -> nn.Module:
+    """transformers' AutoModel for `ref` (slow import, seconds: only for these towers)."""
+    from transformers import AutoModel
     from transformers.utils.logging import disable_progress_bar
 
     disable_progress_bar()  # a per-load progress bar is noise in logs
+    return AutoModel.from_pretrained(str(ref), **load_options(str(ref)))
 
 
 @functools.lru_cache(maxsize=8)
@@ -83,21 +86,14 @@ class HFText(Tunable):
         super().__init__(tuning, lr_scale)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-        from transformers import AutoModel  # slow import (seconds): only for this tower
-
-        _quiet()
-        self.hf = AutoModel.from_pretrained(str(ref), **load_options(str(ref)))
-        if getattr(self.hf, "pooler", None) is not None:
-            self.hf.pooler = None  # unused here: DDP would wait for its gradients
+        self.net = pretrained_model(ref)
+        if getattr(self.net, "pooler", None) is not None:
+            self.net.pooler = None  # unused here: DDP would wait for its gradients
         self.pooling, self.shift = pooling, shift
-        self.out_dim = self.hf.config.hidden_size
+        self.out_dim = self.net.config.hidden_size
         self.freeze_if_asked()
         # Checkpoints of the MiniLM tower, from before it was an HFText, name it `bert`.
-        self._register_load_state_dict_pre_hook(_renamed_bert)
-
-    @property
-    def inner(self) -> nn.Module:
-        return self.hf
+        self.register_load_state_dict_pre_hook(_renamed_bert)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         keep = ids.ne(0)
@@ -105,16 +101,16 @@ class HFText(Tunable):
         ids, keep = ids[:, :length], keep[:, :length]
         tokens = (ids - self.shift).clamp(min=0)
         with torch.set_grad_enabled(self.grad_enabled()):
-            x = self.hf(input_ids=tokens, attention_mask=keep.long()).last_hidden_state
+            x = self.net(input_ids=tokens, attention_mask=keep.long()).last_hidden_state
         if self.pooling == "cls":
             return x[:, 0]
         w = keep.unsqueeze(-1).to(x.dtype)
         return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
-def _renamed_bert(state, prefix, *args) -> None:
+def _renamed_bert(module, state, prefix, *args) -> None:
     for key in [k for k in state if k.startswith(prefix + "bert.")]:
-        state[prefix + "hf." + key[len(prefix) + 5 :]] = state.pop(key)
+        state[prefix + "net." + key[len(prefix) + 5 :]] = state.pop(key)
 
 
 class HFVision(ImageTunable):
@@ -131,21 +127,14 @@ class HFVision(ImageTunable):
         lr_scale: float = 1.0,
     ):
         super().__init__(mean, std, tuning, lr_scale)
-        from transformers import AutoModel
-
-        _quiet()
-        model = AutoModel.from_pretrained(str(ref), **load_options(str(ref)))
-        self.hf = getattr(model, "vision_model", model)
-        config = getattr(self.hf, "config", model.config)
+        model = pretrained_model(ref)
+        self.net = getattr(model, "vision_model", model)
+        config = getattr(self.net, "config", model.config)
         self.out_dim = config.hidden_size
         self.freeze_if_asked()
 
-    @property
-    def inner(self) -> nn.Module:
-        return self.hf
-
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hf(pixel_values=x).pooler_output
+        return self.net(pixel_values=x).pooler_output
 
 
 class HFAudio(Tunable):
@@ -154,17 +143,10 @@ class HFAudio(Tunable):
 
     def __init__(self, ref: str | Path, tuning: str = "finetune", lr_scale: float = 1.0):
         super().__init__(tuning, lr_scale)
-        from transformers import AutoModel
-
-        _quiet()
-        self.hf = AutoModel.from_pretrained(str(ref), **load_options(str(ref)))
-        self.out_dim = self.hf.config.hidden_size
+        self.net = pretrained_model(ref)
+        self.out_dim = self.net.config.hidden_size
         self.freeze_if_asked()
-
-    @property
-    def inner(self) -> nn.Module:
-        return self.hf
 
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(self.grad_enabled()):
-            return self.hf(input_values=waves).last_hidden_state.mean(1)
+            return self.net(input_values=waves).last_hidden_state.mean(1)

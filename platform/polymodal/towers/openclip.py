@@ -84,10 +84,6 @@ class OpenCLIPImage(ImageTunable):
         self.out_dim = embed_dim
         self.freeze_if_asked()
 
-    @property
-    def inner(self) -> nn.Module:
-        return self.net
-
 
 class OpenCLIPText(Tunable):
     """open_clip token ids (0 pads) at the full context length → encode_text (projected)."""
@@ -101,10 +97,6 @@ class OpenCLIPText(Tunable):
         self.net = clip.text if hasattr(clip, "text") else CLIPText(clip)
         self.out_dim = embed_dim
         self.freeze_if_asked()
-
-    @property
-    def inner(self) -> nn.Module:
-        return self.net
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(self.grad_enabled()):

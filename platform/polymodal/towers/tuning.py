@@ -10,10 +10,10 @@ TUNINGS = ("freeze", "finetune", "lock_then_unlock")
 
 
 class Tunable(nn.Module):
-    """Base of the pretrained towers: `self.inner` holds the pretrained network. A locked
+    """Base of the pretrained towers: `self.net` holds the pretrained network. A locked
     tower runs it in eval mode (no dropout, fixed BatchNorm statistics) without gradients."""
 
-    inner: nn.Module
+    net: nn.Module
 
     def __init__(self, tuning: str = "finetune", lr_scale: float = 1.0):
         super().__init__()
@@ -24,19 +24,19 @@ class Tunable(nn.Module):
         self.locked = tuning != "finetune"
 
     def freeze_if_asked(self) -> None:
-        """Call once self.inner exists: a frozen tower has no gradients at all, so DDP and the
+        """Call once self.net exists: a frozen tower has no gradients at all, so DDP and the
         optimizer skip its weights."""
         if self.tuning == "freeze":
-            self.inner.requires_grad_(False)
+            self.net.requires_grad_(False)
 
     def unlock(self) -> None:
         self.locked = False
-        self.inner.train(self.training)
+        self.net.train(self.training)
 
     def train(self, mode: bool = True) -> Tunable:
         super().train(mode)
         if self.locked:
-            self.inner.eval()
+            self.net.eval()
         return self
 
     def grad_enabled(self) -> bool:
@@ -45,7 +45,7 @@ class Tunable(nn.Module):
 
 class ImageTunable(Tunable):
     """Base of the pretrained image towers: images in [0, 1] (grey repeats as RGB), normalised
-    with the weights' mean and std, → pooled(x), by default `inner`'s output."""
+    with the weights' mean and std, → pooled(x), by default `net`'s output."""
 
     def __init__(self, mean, std, tuning: str = "finetune", lr_scale: float = 1.0):
         super().__init__(tuning, lr_scale)
@@ -53,7 +53,7 @@ class ImageTunable(Tunable):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
+        return self.net(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] == 1:
