@@ -398,11 +398,15 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
+def _overridden(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     tree = copy.deepcopy(data)  # overrides must not reach the caller's sections
     for key, value in parse_overrides(overrides or []):
         _set_dotted(tree, key, value)
-    cfg = _build(tree)
+    return tree
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    cfg = _build(_overridden(data, overrides))
     validate(cfg)
     return cfg
 
@@ -431,10 +435,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     try:
-        tree = copy.deepcopy(data)
-        for key, value in parse_overrides(overrides or []):
-            _set_dotted(tree, key, value)
-        return config_from_dict(_with_init_model(tree))
+        return config_from_dict(_with_init_model(_overridden(data, overrides)))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
 
@@ -466,6 +467,11 @@ def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _pretrained(encoder: str) -> bool:
+    """Weights from a pip package (PRETRAINED), Hugging Face, or an imported OpenCLIP model."""
+    return encoder in PRETRAINED or encoder in ("hf", "open_clip")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     mods = cfg.model.modalities
@@ -485,7 +491,7 @@ def validate(cfg: Config) -> None:
         section = getattr(cfg.model, m, None)
         if section is None or not hasattr(section, "tuning"):
             continue
-        if section.encoder in PRETRAINED or section.encoder in ("hf", "open_clip"):
+        if _pretrained(section.encoder):
             try:
                 if section.encoder == "hf":
                     check_hf_model(section.hf_model)
@@ -499,7 +505,7 @@ def validate(cfg: Config) -> None:
             pretrained = [
                 e
                 for e in typing.get_args(type(section).model_fields["encoder"].annotation)
-                if e in PRETRAINED or e in ("hf", "open_clip")
+                if _pretrained(e)
             ]
             raise ConfigError(
                 f"'model.{m}.tuning: {section.tuning}' locks a pretrained tower; the "

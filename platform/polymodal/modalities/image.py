@@ -45,6 +45,11 @@ class Augment:
     def active(self) -> bool:
         return self.crop_scale[0] < 1.0 or self.hflip > 0
 
+    @classmethod
+    def from_config(cls, section) -> Augment:
+        """From config's data.augment."""
+        return cls(tuple(section.crop_scale), tuple(section.crop_ratio), section.hflip)
+
 
 def random_crop_box(
     width: int, height: int, aug: Augment, rng: np.random.Generator

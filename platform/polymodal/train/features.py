@@ -9,6 +9,7 @@ the table lives on disk, and SQLite keeps a few MB of it in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -23,6 +24,7 @@ from torch import nn
 from polymodal.batch import Batch
 from polymodal.config import Config
 from polymodal.modalities import MODALITIES, Preprocessing
+from polymodal.modalities.image import Augment
 
 
 def cached_modalities(cfg: Config) -> list[str]:
@@ -30,8 +32,7 @@ def cached_modalities(cfg: Config) -> list[str]:
     changes from epoch to epoch."""
     if not cfg.train.cache_frozen_features:
         return []
-    aug = cfg.data.augment
-    augmented = {"image"} if aug.crop_scale[0] < 1.0 or aug.hflip > 0 else set()
+    augmented = {"image"} if Augment.from_config(cfg.data.augment).active else set()
     return [
         m for m in cfg.model.modalities if cfg.model.tuning(m) == "freeze" and m not in augmented
     ]
@@ -120,13 +121,7 @@ class FrozenFeatures:
             self.read += len(keys) - len(todo)
             rows = np.stack([have[k] if k in have else fresh[k] for k in keys])
             inputs[m] = torch.from_numpy(rows).to(batch.inputs[m].device)
-        return Batch(
-            inputs=inputs,
-            present=batch.present,
-            hashes=batch.hashes,
-            label=batch.label,
-            sample=batch.sample,
-        )
+        return dataclasses.replace(batch, inputs=inputs)
 
     def stats(self) -> dict[str, Any]:
         return {"computed": self.computed, "read": self.read}

@@ -97,7 +97,7 @@ def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunI
     here = ray.get_runtime_context().get_node_id()
     pinned = NodeAffinitySchedulingStrategy(here, soft=False)
     bad_rows = BadRows.options(scheduling_strategy=pinned).remote()
-    path, aug = dataset_path(cfg), cfg.data.augment
+    path = dataset_path(cfg)
     datasets = {
         # Content hashes travel with training batches only when they define positives.
         "train": split_dataset(
@@ -109,7 +109,7 @@ def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunI
             shuffle=True,
             bad_rows=bad_rows,
             manifest=manifest,
-            augment=Augment(tuple(aug.crop_scale), tuple(aug.crop_ratio), aug.hflip),
+            augment=Augment.from_config(cfg.data.augment),
             # Row keys for the sample log and for the frozen towers' feature tables.
             with_samples=bool(cfg.train.sample_log_dir or cached_modalities(cfg)),
         ),
