@@ -97,7 +97,7 @@ def case_loader(path: str) -> dict:
     }
 
 
-def _watch_rss(pattern: str, stop: threading.Event, peak: dict) -> None:
+def watch_rss(pattern: str, stop: threading.Event, peak: dict) -> None:
     """Peak memory (MB) of every process whose command line contains pattern, read from /proc
     until stop is set (Linux): VmHWM (all resident pages, including the shared object-store
     pages a Ray worker maps to read blocks) and the largest RssAnon seen (its own memory)."""
@@ -118,7 +118,7 @@ def _watch_rss(pattern: str, stop: threading.Event, peak: dict) -> None:
         stop.wait(0.2)
 
 
-def _largest(peak: dict, field: str) -> int:
+def largest(peak: dict, field: str) -> int:
     return round(max((v for (_, f), v in peak.items() if f == field), default=0.0))
 
 
@@ -144,8 +144,8 @@ def train_one_epoch(path: str, runs: str, *extra: str) -> dict:
     coordinator: dict[str, float] = {}  # Ray Train's SplitCoordinator runs the Ray Data executor
     stop = threading.Event()
     watchers = [
-        threading.Thread(target=_watch_rss, args=("RayTrainWorker", stop, workers)),
-        threading.Thread(target=_watch_rss, args=("SplitCoordinator", stop, coordinator)),
+        threading.Thread(target=watch_rss, args=("RayTrainWorker", stop, workers)),
+        threading.Thread(target=watch_rss, args=("SplitCoordinator", stop, coordinator)),
     ]
     for w in watchers:
         w.start()
@@ -155,12 +155,12 @@ def train_one_epoch(path: str, runs: str, *extra: str) -> dict:
         w.join()
     return {
         "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "worker_peak_rss_mb": _largest(workers, "VmHWM"),
-        "worker_peak_private_mb": _largest(workers, "RssAnon"),
+        "worker_peak_rss_mb": largest(workers, "VmHWM"),
+        "worker_peak_private_mb": largest(workers, "RssAnon"),
         "each_worker_private_mb": sorted(
             round(v) for (_, f), v in workers.items() if f == "RssAnon"
         ),
-        "coordinator_peak_rss_mb": _largest(coordinator, "VmHWM"),
+        "coordinator_peak_rss_mb": largest(coordinator, "VmHWM"),
         "data_wait_fraction": result.metrics["train/data_wait_fraction"],
         "samples_per_s": result.metrics["train/samples_per_s"],
     }

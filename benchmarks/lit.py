@@ -21,7 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from data import _largest, _watch_rss, run_child  # benchmarks/data.py
+from data import largest, watch_rss, run_child  # benchmarks/data.py
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def two_epochs(path: str, runs: str, image_size: int, *extra: str) -> dict:
     )
     workers: dict = {}
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch_rss, args=("RayTrainWorker", stop, workers))
+    watcher = threading.Thread(target=watch_rss, args=("RayTrainWorker", stop, workers))
     watcher.start()
     result = fit(cfg)
     stop.set()
@@ -62,8 +62,8 @@ def two_epochs(path: str, runs: str, image_size: int, *extra: str) -> dict:
     seconds = [rows / m["metrics"]["train/samples_per_s"] for m in metas]
     return {
         "epoch_seconds": [round(s, 1) for s in seconds],
-        "worker_peak_rss_mb": _largest(workers, "VmHWM"),
-        "worker_peak_private_mb": _largest(workers, "RssAnon"),
+        "worker_peak_rss_mb": largest(workers, "VmHWM"),
+        "worker_peak_private_mb": largest(workers, "RssAnon"),
         "val_accuracy": metas[-1]["metrics"].get("val/accuracy"),
     }
 

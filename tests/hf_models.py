@@ -6,6 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 CORPUS = ["a red umbrella", "a cat on a mat", "the quick brown fox", "一只猫"] * 10
+# Every tiny transformer here: 2 layers, 32 wide, 2 heads; vision ones see 32 px in 8 px patches.
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+TINY_VIT = {"image_size": 32, "patch_size": 8, **TINY}
 
 
 def roberta(out: Path) -> Path:
@@ -31,10 +39,7 @@ def roberta(out: Path) -> Path:
     fast.save_pretrained(out)
     config = RobertaConfig(
         vocab_size=len(fast),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        **TINY,
         max_position_embeddings=64,
         pad_token_id=1,
     )
@@ -45,14 +50,7 @@ def roberta(out: Path) -> Path:
 def vit(out: Path) -> Path:
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
+    config = ViTConfig(**TINY_VIT)
     ViTModel(config).save_pretrained(out)
     size = {"height": 32, "width": 32}
     ViTImageProcessor(
@@ -64,14 +62,7 @@ def vit(out: Path) -> Path:
 def clip_vision(out: Path) -> Path:
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    config = CLIPVisionConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
+    config = CLIPVisionConfig(**TINY_VIT)
     CLIPVisionModel(config).save_pretrained(out)
     crop = {"height": 32, "width": 32}
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=crop).save_pretrained(out)
@@ -83,10 +74,7 @@ def wav2vec2(out: Path) -> Path:
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     config = Wav2Vec2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        **TINY,
         conv_dim=(32, 32),
         conv_stride=(5, 4),
         conv_kernel=(10, 8),
