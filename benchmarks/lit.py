@@ -21,7 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from data import largest, watch_rss, run_child  # benchmarks/data.py
+from data import largest, run_child, watch_rss  # benchmarks/data.py
 
 REPO = Path(__file__).resolve().parents[1]
 
