@@ -1,11 +1,14 @@
-"""Closed-loop load on the embedding service through real HTTP, against the offline encoder
-(the limit) and the same deployment with batching off, all measured in this run.
+"""Closed-loop load on the embedding service through real HTTP, side by side with what a user
+would write instead (benchmarks/plain_app.py: uvicorn, model in-process) and the offline encoder
+(the limit), on the same checkpoint, all measured in this run.
 
-Run: .venv/bin/python benchmarks/serve.py [--quick] [--models demo,large]
-Prints one JSON line per (model, route, concurrency, batching), one per offline limit, then one
-line per target with its ratio. Models: the demo's architecture (jobs/configs/fashion.yaml) and
-a larger one (ResNet-18 images, 4-layer text), with fresh weights (speed does not depend on
-training). Clients send one item per request, as online callers do.
+Run: .venv/bin/python benchmarks/serve.py [--quick] [--models demo,large] [--servers ...]
+Prints one JSON line per (model, server, route, load), one per offline limit, then one line per
+target with its ratio. Models: the demo's architecture (jobs/configs/fashion.yaml) and a larger
+one (ResNet-18 images, 4-layer text), with fresh weights (speed does not depend on training).
+Loads: one item per request at concurrency 1, 8 and 32 (online callers), and 32 items per
+request at concurrency 8 (bulk). cpu_ms_per_request is the host's CPU time over the level (all
+server processes; the client's own time subtracted) per answered request.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import io
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +33,7 @@ from polymodal.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "jobs" / "configs" / "fashion.yaml"
-CONCURRENCY = [1, 8, 32, 64]
+LOADS = [(1, 1), (8, 1), (32, 1), (8, 32)]  # (concurrency, items per request)
 MODELS = {
     "demo": [],
     "large": ["model.image.encoder=resnet18", "model.text.width=256", "model.text.layers=4"],
@@ -84,57 +89,117 @@ def offline_limit(checkpoint: Path, values: list, modality: str, batch: int, sec
     return done / (time.perf_counter() - start)
 
 
-async def _load(url: str, model: str, values: list, concurrency: int, secs: float, warm: float):
+def _host_cpu_s() -> float:
+    """Busy CPU seconds of the whole host since boot (user + nice + system + irq + softirq)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = sum(int(fields[i]) for i in (0, 1, 2, 5, 6))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def _load(
+    url: str, model: str, values: list, load: tuple[int, int], secs: float, warm: float
+):
     import aiohttp
 
+    concurrency, per_request = load
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + warm + secs
     record_from = time.perf_counter() + warm
+    cpu: dict[str, float] = {}
 
     async def client(session, k: int) -> None:
         nonlocal errors
         i = k
         while (now := time.perf_counter()) < stop_at:
-            body = {"model": model, "input": values[i % len(values)]}
+            if now >= record_from and not cpu:
+                cpu["host"], cpu["self"] = _host_cpu_s(), time.process_time()
+            chunk = [values[(i + j) % len(values)] for j in range(per_request)]
+            body = {"model": model, "input": chunk[0] if per_request == 1 else chunk}
             async with session.post(url, json=body) as resp:
                 await resp.read()
                 ok = resp.status == 200
             if now >= record_from:
                 latencies.append(time.perf_counter() - now) if ok else None
                 errors += not ok
-            i += concurrency
+            i += concurrency * per_request
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(*[client(session, k) for k in range(concurrency)])
+    server_cpu = (_host_cpu_s() - cpu["host"]) - (time.process_time() - cpu["self"])
     lat = sorted(latencies)
     return {
         "requests_per_s": len(lat) / secs,
+        "items_per_s": len(lat) * per_request / secs,
         "p50_ms": 1000 * statistics.median(lat),
         "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+        "cpu_ms_per_request": 1000 * server_cpu / max(1, len(lat)),
         "errors": errors,
     }
+
+
+def _plain_app(checkpoint: Path, port: int, max_batch: int) -> subprocess.Popen:
+    """benchmarks/plain_app.py in its own uvicorn process, once it answers."""
+    import urllib.request
+
+    env = {**os.environ, "PLAIN_CHECKPOINT": str(checkpoint), "PLAIN_MAX_BATCH": str(max_batch)}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "uvicorn", "benchmarks.plain_app:app", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*cmd, "--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"], env=env
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/docs", timeout=2).close()
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("the plain app did not start within 120 s")
+
+
+def _serve(checkpoint: Path, server: str, args) -> None:
+    """polymodal serve as `serve run` builds it; `split` keeps the model in its own
+    deployment behind the ingress (serve/config.yaml's option for GPU model replicas)."""
+    from ray import serve
+
+    from polymodal.serving.app import build_app
+
+    app = build_app(
+        str(checkpoint),
+        max_batch_size=args.max_batch_size,
+        max_queued_requests=1024,  # measure queueing, not load shedding
+        num_cpus=args.embedder_cpus,
+        batch_wait_timeout_s=args.batch_wait_ms / 1000,
+        access_log=args.access_log,
+        split=server == "split",
+    )
+    serve.run(app, name="bench", route_prefix="/")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,large", help=f"of {sorted(MODELS)}")
+    parser.add_argument("--servers", default="plain,polymodal,split", help="which to measure")
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke check)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--embedder-cpus", type=float, default=1.0)
-    parser.add_argument("--batch-wait-ms", type=float, default=10.0)
+    parser.add_argument("--batch-wait-ms", type=float, default=2.0)
     parser.add_argument("--access-log", action="store_true", help="log every request")
     args = parser.parse_args()
     secs, warm = (1.5, 0.5) if args.quick else (6.0, 1.5)
+    servers = args.servers.split(",")
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from polymodal.cluster import RAY_ENV
+
+    for key, value in RAY_ENV.items():  # the settings polymodal's own clusters start with
+        os.environ.setdefault(key, value)
     import ray
     import torch
     from ray import serve
-
-    from polymodal.serving.app import build_app
 
     ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
     port = free_port()
@@ -144,42 +209,60 @@ def main() -> None:
     targets = {}
     for name in args.models.split(","):
         checkpoint = _checkpoint(MODELS[name], tmp / name)
-        # The offline limit gets the threads one embedder replica gets.
+        # The offline limit gets the threads one model replica gets.
         torch.set_num_threads(max(1, int(args.embedder_cpus)))
         limit = {
             m: offline_limit(checkpoint, values[m], m, args.max_batch_size, secs) for m in values
         }
         torch.set_num_threads(os.cpu_count() or 1)
-        print(json.dumps({"model": name, "offline_items_per_s": limit}))
+        print(json.dumps({"model": name, "offline_items_per_s": limit}), flush=True)
         results = {}
-        for batching, batch in [("on", args.max_batch_size), ("off", 1)]:
-            app = build_app(
-                str(checkpoint),
-                max_batch_size=batch,
-                max_ongoing_requests=max(64, batch),
-                max_queued_requests=1024,  # measure queueing, not load shedding
-                num_cpus=args.embedder_cpus,
-                batch_wait_timeout_s=args.batch_wait_ms / 1000,
-                access_log=args.access_log,
-            )
-            serve.run(app, name="bench", route_prefix="/")
-            url = f"http://127.0.0.1:{port}/v1/embeddings"
-            for modality in values:
-                for c in CONCURRENCY if batching == "on" else [32]:
-                    r = asyncio.run(_load(url, checkpoint.name, values[modality], c, secs, warm))
-                    results[(batching, modality, c)] = r
-                    row = {"model": name, "batching": batching, "route": modality}
-                    row |= {"concurrency": c, **{k: round(v, 2) for k, v in r.items()}}
-                    print(json.dumps(row))
-            serve.delete("bench")
+        for server in servers:
+            plain = None
+            if server == "plain":
+                plain_port = free_port()
+                plain = _plain_app(checkpoint, plain_port, args.max_batch_size)
+                url = f"http://127.0.0.1:{plain_port}/v1/embeddings"
+            else:
+                _serve(checkpoint, server, args)
+                url = f"http://127.0.0.1:{port}/v1/embeddings"
+            try:
+                for modality in values:
+                    for load in LOADS:
+                        r = asyncio.run(
+                            _load(url, checkpoint.name, values[modality], load, secs, warm)
+                        )
+                        results[(server, modality, load)] = r
+                        row = {"model": name, "server": server, "route": modality}
+                        row |= {"concurrency": load[0], "items_per_request": load[1]}
+                        row |= {k: round(v, 2) for k, v in r.items()}
+                        print(json.dumps(row), flush=True)
+            finally:
+                if plain is not None:
+                    plain.terminate()
+                    plain.wait()
+                else:
+                    serve.delete("bench")
         for m in values:
-            served = results[("on", m, 32)]["requests_per_s"]
-            at8 = results[("on", m, 8)]
-            targets[f"{name} {m}: served c=32 / offline limit (>= 0.7)"] = served / limit[m]
-            targets[f"{name} {m}: batching on / off at c=32 (>= 3)"] = (
-                served / results[("off", m, 32)]["requests_per_s"]
-            )
-            targets[f"{name} {m}: p99 / p50 at c=8 (<= 2)"] = at8["p99_ms"] / at8["p50_ms"]
+            for server in servers:
+                if server == "plain":
+                    continue
+                ours = {load: results[(server, m, load)] for load in LOADS}
+                if "plain" in servers:
+                    base = {load: results[("plain", m, load)] for load in LOADS}
+                    single = ours[(32, 1)]["items_per_s"] / base[(32, 1)]["items_per_s"]
+                    lone = ours[(1, 1)]["p50_ms"] / base[(1, 1)]["p50_ms"]
+                    bulk = ours[(8, 32)]["items_per_s"] / base[(8, 32)]["items_per_s"]
+                    key = f"{name} {m} {server}"
+                    targets[f"{key}: single items c=32 / plain app (>= 0.5, goal 1.0)"] = single
+                    targets[f"{key}: lone request p50 / plain app (<= 2)"] = lone
+                    targets[f"{key}: bulk 32 items c=8 / plain app (>= 0.9)"] = bulk
+                at8 = ours[(8, 1)]
+                bulk_limit = ours[(8, 32)]["items_per_s"] / limit[m]
+                targets[f"{name} {m} {server}: bulk / offline limit (>= 0.7 large)"] = bulk_limit
+                targets[f"{name} {m} {server}: p99 / p50 at c=8 (<= 2)"] = (
+                    at8["p99_ms"] / at8["p50_ms"]
+                )
     serve.shutdown()
     ray.shutdown()
     for target, ratio in targets.items():

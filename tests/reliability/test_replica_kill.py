@@ -1,6 +1,8 @@
-"""A Serve embedder replica killed with SIGKILL under steady load: requests keep being
-answered (the gateway resends a call whose replica died), Serve replaces the replica, and
-the failed requests are counted — the target is none beyond those in flight on it."""
+"""A Serve embedder replica killed with SIGKILL under steady load, in the split service
+(models behind the gateway): requests keep being answered (the gateway resends a call whose
+replica died), Serve replaces the replica, and the failed requests are counted — the target
+is none beyond those in flight on it. (In the one-hop service the model replica is the
+ingress: Serve's proxy answers its in-flight requests 500, which clients retry.)"""
 
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ def test_killed_replica_under_load(ray_cluster, tmp_path):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(
-        build_app(str(tmp_path), replicas=2, num_cpus=0.25, access_log=False),
+        build_app(str(tmp_path), replicas=2, num_cpus=0.25, access_log=False, split=True),
         name="kill",
         route_prefix="/",
     )

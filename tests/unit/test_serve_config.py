@@ -38,13 +38,14 @@ def test_config_yaml_validates_and_builds(tmp_path):
     schema = ServeDeploySchema.model_validate(raw)
     spec = schema.applications[0]
     names = {d.name for d in spec.deployments}
-    assert names == {"Gateway", "Embedder", "Searcher"}
+    assert names == {"Gateway", "Searcher"}
     for d in spec.deployments:
         assert d.max_ongoing_requests and d.max_queued_requests > 0
     assert _build(spec.args) is not None  # builds the graph (no cluster needed)
     assert "Searcher" in _deployments(_build(spec.args))  # the YAML's Searcher entry needs one
     without = {k: v for k, v in spec.args.items() if k != "index_dir"}
     assert "Searcher" not in _deployments(_build(without))
+    assert "Embedder" in _deployments(_build({**spec.args, "split": True}))
     with pytest.raises(ValueError, match="max_batch\n.*Extra inputs are not permitted"):
         _build({**spec.args, "max_batch": 8})
 

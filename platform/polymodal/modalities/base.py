@@ -121,6 +121,9 @@ class Modality:
     # the checks that need the served model's preprocessing → tokens counted for usage.
     parse_request: Callable[[Any, str], Any] = lambda value, param: value
     check_request: Callable[[Any, Any, str], int] = lambda value, prep, param: 0
+    # Serving's batches: the work of decoding and embedding a parsed value, relative to one
+    # full-size item (a text of text_max_len tokens, an image of the model's size).
+    cost: Callable[[Any, Any], float] = lambda value, prep: 1.0
     # A plain string `input` starting with "data:<data_uri>/" is this modality.
     data_uri: str = ""
     # Serving decodes with this instead of `decode` when set (text: an empty string embeds).

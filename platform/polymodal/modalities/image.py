@@ -173,6 +173,12 @@ def parse_request(value: Any, param: str) -> bytes:
     return payload_bytes(value, param, "image", "data:image/png;base64,...", open_image)
 
 
+def cost(value: bytes, prep) -> float:
+    """Decoding a large image is the work of many small ones (its header only is read)."""
+    with Image.open(io.BytesIO(value)) as img:
+        return max(1.0, img.width * img.height / prep.image_size**2)
+
+
 IMAGE = Modality(
     name="image",
     arrow_type=pa.binary(),
@@ -197,6 +203,7 @@ IMAGE = Modality(
     },
     decoder=decoder,
     parse_request=parse_request,
+    cost=cost,
     data_uri="image",
     check_raw=open_image,
     bad_row_reasons=("unreadable image", "image too large"),

@@ -169,6 +169,12 @@ def check_request(value: str, prep, param: str) -> int:
     return len(value.encode("utf-8"))
 
 
+def cost(value: str, prep) -> float:
+    """Tokens over text_max_len (UTF-8 bytes, exact for the byte tokenizer and an upper
+    bound for word pieces): what the text tower runs over once padding is trimmed."""
+    return min(len(value.encode("utf-8")), prep.text_max_len) / prep.text_max_len
+
+
 TEXT = Modality(
     name="text",
     arrow_type=pa.string(),
@@ -187,6 +193,7 @@ TEXT = Modality(
     reconstruction_count=reconstruction_count,
     parse_request=parse_request,
     check_request=check_request,
+    cost=cost,
     serve_decode=serve_decode,
     blank=lambda value: isinstance(value, str) and not value.strip(),
     bad_row_reasons=("empty text",),

@@ -1,5 +1,5 @@
-"""The Embedder deployment: checkpoints multiplexed per replica (LRU), items of many requests
-embedded in one forward per (model, modality) through @serve.batch."""
+"""Checkpoints served in this process: loaded on demand and kept per replica (LRU), items of
+concurrent requests embedded in budgeted batches, one forward per (model, modality)."""
 
 import asyncio
 import time
@@ -9,22 +9,21 @@ import numpy as np
 from ray import serve
 
 from polymodal.inference.model import LoadedModel, list_models
+from polymodal.modalities import MODALITIES
+from polymodal.serving.batcher import Batcher
 from polymodal.serving.metrics import embedder_metrics
 
 
-@serve.deployment
-class Embedder:
-    def __init__(
-        self,
-        model_dir: str,
-        max_batch_size: int = 32,
-        batch_wait_timeout_s: float = 0.01,
-        max_models: int = 4,
-    ):
+class Encoders:
+    """The models of model_dir, in the replica that holds this (the gateway itself, or an
+    Embedder deployment when the service is split). A batch holds at most max_batch_size items
+    and at most max_batch_size full-size items' worth of work (a large image counts as many)."""
+
+    def __init__(self, model_dir: str, max_batch_size: int, wait_s: float, max_models: int):
         self.paths = list_models(model_dir)
-        self.embed_batch.set_max_batch_size(max_batch_size)
-        self.embed_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.metrics = embedder_metrics()
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.pending = 0
 
         # The LRU limit comes from config, so the multiplexed loader is made per instance
         # (from a plain function: Serve keeps its cache as an attribute of it).
@@ -36,35 +35,43 @@ class Embedder:
             return model
 
         self.get_model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
-        self.replica = serve.get_replica_context().replica_id.unique_id
-        self.pending = 0
+        self.batcher = Batcher(self._forward, max_batch_size, float(max_batch_size), wait_s)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def embed_batch(self, items: list[tuple[str, str, object]]) -> list[np.ndarray]:
-        """Items from many requests: one forward per (model, modality) group."""
-        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for i, (model_id, modality, _) in enumerate(items):
-            groups[(model_id, modality)].append(i)
-        out: list[np.ndarray | None] = [None] * len(items)
-        for (model_id, modality), rows in groups.items():
-            model = await self.get_model(model_id)
-            values = [items[i][2] for i in rows]
-            # On the event loop: calls arriving meanwhile queue up and form the next batch.
-            # (In a thread, GIL contention with the loop cut batches to 1-4 items and
-            # throughput by a third; benchmarks/serve.py.)
-            vectors = model.embed(modality, values)
-            self.metrics.batch_size.observe(len(rows), tags={"modality": modality})
-            for i, vec in zip(rows, vectors):
-                out[i] = vec
-        return out
+    async def _forward(self, key: tuple[str, str], values: list) -> list[np.ndarray]:
+        model_id, modality = key
+        model = await self.get_model(model_id)
+        # On the event loop: requests arriving meanwhile queue up and form the next batch.
+        # (In a thread, GIL contention with the loop cut batches to 1-4 items and throughput
+        # by a third; benchmarks/serve.py.)
+        vectors = model.embed(modality, values)
+        self.metrics.batch_size.observe(len(values), tags={"modality": modality})
+        return list(vectors)
 
     async def embed(self, model_id: str, items: list[tuple[str, object]]) -> list[np.ndarray]:
         """One request's (modality, value) items, batched with other requests' items."""
+        model = await self.get_model(model_id)
+        rows: dict[str, list[int]] = defaultdict(list)
+        for i, (modality, _) in enumerate(items):
+            rows[modality].append(i)
         self._track(len(items))
         try:
-            return await asyncio.gather(*[self.embed_batch((model_id, m, v)) for m, v in items])
+            results = await asyncio.gather(
+                *[
+                    self.batcher.submit(
+                        (model_id, modality),
+                        [items[i][1] for i in where],
+                        [MODALITIES[modality].cost(items[i][1], model.prep) for i in where],
+                    )
+                    for modality, where in rows.items()
+                ]
+            )
         finally:
             self._track(-len(items))
+        out: list[np.ndarray] = [None] * len(items)  # type: ignore[list-item]
+        for where, vectors in zip(rows.values(), results):
+            for i, vector in zip(where, vectors):
+                out[i] = vector
+        return out
 
     def _track(self, change: int) -> None:
         self.pending += change
@@ -73,3 +80,21 @@ class Embedder:
     async def classify(self, model_id: str, values: dict) -> dict[str, float]:
         model = await self.get_model(model_id)
         return model.classify(values)
+
+
+@serve.deployment
+class Embedder:
+    """The models in their own deployment, behind the gateway (build_app's split=True): model
+    replicas scale apart from the ingress (GPU replicas), and a call whose replica died is
+    resent by the gateway."""
+
+    def __init__(
+        self, model_dir: str, max_batch_size: int = 32, wait_s: float = 0.0, max_models: int = 4
+    ):
+        self.encoders = Encoders(model_dir, max_batch_size, wait_s, max_models)
+
+    async def embed(self, model_id: str, items: list[tuple[str, object]]) -> list[np.ndarray]:
+        return await self.encoders.embed(model_id, items)
+
+    async def classify(self, model_id: str, values: dict) -> dict[str, float]:
+        return await self.encoders.classify(model_id, values)

@@ -1,12 +1,10 @@
 """The HTTP API: the FastAPI app (body-size guard, metrics, errors in OpenAI's shape) and the
 Gateway ingress deployment whose routes check requests and call the embedder and searcher."""
 
-import asyncio
 import base64
 import hmac
 import math
 import time
-from collections import defaultdict
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -19,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polymodal.inference.model import list_models, model_card
 from polymodal.modalities.base import InputError
+from polymodal.serving.batcher import Batcher
+from polymodal.serving.embedder import Encoders
 from polymodal.serving.inputs import check_item, parse_item, parse_value
 from polymodal.serving.metrics import gateway_metrics
 from polymodal.serving.schemas import (
@@ -71,37 +71,67 @@ _ROUTES = {
 }
 
 
-@app.middleware("http")
-async def _guard(request: Request, call_next):
-    """Refuse oversized bodies before anything reads them."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-        return _error(413, f"request body over {MAX_BODY_BYTES} bytes", None)
-    return await call_next(request)
-
-
-@app.middleware("http")
-async def _record(request: Request, call_next):
-    """Count and time every response, 4xx from the guard above included (this middleware
-    is added last, so it runs outermost)."""
-    start = time.perf_counter()
-    response = await call_next(request)
-    path = request.url.path
-    root = request.scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :] or "/"
-    route = path if path in _ROUTES else "other"
-    m = gateway_metrics()
-    m.requests.inc(tags={"route": route, "status": str(response.status_code)})
-    m.latency.observe(time.perf_counter() - start, tags={"route": route})
+def _over_capacity(status: int = 503, retry_after_s: float | None = None) -> JSONResponse:
+    response = _error(status, "the service is over capacity; retry later")
+    response.headers["Retry-After"] = str(math.ceil(retry_after_s or RETRY_AFTER_S))
     return response
+
+
+class _Edge:
+    """What every request meets before the routes, as plain ASGI (Starlette's
+    BaseHTTPMiddleware costs a task group per layer and request): bodies over
+    MAX_BODY_BYTES get 413 before anything reads them; requests beyond the replica's
+    capacity get 503 + Retry-After at once, in the API's error shape (Serve's own queue limit
+    answers in plain text); every response is counted and timed by route and status."""
+
+    capacity: float = math.inf  # requests one replica takes at once (the Gateway sets it)
+
+    def __init__(self, app):
+        self.app = app
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500  # unless a response starts: an exception became Starlette's 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            length = dict(scope["headers"]).get(b"content-length", b"0")
+            if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+                refusal = _error(413, f"request body over {MAX_BODY_BYTES} bytes", None)
+                return await refusal(scope, receive, send_status)
+            if scope["method"] != "POST":
+                return await self.app(scope, receive, send_status)
+            if self.in_flight >= _Edge.capacity:
+                return await _over_capacity()(scope, receive, send_status)
+            self.in_flight += 1
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                self.in_flight -= 1
+        finally:
+            path, root = scope["path"], scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :] or "/"
+            route = path if path in _ROUTES else "other"
+            m = gateway_metrics()
+            m.requests.inc(tags={"route": route, "status": str(status)})
+            m.latency.observe(time.perf_counter() - start, tags={"route": route})
+
+
+app.add_middleware(_Edge)
 
 
 @app.exception_handler(BackPressureError)
 async def _overloaded(request: Request, exc: BackPressureError) -> JSONResponse:
-    response = _error(exc.status_code, "the service is over capacity; retry later")
-    response.headers["Retry-After"] = str(math.ceil(exc.retry_after_s or RETRY_AFTER_S))
-    return response
+    return _over_capacity(exc.status_code, exc.retry_after_s)
 
 
 @app.exception_handler(RayActorError)
@@ -140,42 +170,37 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 @serve.deployment
 @serve.ingress(app)
 class Gateway:
+    """The ingress: checks requests and answers them with the models held in this replica
+    (one hop from Serve's proxy), or, given an Embedder deployment's handle, with calls to it
+    that gather the items of concurrent requests (one call per model and batch)."""
+
     def __init__(
         self,
-        embedder,
         model_dir: str,
         api_key: str | None = None,
         max_batch_size: int = 32,
-        batch_wait_timeout_s: float = 0.01,
+        batch_wait_timeout_s: float = 0.0,
+        max_models: int = 4,
+        capacity: int = 320,
         searcher=None,
+        embedder=None,
     ):
+        _Edge.capacity = capacity
         self.api_key = api_key  # never logged; compared in constant time
         self.embedder = embedder
         self.searcher = searcher
         self.model_dir = model_dir
         self.cards = {name: model_card(path) for name, path in list_models(model_dir).items()}
-        self.batching = max_batch_size > 1
-        self.gather_items.set_max_batch_size(max_batch_size)
-        self.gather_items.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        if embedder is None:
+            self.encoders = Encoders(model_dir, max_batch_size, batch_wait_timeout_s, max_models)
+        else:
+            # Two calls in flight: the next batch is sent while the embedder runs the last.
+            self.gathered = Batcher(
+                self._send, max_batch_size, max_batch_size, batch_wait_timeout_s, concurrency=2
+            )
 
-    # Two batches in flight: the next one is sent while the embedder runs the last.
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
-    async def gather_items(self, items: list[tuple[str, str, object]]) -> list[np.ndarray]:
-        """Items of concurrent requests, sent as one embedder call per model: a call costs
-        milliseconds of Serve overhead, so per-request calls capped throughput."""
-        rows_of: dict[str, list[int]] = defaultdict(list)
-        for i, (model_id, _, _) in enumerate(items):
-            rows_of[model_id].append(i)
-
-        async def call(model_id: str, rows: list[int]) -> list[np.ndarray]:
-            return await self._call(model_id, "embed", [items[i][1:] for i in rows])
-
-        results = await asyncio.gather(*[call(m, rows) for m, rows in rows_of.items()])
-        out: list[np.ndarray | None] = [None] * len(items)
-        for rows, vectors in zip(rows_of.values(), results):
-            for i, vec in zip(rows, vectors):
-                out[i] = vec
-        return out
+    async def _send(self, model: str, items: list[tuple[str, object]]) -> list[np.ndarray]:
+        return await self._call(model, "embed", items)
 
     async def _call(self, model: str, method: str, arg):
         """An embedder call, sent once more when its replica died under it (embedding is
@@ -200,9 +225,14 @@ class Gateway:
         return self.cards[model]
 
     async def _embed(self, model: str, parsed: list[tuple[str, object]]) -> list[np.ndarray]:
-        if self.batching:
-            return await asyncio.gather(*[self.gather_items((model, *p)) for p in parsed])
-        return await self._call(model, "embed", parsed)  # one call per request
+        if self.embedder is None:
+            return await self.encoders.embed(model, parsed)
+        return await self.gathered.submit(model, parsed)
+
+    async def _classify(self, model: str, values: dict) -> dict[str, float]:
+        if self.embedder is None:
+            return await self.encoders.classify(model, values)
+        return await self._call(model, "classify", values)
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
@@ -265,7 +295,7 @@ class Gateway:
             values[modality] = parse_value(modality, value, param)
             check_item(body.model, card["prep"], modality, values[modality], param)
         try:
-            probs = await self._call(body.model, "classify", values)
+            probs = await self._classify(body.model, values)
         except RuntimeError as exc:  # the checkpoint has no classifier head
             raise InputError(str(exc), "model") from exc
         label = max(probs, key=probs.get)
