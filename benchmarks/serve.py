@@ -3,6 +3,9 @@ would write instead (benchmarks/plain_app.py: uvicorn, model in-process) and the
 (the limit), on the same checkpoint, all measured in this run.
 
 Run: .venv/bin/python benchmarks/serve.py [--quick] [--models demo,large] [--servers ...]
+Servers: plain (benchmarks/plain_app.py), polymodal (as shipped: one hop from Serve's proxy),
+split (models in a deployment behind the gateway), direct (polymodal's app under Serve's
+throughput-optimized mode, reached at the ingress replica's own port: direct ingress).
 Prints one JSON line per (model, server, route, load), one per offline limit, then one line per
 target with its ratio. Models: the demo's architecture (jobs/configs/fashion.yaml) and a larger
 one (ResNet-18 images, 4-layer text), with fresh weights (speed does not depend on training).
@@ -161,9 +164,41 @@ def _plain_app(checkpoint: Path, port: int, max_batch: int) -> subprocess.Popen:
     raise RuntimeError("the plain app did not start within 120 s")
 
 
-def _serve(checkpoint: Path, server: str, args) -> None:
-    """polymodal serve as `serve run` builds it; `split` keeps the model in its own
-    deployment behind the ingress (serve/config.yaml's option for GPU model replicas)."""
+def _start_ray(direct: bool) -> int:
+    """A local Ray cluster with Serve's HTTP proxy on a free port → that port. `direct`: Serve's
+    throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED, read when the cluster starts),
+    whose direct ingress lets clients reach ingress replicas on their own ports."""
+    import ray
+    from ray import serve
+
+    from polymodal.cluster import RAY_ENV
+
+    for key, value in RAY_ENV.items():  # the settings polymodal's own clusters start with
+        os.environ.setdefault(key, value)
+    if direct:
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    else:
+        os.environ.pop("RAY_SERVE_THROUGHPUT_OPTIMIZED", None)
+    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return port
+
+
+def _stop_ray() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _serve(checkpoint: Path, server: str, args, port: int) -> str:
+    """polymodal serve as `serve run` builds it → its embeddings URL. `split` keeps the model in
+    its own deployment behind the ingress; `direct` is served on the cluster started by
+    _start_ray(direct=True), at the ingress replica's own port (Serve's target groups: what a
+    load balancer in front of direct ingress reads)."""
+    import ray
     from ray import serve
 
     from polymodal.serving.app import build_app
@@ -178,35 +213,40 @@ def _serve(checkpoint: Path, server: str, args) -> None:
         split=server == "split",
     )
     serve.run(app, name="bench", route_prefix="/")
+    if server == "direct":
+        from ray.serve.context import _get_global_client
+
+        controller = _get_global_client()._controller
+        groups = ray.get(controller.get_target_groups.remote("bench"))
+        target = next(t for g in groups if g.protocol == "HTTP" for t in g.targets)
+        port = target.port
+    return f"http://127.0.0.1:{port}/v1/embeddings"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,large", help=f"of {sorted(MODELS)}")
-    parser.add_argument("--servers", default="plain,polymodal,split", help="which to measure")
+    parser.add_argument(
+        "--servers", default="plain,polymodal,direct", help="of plain,polymodal,split,direct"
+    )
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke check)")
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--embedder-cpus", type=float, default=1.0)
+    parser.add_argument(
+        "--embedder-cpus", type=float, default=float(os.cpu_count() or 1), help="per replica"
+    )
     parser.add_argument("--batch-wait-ms", type=float, default=2.0)
     parser.add_argument("--access-log", action="store_true", help="log every request")
     args = parser.parse_args()
     secs, warm = (1.5, 0.5) if args.quick else (6.0, 1.5)
     servers = args.servers.split(",")
 
-    from polymodal.cluster import RAY_ENV
-
-    for key, value in RAY_ENV.items():  # the settings polymodal's own clusters start with
-        os.environ.setdefault(key, value)
-    import ray
     import torch
-    from ray import serve
 
-    ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     tmp = Path(tempfile.mkdtemp(prefix="pm-serve-bench-"))
     values = _inputs(size=28)
     targets = {}
+    direct = None
+    port = _start_ray(direct=False)
     for name in args.models.split(","):
         checkpoint = _checkpoint(MODELS[name], tmp / name)
         # The offline limit gets the threads one model replica gets.
@@ -224,8 +264,11 @@ def main() -> None:
                 plain = _plain_app(checkpoint, plain_port, args.max_batch_size)
                 url = f"http://127.0.0.1:{plain_port}/v1/embeddings"
             else:
-                _serve(checkpoint, server, args)
-                url = f"http://127.0.0.1:{port}/v1/embeddings"
+                if (server == "direct") != direct:
+                    _stop_ray()
+                    direct = server == "direct"
+                    port = _start_ray(direct)
+                url = _serve(checkpoint, server, args, port)
             try:
                 for modality in values:
                     for load in LOADS:
@@ -242,6 +285,8 @@ def main() -> None:
                     plain.terminate()
                     plain.wait()
                 else:
+                    from ray import serve
+
                     serve.delete("bench")
         for m in values:
             for server in servers:
@@ -263,8 +308,7 @@ def main() -> None:
                 targets[f"{name} {m} {server}: p99 / p50 at c=8 (<= 2)"] = (
                     at8["p99_ms"] / at8["p50_ms"]
                 )
-    serve.shutdown()
-    ray.shutdown()
+    _stop_ray()
     for target, ratio in targets.items():
         print(json.dumps({"target": target, "ratio": round(ratio, 3)}))
 

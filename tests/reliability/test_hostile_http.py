@@ -226,3 +226,24 @@ def test_extreme_bodies_are_4xx_and_the_service_lives_on(url, route):
     with urllib.request.urlopen(url + "/readyz", timeout=30) as resp:
         assert resp.status == 200
     assert np.isfinite(json.loads(body)["data"][0]["embedding"]).all()
+
+
+def test_schemathesis_finds_no_failure(url, tmp_path):
+    """Schemathesis, as a new user would run it against the served app: requests generated
+    from /openapi.json (valid and invalid), every check — no server error, and every status,
+    header and body is one the document lists."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    bin_dir = os.path.dirname(sys.executable)
+    cmd = [os.path.join(bin_dir, "schemathesis"), "--config-file", str(REPO / "schemathesis.toml")]
+    cmd += ["run", f"{url}/openapi.json", "--checks", "all"]
+    cmd += ["--max-examples", "30", "--seed", "1", "--generation-deterministic", "--no-color"]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "", "HOME": str(tmp_path)}  # no state kept
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    report = done.stdout[-6000:] + done.stderr[-2000:]
+    assert done.returncode == 0, report
+    assert "No issues found" in done.stdout or " passed" in done.stdout, report

@@ -22,8 +22,8 @@ class ServeArgs(BaseModel):
 
     model_dir: str  # a checkpoint or a directory of checkpoints, local or s3://
     max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.0  # how long a batch may wait to fill (0: what arrives
-    # while the last forward runs forms the next batch)
+    # Under load, how long a batch may wait to fill (a lone request never waits).
+    batch_wait_timeout_s: float = 0.002
     max_ongoing_requests: int = 64
     max_queued_requests: int = 256
     max_models: int = 4

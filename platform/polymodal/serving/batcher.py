@@ -35,8 +35,9 @@ def cut(costs: list[float], max_items: int, budget: float) -> list[list[int]]:
 
 class Batcher:
     """submit(key, values, costs) → run(key, batch values)'s results for those values, in order.
-    Items wait at most wait_s after the oldest arrived (none when wait_s is 0: what arrives
-    while a batch runs forms the next one). `concurrency` batches run at once: 1 for a forward
+    What arrives while a batch runs forms the next one; under load (the last batch held more
+    than one item) a batch also waits up to wait_s after its oldest item for more to come, and
+    a lone request never waits. `concurrency` batches run at once: 1 for a forward
     on this event loop, more for calls to another process."""
 
     def __init__(
@@ -46,6 +47,7 @@ class Batcher:
         self.pending: dict[Hashable, list[_Item]] = {}
         self.count = 0
         self.first_at = 0.0
+        self.last_size = 0
         self.arrived = asyncio.Event()
         self.full = asyncio.Event()
         self.slots = asyncio.Semaphore(concurrency)
@@ -74,7 +76,7 @@ class Batcher:
             # joins the next.
             await self.slots.acquire()
             delay = self.first_at + self.wait_s - loop.time()
-            if delay > 0 and not self.full.is_set():
+            if delay > 0 and self.last_size > 1 and not self.full.is_set():
                 try:
                     await asyncio.wait_for(self.full.wait(), delay)
                 except asyncio.TimeoutError:
@@ -91,6 +93,7 @@ class Batcher:
             for n, rows in enumerate(cut([i.cost for i in items], self.max_items, self.budget)):
                 if n:
                     await self.slots.acquire()
+                self.last_size = len(rows)
                 task = loop.create_task(self._run(key, [items[i] for i in rows]))
                 task.add_done_callback(lambda _: self.slots.release())
 

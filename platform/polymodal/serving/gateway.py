@@ -9,6 +9,7 @@ import time
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -33,7 +34,9 @@ from polymodal.serving.schemas import (
     SearchHit,
     SearchRequest,
     SearchResponse,
+    Status,
     Usage,
+    errors,
 )
 
 app = FastAPI(
@@ -167,6 +170,28 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return _error(400, f"invalid request: {first.get('msg', 'malformed body')}", param)
 
 
+_MODEL_ERRORS = (400, 401, 404, 413, 503)
+
+
+def _openapi() -> dict:
+    """FastAPI's document without the 422 it lists for every body: this API answers a
+    malformed body 400, in its own error shape (above)."""
+    if app.openapi_schema is None:
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for path in doc["paths"].values():
+            for operation in path.values():
+                operation["responses"].pop("422", None)
+        for unused in ("HTTPValidationError", "ValidationError"):
+            doc.get("components", {}).get("schemas", {}).pop(unused, None)
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+app.openapi = _openapi
+
+
 @serve.deployment
 @serve.ingress(app)
 class Gateway:
@@ -179,7 +204,7 @@ class Gateway:
         model_dir: str,
         api_key: str | None = None,
         max_batch_size: int = 32,
-        batch_wait_timeout_s: float = 0.0,
+        batch_wait_timeout_s: float = 0.002,
         max_models: int = 4,
         capacity: int = 320,
         searcher=None,
@@ -234,17 +259,17 @@ class Gateway:
             return await self.encoders.classify(model, values)
         return await self._call(model, "classify", values)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Status, response_model_exclude_none=True)
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=Status, responses=errors(503))
     async def readyz(self) -> JSONResponse:
         if not self.cards:
             return _error(503, f"no checkpoints in {self.model_dir}")
         return JSONResponse({"status": "ready", "models": sorted(self.cards)})
 
-    @app.get("/v1/models", response_model=ModelList)
+    @app.get("/v1/models", response_model=ModelList, responses=errors(401))
     async def models(self, request: Request) -> ModelList:
         self._authorize(request)
         return ModelList(
@@ -254,7 +279,7 @@ class Gateway:
             ]
         )
 
-    @app.post("/v1/embeddings", response_model=EmbeddingResponse)
+    @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=errors(*_MODEL_ERRORS))
     async def embeddings(self, body: EmbeddingRequest, request: Request) -> EmbeddingResponse:
         self._authorize(request)
         card = self._card(body.model)
@@ -277,7 +302,7 @@ class Gateway:
             data=data, model=body.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
         )
 
-    @app.post("/v1/classify", response_model=ClassifyResponse)
+    @app.post("/v1/classify", response_model=ClassifyResponse, responses=errors(*_MODEL_ERRORS))
     async def classify(self, body: ClassifyRequest, request: Request) -> ClassifyResponse:
         self._authorize(request)
         card = self._card(body.model)
@@ -301,7 +326,7 @@ class Gateway:
         label = max(probs, key=probs.get)
         return ClassifyResponse(model=body.model, label=label, probabilities=probs)
 
-    @app.post("/v1/search", response_model=SearchResponse)
+    @app.post("/v1/search", response_model=SearchResponse, responses=errors(*_MODEL_ERRORS, 500))
     async def search(self, body: SearchRequest, request: Request) -> SearchResponse:
         """The k rows of the (model, modality) index nearest the query (text or image) by
         cosine similarity of the model's embeddings."""

@@ -3,9 +3,9 @@ errors)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from polymodal.modalities import MODALITIES
 
@@ -13,7 +13,22 @@ MAX_ITEMS = 256  # items per request
 MAX_K = 1000  # results per search
 
 
-class TypedItem(BaseModel):
+def _whole(value):
+    """JSON Schema counts 5.0 as an integer; strict pydantic does not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
+
+
+class Request(BaseModel):
+    """A request body: JSON types as written (no "5" for 5) and no unknown fields, so what the
+    OpenAPI document calls invalid is refused (400), never guessed at."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class TypedItem(Request):
     # The modalities registered when the service starts (polymodal.modalities).
     type: Literal[tuple(MODALITIES)]
     data: str | list[float] = Field(
@@ -21,9 +36,9 @@ class TypedItem(BaseModel):
     )
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(Request):
     model: str
-    input: str | list[str | TypedItem] = Field(
+    input: str | Annotated[list[str | TypedItem], Field(min_length=1)] = Field(
         description="text, a list of texts, data URIs (data:image/png;base64,...) or typed items"
     )
     encoding_format: Literal["float", "base64"] = "float"
@@ -47,10 +62,11 @@ class EmbeddingResponse(BaseModel):
     usage: Usage
 
 
-class ClassifyRequest(BaseModel):
+class ClassifyRequest(Request):
     model: str
-    inputs: dict[str, str | list[float]] = Field(
-        description="modality -> text, data URI or base64 image/WAV, or a vector's numbers"
+    inputs: dict[Literal[tuple(MODALITIES)], str | list[float]] = Field(
+        min_length=1,
+        description="modality -> text, data URI or base64 image/WAV, or a vector's numbers",
     )
 
 
@@ -73,13 +89,13 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(Request):
     model: str
     query: str | TypedItem = Field(
         description="text, an image as a data URI (data:image/png;base64,...), or a typed item"
     )
     modality: str = Field("image", description="what to search: the modality of the index")
-    k: int = Field(10, ge=1, le=MAX_K, description="how many results")
+    k: Whole = Field(10, ge=1, le=MAX_K, description="how many results")
 
 
 class SearchHit(BaseModel):
@@ -92,3 +108,35 @@ class SearchResponse(BaseModel):
     model: str
     modality: str
     data: list[SearchHit]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: Literal["invalid_request_error", "server_error"]
+    param: str | None = Field(description="the request field at fault, when one is")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx and 5xx the API answers itself, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+class Status(BaseModel):
+    status: str
+    models: list[str] | None = None
+
+
+def errors(*statuses: int) -> dict[int, dict]:
+    """The OpenAPI `responses` entries of the given error statuses."""
+    return {s: {"model": ErrorResponse, "description": ERROR_STATUSES[s]} for s in statuses}
+
+
+ERROR_STATUSES = {
+    400: "A malformed request: the error names the field (param).",
+    401: "Missing or wrong API key (when the service has one).",
+    404: "Unknown model, or no such index.",
+    413: "A body over the size limit, or too many items.",
+    500: "The service is misconfigured (an index built from another checkpoint).",
+    503: "Over capacity, not ready, or a replica was lost: retry after Retry-After seconds.",
+}

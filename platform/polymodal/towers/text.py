@@ -41,7 +41,11 @@ class ByteTransformer(nn.Module):
         length = max(int(keep.sum(1).max()), 1)
         ids, keep = ids[:, :length], keep[:, :length]
         x = self.embed(ids) + self.pos[:length]
-        x = self.encoder(x, src_key_padding_mask=~keep)
+        # An empty text attends to its first (pad) position: with every key masked,
+        # attention is 0/0 and the embedding NaN.
+        first = torch.arange(length, device=ids.device) == 0
+        attend = keep | (first & ~keep.any(1, keepdim=True))
+        x = self.encoder(x, src_key_padding_mask=~attend)
         x = self.norm(x)
         # Mean over real bytes; an empty text pools to zeros.
         w = keep.unsqueeze(-1).to(x.dtype)
