@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument(
         "--model", help="model name searches use (default: the checkpoint directory's name)"
     )
+    ix.add_argument(
+        "--dimensions",
+        type=int,
+        help="index this Matryoshka prefix of the embeddings (a size the model was trained at)",
+    )
     _add_address(ix)
     ix.set_defaults(func=commands.cmd_index)
 

@@ -172,7 +172,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from polymodal.cluster import ensure_ray
     from polymodal.inference.offline import build_index, check_index_inputs
 
-    check_index_inputs(args.checkpoint, args.dataset, args.modality, args.split)
+    check_index_inputs(args.checkpoint, args.dataset, args.modality, args.split, args.dimensions)
     ensure_ray(args.address)
     r = build_index(
         args.checkpoint,
@@ -185,6 +185,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         actors=args.actors,
         model_name=args.model,
+        dimensions=args.dimensions,
     )
     print(
         f"indexed {r.rows} {r.modality} rows of {args.split} ({r.dim}-d, model '{r.model}') "

@@ -177,6 +177,10 @@ class ContrastiveConfig(Section):
     positives: Literal["diagonal", "label", "text"] = "diagonal"
     # Weight per modality pair, e.g. {"image-text": 1.0}; pairs not named weigh 1.0.
     pair_weights: dict[str, Float] = Field(default_factory=dict)
+    # Matryoshka (Kusupati et al. 2022): the loss is also taken over these prefixes of the
+    # embedding (each renormalised) and averaged with the full size's, so that a served
+    # embedding truncated to one of them (`dimensions`) keeps its quality. Empty: off.
+    matryoshka_dims: list[int] = Field(default_factory=list)
 
 
 class TermModalitiesConfig(Section):
@@ -481,6 +485,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"'model.modalities': unknown modality '{m}'{close}")
     if not mods:
         raise ConfigError("'model.modalities' must name at least one modality")
+    dims = cfg.objective.contrastive.matryoshka_dims
+    if any(not 0 < d < cfg.model.embed_dim for d in dims) or len(set(dims)) != len(dims):
+        raise ConfigError(
+            f"'objective.contrastive.matryoshka_dims': {dims} must be distinct sizes between 0 "
+            f"and model.embed_dim ({cfg.model.embed_dim}), which is always trained"
+        )
     for key in ("reconstruction", "classification"):
         for m in getattr(cfg.objective, key).modalities:
             if m not in mods:

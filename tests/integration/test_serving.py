@@ -30,6 +30,7 @@ from polymodal.modalities.text import encode_text
 from polymodal.models.build import build_model
 from polymodal.objectives.joint import joint_loss
 from polymodal.openclip import import_open_clip
+from polymodal.retrieval.quantize import FORMATS, calibration, quantize, unit_ranges
 from tests.integration.conftest import free_port
 from tests.open_clip_models import tiny_clip
 
@@ -38,10 +39,11 @@ PREP = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max
 LABELS = ["zero", "one", "two"]
 
 
-def _checkpoint(path, seed: int, embed_dim: int):
+def _checkpoint(path, seed: int, embed_dim: int, extra: tuple[str, ...] = (), calibrated=False):
     cfg = load_config(
         None,
         [
+            *extra,
             f"model.embed_dim={embed_dim}",
             "model.image.width=8",
             "model.text.width=16",
@@ -62,6 +64,10 @@ def _checkpoint(path, seed: int, embed_dim: int):
         "metrics": {},
         "history": [],
     }
+    if calibrated:  # as training writes it: int8 ranges per servable size
+        rng = np.random.default_rng(seed)
+        sizes = sorted({*cfg.objective.contrastive.matryoshka_dims, embed_dim})
+        meta["calibration"] = calibration(rng.normal(0, 0.3, (50, embed_dim)), sizes)
     save_checkpoint(path, model, meta)
 
 
@@ -140,7 +146,8 @@ def service(ray_cluster, s3_endpoint, digits_dataset, tmp_path_factory):
 
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="search-indexes")
     model_dir = tmp_path_factory.mktemp("models")
-    _checkpoint(model_dir / "small", seed=0, embed_dim=16)
+    # "small" is Matryoshka-trained at 8 of its 16 dimensions.
+    _checkpoint(model_dir / "small", 0, 16, ("objective.contrastive.matryoshka_dims=[8]",), True)
     _checkpoint(model_dir / "other", seed=1, embed_dim=24)
     # "vec" is served from a safetensors export; the original sits where no listing finds it.
     _vector_checkpoint(model_dir / "original" / "vec")
@@ -175,6 +182,7 @@ def test_health_and_models(service):
     cards = {m["id"]: m for m in models["data"]}
     assert cards["small"]["dimension"] == 16 and cards["other"]["dimension"] == 24
     assert cards["small"]["modalities"] == ["image", "text"]
+    assert cards["small"]["dimensions"] == [8, 16] and cards["other"]["dimensions"] == [24]
 
 
 def test_embeddings_equal_offline_encoder(service):
@@ -200,6 +208,48 @@ def test_embeddings_equal_offline_encoder(service):
     )
     vec = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(vec, offline_text[0], atol=1e-5)
+    # Matryoshka: `dimensions` equals truncating offline and renormalising; a size the model
+    # was not trained at is a 400 naming the sizes it was.
+    status, short = _call(
+        f"{url}/v1/embeddings", {"model": "small", "input": texts, "dimensions": 8}
+    )
+    assert status == 200, short
+    want = offline_text[:, :8] / np.linalg.norm(offline_text[:, :8], axis=1, keepdims=True)
+    np.testing.assert_allclose([d["embedding"] for d in short["data"]], want, atol=1e-5)
+    status, err = _call(f"{url}/v1/embeddings", {"model": "small", "input": "x", "dimensions": 4})
+    assert status == 400 and err["error"]["param"] == "dimensions"
+    assert "[8, 16]" in err["error"]["message"], err
+    status, err = _call(f"{url}/v1/embeddings", {"model": "other", "input": "x", "dimensions": 8})
+    assert status == 400 and "[24]" in err["error"]["message"], err
+
+
+def test_quantized_encodings_equal_quantizing_offline(service):
+    """int8/uint8 with the checkpoint's calibration (for the size asked), binary/ubinary
+    sign bits; a checkpoint without calibration quantizes over [-1, 1]."""
+    url, model_dir = service
+    texts = ["a handwritten digit two", "seven"]
+    span = read_meta(model_dir / "small")["calibration"]
+    for size in (16, 8):
+        status, floats = _call(
+            f"{url}/v1/embeddings", {"model": "small", "input": texts, "dimensions": size}
+        )
+        assert status == 200, floats
+        vectors = np.array([d["embedding"] for d in floats["data"]], dtype=np.float32)
+        for fmt in FORMATS:
+            body = {"model": "small", "input": texts, "dimensions": size, "encoding_format": fmt}
+            status, out = _call(f"{url}/v1/embeddings", body)
+            assert status == 200, out
+            got = np.array([d["embedding"] for d in out["data"]])
+            want = quantize(vectors, fmt, np.asarray(span[str(size)], np.float32))
+            assert got.shape == want.shape and (np.abs(got - want) <= 1).all(), fmt
+            assert got.shape[1] == (size if "int8" in fmt else size // 8)
+    status, out = _call(f"{url}/v1/embeddings", {"model": "other", "input": texts[0]})
+    status, codes = _call(
+        f"{url}/v1/embeddings", {"model": "other", "input": texts[0], "encoding_format": "int8"}
+    )
+    vector = np.array(out["data"][0]["embedding"], np.float32)
+    want = quantize(vector, "int8", unit_ranges(24))
+    assert (np.abs(np.array(codes["data"][0]["embedding"]) - want) <= 1).all()
 
 
 def test_an_imported_open_clip_model_serves_open_clips_embeddings(service):

@@ -46,6 +46,10 @@ def test_train_writes_checkpoint_metrics_and_plot(first_run, tmp_path):
     assert (ckpt / "model.pt").is_file() and (ckpt / "polymodal.json").is_file()
     meta = read_meta(ckpt)
     assert meta["epoch"] == 2 and meta["label_names"][0] == "zero"
+    # int8 ranges of the val embeddings, per servable size: [2, dim] of (min, max)
+    embed_dim = meta["config"]["model"]["embed_dim"]
+    lo, hi = np.asarray(meta["calibration"][str(embed_dim)])
+    assert lo.shape == (embed_dim,) and (lo < hi).all() and (-1 <= lo).all() and (hi <= 1).all()
     steps_per_epoch = meta["step"] // 2
     assert steps_per_epoch == 1612 // 2 // 32  # equal batches on both ranks, drop_last
 

@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from polymodal.batch import Batch, ModelOutput
-from polymodal.config import load_config
+from polymodal.config import ConfigError, load_config
 from polymodal.objectives.classification import classification_loss
 from polymodal.objectives.contrastive import info_nce, multi_contrastive, sigmoid_loss
-from polymodal.objectives.joint import joint_loss
+from polymodal.objectives.joint import contrastive_term, joint_loss
 from polymodal.objectives.reconstruction import reconstruction_mean
 
 
@@ -197,3 +197,23 @@ def test_uncertainty_weighting_formula_and_learning_on_digits():
         opt.step()
     after = {t: float(p) for t, p in model.loss_log_vars.items()}
     assert all(abs(after[t] - before[t]) > 0.1 for t in s), (before, after)
+
+
+def test_matryoshka_averages_the_loss_over_renormalised_prefixes():
+    cfg = load_config(None, ["model.embed_dim=8", "objective.contrastive.matryoshka_dims=[2,4]"])
+    torch.manual_seed(0)
+    emb = {m: F.normalize(torch.randn(6, 8), dim=-1) for m in ("image", "text")}
+    batch = Batch(
+        inputs={}, present={"image": torch.ones(6), "text": torch.ones(6)}, label=torch.zeros(6)
+    )
+    outputs = ModelOutput(embeddings=emb, present=batch.present, logit_scale=torch.tensor(5.0))
+    loss, logs = contrastive_term(outputs, batch, cfg.objective)
+    scale = torch.tensor(5.0)
+    per_size = [
+        info_nce(*(F.normalize(emb[m][:, :d], dim=-1) for m in ("image", "text")), scale)
+        for d in (8, 2, 4)
+    ]
+    assert float(loss) == pytest.approx(float(sum(per_size) / 3), rel=1e-5)
+    assert float(logs["contrastive/dim2"]) == pytest.approx(float(per_size[1]), rel=1e-5)
+    with pytest.raises(ConfigError, match="matryoshka_dims.*embed_dim \\(8\\)"):
+        load_config(None, ["model.embed_dim=8", "objective.contrastive.matryoshka_dims=[8]"])

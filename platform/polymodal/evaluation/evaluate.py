@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -72,8 +72,10 @@ def evaluate(
     label_names: list[str] | None = None,
     templates: list[str] | None = None,
     device: torch.device | str = "cpu",
+    on_embeddings: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], None] | None = None,
 ) -> dict[str, float]:
-    """val/ metrics: recall@K for each ordered modality pair, accuracy, zero-shot, loss."""
+    """val/ metrics: recall@K for each ordered modality pair, accuracy, zero-shot, loss.
+    on_embeddings(embeddings, present) sees every val embedding by modality (calibration)."""
     model.eval()
     device = torch.device(device)
     if objective is not None:  # validation loss uses in-batch negatives only
@@ -103,18 +105,24 @@ def evaluate(
         raise ValueError("evaluation got no batches: is the split empty?")
     emb, present, hashes = ({m: torch.cat(v) for m, v in d.items()} for d in (emb, present, hashes))
     label = torch.cat(labels)
+    if on_embeddings is not None:
+        on_embeddings(emb, present)
     metrics: dict[str, float] = {f"val/{k}": v / n_batches for k, v in loss_sums.items()}
 
+    # Matryoshka sizes: the same recalls over each renormalised prefix (suffix /dim<d>).
+    dims = [None, *(objective.contrastive.matryoshka_dims if objective is not None else [])]
     for a, b in itertools.permutations(model.modalities, 2):
         both = (present[a] > 0) & (present[b] > 0)
-        recalls = recall_at_k(
-            emb[a][both],
-            emb[b][both],
-            hashes[b][both],
-            eval_cfg.recall_ks,
-            eval_cfg.chunk_size,
-        )
-        metrics.update({f"val/recall@{k}/{a}->{b}": r for k, r in recalls.items()})
+        for d in dims:
+            suffix = "" if d is None else f"/dim{d}"
+            recalls = recall_at_k(
+                F.normalize(emb[a][both][:, :d], dim=-1),
+                F.normalize(emb[b][both][:, :d], dim=-1),
+                hashes[b][both],
+                eval_cfg.recall_ks,
+                eval_cfg.chunk_size,
+            )
+            metrics.update({f"val/recall@{k}/{a}->{b}{suffix}": r for k, r in recalls.items()})
 
     labelled = label >= 0
     if preds and labelled.any():

@@ -30,9 +30,17 @@ def list_models(model_dir: str) -> dict[str, str]:
 
 def model_card(uri: str) -> dict:
     meta = read_meta(fetch_checkpoint(uri, (META,)))
+    full = meta["config"]["model"]["embed_dim"]
+    contrastive = meta["config"].get("objective", {}).get("contrastive", {})
     return {
         "modalities": meta["preprocessing"]["modalities"],
-        "dimension": meta["config"]["model"]["embed_dim"],
+        "dimension": full,
+        # The sizes its embeddings may be truncated to: Matryoshka-trained ones, and full.
+        "dimensions": sorted({*contrastive.get("matryoshka_dims", []), full}),
+        # int8/uint8 ranges per size, from the val embeddings (training writes them).
+        "calibration": {
+            int(d): np.asarray(r, np.float32) for d, r in meta.get("calibration", {}).items()
+        },
         "labels": meta.get("label_names") or [],
         "prep": Preprocessing(**meta["preprocessing"]),  # what requests are checked against
     }

@@ -16,6 +16,7 @@ from polymodal.data.format import DatasetError, open_shard, read_manifest
 from polymodal.data.pipeline import pieces
 from polymodal.inference.model import LoadedModel, model_card
 from polymodal.retrieval.index import IndexWriter
+from polymodal.retrieval.vectors import truncate
 
 SMALL_CPUS = 0.25
 
@@ -125,11 +126,18 @@ class IndexReport:
     seconds: float
 
 
-def check_index_inputs(checkpoint: str, dataset: str, modality: str, split: str):
+def check_index_inputs(
+    checkpoint: str, dataset: str, modality: str, split: str, dimensions: int | None = None
+):
     """(model card, manifest), or a clear error, from two small files: before Ray starts."""
     card = model_card(checkpoint)
     if modality not in card["modalities"]:
         raise ValueError(f"{checkpoint}: no {modality} encoder (it has {card['modalities']})")
+    if dimensions is not None and dimensions not in card["dimensions"]:
+        raise ValueError(
+            f"{checkpoint}: not trained for {dimensions} dimensions (it was for "
+            f"{card['dimensions']}; objective.contrastive.matryoshka_dims adds sizes)"
+        )
     manifest = read_manifest(dataset)
     if split not in manifest.splits:
         raise DatasetError(f"{dataset}: no split '{split}' (has {sorted(manifest.splits)})")
@@ -150,21 +158,25 @@ def build_index(
     actors: int = 1,
     model_name: str | None = None,
     progress: Callable[[str], None] | None = print,
+    dimensions: int | None = None,
 ) -> IndexReport:
     """Embed one modality of a split and write it as an exact search index at out (local or
     s3://). Vectors stream from the embedding actors to this process, which writes a shard
-    every shard_rows rows: its memory holds one shard, never the corpus."""
+    every shard_rows rows: its memory holds one shard, never the corpus. dimensions: keep
+    that Matryoshka prefix of each embedding (one the model was trained at)."""
     start = time.perf_counter()
-    card, manifest = check_index_inputs(checkpoint, dataset, modality, split)
+    card, manifest = check_index_inputs(checkpoint, dataset, modality, split, dimensions)
+    dim = dimensions or card["dimension"]
     total = manifest.rows(split)
     name = model_name or Path(str(checkpoint).rstrip("/")).name
     writer = IndexWriter(
         out,
         model=name,
         modality=modality,
-        dim=card["dimension"],
+        dim=dim,
         shard_rows=shard_rows,
         info={
+            "embed_dim": card["dimension"],  # the model's: queries of it are truncated to dim
             "checkpoint": str(checkpoint),
             "dataset": str(dataset),
             "split": split,
@@ -185,7 +197,7 @@ def build_index(
             labels = None
             if "label" in table.column_names:
                 labels = table.column("label").fill_null(-1).to_numpy()
-            writer.add(table.column("id").to_pylist(), vectors, labels)
+            writer.add(table.column("id").to_pylist(), truncate(vectors, dimensions), labels)
         if progress and (time.perf_counter() - last > 5 or seen == total):
             last = time.perf_counter()
             rate, shards = seen / (last - start), len(writer.shards)
@@ -198,7 +210,7 @@ def build_index(
         out=str(out),
         model=name,
         modality=modality,
-        dim=card["dimension"],
+        dim=dim,
         rows=meta["rows"],
         skipped=skipped,
         shards=len(meta["shards"]),

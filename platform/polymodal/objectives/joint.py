@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from polymodal.batch import Batch, ModelOutput
 from polymodal.config import ObjectiveConfig
@@ -46,19 +47,33 @@ def contrastive_keys(batch: Batch, positives: str) -> torch.Tensor | None:
 def contrastive_term(
     outputs: ModelOutput, batch: Batch, cfg: ObjectiveConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The contrastive loss over every pair; with matryoshka_dims, its mean over the full
+    embedding and each renormalised prefix (logged as contrastive/dim<d>)."""
     c = cfg.contrastive
-    loss, pairs = multi_contrastive(
-        outputs.embeddings,
-        outputs.logit_scale,
-        kind=c.kind,
-        gather=c.gather,
-        pair_weights=c.pair_weights,
-        present={m: batch.present[m] for m in outputs.embeddings},
-        keys=contrastive_keys(batch, c.positives),
-        logit_bias=outputs.logit_bias,
-        chunk_size=c.chunk_size,
-    )
-    return loss, {f"contrastive/{p}": v for p, v in pairs.items()}
+
+    def loss_of(embeddings: dict[str, torch.Tensor]):
+        return multi_contrastive(
+            embeddings,
+            outputs.logit_scale,
+            kind=c.kind,
+            gather=c.gather,
+            pair_weights=c.pair_weights,
+            present={m: batch.present[m] for m in embeddings},
+            keys=contrastive_keys(batch, c.positives),
+            logit_bias=outputs.logit_bias,
+            chunk_size=c.chunk_size,
+        )
+
+    loss, pairs = loss_of(outputs.embeddings)
+    logs = {f"contrastive/{p}": v for p, v in pairs.items()}
+    if c.matryoshka_dims:
+        losses = [loss]
+        for d in c.matryoshka_dims:
+            prefixes = {m: F.normalize(e[:, :d], dim=-1) for m, e in outputs.embeddings.items()}
+            losses.append(loss_of(prefixes)[0])
+            logs[f"contrastive/dim{d}"] = losses[-1].detach()
+        loss = torch.stack(losses).mean()
+    return loss, logs
 
 
 def per_sample_terms(

@@ -1,5 +1,5 @@
-"""The on-disk retrieval index: shards of L2-normalised float32 embeddings (.npy, memory-mapped
-on read) with their row ids and labels, described by an index.json written last."""
+"""The on-disk retrieval index: shards of L2-normalised embeddings (.npy, memory-mapped on read)
+as float32, int8 codes or sign bits, with their row ids and labels, and an index.json last."""
 
 from __future__ import annotations
 
@@ -17,23 +17,21 @@ from typing import Any
 import numpy as np
 
 from polymodal import storage
+from polymodal.retrieval.quantize import quantize, ranges
+from polymodal.retrieval.vectors import normalise
 
 INDEX_FILE = "index.json"
 FORMAT = "polymodal-index"
 VERSION = 1
 NO_LABEL = -1
+# How vectors are stored: float32; int8 codes (4x smaller, calibrated per dimension); sign
+# bits (32x smaller) searched first, with int8 codes beside them to rescore the candidates.
+PRECISIONS = ("float32", "int8", "binary")
 _CACHE = Path(tempfile.gettempdir()) / "polymodal-indexes"
 
 
 class IndexFileError(ValueError):
     """An index that cannot be read; the message names the file."""
-
-
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32), so a dot product is the cosine similarity."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, np.float32(1e-12))
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -69,11 +67,19 @@ class IndexWriter:
         dim: int,
         shard_rows: int = 100_000,
         info: dict[str, Any] | None = None,
+        precision: str = "float32",
+        span: np.ndarray | None = None,
     ):
+        """precision: one of PRECISIONS. span: int8 ranges [2, dim] (the checkpoint's
+        calibration); without, the first shard's rows calibrate."""
         if shard_rows < 1:
             raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.out = str(out).rstrip("/")
         self.meta = {"model": model, "modality": modality, "dim": int(dim), **(info or {})}
+        self.meta["precision"] = precision
+        self.span = None if span is None else np.asarray(span, np.float32)
         self.shard_rows = shard_rows
         self.parts = f"parts-{uuid.uuid4().hex[:12]}"
         self.shards: list[dict[str, Any]] = []
@@ -119,6 +125,17 @@ class IndexWriter:
         shard = {"rows": rows, "vectors": f"{name}.vectors.npy", "ids": f"{name}.ids.npy"}
         # Fixed-width UTF-8 bytes: memory-mappable like the vectors, one row read per hit.
         files = {"vectors": vectors[:rows], "ids": np.array([i.encode() for i in ids[:rows]])}
+        precision = self.meta["precision"]
+        if precision != "float32":
+            if self.span is None:
+                self.span = ranges(vectors[:rows])
+            codes = quantize(vectors[:rows], "int8", self.span)
+            if precision == "int8":
+                files["vectors"] = codes
+            else:
+                files["vectors"] = quantize(vectors[:rows], "ubinary")
+                shard["rescore"] = f"{name}.rescore.npy"
+                files["rescore"] = codes
         if labels is not None:
             shard["labels"] = f"{name}.labels.npy"
             files["labels"] = labels[:rows]
@@ -140,6 +157,7 @@ class IndexWriter:
             **self.meta,
             "rows": sum(s["rows"] for s in self.shards),
             "metric": "cosine",
+            **({"ranges": self.span.tolist()} if self.span is not None else {}),
             "labelled": bool(self.labelled),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "shards": self.shards,
@@ -169,6 +187,10 @@ def read_index_meta(uri: str) -> dict[str, Any]:
     missing = [k for k in ("model", "modality", "dim", "rows", "shards") if k not in meta]
     if missing:
         raise IndexFileError(f"{file}: missing {missing}")
+    if meta.get("precision", "float32") not in PRECISIONS:
+        raise IndexFileError(f"{file}: precision {meta['precision']!r}, not one of {PRECISIONS}")
+    if meta.get("precision", "float32") != "float32" and "ranges" not in meta:
+        raise IndexFileError(f"{file}: {meta['precision']} vectors without their int8 ranges")
     if sum(s.get("rows", 0) for s in meta["shards"]) != meta["rows"]:
         raise IndexFileError(f"{file}: shard rows do not add up to rows={meta['rows']}")
     return meta
@@ -176,9 +198,11 @@ def read_index_meta(uri: str) -> dict[str, Any]:
 
 @dataclass
 class Shard:
-    vectors: np.ndarray  # [rows, dim] float32, memory-mapped
+    # [rows, dim] float32 | [rows, dim] int8 | [rows, ceil(dim / 8)] uint8 bits; memory-mapped
+    vectors: np.ndarray
     ids: np.ndarray  # [rows] fixed-width UTF-8 bytes, memory-mapped
     labels: np.ndarray | None  # [rows] int64 (NO_LABEL where the row had none)
+    rescore: np.ndarray | None = None  # binary: [rows, dim] int8 codes, read for candidates
 
 
 @dataclass
@@ -200,17 +224,25 @@ class Index:
     def rows(self) -> int:
         return int(self.meta["rows"])
 
-    def _locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def precision(self) -> str:
+        return self.meta.get("precision", "float32")
+
+    @property
+    def span(self) -> np.ndarray | None:
+        return np.asarray(self.meta["ranges"], np.float32) if "ranges" in self.meta else None
+
+    def locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shard = np.searchsorted(self.starts, positions, side="right") - 1
         return shard, positions - self.starts[shard]
 
     def ids(self, positions) -> list[str]:
         """Row ids at global row positions (shards in order)."""
-        shards, rows = self._locate(np.asarray(positions, dtype=np.int64).ravel())
+        shards, rows = self.locate(np.asarray(positions, dtype=np.int64).ravel())
         return [self.shards[s].ids[r].decode() for s, r in zip(shards, rows)]
 
     def labels(self, positions) -> list[int | None]:
-        shards, rows = self._locate(np.asarray(positions, dtype=np.int64).ravel())
+        shards, rows = self.locate(np.asarray(positions, dtype=np.int64).ravel())
         out: list[int | None] = []
         for s, r in zip(shards, rows):
             labels = self.shards[s].labels
@@ -226,7 +258,8 @@ def local_copy(uri: str, meta: dict[str, Any], cache_dir: str | Path | None = No
         return Path(uri)
     key = f"{uri}@{storage.version(storage.join(uri, INDEX_FILE))}"
     local = Path(cache_dir or _CACHE) / hashlib.sha1(key.encode()).hexdigest()[:16]
-    files = [f for s in meta["shards"] for f in (s["vectors"], s["ids"], s.get("labels")) if f]
+    names = ("vectors", "ids", "labels", "rescore")
+    files = [s[n] for s in meta["shards"] for n in names if s.get(n)]
     by_dir: dict[str, list[str]] = {}
     for f in files:
         if not (local / f).is_file():
@@ -259,11 +292,20 @@ def open_index(uri: str | Path, cache_dir: str | Path | None = None) -> Index:
     meta = read_index_meta(uri)
     local = local_copy(uri, meta, cache_dir)
     shards = []
+    precision = meta.get("precision", "float32")
+    kind, dtype, width = {
+        "float32": ("f", np.float32, meta["dim"]),
+        "int8": ("i", np.int8, meta["dim"]),
+        "binary": ("u", np.uint8, -(-meta["dim"] // 8)),
+    }[precision]
     for s in meta["shards"]:
-        vectors = _load(local / s["vectors"], "f", s["rows"], meta["dim"])
-        if vectors.dtype != np.float32:
-            raise IndexFileError(f"{local / s['vectors']}: {vectors.dtype}, expected float32")
+        vectors = _load(local / s["vectors"], kind, s["rows"], width)
+        if vectors.dtype != dtype:
+            raise IndexFileError(f"{local / s['vectors']}: {vectors.dtype}, expected {dtype}")
         ids = _load(local / s["ids"], "S", s["rows"])
         labels = _load(local / s["labels"], "i", s["rows"]) if s.get("labels") else None
-        shards.append(Shard(vectors, ids, labels))
+        rescore = None
+        if precision == "binary":
+            rescore = _load(local / s["rescore"], "i", s["rows"], meta["dim"])
+        shards.append(Shard(vectors, ids, labels, rescore))
     return Index(uri, meta, shards)

@@ -1,11 +1,16 @@
-"""Exact top-k cosine search over an Index, chunk by chunk with a running top-k, so memory
-stays bounded by the chunk size whatever the corpus size. Plain numpy, no Ray."""
+"""Top-k cosine search over an Index (exact over float32, approximate over int8 codes or sign
+bits), chunk by chunk with a running top-k, so memory stays bounded by the chunk size whatever
+the corpus size. Plain numpy, no Ray."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from polymodal.retrieval.index import Index, normalise
+from polymodal.retrieval.index import Index
+from polymodal.retrieval.quantize import dequantize, unpack_signs
+from polymodal.retrieval.vectors import normalise, truncate
 
 CHUNK_BYTES = 64 * 1024 * 1024  # per chunk: its vectors, and the scores of every query
 
@@ -19,6 +24,8 @@ def check_queries(index: Index, queries: np.ndarray, k: int) -> np.ndarray:
     queries = np.asarray(queries, dtype=np.float32)
     if queries.ndim == 1:
         queries = queries[None]
+    if queries.ndim == 2 and queries.shape[1] == index.meta.get("embed_dim", index.dim):
+        queries = truncate(queries, index.dim)  # an index of a Matryoshka prefix
     if queries.ndim != 2 or queries.shape[1] != index.dim:
         raise ValueError(
             f"queries of shape {queries.shape}, but {index.uri} holds {index.dim}-d vectors "
@@ -48,21 +55,26 @@ def _best_of_chunk(scores: np.ndarray, first: int, k: int) -> tuple[np.ndarray, 
     return best, where
 
 
-def search_rows(
-    index: Index, queries: np.ndarray, k: int, chunk_rows: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(global row positions [q, k'], cosine scores [q, k']) with k' = min(k, rows), best
-    first; equal scores in row order (shard order, then row within the shard)."""
-    queries = check_queries(index, queries, k)
-    q = len(queries)
-    if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_BYTES // (4 * (index.dim + q)))
+RESCORE = 4  # binary: candidates per result rescored with the int8 codes (as sentence-transformers)
+
+
+def _scorer(index: Index, queries: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Scores [q, c] of the queries against a chunk of stored vectors: cosine for float32,
+    against the dequantized codes for int8, against the signs (±1) for binary bits."""
+    if index.precision == "int8":
+        return lambda chunk: queries @ dequantize(chunk, index.span).T
+    if index.precision == "binary":
+        return lambda chunk: queries @ unpack_signs(chunk, index.dim).T
+    return lambda chunk: queries @ chunk.T
+
+
+def _top(index: Index, score, q: int, k: int, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best rows of each of q queries by score(chunk), with a running top-k."""
     top_scores = np.empty((q, 0), dtype=np.float32)
     top_rows = np.empty((q, 0), dtype=np.int64)
     for shard, start in zip(index.shards, index.starts):
         for lo in range(0, len(shard.vectors), chunk_rows):
-            chunk = np.asarray(shard.vectors[lo : lo + chunk_rows])  # reads these rows only
-            scores = queries @ chunk.T
+            scores = score(np.asarray(shard.vectors[lo : lo + chunk_rows]))  # these rows only
             np.nan_to_num(scores, copy=False, nan=-np.inf)  # a damaged row never ranks first
             best, where = _best_of_chunk(scores, int(start) + lo, k)
             both_scores = np.concatenate([top_scores, best], axis=1)
@@ -72,6 +84,33 @@ def search_rows(
             top_rows = np.take_along_axis(both_rows, order, axis=1)
     keep = min(k, index.rows)
     return top_rows[:, :keep], top_scores[:, :keep]
+
+
+def _rescored(index: Index, queries: np.ndarray, rows: np.ndarray, k: int):
+    """Binary candidates [q, c] ranked again by the queries against their int8 codes."""
+    shards, within = index.locate(rows.ravel())
+    codes = np.stack([index.shards[s].rescore[r] for s, r in zip(shards, within)])
+    vectors = dequantize(codes, index.span).reshape(*rows.shape, index.dim)
+    scores = np.einsum("qd,qcd->qc", queries, vectors)
+    order = np.lexsort((rows, -scores), axis=1)[:, :k]
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def search_rows(
+    index: Index, queries: np.ndarray, k: int, chunk_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(global row positions [q, k'], cosine scores [q, k']) with k' = min(k, rows), best
+    first; equal scores in row order (shard order, then row within the shard). Quantized
+    indexes score against their codes (approximately); binary ones rescore RESCORE * k
+    candidates with the int8 codes beside the bits."""
+    queries = check_queries(index, queries, k)
+    if chunk_rows is None:  # the chunk's floats (dequantized codes too) and its scores
+        chunk_rows = max(1, CHUNK_BYTES // (4 * (index.dim + len(queries))))
+    score = _scorer(index, queries)
+    if index.precision != "binary":
+        return _top(index, score, len(queries), k, chunk_rows)
+    rows, _ = _top(index, score, len(queries), RESCORE * k, chunk_rows)
+    return _rescored(index, queries, rows, k)
 
 
 def search(

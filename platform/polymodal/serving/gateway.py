@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polymodal.inference.model import list_models, model_card
 from polymodal.modalities.base import InputError
+from polymodal.retrieval.quantize import FORMATS, quantize, unit_ranges
+from polymodal.retrieval.vectors import truncate
 from polymodal.serving.batcher import Batcher
 from polymodal.serving.embedder import Encoders
 from polymodal.serving.inputs import check_item, parse_item, parse_value
@@ -46,10 +48,13 @@ app = FastAPI(
 )
 
 
-def _encode(vector, encoding_format: str) -> list[float] | str:
-    """OpenAI's encodings: a list of floats, or base64 of little-endian float32."""
+def _encode(vector, encoding_format: str, span: np.ndarray | None) -> list | str:
+    """OpenAI's encodings (a list of floats, or base64 of little-endian float32) and the
+    quantized ones (a list of integers; span: the int8 ranges)."""
     if encoding_format == "base64":
         return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
+    if encoding_format in FORMATS:
+        return quantize(vector, encoding_format, span).tolist()
     return [float(x) for x in vector]
 
 
@@ -274,7 +279,12 @@ class Gateway:
         self._authorize(request)
         return ModelList(
             data=[
-                ModelCard(id=name, modalities=c["modalities"], dimension=c["dimension"])
+                ModelCard(
+                    id=name,
+                    modalities=c["modalities"],
+                    dimension=c["dimension"],
+                    dimensions=c["dimensions"],
+                )
                 for name, c in self.cards.items()
             ]
         )
@@ -288,14 +298,26 @@ class Gateway:
             raise InputError("input is empty", "input")
         if len(items) > MAX_ITEMS:
             raise InputError(f"at most {MAX_ITEMS} items per request", "input", 413)
+        if body.dimensions is not None and body.dimensions not in card["dimensions"]:
+            raise InputError(
+                f"model '{body.model}' was not trained for {body.dimensions} dimensions "
+                f"(it was for {card['dimensions']})",
+                "dimensions",
+            )
         parsed = [parse_item(item, f"input[{i}]") for i, item in enumerate(items)]
         tokens = sum(
             check_item(body.model, card["prep"], m, v, f"input[{i}]")
             for i, (m, v) in enumerate(parsed)
         )
         vectors = await self._embed(body.model, parsed)
+        size = body.dimensions or card["dimension"]
+        span = card["calibration"].get(size)
+        if span is None and body.encoding_format in ("int8", "uint8"):
+            span = unit_ranges(size)  # an uncalibrated checkpoint (trained before, imported)
         data = [
-            EmbeddingItem(index=i, embedding=_encode(v, body.encoding_format))
+            EmbeddingItem(
+                index=i, embedding=_encode(truncate(v, body.dimensions), body.encoding_format, span)
+            )
             for i, v in enumerate(vectors)
         ]
         return EmbeddingResponse(

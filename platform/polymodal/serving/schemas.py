@@ -41,13 +41,24 @@ class EmbeddingRequest(Request):
     input: str | Annotated[list[str | TypedItem], Field(min_length=1)] = Field(
         description="text, a list of texts, data URIs (data:image/png;base64,...) or typed items"
     )
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Literal["float", "base64", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float",
+        description="float numbers, base64 of little-endian float32, int8/uint8 codes "
+        "(calibrated per dimension on the model's validation embeddings) or sign bits packed "
+        "8 per byte (binary: as int8, ubinary: as uint8), as sentence-transformers defines them",
+    )
+    dimensions: Whole | None = Field(
+        None,
+        ge=1,
+        description="truncate each embedding to this many numbers (renormalised): one of the "
+        "model's `dimensions` (Matryoshka-trained sizes)",
+    )
 
 
 class EmbeddingItem(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str
 
 
 class Usage(BaseModel):
@@ -82,6 +93,7 @@ class ModelCard(BaseModel):
     owned_by: str = "polymodal"
     modalities: list[str]
     dimension: int
+    dimensions: list[int] = Field(description="sizes `dimensions` may ask for")
 
 
 class ModelList(BaseModel):

@@ -19,6 +19,7 @@ from polymodal.config import config_from_dict
 from polymodal.evaluation.evaluate import evaluate
 from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model, unlock_towers
+from polymodal.retrieval.quantize import calibration
 from polymodal.train.bad_rows import BadRowCheck
 from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
@@ -241,6 +242,15 @@ class Recipe:
     # ---- validate and save (rank 0) ----
     def validate(self) -> dict[str, float]:
         cfg, templates = self.cfg, self.meta["zero_shot_templates"]
+
+        def calibrate(emb: dict, present: dict) -> None:
+            """int8 ranges of the served embeddings: every modality's val rows, each size."""
+            rows = [emb[m][present[m] > 0] for m in emb]
+            if not sum(len(r) for r in rows):
+                return
+            sizes = sorted({*cfg.objective.contrastive.matryoshka_dims, cfg.model.embed_dim})
+            self.meta["calibration"] = calibration(torch.cat(rows).numpy(), sizes)
+
         return evaluate(
             self.raw_model,
             self.val.batches(),
@@ -250,6 +260,7 @@ class Recipe:
             self.meta["label_names"],
             templates,
             self.device,
+            calibrate,
         )
 
     def validate_and_save(self, epoch: int, seconds: float, metrics: dict[str, Any]) -> None:
