@@ -11,6 +11,8 @@ import sys
 
 from polymodal import commands
 from polymodal.config import ConfigError
+from polymodal.retrieval.ann import KINDS
+from polymodal.retrieval.index import PRECISIONS
 
 EXAMPLES = """examples:
   polymodal data ingest builtin:fashion-mnist data/fashion-mnist
@@ -189,6 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--dimensions",
         type=int,
         help="index this Matryoshka prefix of the embeddings (a size the model was trained at)",
+    )
+    ix.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="store vectors as float32, int8 codes (4x smaller) or sign bits (32x smaller, "
+        "searched first, then rescored with int8 codes)",
+    )
+    ix.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="exact",
+        help="exact search, or approximate with FAISS (hnsw: a graph, ivf: k-means cells), one "
+        "per shard; needs the 'search' extra",
     )
     _add_address(ix)
     ix.set_defaults(func=commands.cmd_index)

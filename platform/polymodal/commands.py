@@ -186,6 +186,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         actors=args.actors,
         model_name=args.model,
         dimensions=args.dimensions,
+        precision=args.precision,
+        kind=args.kind,
     )
     print(
         f"indexed {r.rows} {r.modality} rows of {args.split} ({r.dim}-d, model '{r.model}') "

@@ -251,3 +251,29 @@ def test_quantized_index_json_must_say_its_ranges(tmp_path):
         open_index(out)
     with pytest.raises(ValueError, match="precision must be one of"):
         IndexWriter(str(tmp_path / "x"), model="m", modality="image", dim=4, precision="int4")
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_indexes_agree_with_exact_search(tmp_path, kind):
+    """A FAISS index per shard (3 shards here), answers merged: recall@10 against exact."""
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(30, 32))
+    vectors = (centres[rng.integers(0, 30, 3000)] + rng.normal(0, 0.5, (3000, 32))).astype("f4")
+    queries = vectors[rng.integers(0, 3000, 40)] + rng.normal(0, 0.05, (40, 32)).astype("f4")
+    for name, k in [("exact", "exact"), (kind, kind)]:
+        writer = IndexWriter(
+            str(tmp_path / name), model="m", modality="image", dim=32, shard_rows=1000, kind=k
+        )
+        writer.add([f"row-{i}" for i in range(3000)], vectors)
+        writer.finish()
+    exact, _ = search_rows(open_index(tmp_path / "exact"), queries, 10)
+    index = open_index(tmp_path / kind)
+    assert index.kind == kind and all(s.ann is not None for s in index.shards)
+    rows, scores = search_rows(index, queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, exact)])
+    assert recall >= 0.9, recall
+    assert (np.diff(scores, axis=1) <= 1e-6).all() and rows.max() < 3000
+    with pytest.raises(ValueError, match="holds float32 vectors, not int8"):
+        IndexWriter(
+            str(tmp_path / "x"), model="m", modality="i", dim=4, kind=kind, precision="int8"
+        )

@@ -159,11 +159,15 @@ def build_index(
     model_name: str | None = None,
     progress: Callable[[str], None] | None = print,
     dimensions: int | None = None,
+    precision: str = "float32",
+    kind: str = "exact",
 ) -> IndexReport:
     """Embed one modality of a split and write it as an exact search index at out (local or
     s3://). Vectors stream from the embedding actors to this process, which writes a shard
     every shard_rows rows: its memory holds one shard, never the corpus. dimensions: keep
-    that Matryoshka prefix of each embedding (one the model was trained at)."""
+    that Matryoshka prefix of each embedding (one the model was trained at). precision:
+    float32, int8 or binary (retrieval.index.PRECISIONS), int8 ranges from the checkpoint's
+    calibration. kind: exact, or hnsw / ivf (FAISS, approximate: retrieval.ann)."""
     start = time.perf_counter()
     card, manifest = check_index_inputs(checkpoint, dataset, modality, split, dimensions)
     dim = dimensions or card["dimension"]
@@ -175,6 +179,9 @@ def build_index(
         modality=modality,
         dim=dim,
         shard_rows=shard_rows,
+        precision=precision,
+        span=card["calibration"].get(dim),
+        kind=kind,
         info={
             "embed_dim": card["dimension"],  # the model's: queries of it are truncated to dim
             "checkpoint": str(checkpoint),

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from polymodal import storage
+from polymodal.retrieval import ann
 from polymodal.retrieval.quantize import quantize, ranges
 from polymodal.retrieval.vectors import normalise
 
@@ -69,16 +70,23 @@ class IndexWriter:
         info: dict[str, Any] | None = None,
         precision: str = "float32",
         span: np.ndarray | None = None,
+        kind: str = "exact",
     ):
         """precision: one of PRECISIONS. span: int8 ranges [2, dim] (the checkpoint's
-        calibration); without, the first shard's rows calibrate."""
+        calibration); without, the first shard's rows calibrate. kind: exact search, or an
+        approximate one (retrieval.ann.KINDS) over float32 vectors, a FAISS index per shard."""
         if shard_rows < 1:
             raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if kind not in ann.KINDS:
+            raise ValueError(f"kind must be one of {ann.KINDS}, got {kind!r}")
+        if kind != "exact" and precision != "float32":
+            raise ValueError(f"a {kind} index holds float32 vectors, not {precision}")
         self.out = str(out).rstrip("/")
         self.meta = {"model": model, "modality": modality, "dim": int(dim), **(info or {})}
         self.meta["precision"] = precision
+        self.meta["kind"] = kind
         self.span = None if span is None else np.asarray(span, np.float32)
         self.shard_rows = shard_rows
         self.parts = f"parts-{uuid.uuid4().hex[:12]}"
@@ -136,6 +144,12 @@ class IndexWriter:
                 files["vectors"] = quantize(vectors[:rows], "ubinary")
                 shard["rescore"] = f"{name}.rescore.npy"
                 files["rescore"] = codes
+        if self.meta["kind"] != "exact":
+            shard["ann_params"] = ann.default_params(self.meta["kind"], rows)
+            shard["ann"] = f"{name}.{self.meta['kind']}.faiss"
+            built = ann.build(vectors[:rows], self.meta["kind"], shard["ann_params"])
+            storage.write_bytes(storage.join(self.out, shard["ann"]), built)
+            self.bytes_written += len(built)
         if labels is not None:
             shard["labels"] = f"{name}.labels.npy"
             files["labels"] = labels[:rows]
@@ -203,6 +217,7 @@ class Shard:
     ids: np.ndarray  # [rows] fixed-width UTF-8 bytes, memory-mapped
     labels: np.ndarray | None  # [rows] int64 (NO_LABEL where the row had none)
     rescore: np.ndarray | None = None  # binary: [rows, dim] int8 codes, read for candidates
+    ann: Any = None  # hnsw / ivf: the shard's FAISS index
 
 
 @dataclass
@@ -223,6 +238,10 @@ class Index:
     @property
     def rows(self) -> int:
         return int(self.meta["rows"])
+
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "exact")
 
     @property
     def precision(self) -> str:
@@ -258,7 +277,7 @@ def local_copy(uri: str, meta: dict[str, Any], cache_dir: str | Path | None = No
         return Path(uri)
     key = f"{uri}@{storage.version(storage.join(uri, INDEX_FILE))}"
     local = Path(cache_dir or _CACHE) / hashlib.sha1(key.encode()).hexdigest()[:16]
-    names = ("vectors", "ids", "labels", "rescore")
+    names = ("vectors", "ids", "labels", "rescore", "ann")
     files = [s[n] for s in meta["shards"] for n in names if s.get(n)]
     by_dir: dict[str, list[str]] = {}
     for f in files:
@@ -307,5 +326,12 @@ def open_index(uri: str | Path, cache_dir: str | Path | None = None) -> Index:
         rescore = None
         if precision == "binary":
             rescore = _load(local / s["rescore"], "i", s["rows"], meta["dim"])
-        shards.append(Shard(vectors, ids, labels, rescore))
+        graph = None
+        if s.get("ann"):
+            file = local / s["ann"]
+            try:
+                graph = ann.load(file.read_bytes(), meta["kind"], s["ann_params"])
+            except (OSError, RuntimeError) as exc:  # missing, truncated: FAISS says which
+                raise IndexFileError(f"{file}: cannot read: {exc}") from exc
+        shards.append(Shard(vectors, ids, labels, rescore, graph))
     return Index(uri, meta, shards)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from polymodal.retrieval import ann
 from polymodal.retrieval.index import Index
 from polymodal.retrieval.quantize import dequantize, unpack_signs
 from polymodal.retrieval.vectors import normalise, truncate
@@ -96,6 +97,21 @@ def _rescored(index: Index, queries: np.ndarray, rows: np.ndarray, k: int):
     return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
+def _approximate(index: Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each shard's FAISS index asked for k, the answers merged by score."""
+    found = [ann.search(shard.ann, queries, k) for shard in index.shards]
+    scores = np.concatenate([s for s, _ in found], axis=1)
+    rows = np.concatenate(
+        [
+            np.where(r < 0, np.iinfo(np.int64).max, r + start)
+            for (_, r), start in zip(found, index.starts)
+        ],
+        axis=1,
+    )
+    order = np.lexsort((rows, -scores), axis=1)[:, : min(k, index.rows)]
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
 def search_rows(
     index: Index, queries: np.ndarray, k: int, chunk_rows: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +122,8 @@ def search_rows(
     queries = check_queries(index, queries, k)
     if chunk_rows is None:  # the chunk's floats (dequantized codes too) and its scores
         chunk_rows = max(1, CHUNK_BYTES // (4 * (index.dim + len(queries))))
+    if index.kind != "exact":
+        return _approximate(index, queries, k)
     score = _scorer(index, queries)
     if index.precision != "binary":
         return _top(index, score, len(queries), k, chunk_rows)
