@@ -1,10 +1,10 @@
 """Closed-loop load on the embedding service through real HTTP, side by side with what a user
-would write instead (benchmarks/plain_app.py: uvicorn, model in-process) and the offline encoder
-(the limit), on the same checkpoint, all measured in this run.
+would write instead (benchmarks/baselines/plain_app.py: uvicorn, model in-process) and the
+offline encoder (the limit), on the same checkpoint, all measured in this run.
 
 Run: .venv/bin/python benchmarks/serve.py [--quick] [--models demo,large] [--servers ...]
-Servers: plain (benchmarks/plain_app.py), polymodal (as shipped: one hop from Serve's proxy),
-split (models in a deployment behind the gateway), direct (polymodal's app under Serve's
+Servers: plain (the baseline app), polymodal (as shipped: one hop from Serve's proxy), split
+(models in a deployment behind the gateway), direct (polymodal's app under Serve's
 throughput-optimized mode, reached at the ingress replica's own port: direct ingress).
 Prints one JSON line per (model, server, route, load), one per offline limit, then one line per
 target with its ratio. Models: the demo's architecture (jobs/configs/fashion.yaml) and a larger
@@ -144,12 +144,19 @@ async def _load(
 
 
 def _plain_app(checkpoint: Path, port: int, max_batch: int) -> subprocess.Popen:
-    """benchmarks/plain_app.py in its own uvicorn process, once it answers."""
+    """benchmarks/baselines/plain_app.py in its own uvicorn process, once it answers."""
     import urllib.request
 
     env = {**os.environ, "PLAIN_CHECKPOINT": str(checkpoint), "PLAIN_MAX_BATCH": str(max_batch)}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "uvicorn", "benchmarks.plain_app:app", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "benchmarks.baselines.plain_app:app",
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(
         [*cmd, "--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"], env=env
     )

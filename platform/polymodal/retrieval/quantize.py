@@ -49,8 +49,3 @@ def dequantize(codes: np.ndarray, span: np.ndarray) -> np.ndarray:
     lo, hi = span
     steps = np.maximum(hi - lo, np.float32(1e-12)) / 255
     return lo + (codes.astype(np.float32) + 128.5) * steps
-
-
-def unpack_signs(bits: np.ndarray, dim: int) -> np.ndarray:
-    """Packed ubinary bits → [n, dim] of ±1 floats."""
-    return np.unpackbits(bits, axis=-1, count=dim).astype(np.float32) * 2 - 1

@@ -10,7 +10,7 @@ import numpy as np
 
 from polymodal.retrieval import ann
 from polymodal.retrieval.index import Index
-from polymodal.retrieval.quantize import dequantize, unpack_signs
+from polymodal.retrieval.quantize import dequantize
 from polymodal.retrieval.vectors import normalise, truncate
 
 CHUNK_BYTES = 64 * 1024 * 1024  # per chunk: its vectors, and the scores of every query
@@ -61,12 +61,21 @@ RESCORE = 4  # binary: candidates per result rescored with the int8 codes (as se
 
 def _scorer(index: Index, queries: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """Scores [q, c] of the queries against a chunk of stored vectors: cosine for float32,
-    against the dequantized codes for int8, against the signs (±1) for binary bits."""
+    against the dequantized codes for int8, against the signs (±1) for binary bits. The
+    quantized ones fold the arithmetic into the queries: one matrix product per chunk."""
     if index.precision == "int8":
-        return lambda chunk: queries @ dequantize(chunk, index.span).T
+        lo, hi = index.span
+        step = np.maximum(hi - lo, np.float32(1e-12)) / 255  # as quantize.dequantize
+        weighted, offset = queries * step, queries @ (lo + 128.5 * step)
+        return lambda chunk: weighted @ chunk.astype(np.float32).T + offset[:, None]
     if index.precision == "binary":
-        return lambda chunk: queries @ unpack_signs(chunk, index.dim).T
+        twice, total = 2 * queries, queries.sum(axis=1, keepdims=True)
+        return lambda chunk: twice @ _bits(chunk, index.dim).T - total
     return lambda chunk: queries @ chunk.T
+
+
+def _bits(chunk: np.ndarray, dim: int) -> np.ndarray:
+    return np.unpackbits(chunk, axis=-1, count=dim).astype(np.float32)
 
 
 def _top(index: Index, score, q: int, k: int, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:

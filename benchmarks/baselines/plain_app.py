@@ -1,7 +1,7 @@
 """The baseline benchmarks/serve.py measures polymodal serve against: what a user would write
 instead — one uvicorn process, the model in-process, a tiny asyncio micro-batcher.
 
-Run: PLAIN_CHECKPOINT=runs/fashion/... .venv/bin/python -m uvicorn benchmarks.plain_app:app
+Run: PLAIN_CHECKPOINT=CKPT .venv/bin/python -m uvicorn benchmarks.baselines.plain_app:app
 (benchmarks/serve.py starts it itself on a free port.)
 """
 
