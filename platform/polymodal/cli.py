@@ -220,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-batch-size", type=int, default=32)
     sv.add_argument("--max-models", type=int, default=4, help="checkpoints loaded per replica")
-    sv.add_argument("--num-gpus", type=float, default=0, help="GPUs per embedder replica")
-    sv.add_argument("--replicas", type=int, default=1, help="embedder replicas")
+    sv.add_argument("--num-gpus", type=float, default=0, help="GPUs per model replica")
+    sv.add_argument("--replicas", type=int, default=1, help="model replicas")
     sv.add_argument(
         "--index-dir",
         help="a directory of `polymodal index` outputs (local or s3://) for POST /v1/search",

@@ -146,7 +146,7 @@ async def _overloaded(request: Request, exc: BackPressureError) -> JSONResponse:
 @app.exception_handler(ActorUnavailableError)
 async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
     """Two replicas died under the same request: a server-side loss, retried by the client."""
-    response = _error(503, "an embedder replica was lost; retry")
+    response = _error(503, "a model replica was lost; retry")
     response.headers["Retry-After"] = str(math.ceil(RETRY_AFTER_S))
     return response
 

@@ -59,7 +59,7 @@ def embedder_metrics() -> EmbedderMetrics:
         ),
         queue_depth=metrics.Gauge(
             "polymodal_queue_depth",
-            description="Items waiting or being embedded in an embedder replica.",
+            description="Items waiting or being embedded in a model replica.",
             tag_keys=("replica",),
         ),
         model_load=metrics.Histogram(
