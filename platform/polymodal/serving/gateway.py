@@ -1,5 +1,5 @@
-"""The HTTP API: the FastAPI app (body-size guard, metrics, errors in OpenAI's shape) and the
-Gateway ingress deployment whose routes check requests and call the embedder and searcher."""
+"""The HTTP API: the FastAPI app (its ASGI edge, errors in OpenAI's shape, the OpenAPI document)
+and the Gateway ingress deployment, whose routes check requests and answer with its models."""
 
 import base64
 import hmac
@@ -28,7 +28,6 @@ from polymodal.serving.schemas import (
     MAX_ITEMS,
     ClassifyRequest,
     ClassifyResponse,
-    EmbeddingItem,
     EmbeddingRequest,
     EmbeddingResponse,
     ModelCard,
@@ -37,7 +36,6 @@ from polymodal.serving.schemas import (
     SearchRequest,
     SearchResponse,
     Status,
-    Usage,
     errors,
 )
 
@@ -55,7 +53,7 @@ def _encode(vector, encoding_format: str, span: np.ndarray | None) -> list | str
         return base64.b64encode(np.asarray(vector, "<f4").tobytes()).decode()
     if encoding_format in FORMATS:
         return quantize(vector, encoding_format, span).tolist()
-    return [float(x) for x in vector]
+    return np.asarray(vector, np.float64).tolist()
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -290,7 +288,7 @@ class Gateway:
         )
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=errors(*_MODEL_ERRORS))
-    async def embeddings(self, body: EmbeddingRequest, request: Request) -> EmbeddingResponse:
+    async def embeddings(self, body: EmbeddingRequest, request: Request) -> JSONResponse:
         self._authorize(request)
         card = self._card(body.model)
         items = [body.input] if isinstance(body.input, str) else body.input
@@ -315,14 +313,13 @@ class Gateway:
         if span is None and body.encoding_format in ("int8", "uint8"):
             span = unit_ranges(size)  # an uncalibrated checkpoint (trained before, imported)
         data = [
-            EmbeddingItem(
-                index=i, embedding=_encode(truncate(v, body.dimensions), body.encoding_format, span)
-            )
-            for i, v in enumerate(vectors)
+            {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format, span)}
+            for i, v in enumerate(truncate(np.stack(vectors), body.dimensions))
         ]
-        return EmbeddingResponse(
-            data=data, model=body.model, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
-        )
+        # EmbeddingResponse's shape, written directly: validating thousands of numbers we just
+        # produced cost 5% of a replica's time on 32-item requests.
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse({"object": "list", "data": data, "model": body.model, "usage": usage})
 
     @app.post("/v1/classify", response_model=ClassifyResponse, responses=errors(*_MODEL_ERRORS))
     async def classify(self, body: ClassifyRequest, request: Request) -> ClassifyResponse:
