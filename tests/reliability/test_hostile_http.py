@@ -8,7 +8,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import wave
@@ -23,7 +26,7 @@ from polymodal.checkpoint import save_checkpoint
 from polymodal.config import load_config
 from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -232,12 +235,6 @@ def test_schemathesis_finds_no_failure(url, tmp_path):
     """Schemathesis, as a new user would run it against the served app: requests generated
     from /openapi.json (valid and invalid), every check — no server error, and every status,
     header and body is one the document lists."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     bin_dir = os.path.dirname(sys.executable)
     cmd = [os.path.join(bin_dir, "schemathesis"), "--config-file", str(REPO / "schemathesis.toml")]
     cmd += ["run", f"{url}/openapi.json", "--checks", "all"]
