@@ -219,6 +219,10 @@ class GradCacheConfig(Section):
 
 class TrainConfig(Section):
     name: str = "run"  # run directory name under storage_path; same name again resumes
+    # A run name that has checkpoints: auto resumes it when its model, data and preprocessing
+    # are this config's and refuses otherwise, naming what differs; force resumes anyway;
+    # never moves the old run aside (run-replaced-<time>) and starts afresh.
+    resume: Literal["auto", "never", "force"] = "auto"
     storage_path: str = "runs"
     epochs: int = 10
     batch_size: int = 256  # global batch, split evenly across workers

@@ -26,6 +26,7 @@ from polymodal.modalities.image import Augment
 from polymodal.models.build import build_model
 from polymodal.train.bad_rows import check_bad_fraction, write_bad_rows
 from polymodal.train.features import cached_modalities
+from polymodal.train.same_run import check_resume
 
 
 @dataclass
@@ -192,6 +193,9 @@ def apply_storage(cfg: Config) -> None:
 def fit(cfg: Config, address: str | None = None) -> RunResult:
     apply_storage(cfg)
     manifest, prep = check_run(cfg)
+    new = {"config": cfg.to_dict(), "preprocessing": prep.to_dict()}
+    new |= {"dataset": dataset_path(cfg), "label_names": manifest.label_names}
+    check_resume(cfg, run_dir_of(cfg), new)
     ensure_ray(address, cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
     inputs = prepare_inputs(cfg, manifest, prep)
     run_dir = run_dir_of(cfg)

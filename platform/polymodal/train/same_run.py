@@ -1,0 +1,102 @@
+"""Whether a run directory's checkpoints belong to the run a config describes: what makes a run
+itself (model, data, preprocessing, dataset) compared before Ray starts, per train.resume."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from polymodal import storage
+from polymodal.checkpoint import META, fetch_checkpoint, read_meta
+from polymodal.config import Config, ConfigError
+
+# Safe to change when resuming: how data is read and augmented, not what it is.
+SAFE_DATA = (
+    "data.decode_batch_size",
+    "data.prefetch_batches",
+    "data.cache_val_rows",
+    "data.shuffle_buffer_rows",
+    "data.max_bad_fraction",
+    "data.augment.",
+)
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a checkpoint's meta (or a new run's) that a resume must find unchanged:
+    the model, the data (less SAFE_DATA), the objective terms that add layers, the
+    preprocessing (train-split statistics included), the dataset and its label names."""
+    config = meta["config"]
+    keys = _flat({"model": config["model"], "data": config["data"]})
+    keys = {k: v for k, v in keys.items() if not k.startswith(SAFE_DATA)}
+    objective = config["objective"]
+    keys["objective.weighting"] = objective["weighting"]
+    keys["objective.contrastive.kind"] = objective["contrastive"]["kind"]
+    for term in ("reconstruction", "classification"):  # decoders, the classifier head
+        keys[f"objective.weights.{term} > 0"] = objective["weights"][term] > 0
+        keys[f"objective.{term}.modalities"] = objective[term]["modalities"]
+    keys |= _flat(meta["preprocessing"], "preprocessing.")
+    keys["dataset"] = meta["dataset"]
+    keys["label_names"] = meta.get("label_names")
+    return keys
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """key → (checkpoint's value, new value) where the two identities differ."""
+    return {k: (old.get(k), new.get(k)) for k in sorted({*old, *new}) if old.get(k) != new.get(k)}
+
+
+def newest_checkpoint(run_dir: str) -> str | None:
+    names = sorted(
+        (n for n in storage.list_dirs(run_dir) if n.startswith("checkpoint_")), reverse=True
+    )
+    for name in names:  # Ray's names sort by time
+        uri = storage.join(run_dir, name)
+        if storage.is_file(storage.join(uri, META)):
+            return uri
+    return None
+
+
+def check_resume(cfg: Config, run_dir: str, new_meta: dict[str, Any]) -> None:
+    """Before Ray starts. auto: resume only a checkpoint of the same run, else refuse
+    naming what differs; force: resume anyway (the weights must still fit); never: move the
+    old run aside (local runs) and start afresh."""
+    if not storage.exists(run_dir):
+        return
+    found = newest_checkpoint(run_dir)
+    if found is None:
+        return
+    mode = cfg.train.resume
+    if mode == "never":
+        if storage.is_remote(run_dir):
+            raise ConfigError(
+                f"train.resume: never: {run_dir} already holds checkpoints and is not moved "
+                "aside on object storage; choose a new train.name"
+            )
+        aside = f"{run_dir}-replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.rename(run_dir, aside)
+        print(f"train.resume: never: the previous run moved to {aside}", flush=True)
+        return
+    old = read_meta(fetch_checkpoint(found, (META,)))
+    changed = differences(identity(old), identity(new_meta))
+    if not changed:
+        return
+    lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+    if mode == "force":
+        print(f"train.resume: force: resuming {found} although\n{lines}", flush=True)
+        return
+    raise ConfigError(
+        f"run '{cfg.train.name}' exists ({found}) and was trained with a different model or "
+        f"data:\n{lines}\nChoose a new train.name, or set train.resume=never (start afresh "
+        "under this name) or train.resume=force (resume anyway)."
+    )
