@@ -58,15 +58,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Checked before torch and Ray are imported: a config error prints in well under 2 s.
     cfg = load_config(args.config, args.overrides)
     from polymodal.evaluation.report import write_report
-    from polymodal.train.run import fit
+    from polymodal.train.run import best_effort, fit
 
     result = fit(cfg, address=args.address)
-    write_report(result.run_dir)
+    page = f"{result.run_dir}/report/index.html"
+    reported = best_effort(page, lambda: write_report(result.run_dir))
     print(format_metrics(result.metrics, f"run {cfg.train.name}"))
     print(f"checkpoint: {result.checkpoint}")
     print(f"metrics:    {result.run_dir}/metrics.json")
     print(f"plot:       {result.run_dir}/loss_curves.png")
-    print(f"report:     {result.run_dir}/report/index.html")
+    if reported:
+        print(f"report:     {page}")
     return 0
 
 

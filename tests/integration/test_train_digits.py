@@ -4,6 +4,7 @@ eval; then resume the same run."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -36,7 +37,15 @@ def first_run(ray_cluster, damaged_digits, tmp_path_factory):
     ]
     cfg = load_config(CONFIG, overrides)
     result = fit(cfg)
-    write_report(result.run_dir)  # as `polymodal train` does once the run is finished
+    # As `polymodal train` does once the run is finished, from a working directory that is
+    # gone (a submitted job's, replaced under it by another node's runtime-env agent).
+    here, gone = os.getcwd(), tmp_path_factory.mktemp("cwd")
+    os.chdir(gone)
+    gone.rmdir()
+    try:
+        write_report(result.run_dir)
+    finally:
+        os.chdir(here)
     return result, overrides
 
 

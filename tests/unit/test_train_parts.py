@@ -129,3 +129,16 @@ def test_resume_takes_the_newest_intact_checkpoint_and_says_if_ray_knows_it(tmp_
     assert found.checkpoint.path.endswith("checkpoint_0002")
     assert not resume(ray_knows("checkpoint_0002"), fs, str(tmp_path)).unregistered
     assert resume(None, fs, str(tmp_path / "nothing")) is None
+
+
+def test_a_finished_runs_figures_are_best_effort(capsys):
+    """A figure or report that cannot be written is a warning naming it, never a failed run."""
+    from polymodal.train.run import best_effort
+
+    def broken() -> None:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    assert best_effort("runs/r/loss_curves.png", lambda: None) is True
+    assert best_effort("runs/r/report/index.html", broken) is False
+    out = capsys.readouterr().out
+    assert "warning: could not write runs/r/report/index.html: FileNotFoundError" in out

@@ -178,14 +178,6 @@ STYLE = (
 )
 
 
-def _shown(path: str) -> str:
-    """Local paths under the working directory as relative ones: shorter, and shareable."""
-    if "://" in path or not os.path.isabs(path):
-        return path
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
-
-
 def write_report(run_dir: str, rows: int = 1000) -> str:
     """Write RUN_DIR/report/index.html and its PNGs (local or s3://); returns the page."""
     summary = json.loads(storage.read_bytes(storage.join(run_dir, "metrics.json")))
@@ -221,8 +213,8 @@ def write_report(run_dir: str, rows: int = 1000) -> str:
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>polymodal run {name}</title>"
         f"<style>{STYLE}</style></head><body><h1>Run {name}</h1>"
-        f"<p>checkpoint {html.escape(_shown(summary['checkpoint']))}, epoch {summary['epoch']}, "
-        f"step {summary['step']}; dataset {html.escape(_shown(str(meta['dataset'])))} "
+        f"<p>checkpoint {html.escape(summary['checkpoint'])}, epoch {summary['epoch']}, "
+        f"step {summary['step']}; dataset {html.escape(str(meta['dataset']))} "
         f"({len(sample.labels)} val rows shown)</p>"
         f"<h2>Validation metrics</h2>{_metrics_table(summary)}"
         f"<h2>Figures</h2>{figures}<h2>Retrieval examples</h2>{pairs or '<p>none</p>'}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,11 +232,28 @@ def finish_run(run_dir: str, checkpoint: str, epochs_run: int) -> RunResult:
     storage.write_bytes(
         storage.join(run_dir, "metrics.json"), json.dumps(summary, indent=2).encode()
     )
-    plot_loss_curves(meta["history"], storage.join(run_dir, "loss_curves.png"))
+    curves = storage.join(run_dir, "loss_curves.png")
+    best_effort(curves, lambda: plot_loss_curves(meta["history"], curves))
     model, _ = load_model(local)
     prep = Preprocessing(**meta["preprocessing"])
     if "image" in model.decoders:
-        manifest = dataset_manifest(config_from_dict(meta["config"]))
-        batch = next(decoded_batches(meta["dataset"], "val", prep, 8, manifest))
-        plot_reconstructions(model, batch, storage.join(run_dir, "reconstructions.png"))
+        pictures = storage.join(run_dir, "reconstructions.png")
+
+        def reconstructions() -> None:
+            manifest = dataset_manifest(config_from_dict(meta["config"]))
+            batch = next(decoded_batches(meta["dataset"], "val", prep, 8, manifest))
+            plot_reconstructions(model, batch, pictures)
+
+        best_effort(pictures, reconstructions)
     return RunResult(run_dir, checkpoint, metrics, epochs_run)
+
+
+def best_effort(path: str, write: Callable[[], Any]) -> bool:
+    """Write a figure or report of a finished run; a failure is a warning naming the file,
+    never a failed run (its checkpoint and metrics.json are already written)."""
+    try:
+        write()
+        return True
+    except Exception as exc:
+        print(f"warning: could not write {path}: {type(exc).__name__}: {exc}", flush=True)
+        return False
