@@ -7,7 +7,9 @@ This file builds the parser and dispatches; commands.py holds what each subcomma
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 from polymodal import commands
 from polymodal.config import ConfigError
@@ -301,8 +303,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError, ConnectionError) as exc:
-        print(f"polymodal: error: {exc}", file=sys.stderr)
+        print(f"polymodal: error: {exc}{_where(exc)}", file=sys.stderr)
         return 2
+
+
+def _where(exc: BaseException) -> str:
+    """For an OS error that names no file (os.getcwd() of a vanished directory), the call
+    that raised it, so the message still says what it was about."""
+    if not isinstance(exc, OSError) or exc.filename or exc.__traceback__ is None:
+        return ""
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return f" (in {frame.name}, {os.path.basename(frame.filename)}:{frame.lineno})"
 
 
 if __name__ == "__main__":
