@@ -69,6 +69,9 @@ class DataConfig(Section):
     # Rows that cannot be decoded (bad image, empty text, label out of range...) are dropped
     # and counted; the run fails once they are more than this fraction of the rows read.
     max_bad_fraction: Float = 0.01
+    # A data pipeline that produces nothing for this long fails (Ray Data's
+    # ExecutionTimeoutError) instead of waiting silently, e.g. for CPUs the workers hold.
+    stall_timeout_s: Float = 300.0
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 

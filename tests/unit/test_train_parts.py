@@ -142,3 +142,18 @@ def test_a_finished_runs_figures_are_best_effort(capsys):
     assert best_effort("runs/r/report/index.html", broken) is False
     out = capsys.readouterr().out
     assert "warning: could not write runs/r/report/index.html: FileNotFoundError" in out
+
+
+def test_workers_that_hold_every_cpu_are_refused_with_the_numbers():
+    """Two 1-CPU workers on two 1-CPU nodes sat at '0 rows': refused before starting."""
+    from polymodal.config import load_config
+    from polymodal.train.run import check_cpus
+
+    cfg = load_config(None, ["train.num_workers=2", "train.cpus_per_worker=1"])
+    with pytest.raises(ValueError) as err:
+        check_cpus(cfg, 2.0)
+    message = str(err.value)
+    assert "2 × 1 = 2 CPUs, and the cluster has 2" in message
+    assert "train.cpus_per_worker=0.5" in message
+    check_cpus(cfg, 3.0)  # one left for data: fine
+    check_cpus(load_config(None, ["train.cpus_per_worker=0.5"]), 2.0)

@@ -155,9 +155,10 @@ def pieces(path: str, manifest: Manifest, split: str) -> list[dict[str, Any]]:
     return [{"uri": u, "group": g} for u, n in row_groups(path, manifest, split) for g in range(n)]
 
 
-def configure_ray_data() -> None:
+def configure_ray_data(stall_timeout_s: float) -> None:
     """Ray Data settings for our pipelines, in this driver (Train's data actors copy them)."""
     ctx = ray.data.DataContext.get_current()
+    ctx.execution_no_progress_timeout_s = stall_timeout_s
     # One progress bar per dataset pass rather than one per operator: readable in a terminal.
     ctx.enable_operator_progress_bars = False
     # Reserving half the CPUs per operator let only one decoding task run at a time on

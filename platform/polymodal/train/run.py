@@ -94,7 +94,7 @@ def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunI
 
     label_names = manifest.label_names
     templates = cfg.eval.zero_shot_templates or manifest.extra.get("caption_templates", [])
-    configure_ray_data()
+    configure_ray_data(cfg.data.stall_timeout_s)
     # On the driver's node, like Train's controller: a lost worker node must not take it.
     here = ray.get_runtime_context().get_node_id()
     pinned = NodeAffinitySchedulingStrategy(here, soft=False)
@@ -186,6 +186,29 @@ def build_trainer(
     )
 
 
+def ray_cpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("CPU", 0.0)
+
+
+def check_cpus(cfg: Config, cluster_cpus: float) -> None:
+    """Workers that hold every CPU leave none for reading and decoding data: the run would
+    sit at "0 rows". Refused before it starts, with the numbers and the ways out."""
+    workers = cfg.train.num_workers * cfg.train.cpus_per_worker
+    if workers < cluster_cpus:
+        return
+    fit_in = (cluster_cpus - 1) / cfg.train.num_workers
+    hint = f"train.cpus_per_worker={fit_in:.2g}, " if fit_in > 0 else ""
+    raise ValueError(
+        f"train.num_workers × train.cpus_per_worker = {cfg.train.num_workers} × "
+        f"{cfg.train.cpus_per_worker:g} = {workers:g} CPUs, and the cluster has {cluster_cpus:g}: "
+        "none would be left to read and decode data, and training would wait forever. Leave "
+        f"at least one CPU free: {hint}fewer workers, or more nodes (on an autoscaling "
+        "cluster, start them first)."
+    )
+
+
 def apply_storage(cfg: Config) -> None:
     s = cfg.storage
     storage.configure(s.endpoint_url, s.region, s.access_key_id, s.secret_access_key)
@@ -198,6 +221,7 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
     new |= {"dataset": dataset_path(cfg), "label_names": manifest.label_names}
     check_resume(cfg, run_dir_of(cfg), new)
     ensure_ray(address, cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
+    check_cpus(cfg, ray_cpus())
     inputs = prepare_inputs(cfg, manifest, prep)
     run_dir = run_dir_of(cfg)
     storage_path, name = run_dir.rsplit("/", 1)
