@@ -20,10 +20,11 @@ WORKDIR /home/ray/polymodal
 COPY --chown=1000:100 constraints.txt ./
 RUN pip install --no-cache-dir -c constraints.txt torch==2.14.1 torchvision==0.29.1
 
-# A regular (not editable) install; the build leaves nothing behind in the source tree.
+# A regular (not editable) install; the build leaves nothing behind in the source tree. The
+# search extra (FAISS) lets the Searcher open hnsw/ivf indexes.
 COPY --chown=1000:100 pyproject.toml README.md ./
 COPY --chown=1000:100 platform/ platform/
-RUN pip install --no-cache-dir -c constraints.txt . \
+RUN pip install --no-cache-dir -c constraints.txt ".[search]" \
     && rm -rf build platform/*.egg-info
 
 COPY --chown=1000:100 jobs/ jobs/

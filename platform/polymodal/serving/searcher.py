@@ -60,7 +60,7 @@ class Searcher:
             try:
                 if storage.is_file(meta) and opened.get(uri) != storage.version(meta):
                     self._open(uri)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, ImportError) as exc:  # ImportError: FAISS missing
                 logger.warning("skipping index %s: %s", uri, exc)
 
     def _lookup(self, model: str, modality: str) -> Index | None:
