@@ -12,6 +12,7 @@ import torch
 from polymodal import storage
 from polymodal.checkpoint import META, fetch_checkpoint, load_model, read_meta
 from polymodal.modalities import MODALITIES, Preprocessing
+from polymodal.retrieval.vectors import trained_sizes
 
 
 def list_models(model_dir: str) -> dict[str, str]:
@@ -35,8 +36,7 @@ def model_card(uri: str) -> dict:
     return {
         "modalities": meta["preprocessing"]["modalities"],
         "dimension": full,
-        # The sizes its embeddings may be truncated to: Matryoshka-trained ones, and full.
-        "dimensions": sorted({*contrastive.get("matryoshka_dims", []), full}),
+        "dimensions": trained_sizes(full, contrastive.get("matryoshka_dims", [])),
         # int8/uint8 ranges per size, from the val embeddings (training writes them).
         "calibration": {
             int(d): np.asarray(r, np.float32) for d, r in meta.get("calibration", {}).items()

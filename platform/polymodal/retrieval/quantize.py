@@ -27,6 +27,12 @@ def unit_ranges(dim: int) -> np.ndarray:
     return np.stack([-np.ones(dim, np.float32), np.ones(dim, np.float32)])
 
 
+def steps(span: np.ndarray) -> np.ndarray:
+    """The width of one int8 step per dimension: 255 steps between a span's min and max."""
+    lo, hi = span
+    return np.maximum(hi - lo, np.float32(1e-12)) / 255
+
+
 def quantize(vectors: np.ndarray, precision: str, span: np.ndarray | None = None) -> np.ndarray:
     """[n, dim] floats → int8/uint8 codes [n, dim] (span: ranges(), values outside clipped)
     or packed sign bits [n, ceil(dim / 8)] (binary: as int8 shifted by -128, ubinary: uint8)."""
@@ -38,14 +44,10 @@ def quantize(vectors: np.ndarray, precision: str, span: np.ndarray | None = None
         raise ValueError(f"precision must be one of {FORMATS}, got {precision!r}")
     if span is None:
         raise ValueError(f"{precision} needs calibration ranges")
-    lo, hi = span
-    steps = np.maximum(hi - lo, np.float32(1e-12)) / 255
-    codes = np.clip(np.floor((vectors - lo) / steps), 0, 255)
+    codes = np.clip(np.floor((vectors - span[0]) / steps(span)), 0, 255)
     return (codes - 128).astype(np.int8) if precision == "int8" else codes.astype(np.uint8)
 
 
 def dequantize(codes: np.ndarray, span: np.ndarray) -> np.ndarray:
     """int8 codes → the floats they stand for (the middle of each step)."""
-    lo, hi = span
-    steps = np.maximum(hi - lo, np.float32(1e-12)) / 255
-    return lo + (codes.astype(np.float32) + 128.5) * steps
+    return span[0] + (codes.astype(np.float32) + 128.5) * steps(span)

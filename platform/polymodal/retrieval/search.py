@@ -10,7 +10,7 @@ import numpy as np
 
 from polymodal.retrieval import ann
 from polymodal.retrieval.index import Index
-from polymodal.retrieval.quantize import dequantize
+from polymodal.retrieval.quantize import dequantize, steps
 from polymodal.retrieval.vectors import normalise, truncate
 
 CHUNK_BYTES = 64 * 1024 * 1024  # per chunk: its vectors, and the scores of every query
@@ -68,9 +68,8 @@ def _scorer(index: Index, queries: np.ndarray) -> Callable[[np.ndarray], np.ndar
     against the dequantized codes for int8, against the signs (±1) for binary bits. The
     quantized ones fold the arithmetic into the queries: one matrix product per chunk."""
     if index.precision == "int8":
-        lo, hi = index.span
-        step = np.maximum(hi - lo, np.float32(1e-12)) / 255  # as quantize.dequantize
-        weighted, offset = queries * step, queries @ (lo + 128.5 * step)
+        step = steps(index.span)  # dequantize's arithmetic, moved onto the queries
+        weighted, offset = queries * step, queries @ (index.span[0] + 128.5 * step)
         return lambda chunk: weighted @ chunk.astype(np.float32).T + offset[:, None]
     if index.precision == "binary":
         twice, total = 2 * queries, queries.sum(axis=1, keepdims=True)
@@ -82,6 +81,12 @@ def _bits(chunk: np.ndarray, dim: int) -> np.ndarray:
     return np.unpackbits(chunk, axis=-1, count=dim).astype(np.float32)
 
 
+def _best(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of each query's candidates [q, c]: highest score first, ties by row."""
+    order = np.lexsort((rows, -scores), axis=1)[:, :k]
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
 def _top(index: Index, score, q: int, k: int, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """The k best rows of each of q queries by score(chunk), with a running top-k."""
     top_scores = np.empty((q, 0), dtype=np.float32)
@@ -91,11 +96,11 @@ def _top(index: Index, score, q: int, k: int, chunk_rows: int) -> tuple[np.ndarr
             scores = score(np.asarray(shard.vectors[lo : lo + chunk_rows]))  # these rows only
             np.nan_to_num(scores, copy=False, nan=-np.inf)  # a damaged row never ranks first
             best, where = _best_of_chunk(scores, int(start) + lo, k)
-            both_scores = np.concatenate([top_scores, best], axis=1)
-            both_rows = np.concatenate([top_rows, where], axis=1)
-            order = np.lexsort((both_rows, -both_scores), axis=1)[:, :k]
-            top_scores = np.take_along_axis(both_scores, order, axis=1)
-            top_rows = np.take_along_axis(both_rows, order, axis=1)
+            top_rows, top_scores = _best(
+                np.concatenate([top_rows, where], axis=1),
+                np.concatenate([top_scores, best], axis=1),
+                k,
+            )
     keep = min(k, index.rows)
     return top_rows[:, :keep], top_scores[:, :keep]
 
@@ -105,9 +110,7 @@ def _rescored(index: Index, queries: np.ndarray, rows: np.ndarray, k: int):
     shards, within = index.locate(rows.ravel())
     codes = np.stack([index.shards[s].rescore[r] for s, r in zip(shards, within)])
     vectors = dequantize(codes, index.span).reshape(*rows.shape, index.dim)
-    scores = np.einsum("qd,qcd->qc", queries, vectors)
-    order = np.lexsort((rows, -scores), axis=1)[:, :k]
-    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
+    return _best(rows, np.einsum("qd,qcd->qc", queries, vectors), k)
 
 
 def _approximate(index: Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +124,7 @@ def _approximate(index: Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
         ],
         axis=1,
     )
-    order = np.lexsort((rows, -scores), axis=1)[:, : min(k, index.rows)]
-    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
+    return _best(rows, scores, min(k, index.rows))
 
 
 def search_rows(

@@ -20,6 +20,7 @@ from polymodal.evaluation.evaluate import evaluate
 from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model, unlock_towers
 from polymodal.retrieval.quantize import calibration
+from polymodal.retrieval.vectors import trained_sizes
 from polymodal.train.bad_rows import BadRowCheck
 from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
@@ -248,7 +249,7 @@ class Recipe:
             rows = [emb[m][present[m] > 0] for m in emb]
             if not sum(len(r) for r in rows):
                 return
-            sizes = sorted({*cfg.objective.contrastive.matryoshka_dims, cfg.model.embed_dim})
+            sizes = trained_sizes(cfg.model.embed_dim, cfg.objective.contrastive.matryoshka_dims)
             self.meta["calibration"] = calibration(torch.cat(rows).numpy(), sizes)
 
         return evaluate(

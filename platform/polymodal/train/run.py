@@ -85,6 +85,20 @@ def check_run(cfg: Config) -> tuple[Manifest, Preprocessing]:
     return manifest, prep
 
 
+def run_meta(cfg: Config, manifest: Manifest, prep: Preprocessing) -> dict[str, Any]:
+    """Everything a checkpoint must carry; the loop adds epoch, step, metrics and history."""
+    label_names = manifest.label_names
+    return {
+        "config": cfg.to_dict(),
+        "preprocessing": prep.to_dict(),
+        "label_names": label_names,
+        "num_classes": len(label_names or []),
+        "zero_shot_templates": cfg.eval.zero_shot_templates
+        or manifest.extra.get("caption_templates", []),
+        "dataset": dataset_path(cfg),
+    }
+
+
 def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunInputs:
     """Lazy Ray datasets for train (shuffled) and val, from check_run's results."""
     import ray
@@ -92,8 +106,6 @@ def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunI
 
     from polymodal.data.pipeline import BadRows, configure_ray_data, split_dataset
 
-    label_names = manifest.label_names
-    templates = cfg.eval.zero_shot_templates or manifest.extra.get("caption_templates", [])
     configure_ray_data(cfg.data.stall_timeout_s)
     # On the driver's node, like Train's controller: a lost worker node must not take it.
     here = ray.get_runtime_context().get_node_id()
@@ -125,15 +137,7 @@ def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunI
             manifest=manifest,
         ),
     }
-    # Everything a checkpoint must carry; the loop adds epoch, step, metrics and history.
-    meta = {
-        "config": cfg.to_dict(),
-        "preprocessing": prep.to_dict(),
-        "label_names": label_names,
-        "num_classes": len(label_names or []),
-        "zero_shot_templates": templates,
-        "dataset": path,
-    }
+    meta = run_meta(cfg, manifest, prep)
     loop_config = {
         "meta": meta,
         "train_rows": manifest.rows("train"),
@@ -217,9 +221,7 @@ def apply_storage(cfg: Config) -> None:
 def fit(cfg: Config, address: str | None = None) -> RunResult:
     apply_storage(cfg)
     manifest, prep = check_run(cfg)
-    new = {"config": cfg.to_dict(), "preprocessing": prep.to_dict()}
-    new |= {"dataset": dataset_path(cfg), "label_names": manifest.label_names}
-    check_resume(cfg, run_dir_of(cfg), new)
+    check_resume(cfg, run_dir_of(cfg), run_meta(cfg, manifest, prep))
     ensure_ray(address, cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
     check_cpus(cfg, ray_cpus())
     inputs = prepare_inputs(cfg, manifest, prep)
