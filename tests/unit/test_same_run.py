@@ -40,6 +40,7 @@ def run_dir(tmp_path):
 def test_the_same_run_resumes_and_safe_changes_are_allowed(run_dir):
     run, prep = run_dir
     safe = ["train.epochs=30", "train.num_workers=4", "optim.lr=0.1", "data.prefetch_batches=8"]
+    safe += ["data.stall_timeout_s=60"]
     cfg = load_config(None, [*TINY, *safe])
     check_resume(cfg, str(run), _meta(cfg, prep))  # no error: resumes as before
 

@@ -18,6 +18,7 @@ SAFE_DATA = (
     "data.cache_val_rows",
     "data.shuffle_buffer_rows",
     "data.max_bad_fraction",
+    "data.stall_timeout_s",
     "data.augment.",
 )
 
