@@ -24,7 +24,7 @@ RUN pip install --no-cache-dir -c constraints.txt torch==2.14.1 torchvision==0.2
 # search extra (FAISS) lets the Searcher open hnsw/ivf indexes.
 COPY --chown=1000:100 pyproject.toml README.md ./
 COPY --chown=1000:100 platform/ platform/
-RUN pip install --no-cache-dir -c constraints.txt ".[search]" \
+RUN pip install --no-cache-dir -c constraints.txt ".[search,tracking]" \
     && rm -rf build platform/*.egg-info
 
 COPY --chown=1000:100 jobs/ jobs/

@@ -80,7 +80,7 @@ def case_loader(path: str) -> dict:
 
     ray.init(num_cpus=2, include_dashboard=False)
     configure_ray_data()
-    ds = split_dataset(path, "train", prep, shuffle=True)
+    ds = split_dataset(path, "train", prep)
     for _ in ds.limit(BATCH).iter_torch_batches(batch_size=BATCH):
         pass  # workers started before the clock, as the DataLoader's are cheap to start
     start = time.perf_counter()

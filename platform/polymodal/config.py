@@ -236,8 +236,22 @@ class TrainConfig(Section):
     # as fit; SPREAD: one per node where possible.
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: int = 0
-    seed: int = 0
-    checkpoints_to_keep: int = 2
+    seed: int = 0  # model init and the training order (pieces dealt to ranks, rows shuffled)
+    # A checkpoint every N steps and/or M minutes (whichever comes first; 0 = off), besides
+    # the end of each epoch: a resumed run continues mid-epoch with the next unseen batch.
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: Float = 0.0
+    # sync: training waits while the checkpoint is uploaded; async: it goes on once the files
+    # are written locally, and Ray uploads them in the background.
+    checkpoint_upload: Literal["sync", "async"] = "sync"
+    keep_checkpoints: int = 2  # the newest N intact checkpoints are kept...
+    keep_best_metric: str = ""  # ...and the best by this validation metric, when set
+    keep_best_mode: Literal["max", "min"] = "max"
+    # Experiment trackers fed from rank 0 with metrics.json's names and steps (the `tracking`
+    # extra): tensorboard (event files in the run directory), mlflow (MLFLOW_TRACKING_URI, or
+    # SQLite in the run directory), wandb (WANDB_MODE=offline keeps it on disk).
+    tracking: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    tracking_project: str = "polymodal"  # the MLflow experiment / W&B project
     log_every_steps: int = 50
     # A local directory where every worker appends the sample ids of each step it trains
     # (epoch-E-rank-R-pid-P.txt, a line per step): audits what a restart repeated or skipped.
@@ -552,3 +566,12 @@ def validate(cfg: Config) -> None:
         )
     if cfg.optim.lr <= 0:
         raise ConfigError("'optim.lr' must be > 0")
+    if t.keep_checkpoints < 1:
+        raise ConfigError("'train.keep_checkpoints' must be >= 1: resuming needs the newest")
+    mid_epoch = t.checkpoint_every_steps > 0 or t.checkpoint_every_minutes > 0
+    if mid_epoch and cfg.data.shuffle_buffer_rows > 0:
+        raise ConfigError(
+            "'data.shuffle_buffer_rows' > 0 holds rows a mid-epoch checkpoint cannot record; "
+            "with train.checkpoint_every_steps/minutes set it to 0 (pieces and rows are "
+            "shuffled anyway)"
+        )

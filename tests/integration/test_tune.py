@@ -96,7 +96,7 @@ def _checkpoints(run_dir: Path) -> dict[str, int]:
 def test_interrupted_sweep_resumes(ray_cluster, digits_dataset, tmp_path):
     extra = [
         "train.epochs=2",
-        "train.checkpoints_to_keep=10",  # keep every checkpoint: the test reads them all
+        "train.keep_checkpoints=10",  # keep every checkpoint: the test reads them all
         "tune.scheduler=fifo",
         "tune.max_concurrent_trials=1",
         "tune.num_samples=1",

@@ -5,7 +5,7 @@ repeated, that none was skipped)."""
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -57,6 +57,19 @@ def check_samples(directory: Path, train: set[int], epochs: int, start: int, los
         assert len(train) - len(trained) <= lost_max, f"epoch {epoch} skipped samples"
         repeated += sum(len(ids) for pid, ids in seen[epoch].items() if pid not in kept)
     assert repeated <= len(train)  # at most one checkpoint interval (an epoch)
+    return repeated
+
+
+def check_exact(directory: Path, train: set[int], epochs: int, lost_max: int) -> int:
+    """Every epoch, over all the processes that trained it, covered the train split (less
+    drop_last's remainder): nothing skipped. Returns how many trainings were repeats."""
+    seen = sample_log(directory)
+    repeated = 0
+    for epoch in range(1, epochs + 1):
+        counts = Counter(k for ids in seen[epoch].values() for k in ids)
+        assert set(counts) <= train
+        assert len(train) - len(counts) <= lost_max, f"epoch {epoch} skipped samples"
+        repeated += sum(c - 1 for c in counts.values())
     return repeated
 
 

@@ -139,7 +139,7 @@ def test_a_training_run_rides_out_a_store_outage(
         for i in found
         if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
     )
-    assert len(checkpoints) == cfg.train.checkpoints_to_keep
+    assert len(checkpoints) == cfg.train.keep_checkpoints
     for path in checkpoints:  # every checkpoint kept is whole
         local = tmp_path / Path(path).name
         local.mkdir()

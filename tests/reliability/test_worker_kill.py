@@ -1,7 +1,7 @@
-"""A training worker killed with SIGKILL mid-run: Ray Train restarts the worker group, the
-run resumes from its latest checkpoint (never from scratch), and finishes with every epoch
-trained exactly once in its history; the sample ids each worker logged show what was
-repeated (only the interrupted epoch's part) and that nothing was skipped."""
+"""Training workers SIGKILLed twice mid-epoch with step checkpoints: Ray Train restarts the
+worker group, each time the run resumes at the next unseen batch of its last checkpoint, and
+finishes with every sample of every epoch trained, only the steps since a checkpoint twice.
+The run's TensorBoard, MLflow and W&B records continue across the restarts."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from polymodal.checkpoint import read_meta
 from polymodal.train.run import fit
 from tests.reliability.samples import (
-    check_samples,
+    check_exact,
     faulted_run_config,
     split_keys,
     wait_until_mid_epoch,
@@ -23,43 +23,70 @@ from tests.reliability.samples import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
+EVERY = 5  # train.checkpoint_every_steps
 
-def _kill_a_worker_mid_epoch_2(samples: Path, killed: list):
+
+def _kill_workers_twice(samples: Path, killed: list):
     from ray.util.state import list_actors
 
-    if not wait_until_mid_epoch(samples, 2):
-        return
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    if workers:
-        os.kill(workers[-1].pid, signal.SIGKILL)
-        killed.append(workers[-1].pid)
+    for epoch, steps in ((2, EVERY + 3), (3, EVERY + 2)):
+        if not wait_until_mid_epoch(samples, epoch, steps):
+            return
+        alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+        workers = list_actors(filters=alive)
+        if workers:
+            os.kill(workers[-1].pid, signal.SIGKILL)
+            killed.append(workers[-1].pid)
 
 
-def test_a_killed_worker_is_restarted_and_the_run_resumes(ray_cluster, digits_dataset, tmp_path):
+def test_killed_workers_resume_mid_epoch_and_skip_nothing(
+    ray_cluster, digits_dataset, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = faulted_run_config(digits_dataset, tmp_path, "killed")
+    cfg.train.checkpoint_every_steps = EVERY
+    cfg.train.tracking = ["tensorboard", "mlflow", "wandb"]
     killed: list[int] = []
-    killer = threading.Thread(
-        target=_kill_a_worker_mid_epoch_2, args=(tmp_path / "samples", killed)
-    )
+    killer = threading.Thread(target=_kill_workers_twice, args=(tmp_path / "samples", killed))
     killer.start()
     result = fit(cfg)  # Ray Train wants the driver's main thread
     killer.join()
-    assert killed, "no worker was alive to kill"
+    assert len(killed) == 2, "no worker was alive to kill"
     meta = read_meta(result.checkpoint)
-    assert meta["epoch"] == 3
-    # The restarted group began after the last checkpoint, not at epoch 1.
-    assert 1 <= result.epochs_run <= 2
+    assert meta["epoch"] == 3 and meta["position"] is None
     epochs = [row["epoch"] for row in meta["history"] if "val/loss" in row]
     assert epochs == [0, 1, 2, 3]  # the untrained baseline, then each epoch once
-    steps_per_epoch = meta["step"] // 3
-    assert [row["step"] for row in meta["history"] if "val/loss" in row][1:] == [
-        steps_per_epoch * e for e in (1, 2, 3)
-    ]
     assert result.metrics["val/accuracy"] > 0.5
-    # drop_last leaves fewer than a batch per worker; Ray's equal split up to a row per worker
-    lost_max = cfg.train.batch_size + cfg.train.num_workers
-    start = 3 - result.epochs_run + 1
-    repeated = check_samples(
-        tmp_path / "samples", split_keys(digits_dataset, "train"), 3, start, lost_max
+    # The ranks hold equal rows; drop_last leaves fewer than a batch per worker.
+    global_batch = cfg.train.batch_size
+    repeated = check_exact(
+        tmp_path / "samples", split_keys(digits_dataset, "train"), 3, lost_max=global_batch
     )
-    print(f"worker kill: resumed at epoch {start}, {repeated} samples repeated, none skipped")
+    assert repeated <= 2 * EVERY * global_batch
+    print(f"two worker kills: {repeated} sample trainings repeated, none skipped")
+    _check_tracking(Path(result.run_dir), meta, result.checkpoint)
+
+
+def _check_tracking(run_dir: Path, meta: dict, checkpoint: str) -> None:
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    val_steps = [row["step"] for row in meta["history"] if "val/loss" in row]
+    board = EventAccumulator(str(run_dir / "tensorboard"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("val/loss")] == val_steps  # baseline, epochs
+    train_steps = [e.step for e in board.Scalars("train/loss")]
+    assert train_steps == sorted(set(train_steps))  # a restart's repeated steps purged
+
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow' / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "polymodal"]
+    (run,) = client.search_runs([experiment.experiment_id])  # one run, continued
+    assert run.data.params["train.checkpoint_every_steps"] == str(EVERY)
+    history = client.get_metric_history(run.info.run_id, "val/loss")
+    assert sorted({m.step for m in history}) == val_steps
+    assert run.data.tags["checkpoint"] == checkpoint and run.info.status == "FINISHED"
+    assert meta["tracking"]["mlflow"] == run.info.run_id
+
+    offline = list((run_dir / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 3  # the first group and two restarts...
+    assert {d.name.rsplit("-", 1)[1] for d in offline} == {meta["tracking"]["wandb"]}  # ...one run

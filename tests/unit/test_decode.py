@@ -58,23 +58,6 @@ def test_decode_columns_masks_missing_values():
     assert out["text_hash"][0] == 0 and out["text_hash"][1] != 0
 
 
-def test_shuffled_blocks_keep_columns_aligned():
-    import pyarrow as pa
-
-    from polymodal.data.pipeline import decode_table
-
-    n = 64
-    png = [_png(np.full((4, 4), i, dtype=np.uint8)) for i in range(n)]
-    table = pa.table({"image": png, "text": [str(i) for i in range(n)], "label": list(range(n))})
-    prep = Preprocessing(["image", "text"], image_size=4, image_channels=1, text_max_len=4)
-    out = decode_table(table, prep.to_dict(), shuffle=True)
-    labels = out["label"].tolist()
-    assert sorted(labels) == list(range(n)) and labels != list(range(n))
-    for row, label in enumerate(labels):
-        assert decode_text(out["text"][row]) == str(label)
-        assert out["image"][row].max() * 255 == pytest.approx(label, abs=0.01)
-
-
 def test_bad_rows_are_dropped_with_their_reason(monkeypatch):
     import polymodal.modalities.image as image
 

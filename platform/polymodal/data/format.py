@@ -119,19 +119,20 @@ def schema_difference(actual: pa.Schema, expected: pa.Schema) -> str | None:
     return "; ".join(diffs) or f"schema {actual} differs from {expected}"
 
 
-def row_groups(path: str | Path, manifest: Manifest, split: str) -> list[tuple[str, int]]:
-    """(shard, row groups) for each of the split's shards, from their footers (not their
-    rows). Fails on the first shard that is missing or whose schema disagrees with the
+def row_groups(path: str | Path, manifest: Manifest, split: str) -> list[tuple[str, list[int]]]:
+    """(shard, rows of each row group) for each of the split's shards, from their footers
+    (not their rows). Fails on the first shard that is missing or whose schema disagrees with the
     manifest, naming it: before training, not hours into it."""
     expected = arrow_schema(list(manifest.modalities), manifest.label_names is not None)
     uris = shard_paths(path, manifest, split)
 
-    def footer(uri: str) -> tuple[str | None, int]:
+    def footer(uri: str) -> tuple[str | None, list[int]]:
         try:
             file = open_shard(uri)
         except (OSError, pa.ArrowInvalid) as exc:
-            return f"cannot read it ({exc})", 0
-        return schema_difference(file.schema_arrow, expected), file.metadata.num_row_groups
+            return f"cannot read it ({exc})", []
+        groups = [file.metadata.row_group(g).num_rows for g in range(file.metadata.num_row_groups)]
+        return schema_difference(file.schema_arrow, expected), groups
 
     with ThreadPoolExecutor(max_workers=16) as pool:  # S3: one request per footer, in parallel
         footers = list(pool.map(footer, uris))

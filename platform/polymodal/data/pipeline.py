@@ -1,15 +1,13 @@
-"""The Ray Data side: read a split's Parquet shards and decode them in CPU tasks.
-
-Train workers then take `get_dataset_shard(...).iter_torch_batches(drop_last=True)`, which
-with Train's equal streaming split gives every rank the same number of batches.
-"""
+"""The Ray Data side: read a split's pieces (Parquet row groups, tars) and decode them in CPU
+tasks; for training, a rank's pieces of an epoch in its plan's order (data/order.py)."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +28,7 @@ from polymodal.data.format import (
     row_groups,
     shard_paths,
 )
+from polymodal.data.order import pack, piece_rng
 from polymodal.modalities import Preprocessing
 from polymodal.modalities.image import Augment
 
@@ -70,30 +69,29 @@ def decode_table(
     table: pa.Table,
     prep: dict[str, Any],
     with_hashes: bool = False,
-    shuffle: bool = False,
     num_labels: int | None = None,
     bad_rows: Any = None,
     split: str = "",
     augment: Augment | None = None,
     with_samples: bool = False,
+    positions: np.ndarray | None = None,
 ) -> dict:
     """One block of raw rows → decoded (and, with augment, randomly changed) arrays, with
-    `sample` the rows' sample_key if with_samples; undecodable rows are dropped and, with a
-    BadRows actor, counted."""
+    `sample` the rows' sample_key if with_samples and `position` the rows' stream positions
+    if given; undecodable rows are dropped and, with a BadRows actor, counted."""
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
     out, bad = decode_columns(columns, Preprocessing(**prep), with_hashes, num_labels, augment)
     ids = columns.get("id") or [str(i) for i in range(table.num_rows)]
-    if with_samples:  # only for train.sample_log_dir: no hashing, no extra tensor otherwise
-        dropped = {i for i, _ in bad}
+    kept = np.ones(table.num_rows, dtype=bool)
+    kept[[i for i, _ in bad]] = False
+    if with_samples:  # only for the sample log and frozen features: no hashing otherwise
         out["sample"] = np.array(
-            [sample_key(ids[i]) for i in range(table.num_rows) if i not in dropped],
-            dtype=np.int64,
-        )
+            [sample_key(ids[i]) for i in np.flatnonzero(kept)], dtype=np.int64
+        ).reshape(-1)
+    if positions is not None:
+        out["position"] = positions[kept]
     if bad_rows is not None:  # fire and forget: the count must not slow decoding down
         bad_rows.add.remote(split, table.num_rows, [(ids[i], reason) for i, reason in bad])
-    if shuffle:  # a fresh permutation every time the block is decoded, i.e. every epoch
-        order = np.random.default_rng().permutation(len(out["label"]))
-        out = {k: v[order] for k, v in out.items()}
     return out
 
 
@@ -104,60 +102,88 @@ def read_shards(uris: list[str], **kwargs) -> ray.data.Dataset:
     return ray.data.read_parquet(paths, filesystem=fs, **kwargs)
 
 
-def read_piece(
-    uri: str, group: int, columns: list[str], rows: int, decode: Callable[[pa.Table], dict]
-) -> Iterator[Any]:
-    """One read task: a Parquet row group (group >= 0) or a whole webdataset tar (group -1),
-    decoded `rows` rows at a time into blocks."""
-    if group < 0:
-        pieces = (t.select(columns) for t in tars.read_tables([uri], rows))
-    else:
-        whole = open_shard(uri).read_row_group(group, columns=columns)
-        pieces = (whole.slice(start, rows) for start in range(0, whole.num_rows, rows))
-    for piece in pieces:
-        out = decode(piece)
-        if len(out["label"]):  # every row bad: an empty block would not keep the tensor types
-            yield BlockAccessor.batch_to_block(out)
+@dataclass
+class PieceReader:
+    """How a read task turns a piece into blocks: its columns, rows per decoded block, the
+    decoding; with `ordered`, rows shuffled by the piece's seed and tagged with positions."""
+
+    columns: list[str]
+    rows: int
+    decode: Callable[..., dict]
+    ordered: bool = False
+
+    def tables(self, item: dict[str, Any]) -> Iterator[pa.Table]:
+        """The piece's raw rows: a Parquet row group whole (group >= 0) or a webdataset tar
+        (group -1) `rows` at a time, each shuffled by the item's seed when ordered."""
+        if item["group"] < 0:
+            chunks: Iterable[pa.Table] = (
+                t.select(self.columns) for t in tars.read_tables([item["uri"]], self.rows)
+            )
+        else:
+            chunks = [open_shard(item["uri"]).read_row_group(item["group"], columns=self.columns)]
+        for n, chunk in enumerate(chunks):
+            if self.ordered:
+                chunk = chunk.take(piece_rng(item["seed"], n).permutation(chunk.num_rows))
+            yield chunk
+
+    def __call__(self, item: dict[str, Any]) -> Iterator[Any]:
+        """One read task: the piece decoded `rows` rows at a time into blocks, from row
+        item["skip"] on (a resumed rank's first piece)."""
+        start, skip = item.get("lo", 0), item.get("skip", 0)
+        base = pack(item.get("ordinal", 0), 0)
+        for chunk in self.tables(item):
+            if "lo" in item:  # this rank's part of the piece (rows lo..hi after the shuffle)
+                chunk = chunk.slice(item["lo"], item["hi"] - item["lo"])
+            for lo in range(max(skip - start, 0), chunk.num_rows, self.rows):
+                piece = chunk.slice(lo, self.rows)
+                positions = None
+                if self.ordered:
+                    positions = base + start + lo + np.arange(piece.num_rows, dtype=np.int64)
+                out = self.decode(piece, positions=positions)
+                if len(out["label"]):  # all rows bad: an empty block loses the tensor types
+                    yield BlockAccessor.batch_to_block(out)
+            start += chunk.num_rows
 
 
 class Pieces(Datasource):
-    """One Ray Data task per piece that reads and decodes it, in a new random order every time
-    the dataset is executed (every epoch) when shuffle is set: planning asks afresh."""
+    """One Ray Data task per piece, which reads and decodes it; the pieces in the given order
+    (a rank's plan for an epoch, kept in order by the iterating side)."""
 
-    def __init__(self, items, columns: list[str], rows: int, shuffle: bool, decode: Callable):
-        self.items, self.columns, self.rows, self.shuffle = items, columns, rows, shuffle
-        self.decode = decode
+    def __init__(self, items: list[dict[str, Any]], reader: PieceReader):
+        self.items, self.reader = items, reader
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
     def get_read_tasks(self, parallelism: int, **kwargs) -> list[ReadTask]:
-        order = np.random.default_rng().permutation(len(self.items)) if self.shuffle else None
-        items = [self.items[i] for i in order] if order is not None else self.items
         return [
             ReadTask(
-                functools.partial(
-                    read_piece, it["uri"], it["group"], self.columns, self.rows, self.decode
-                ),
+                functools.partial(self.reader, it),
                 # rows unknown: decoding drops bad ones
                 BlockMetadata(None, None, None, input_files=(it["uri"],)),
             )
-            for it in items
+            for it in self.items
         ]
 
 
 def pieces(path: str, manifest: Manifest, split: str) -> list[dict[str, Any]]:
     """The units of parallel reading: each tar, or each Parquet row group (ingest writes
-    ROW_GROUP_ROWS rows per group), found in the shards' footers as their schemas are
-    checked."""
+    ROW_GROUP_ROWS rows per group) with its rows, found in the shards' footers as their
+    schemas are checked."""
     if is_webdataset(manifest):
-        return [{"uri": u, "group": -1} for u in shard_paths(path, manifest, split)]
-    return [{"uri": u, "group": g} for u, n in row_groups(path, manifest, split) for g in range(n)]
+        return [{"uri": u, "group": -1, "rows": 1} for u in shard_paths(path, manifest, split)]
+    return [
+        {"uri": u, "group": g, "rows": n}
+        for u, groups in row_groups(path, manifest, split)
+        for g, n in enumerate(groups)
+    ]
 
 
-def configure_ray_data(stall_timeout_s: float) -> None:
-    """Ray Data settings for our pipelines, in this driver (Train's data actors copy them)."""
+def configure_ray_data(stall_timeout_s: float, ordered: bool = False) -> None:
+    """Ray Data settings for our pipelines, in this process (Train's data actors copy the
+    driver's); ordered: in a training worker, whose positions must only grow."""
     ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = ordered
     ctx.execution_no_progress_timeout_s = stall_timeout_s
     # One progress bar per dataset pass rather than one per operator: readable in a terminal.
     ctx.enable_operator_progress_bars = False
@@ -167,40 +193,49 @@ def configure_ray_data(stall_timeout_s: float) -> None:
     ctx.op_resource_reservation_enabled = False
 
 
-def split_dataset(
+def piece_reader(
     path: str,
     split: str,
     prep: Preprocessing,
     decode_batch_size: int = 1024,
     with_hashes: bool = False,
-    shuffle: bool = False,
     bad_rows: Any = None,
     manifest: Manifest | None = None,
     augment: Augment | None = None,
     with_samples: bool = False,
-) -> ray.data.Dataset:
-    """Lazy Ray Dataset of decoded arrays for one split (nothing is read until iterated);
-    with_samples adds each row's sample_key as `sample`."""
+    ordered: bool = False,
+) -> PieceReader:
+    """The reader of one split's pieces; ordered for training (see PieceReader)."""
     manifest = manifest or read_manifest(path)
-    columns = ["id", *read_columns(path, manifest, prep.modalities)]
-    # One read task per row group or tar, decoding fused into it, so decoding runs in
-    # parallel however few the shards: read_parquet made one task of Fashion-MNIST's small
-    # shards, and randomize_block_order hands all blocks to one task (and waits for the
-    # whole split). With shuffle, pieces come in a new order every epoch and rows are
-    # permuted within each decoded block.
-    items = pieces(path, manifest, split)
     decode = functools.partial(
         decode_table,
         prep=prep.to_dict(),
         with_hashes=with_hashes,
-        shuffle=shuffle,
         num_labels=manifest.num_labels,
         bad_rows=bad_rows,
         split=split,
         augment=augment if augment is not None and augment.active else None,
         with_samples=with_samples,
     )
+    columns = ["id", *read_columns(path, manifest, prep.modalities)]
+    return PieceReader(columns, decode_batch_size, decode, ordered)
+
+
+def pieces_dataset(items: list[dict[str, Any]], reader: PieceReader) -> ray.data.Dataset:
+    """Lazy Ray Dataset of the decoded pieces `items`. One read task per row group or tar,
+    decoding fused into it, so decoding runs in parallel however few the shards:
+    read_parquet made one task of Fashion-MNIST's small shards."""
     return ray.data.read_datasource(
-        Pieces(items, columns, decode_batch_size, shuffle, decode),
+        Pieces(items, reader),
         override_num_blocks=len(items),  # one task per piece, its blocks not split further
     )
+
+
+def split_dataset(
+    path: str, split: str, prep: Preprocessing, manifest: Manifest | None = None, **kwargs
+) -> ray.data.Dataset:
+    """Lazy Ray Dataset of one split's decoded arrays, in storage order (val, evaluation);
+    kwargs as piece_reader's."""
+    manifest = manifest or read_manifest(path)
+    reader = piece_reader(path, split, prep, manifest=manifest, **kwargs)
+    return pieces_dataset(pieces(path, manifest, split), reader)

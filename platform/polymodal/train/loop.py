@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ray.train
@@ -16,6 +17,8 @@ import torch
 from polymodal.batch import Batch
 from polymodal.checkpoint import init_weights, save_checkpoint, upload
 from polymodal.config import config_from_dict
+from polymodal.data.order import epoch_plan, resume_plan
+from polymodal.data.pipeline import configure_ray_data, pieces_dataset
 from polymodal.evaluation.evaluate import evaluate
 from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model, unlock_towers
@@ -26,8 +29,10 @@ from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.resume import resume
-from polymodal.train.stats import EpochStats, LogWindow
+from polymodal.train.retention import Retention
+from polymodal.train.stats import EpochStats, LogWindow, all_ranks, any_rank
 from polymodal.train.step import NonFiniteLoss, step_strategy
+from polymodal.train.tracking import Trackers
 
 SHOWN = ("train/loss", "val/loss", "val/accuracy", "val/zero_shot_accuracy")  # per epoch
 
@@ -109,10 +114,17 @@ class Recipe:
         # The same run name started again, or a worker group restarted after a failure.
         self.resumed = resume(ray.train.get_checkpoint(), self.fs, self.run_dir)
         self.start_epoch, self.step, self.history = 1, 0, []
+        self.position = None  # where each rank resumes mid-epoch (a mid-epoch checkpoint's)
         if self.resumed is not None:
             model.load_state_dict(self.resumed.model_state)
             self.start_epoch, self.step = self.resumed.start_epoch, self.resumed.step
             self.history = self.resumed.history
+            self.position = self.resumed.position
+            if self.position and self.position["world"] != self.world:
+                # train.resume: force with another worker count (the driver refuses it
+                # otherwise): the interrupted epoch starts again from its beginning.
+                self.step -= self.position["steps"]
+                self.position = None
         elif cfg.train.init_from:
             init_weights(model, cfg.train.init_from)
         cached = cached_modalities(cfg)
@@ -136,7 +148,9 @@ class Recipe:
             self.scheduler.load_state_dict(self.resumed.train_state["scheduler"])
         self.take_step = Step(self.model, self.optimizer, self.scheduler, cfg, self.device)
 
-        self.train_shard = ray.train.get_dataset_shard("train")
+        # Each rank reads its own pieces, in an order drawn from (seed, epoch, world): a
+        # checkpoint can then say where every rank is (data/order.py).
+        configure_ray_data(cfg.data.stall_timeout_s, ordered=True)
         self.val = None  # rank 0 validates; val is not split across workers
         if self.rank == 0:
             keep = loop_config["val_rows"] <= cfg.data.cache_val_rows
@@ -144,11 +158,33 @@ class Recipe:
         dataset = self.meta["dataset"]
         self.bad_rows = BadRowCheck(loop_config.get("bad_rows"), cfg.data.max_bad_fraction, dataset)
         self.live = live_metrics(cfg.train.name, self.rank)
+        self.every_steps = cfg.train.checkpoint_every_steps
+        self.every_s = cfg.train.checkpoint_every_minutes * 60
+        self.last_checkpoint = (self.step, time.monotonic())
+        self.retention = self.trackers = None
+        self.pause_s, self.checkpoint = 0.0, ""
+        if self.rank == 0:
+            t = cfg.train
+            self.retention = Retention(
+                self.fs, self.run_dir, t.keep_checkpoints, t.keep_best_metric, t.keep_best_mode
+            )
+            ids = self.resumed.meta.get("tracking", {}) if self.resumed is not None else {}
+            self.trackers = Trackers(
+                t.tracking,
+                self.run_dir,
+                t.name,
+                self.meta["config"],
+                ids,
+                loop_config.get("sweep", ""),
+                self.step,
+                loop_config.get("tracking_env"),
+            )
 
     # ---- train ----
     def train(self) -> dict[str, Any]:
-        if self.rank == 0 and self.start_epoch == 1:  # the untrained baseline, for the curves
+        if self.rank == 0 and self.resumed is None:  # the untrained baseline, for the curves
             self.history.append(_val_losses(0, 0, self.validate()))
+            self.trackers.log(self.history[-1], 0)
         if self.resumed is not None and self.resumed.unregistered:
             self.report_unregistered()
         for epoch in range(self.start_epoch, self.cfg.train.epochs + 1):
@@ -158,6 +194,9 @@ class Recipe:
                 self.validate_and_save(epoch, stats.seconds, metrics)
             else:
                 ray.train.report(metrics)
+            self.last_checkpoint = (self.step, time.monotonic())
+        if self.rank == 0:
+            self.trackers.finish(self.checkpoint)
         return {
             "epochs_run": self.cfg.train.epochs - self.start_epoch + 1,
             "start_epoch": self.start_epoch,
@@ -172,28 +211,61 @@ class Recipe:
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
         )
 
-    def train_epoch(self, epoch: int) -> EpochStats:
+    def epoch_batches(self, epoch: int) -> tuple[Iterable[dict], int]:
+        """This rank's batches of `epoch` from where it stands, and the steps of the epoch
+        already trained (a mid-epoch resume's)."""
         cfg = self.cfg
-        unlock_towers(self.raw_model, cfg, epoch)
-        self.model.train()
-        self.live.set_epoch(epoch)
-        stats = EpochStats(cfg.train.log_every_steps)
-        batches = self.train_shard.iter_torch_batches(
+        pieces = self.loop_config["train_pieces"]
+        plan = epoch_plan(pieces, cfg.train.seed, epoch, self.world)[self.rank]
+        done = 0
+        if self.position and self.position["epoch"] == epoch:
+            plan = resume_plan(plan, self.position["next"][self.rank])
+            done = self.position["steps"]
+        self.position = None
+        batches = pieces_dataset(plan, self.loop_config["train_reader"]).iter_torch_batches(
             batch_size=self.per_worker_batch,
             drop_last=True,
             device=self.device,
             prefetch_batches=cfg.data.prefetch_batches,
             local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows or None,
         )
+        return batches, done
+
+    def agreed(self, batches: Iterable[dict]) -> Iterator[tuple[dict, bool]]:
+        """(batch, checkpoint after it?) while every rank has a batch: a rank whose stream
+        ends (fewer rows, or bad ones dropped) ends the epoch for all, as drop_last would; a
+        checkpoint is due after every_steps steps, or every_s seconds of rank 0's clock."""
+        it = iter(batches)
+        while True:
+            raw = next(it, None)
+            step, since = self.last_checkpoint
+            late = self.rank == 0 and 0 < self.every_s <= time.monotonic() - since
+            if self.world > 1 or self.every_s:
+                ended, late = any_rank([raw is None, late], self.device)
+            else:
+                ended = raw is None
+            if ended:
+                return
+            due = late or 0 < self.every_steps <= self.step + 1 - step
+            yield raw, due
+
+    def train_epoch(self, epoch: int) -> EpochStats:
+        cfg = self.cfg
+        unlock_towers(self.raw_model, cfg, epoch)
+        self.model.train()
+        self.live.set_epoch(epoch)
+        stats = EpochStats(cfg.train.log_every_steps)
+        batches, self.epoch_step = self.epoch_batches(epoch)
         sample_log = SampleLog(cfg.train.sample_log_dir, epoch, self.rank)
         frozen = set(self.frozen.tables) if self.frozen else set()
-        for raw in stats.timed(batches):
+        for raw, due in self.agreed(stats.timed(batches)):
             batch = Batch.from_dict(raw)
             if self.frozen:
                 batch = self.frozen(batch)
             with self.raw_model.using_features(frozen):
                 loss, logs = self.optimize(batch, epoch)
             self.step += 1
+            self.epoch_step += 1
             sample_log.write(batch)
             log_step = self.step % cfg.train.log_every_steps == 0
             if log_step:  # fail early, not at the end
@@ -202,6 +274,8 @@ class Recipe:
             self.live.count(batch.size)
             if log_step:
                 self.log(epoch, stats.take_window())
+            if due:
+                self.save_mid_epoch(epoch, int(raw["position"][-1]) + 1)
         stats.finish()
         sample_log.close()
         return stats
@@ -218,8 +292,10 @@ class Recipe:
             return
         train = {f"train/{k}": v for k, v in window.means.items()}
         self.history.append({"step": self.step, "epoch": epoch, **train})
+        self.trackers.log(train, self.step)
         print(
-            f"[epoch {epoch}/{self.cfg.train.epochs}] step {window.steps}/{self.steps_per_epoch} "
+            f"[epoch {epoch}/{self.cfg.train.epochs}] step {self.epoch_step}/"
+            f"{self.steps_per_epoch} "
             f"loss {window.means['loss']:.4f}  {window.samples_per_s(self.world):,.0f} "
             "samples/s",
             flush=True,
@@ -266,8 +342,12 @@ class Recipe:
 
     def validate_and_save(self, epoch: int, seconds: float, metrics: dict[str, Any]) -> None:
         metrics.update(self.validate())
+        # The time training stood still for this epoch's earlier (mid-epoch) checkpoints.
+        metrics["train/checkpoint_pause_s"], self.pause_s = self.pause_s, 0.0
         self.bad_rows.check()  # the val split's rows count too
         self.history.append(_val_losses(self.step, epoch, metrics))
+        # train/loss* at this step are the log window's (the curves'), not the epoch means.
+        self.trackers.log({k: v for k, v in metrics.items() if "train/loss" not in k}, self.step)
         summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in SHOWN if k in metrics)
         print(
             f"[epoch {epoch}/{self.cfg.train.epochs}] done in {seconds:.0f}s  {summary}  "
@@ -276,26 +356,61 @@ class Recipe:
         )
         self.save(epoch, metrics)
 
-    def save(self, epoch: int, metrics: dict[str, Any]) -> None:
-        """A checkpoint with everything resuming needs, reported with the epoch's metrics."""
+    def save_mid_epoch(self, epoch: int, next_position: int) -> None:
+        """A checkpoint inside `epoch`, with every rank's next stream position; all ranks
+        reach here at the same step (agreed)."""
+        position = {
+            "epoch": epoch,
+            "steps": self.epoch_step,
+            "world": self.world,
+            "next": all_ranks(next_position, self.device),
+        }
+        metrics = {"step": self.step, "mid_epoch": epoch}
+        if self.rank == 0:
+            self.save(epoch - 1, metrics, position)
+        else:
+            ray.train.report(metrics)
+        self.last_checkpoint = (self.step, time.monotonic())
+
+    def save(self, epoch: int, metrics: dict[str, Any], position: dict | None = None) -> None:
+        """A checkpoint with everything resuming needs, reported with the metrics; `epoch`
+        the last whole one, `position` where each rank stands in the next (mid-epoch)."""
+        began = time.perf_counter()
         meta = {
             **self.meta,
             "epoch": epoch,
             "step": self.step,
+            "position": position,
             "metrics": metrics,
             "history": self.history,
+            "tracking": self.trackers.ids,
         }
         train_state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(tmp, self.raw_model, meta, train_state)
-            ray.train.report(
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                checkpoint_upload_fn=self.upload,
-            )
+        upload_async = self.cfg.train.checkpoint_upload == "async"
+        # async: Ray uploads the directory in the background, then deletes it.
+        tmp = tempfile.mkdtemp(prefix="polymodal-checkpoint-")
+        save_checkpoint(tmp, self.raw_model, meta, train_state)
+        # Named here, as Ray would (names sort by time): an async upload names it later.
+        stamp = time.time()
+        name = time.strftime("checkpoint_%Y-%m-%d_%H-%M-%S", time.localtime(stamp))
+        name += f".{int(stamp % 1 * 1e6):06d}"
+        self.checkpoint = f"{self.run_dir}/{name}"
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=name,
+            checkpoint_upload_fn=self.upload,
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC
+            if upload_async
+            else ray.train.CheckpointUploadMode.SYNC,
+            delete_local_checkpoint_after_upload=True,
+        )
+        self.pause_s += time.perf_counter() - began
+        self.retention.prune()
+        self.trackers.checkpointed(self.checkpoint)
 
     def upload(self, checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
         """Ray's upload, with retries while the store is unreachable and polymodal.json last."""

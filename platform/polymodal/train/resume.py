@@ -28,8 +28,14 @@ class Resume:
     unregistered: bool
 
     @property
+    def position(self) -> dict[str, Any] | None:
+        """Where a mid-epoch checkpoint stopped: epoch, steps of it, world, and each rank's
+        next stream position (data/order.py); None at an epoch's end."""
+        return self.meta.get("position")
+
+    @property
     def start_epoch(self) -> int:
-        return self.meta["epoch"] + 1
+        return self.position["epoch"] if self.position else self.meta["epoch"] + 1
 
     @property
     def step(self) -> int:
@@ -79,7 +85,10 @@ def resume(latest: ray.train.Checkpoint | None, fs, run_dir: str) -> Resume | No
                 f"checkpoint {candidate.path} is unusable ({exc}); trying an older one", flush=True
             )
             continue
-        print(f"resuming from {candidate.path} (epoch {meta['epoch']})", flush=True)
+        where = f"epoch {meta['epoch']}"
+        if meta.get("position"):
+            where = f"epoch {meta['position']['epoch']}, step {meta['position']['steps']} of it"
+        print(f"resuming from {candidate.path} ({where})", flush=True)
         unregistered = latest is None or _name(candidate) > _name(latest)
         return Resume(meta, model_state, train_state, candidate, unregistered)
     if candidates:

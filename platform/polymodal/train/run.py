@@ -28,6 +28,7 @@ from polymodal.models.build import build_model
 from polymodal.train.bad_rows import check_bad_fraction, write_bad_rows
 from polymodal.train.features import cached_modalities
 from polymodal.train.same_run import check_resume
+from polymodal.train.tracking import tracking_env
 
 
 @dataclass
@@ -104,7 +105,13 @@ def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunI
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from polymodal.data.pipeline import BadRows, configure_ray_data, split_dataset
+    from polymodal.data.pipeline import (
+        BadRows,
+        configure_ray_data,
+        piece_reader,
+        pieces,
+        split_dataset,
+    )
 
     configure_ray_data(cfg.data.stall_timeout_s)
     # On the driver's node, like Train's controller: a lost worker node must not take it.
@@ -112,35 +119,38 @@ def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunI
     pinned = NodeAffinitySchedulingStrategy(here, soft=False)
     bad_rows = BadRows.options(scheduling_strategy=pinned).remote()
     path = dataset_path(cfg)
+    # Train workers read their own pieces of train (train/loop.py); val goes through Train.
     datasets = {
-        # Content hashes travel with training batches only when they define positives.
-        "train": split_dataset(
-            path,
-            "train",
-            prep,
-            cfg.data.decode_batch_size,
-            with_hashes=cfg.objective.contrastive.positives == "text",
-            shuffle=True,
-            bad_rows=bad_rows,
-            manifest=manifest,
-            augment=Augment.from_config(cfg.data.augment),
-            # Row keys for the sample log and for the frozen towers' feature tables.
-            with_samples=bool(cfg.train.sample_log_dir or cached_modalities(cfg)),
-        ),
         "val": split_dataset(
             path,
             "val",
             prep,
-            cfg.data.decode_batch_size,
+            decode_batch_size=cfg.data.decode_batch_size,
             with_hashes=True,
             bad_rows=bad_rows,
             manifest=manifest,
         ),
     }
+    train_reader = piece_reader(
+        path,
+        "train",
+        prep,
+        cfg.data.decode_batch_size,
+        # Content hashes travel with training batches only when they define positives.
+        with_hashes=cfg.objective.contrastive.positives == "text",
+        bad_rows=bad_rows,
+        manifest=manifest,
+        augment=Augment.from_config(cfg.data.augment),
+        # Row keys for the sample log and for the frozen towers' feature tables.
+        with_samples=bool(cfg.train.sample_log_dir or cached_modalities(cfg)),
+        ordered=True,
+    )
     meta = run_meta(cfg, manifest, prep)
     loop_config = {
         "meta": meta,
         "train_rows": manifest.rows("train"),
+        "train_pieces": pieces(path, manifest, "train"),
+        "train_reader": train_reader,
         "val_rows": manifest.rows("val"),
         "bad_rows": bad_rows,
     }
@@ -153,17 +163,21 @@ def build_trainer(
     storage_path: str,
     name: str,
     callbacks: list | None = None,
-    checkpoint_score: tuple[str, str] | None = None,
+    sweep: str = "",
 ):
     """A TorchTrainer for cfg; the same storage_path/name again resumes from its last
-    checkpoint. checkpoint_score: (metric, mode) keeps the best checkpoints, not the last."""
+    checkpoint. sweep: the Tune sweep whose trial this is (trackers group by it)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from polymodal.train.loop import train_loop_per_worker
 
-    metric, mode = checkpoint_score or (None, "max")
-    loop_config = {**inputs.loop_config, "meta": {**inputs.meta, "config": cfg.to_dict()}}
+    loop_config = {
+        **inputs.loop_config,
+        "meta": {**inputs.meta, "config": cfg.to_dict()},
+        "sweep": sweep,
+        "tracking_env": tracking_env(),
+    }
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -177,16 +191,13 @@ def build_trainer(
             name=name,
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.train.checkpoints_to_keep,
-                checkpoint_score_attribute=metric,
-                checkpoint_score_order=mode,
-            ),
+            # The loop prunes checkpoints itself (train/retention.py): the newest N and the
+            # best, which Ray's num_to_keep cannot both keep.
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             callbacks=callbacks,
         ),
         datasets=inputs.datasets,
-        # val is read whole by rank 0; only train is split across workers.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # rank 0 reads val whole
     )
 
 

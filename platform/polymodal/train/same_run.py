@@ -23,11 +23,11 @@ SAFE_DATA = (
 )
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
-            out |= _flat(value, f"{prefix}{key}.")
+            out |= flat(value, f"{prefix}{key}.")
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -38,7 +38,7 @@ def identity(meta: dict[str, Any]) -> dict[str, Any]:
     the model, the data (less SAFE_DATA), the objective terms that add layers, the
     preprocessing (train-split statistics included), the dataset and its label names."""
     config = meta["config"]
-    keys = _flat({"model": config["model"], "data": config["data"]})
+    keys = flat({"model": config["model"], "data": config["data"]})
     keys = {k: v for k, v in keys.items() if not k.startswith(SAFE_DATA)}
     objective = config["objective"]
     keys["objective.weighting"] = objective["weighting"]
@@ -46,7 +46,7 @@ def identity(meta: dict[str, Any]) -> dict[str, Any]:
     for term in ("reconstruction", "classification"):  # decoders, the classifier head
         keys[f"objective.weights.{term} > 0"] = objective["weights"][term] > 0
         keys[f"objective.{term}.modalities"] = objective[term]["modalities"]
-    keys |= _flat(meta["preprocessing"], "preprocessing.")
+    keys |= flat(meta["preprocessing"], "preprocessing.")
     keys["dataset"] = meta["dataset"]
     keys["label_names"] = meta.get("label_names")
     return keys
@@ -89,6 +89,7 @@ def check_resume(cfg: Config, run_dir: str, new_meta: dict[str, Any]) -> None:
         print(f"train.resume: never: the previous run moved to {aside}", flush=True)
         return
     old = read_meta(fetch_checkpoint(found, (META,)))
+    check_world(cfg, found, old)
     changed = differences(identity(old), identity(new_meta))
     if not changed:
         return
@@ -100,4 +101,28 @@ def check_resume(cfg: Config, run_dir: str, new_meta: dict[str, Any]) -> None:
         f"run '{cfg.train.name}' exists ({found}) and was trained with a different model or "
         f"data:\n{lines}\nChoose a new train.name, or set train.resume=never (start afresh "
         "under this name) or train.resume=force (resume anyway)."
+    )
+
+
+def check_world(cfg: Config, found: str, old: dict[str, Any]) -> None:
+    """A mid-epoch checkpoint knows where each of its ranks stands: it resumes with as many
+    workers, or (force) with another count from the start of its epoch."""
+    position = old.get("position")
+    workers = max(cfg.train.num_workers, 1)
+    if not position or position["world"] == workers:
+        return
+    where = f"epoch {position['epoch']}, step {position['steps']} of it"
+    if cfg.train.resume == "force":
+        print(
+            f"train.resume: force: {found} stopped mid-epoch ({where}) with "
+            f"{position['world']} workers; with {workers}, epoch {position['epoch']} starts "
+            "again from its beginning",
+            flush=True,
+        )
+        return
+    raise ConfigError(
+        f"run '{cfg.train.name}': {found} stopped mid-epoch ({where}) with "
+        f"{position['world']} workers, and each worker's place in the data is its own. Resume "
+        f"with train.num_workers={position['world']}, or set train.resume=force to start epoch "
+        f"{position['epoch']} again from its beginning with {workers} workers."
     )

@@ -97,3 +97,21 @@ class EpochStats:
         metrics = all_mean(metrics, device)
         metrics["train/samples_per_s"] = self.samples * world / max(self.seconds, 1e-9)
         return metrics
+
+
+def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag true on any rank: what every rank then does together (stop, checkpoint)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flags
+    t = torch.tensor(flags, dtype=torch.float32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def all_ranks(value: int, device: torch.device) -> list[int]:
+    """Every rank's `value`, in rank order."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    out = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, torch.tensor([value], dtype=torch.int64, device=device))
+    return [int(t.item()) for t in out]

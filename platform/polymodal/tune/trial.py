@@ -15,6 +15,8 @@ def run_trial(sampled: dict[str, Any], base: dict, inputs: RunInputs, sweep_dir:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = trial_config(config_from_dict(base), sampled)
+    # Tune's table points at the checkpoint where the metric was best: it must stay.
+    cfg.train.keep_best_metric, cfg.train.keep_best_mode = cfg.tune.metric, cfg.tune.mode
     # Named by the trial id: a resumed sweep restarts the trial's trainer under the same
     # name, and Ray Train continues from that run's last checkpoint.
     trainer = build_trainer(
@@ -23,6 +25,6 @@ def run_trial(sampled: dict[str, Any], base: dict, inputs: RunInputs, sweep_dir:
         storage_path=f"{sweep_dir}/trials",
         name=ray.tune.get_context().get_trial_id(),
         callbacks=[TuneReportCallback()],
-        checkpoint_score=(cfg.tune.metric, cfg.tune.mode),
+        sweep=sweep_dir.rstrip("/").rsplit("/", 1)[-1],
     )
     trainer.fit()
