@@ -21,7 +21,7 @@ COPY --chown=1000:100 constraints.txt ./
 RUN pip install --no-cache-dir -c constraints.txt torch==2.14.1 torchvision==0.29.1
 
 # A regular (not editable) install; the build leaves nothing behind in the source tree. The
-# search extra (FAISS) lets the Searcher open hnsw/ivf indexes.
+# search extra (FAISS) lets the Searcher open hnsw/ivf indexes; tracking feeds TensorBoard/MLflow/W&B.
 COPY --chown=1000:100 pyproject.toml README.md ./
 COPY --chown=1000:100 platform/ platform/
 RUN pip install --no-cache-dir -c constraints.txt ".[search,tracking]" \

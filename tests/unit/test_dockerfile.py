@@ -132,7 +132,7 @@ def mutate(old: str, new: str) -> str:
         ("py311-", "py310-", "base image"),
         ("rayproject/ray:", "python:", "base image"),
         ("torch==2.14.1", "torch==2.13.0", "torch==2.13.0 but constraints.txt"),
-        ('-c constraints.txt ".[search]"', '".[search]"', "installs without -c constraints.txt"),
+        ('-c constraints.txt ".[search,tracking]"', '".[search,tracking]"', "installs without -c"),
         ("COPY --chown=1000:100 jobs/", "COPY --chown=1000:100 data/ jobs/", "COPY data/"),
         ("USER 1000:100", "USER root", "final USER is root"),
         ("USER 1000:100", "USER 0", "final USER is 0"),
