@@ -1,10 +1,12 @@
 """Accuracy after a fault: the digits config trained uninterrupted and with a training worker
 SIGKILLed mid-run (Ray Train restarts the group, the run resumes), several times each; JSON.
 
-Run: .venv/bin/python benchmarks/faults.py [--runs 3] [--epochs 3]
-Target (issue 9): the resumed runs' val accuracy within 1 percentage point of the
-uninterrupted ones'. Data order is not seeded (Ray Data's streaming split hands blocks to
-whichever worker asks first), so runs of one config differ: compare means, and the spread.
+Run: .venv/bin/python benchmarks/faults.py [--runs 3] [--epochs 3] [--case accuracy|repeats]
+accuracy (issue 9): the resumed runs' val accuracy within 1 percentage point of the
+uninterrupted ones'; compare means, and the spread.
+repeats (issue 19): sample trainings repeated after one worker kill mid-epoch 2, with
+checkpoints per epoch vs every 5 steps (the sample log), and the throughput of uninterrupted
+runs with and without step checkpoints (ratio, same run).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,10 +38,69 @@ def kill_a_worker_mid_epoch_2(samples: Path, killed: list) -> None:
         killed.append(workers[-1].pid)
 
 
+def repeated(samples: Path) -> int:
+    """Sample trainings beyond the first of each sample in each epoch (the sample log)."""
+    counts: dict[str, Counter] = {}
+    for f in samples.glob("epoch-*-rank-*-pid-*.txt"):
+        epoch = f.stem.split("-")[1]
+        counts.setdefault(epoch, Counter()).update(f.read_text().split())
+    return sum(c - 1 for epoch in counts.values() for c in epoch.values())
+
+
+def case_repeats(tmp: Path, epochs: int, runs: int) -> dict:
+    from polymodal.config import load_config
+    from polymodal.train.run import fit
+
+    out: dict[str, list] = {}
+    for run in range(runs):
+        for every in (0, 5):
+            for kill in (False, True):
+                name = f"every{every}-{'kill' if kill else 'clean'}-{run}"
+                cfg = load_config(
+                    str(CONFIG),
+                    [f"data.path={tmp / 'digits'}", f"train.storage_path={tmp}"]
+                    + [f"train.name={name}", f"train.epochs={epochs}"]
+                    + ["train.cpus_per_worker=0.5", "train.max_failures=2"]
+                    + [f"train.checkpoint_every_steps={every}"]
+                    + [f"train.sample_log_dir={tmp / name / 'samples'}"],
+                )
+                killed: list[int] = []
+                killer = threading.Thread(
+                    target=kill_a_worker_mid_epoch_2, args=(tmp / name / "samples", killed)
+                )
+                if kill:
+                    killer.start()
+                result = fit(cfg)
+                if kill:
+                    killer.join()
+                    out.setdefault(f"repeated_every{every}", []).append(
+                        repeated(tmp / name / "samples")
+                    )
+                else:
+                    out.setdefault(f"samples_per_s_every{every}", []).append(
+                        result.metrics["train/samples_per_s"]
+                    )
+    mean = {k: statistics.mean(v) for k, v in out.items()}
+    return {
+        "case": "repeats",
+        "config": "digits",
+        "epochs": epochs,
+        "runs": runs,
+        **{k: [round(x, 1) for x in v] for k, v in out.items()},
+        "repeats_ratio_every5_vs_epoch": round(
+            mean["repeated_every5"] / max(mean["repeated_every0"], 1), 3
+        ),
+        "throughput_ratio_every5_vs_epoch": round(
+            mean["samples_per_s_every5"] / mean["samples_per_s_every0"], 3
+        ),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--case", default="accuracy", choices=["accuracy", "repeats"])
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -52,6 +114,10 @@ def main() -> None:
     ingest("builtin:digits", tmp / "digits", progress=False)
     # The State API (dashboard) finds the workers to kill; workers' logs stay off stdout.
     ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    if args.case == "repeats":
+        print(json.dumps(case_repeats(tmp, args.epochs, args.runs)))
+        ray.shutdown()
+        return
     accuracy: dict[str, list[float]] = {"uninterrupted": [], "worker_killed": []}
     resumed_at = []
     for run in range(args.runs):

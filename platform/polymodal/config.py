@@ -62,8 +62,8 @@ class DataConfig(Section):
     decode_batch_size: int = 1024  # rows per Ray Data decoding task
     prefetch_batches: int = 4  # batches each worker decodes ahead of the step
     cache_val_rows: int = 50_000  # rank 0 keeps a decoded val split this small in memory
-    # Training order changes every epoch: shards come in random order and rows are permuted
-    # within each decoded block (free). A worker-side buffer mixes rows across blocks too, at
+    # Training order changes every epoch: row groups come in an order drawn from (train.seed,
+    # epoch) and each one's rows are permuted (free; data/order.py). A worker-side buffer mixes rows across blocks too, at
     # a cost (~35% slower steps on Fashion-MNIST with 2 CPU workers at 2,048 rows): 0 = off.
     shuffle_buffer_rows: int = 0
     # Rows that cannot be decoded (bad image, empty text, label out of range...) are dropped
