@@ -63,8 +63,9 @@ class DataConfig(Section):
     prefetch_batches: int = 4  # batches each worker decodes ahead of the step
     cache_val_rows: int = 50_000  # rank 0 keeps a decoded val split this small in memory
     # Training order changes every epoch: row groups come in an order drawn from (train.seed,
-    # epoch) and each one's rows are permuted (free; data/order.py). A worker-side buffer mixes rows across blocks too, at
-    # a cost (~35% slower steps on Fashion-MNIST with 2 CPU workers at 2,048 rows): 0 = off.
+    # epoch) and each one's rows are permuted (free; data/order.py). A worker-side buffer
+    # mixes rows across blocks too, at a cost (~35% slower steps on Fashion-MNIST with 2 CPU
+    # workers at 2,048 rows): 0 = off.
     shuffle_buffer_rows: int = 0
     # Rows that cannot be decoded (bad image, empty text, label out of range...) are dropped
     # and counted; the run fails once they are more than this fraction of the rows read.
@@ -244,8 +245,9 @@ class TrainConfig(Section):
     # sync: training waits while the checkpoint is uploaded; async: it goes on once the files
     # are written locally, and Ray uploads them in the background.
     checkpoint_upload: Literal["sync", "async"] = "sync"
-    keep_checkpoints: int = 2  # the newest N intact checkpoints are kept...
-    keep_best_metric: str = ""  # ...and the best by this validation metric, when set
+    keep_checkpoints: int = 2  # the newest N checkpoints are kept (Ray deletes the others)...
+    # ...or, with a validation metric here, the best N by it, and the latest always
+    keep_best_metric: str = ""
     keep_best_mode: Literal["max", "min"] = "max"
     # Experiment trackers fed from rank 0 with metrics.json's names and steps (the `tracking`
     # extra): tensorboard (event files in the run directory), mlflow (MLFLOW_TRACKING_URI, or

@@ -60,7 +60,9 @@ def test_train_writes_checkpoint_metrics_and_plot(first_run, tmp_path):
     lo, hi = np.asarray(meta["calibration"][str(embed_dim)])
     assert lo.shape == (embed_dim,) and (lo < hi).all() and (-1 <= lo).all() and (hi <= 1).all()
     steps_per_epoch = meta["step"] // 2
-    assert steps_per_epoch == 1612 // 2 // 32  # equal batches on both ranks, drop_last
+    # Each rank's part holds 806 rows; the damaged rows dropped from one part end the epoch
+    # for both ranks a batch early at most (drop_last).
+    assert 1612 // 2 // 32 - 1 <= steps_per_epoch <= 1612 // 2 // 32
 
     run_dir = Path(result.run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -160,7 +162,8 @@ def test_same_run_name_resumes_from_the_newest_intact_checkpoint(first_run):
     assert second.epochs_run == 2
     meta = read_meta(second.checkpoint)
     assert meta["epoch"] == 3
-    assert meta["step"] == first_meta["step"] * 3 // 2
+    # one more epoch of 806 // 32 steps per rank, or one fewer where damaged rows fell
+    assert 1612 // 2 // 32 - 1 <= meta["step"] - first_meta["step"] <= 1612 // 2 // 32
     first_epoch = [row for row in first_meta["history"] if row["epoch"] <= 1]
     assert meta["history"][: len(first_epoch)] == first_epoch
     assert [row["epoch"] for row in meta["history"] if "val/loss" in row] == [0, 1, 2, 3]

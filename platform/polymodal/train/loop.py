@@ -29,7 +29,6 @@ from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.resume import resume
-from polymodal.train.retention import Retention
 from polymodal.train.stats import EpochStats, LogWindow, all_ranks, any_rank
 from polymodal.train.step import NonFiniteLoss, step_strategy
 from polymodal.train.tracking import Trackers
@@ -161,13 +160,10 @@ class Recipe:
         self.every_steps = cfg.train.checkpoint_every_steps
         self.every_s = cfg.train.checkpoint_every_minutes * 60
         self.last_checkpoint = (self.step, time.monotonic())
-        self.retention = self.trackers = None
+        self.trackers = None
         self.pause_s, self.checkpoint = 0.0, ""
         if self.rank == 0:
             t = cfg.train
-            self.retention = Retention(
-                self.fs, self.run_dir, t.keep_checkpoints, t.keep_best_metric, t.keep_best_mode
-            )
             ids = self.resumed.meta.get("tracking", {}) if self.resumed is not None else {}
             self.trackers = Trackers(
                 t.tracking,
@@ -409,7 +405,6 @@ class Recipe:
             delete_local_checkpoint_after_upload=True,
         )
         self.pause_s += time.perf_counter() - began
-        self.retention.prune()
         self.trackers.checkpointed(self.checkpoint)
 
     def upload(self, checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:

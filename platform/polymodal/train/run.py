@@ -191,9 +191,13 @@ def build_trainer(
             name=name,
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            # The loop prunes checkpoints itself (train/retention.py): the newest N and the
-            # best, which Ray's num_to_keep cannot both keep.
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            # Ray deletes the others (it must: a resumed run checks that every checkpoint it
+            # registered still exists); by a metric, the best N are kept, the latest always.
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints,
+                checkpoint_score_attribute=cfg.train.keep_best_metric or None,
+                checkpoint_score_order=cfg.train.keep_best_mode,
+            ),
             callbacks=callbacks,
         ),
         datasets=inputs.datasets,
