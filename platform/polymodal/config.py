@@ -291,7 +291,7 @@ class TuneConfig(Section):
     scheduler: Literal["asha", "fifo"] = "asha"
     # random (grid values enumerated) | optuna: keys of tune.sweep.SEARCHERS.
     searcher: Literal["random", "optuna"] = "random"
-    max_concurrent_trials: int = 0  # 0: as many as the cluster's free CPUs/GPUs hold
+    max_concurrent_trials: int = 0  # 0: as many as free CPUs/GPUs hold, one CPU left for data
     grace_period: int = 1  # ASHA: epochs every trial runs before it can be stopped
     reduction_factor: int = 2  # ASHA: keep the top 1/reduction_factor at each rung
 

@@ -77,3 +77,17 @@ def test_optuna_searcher_samples_the_space():
         assert 0.01 <= sample["objective.weights.reconstruction"] <= 3.0
         assert sample["objective.contrastive.temperature_init"] in (0.03, 0.07)
         trial_config(cfg, sample)  # every sample is a valid config
+
+
+def test_concurrent_trials_leave_a_cpu_for_data():
+    from polymodal.tune.sweep import concurrent_trials
+
+    cfg = load_config(None, ["train.num_workers=1", "train.cpus_per_worker=0.5"])
+    two = {"CPU": 2.0}
+    assert concurrent_trials(cfg, two, two) == 1  # 1.51 CPUs would leave 0.49
+    assert concurrent_trials(cfg, {"CPU": 4.0}, {"CPU": 4.0}) == 5  # (4 - 1) // 0.51
+    cfg.tune.max_concurrent_trials = 2
+    with pytest.raises(ConfigError, match="at most 1 fit"):
+        concurrent_trials(cfg, two, two)
+    cfg.train.cpus_per_worker = 0.45
+    assert concurrent_trials(cfg, two, two) == 2

@@ -1,4 +1,4 @@
-"""The driver of a sweep: check the space, decode the dataset once, run the trials with
+"""The driver of a sweep: check the space, decode val once, run the trials with
 ASHA (or FIFO) under a Tuner, resume an interrupted sweep of the same name, write results."""
 
 from __future__ import annotations
@@ -9,24 +9,42 @@ from typing import Any
 
 from polymodal.cluster import ensure_ray
 from polymodal.config import Config, ConfigError
-from polymodal.train.run import RunInputs, apply_storage, check_run, prepare_inputs, run_dir_of
+from polymodal.train.run import (
+    RunInputs,
+    apply_storage,
+    check_cpus,
+    check_run,
+    prepare_inputs,
+    ray_cpus,
+    run_dir_of,
+)
 from polymodal.tune.report import SweepResult, write_results
 from polymodal.tune.space import check_tune, search_space
 from polymodal.tune.trial import run_trial
 
+TRIAL_DRIVER_CPUS = 0.01  # a trial only drives its trainer, whose workers hold the CPUs
+
 
 def trial_cpus(cfg: Config) -> float:
-    return max(cfg.train.num_workers, 1) * cfg.train.cpus_per_worker
+    return max(cfg.train.num_workers, 1) * cfg.train.cpus_per_worker + TRIAL_DRIVER_CPUS
 
 
-def concurrent_trials(cfg: Config) -> int:
-    """tune.max_concurrent_trials, or as many trials as the free CPUs (and GPUs) hold."""
-    import ray
-
-    if cfg.tune.max_concurrent_trials > 0:
-        return cfg.tune.max_concurrent_trials
-    free = ray.available_resources()
-    n = int(free.get("CPU", 0) // trial_cpus(cfg))
+def concurrent_trials(cfg: Config, cluster: dict[str, float], free: dict[str, float]) -> int:
+    """tune.max_concurrent_trials, or as many trials as the free CPUs (and GPUs) hold; either
+    way one CPU stays for reading and decoding data, which each trial's workers do (Ray
+    resources cluster and free). A sweep that would leave less is refused with the numbers."""
+    per_trial = trial_cpus(cfg)
+    fit = int(max(cluster.get("CPU", 0) - 1, 0) // per_trial)
+    wanted = cfg.tune.max_concurrent_trials
+    if wanted > fit:
+        raise ConfigError(
+            f"tune.max_concurrent_trials={wanted} trials × {per_trial:g} CPUs would leave the "
+            f"cluster's {cluster.get('CPU', 0):g} CPUs less than one to read and decode data: "
+            f"at most {fit} fit (fewer trials or a smaller train.cpus_per_worker)"
+        )
+    if wanted > 0:
+        return wanted
+    n = int(max(free.get("CPU", 0) - 1, 0) // per_trial)
     if cfg.train.use_gpu:
         n = min(n, int(free.get("GPU", 0) // max(cfg.train.num_workers, 1)))
     return max(1, n)
@@ -80,6 +98,10 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) ->
     apply_storage(cfg)
     manifest, prep = check_run(cfg)
     ensure_ray(address, trial_cpus(cfg) + 1)
+    import ray
+
+    check_cpus(cfg, ray_cpus())  # one trial alone
+    concurrent = concurrent_trials(cfg, ray.cluster_resources(), ray.available_resources())
     sweep_dir = run_dir_of(cfg)
     storage_path, name = sweep_dir.rsplit("/", 1)
     trainable = tune.with_resources(
@@ -89,7 +111,7 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) ->
             inputs=materialize(prepare_inputs(cfg, manifest, prep)),
             sweep_dir=sweep_dir,
         ),
-        {"CPU": 0.01},  # the trial only drives its trainer, whose workers hold the CPUs
+        {"CPU": TRIAL_DRIVER_CPUS},
     )
     if tune.Tuner.can_restore(sweep_dir):
         print(f"resuming sweep {sweep_dir}: finished trials are kept", flush=True)
@@ -106,7 +128,7 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) ->
                 num_samples=cfg.tune.num_samples,
                 scheduler=SCHEDULERS[cfg.tune.scheduler](cfg),
                 search_alg=SEARCHERS[cfg.tune.searcher](cfg),
-                max_concurrent_trials=concurrent_trials(cfg),
+                max_concurrent_trials=concurrent,
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=storage_path, verbose=1 if progress else 0
