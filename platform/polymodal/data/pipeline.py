@@ -85,9 +85,7 @@ def decode_table(
     kept = np.ones(table.num_rows, dtype=bool)
     kept[[i for i, _ in bad]] = False
     if with_samples:  # only for the sample log and frozen features: no hashing otherwise
-        out["sample"] = np.array(
-            [sample_key(ids[i]) for i in np.flatnonzero(kept)], dtype=np.int64
-        ).reshape(-1)
+        out["sample"] = np.array([sample_key(ids[i]) for i in np.flatnonzero(kept)], dtype=np.int64)
     if positions is not None:
         out["position"] = positions[kept]
     if bad_rows is not None:  # fire and forget: the count must not slow decoding down

@@ -236,10 +236,7 @@ class Recipe:
             raw = next(it, None)
             step, since = self.last_checkpoint
             late = self.rank == 0 and 0 < self.every_s <= time.monotonic() - since
-            if self.world > 1 or self.every_s:
-                ended, late = any_rank([raw is None, late], self.device)
-            else:
-                ended = raw is None
+            ended, late = any_rank([raw is None, late], self.device)
             if ended:
                 return
             due = late or 0 < self.every_steps <= self.step + 1 - step
