@@ -4,9 +4,9 @@ SIGKILLed mid-run (Ray Train restarts the group, the run resumes), several times
 Run: .venv/bin/python benchmarks/faults.py [--runs 3] [--epochs 3] [--case accuracy|repeats]
 accuracy (issue 9): the resumed runs' val accuracy within 1 percentage point of the
 uninterrupted ones'; compare means, and the spread.
-repeats (issue 19): sample trainings repeated after one worker kill mid-epoch 2, with
-checkpoints per epoch vs every 5 steps (the sample log), and the throughput of uninterrupted
-runs with and without step checkpoints (ratio, same run).
+repeats (issue 19): sample trainings repeated after one worker kill at step 18 of epoch 2,
+with checkpoints per epoch vs every 5 steps (the sample log), and the throughput of
+uninterrupted runs with per-epoch, every-5-step and every-5-step async checkpoints (ratios).
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "jobs" / "configs" / "digits.yaml"
 
 
-def kill_a_worker_mid_epoch_2(samples: Path, killed: list) -> None:
-    """SIGKILL a training worker once rank 0 has trained 3 steps of epoch 2 (its sample log)."""
+def kill_a_worker_mid_epoch_2(samples: Path, killed: list, steps: int = 3) -> None:
+    """SIGKILL a training worker once rank 0 has trained `steps` steps of epoch 2 (its sample
+    log)."""
     from ray.util.state import list_actors
 
-    while sum(len(f.read_text().splitlines()) for f in samples.glob("epoch-2-rank-0-*")) < 3:
+    while sum(len(f.read_text().splitlines()) for f in samples.glob("epoch-2-rank-0-*")) < steps:
         time.sleep(0.02)
     workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     if workers:
@@ -47,37 +48,45 @@ def repeated(samples: Path) -> int:
     return sum(c - 1 for epoch in counts.values() for c in epoch.values())
 
 
+# name -> overrides: checkpoints per epoch (as before), every 5 steps, and every 5 steps
+# uploaded in the background.
+CHECKPOINTS = {
+    "epoch": [],
+    "every5": ["train.checkpoint_every_steps=5"],
+    "every5_async": ["train.checkpoint_every_steps=5", "train.checkpoint_upload=async"],
+}
+KILL_AT_STEP = 18  # of digits' 25 per epoch: late, where checkpoints inside the epoch pay off
+
+
 def case_repeats(tmp: Path, epochs: int, runs: int) -> dict:
     from polymodal.config import load_config
     from polymodal.train.run import fit
 
     out: dict[str, list] = {}
     for run in range(runs):
-        for every in (0, 5):
-            for kill in (False, True):
-                name = f"every{every}-{'kill' if kill else 'clean'}-{run}"
+        for kind, extra in CHECKPOINTS.items():
+            for kill in (False, True) if kind != "every5_async" else (False,):
+                name = f"{kind}-{'kill' if kill else 'clean'}-{run}"
                 cfg = load_config(
                     str(CONFIG),
                     [f"data.path={tmp / 'digits'}", f"train.storage_path={tmp}"]
                     + [f"train.name={name}", f"train.epochs={epochs}"]
-                    + ["train.cpus_per_worker=0.5", "train.max_failures=2"]
-                    + [f"train.checkpoint_every_steps={every}"]
+                    + ["train.cpus_per_worker=0.5", "train.max_failures=2", *extra]
                     + [f"train.sample_log_dir={tmp / name / 'samples'}"],
                 )
                 killed: list[int] = []
                 killer = threading.Thread(
-                    target=kill_a_worker_mid_epoch_2, args=(tmp / name / "samples", killed)
+                    target=kill_a_worker_mid_epoch_2,
+                    args=(tmp / name / "samples", killed, KILL_AT_STEP),
                 )
                 if kill:
                     killer.start()
                 result = fit(cfg)
                 if kill:
                     killer.join()
-                    out.setdefault(f"repeated_every{every}", []).append(
-                        repeated(tmp / name / "samples")
-                    )
+                    out.setdefault(f"repeated_{kind}", []).append(repeated(tmp / name / "samples"))
                 else:
-                    out.setdefault(f"samples_per_s_every{every}", []).append(
+                    out.setdefault(f"samples_per_s_{kind}", []).append(
                         result.metrics["train/samples_per_s"]
                     )
     mean = {k: statistics.mean(v) for k, v in out.items()}
@@ -86,13 +95,17 @@ def case_repeats(tmp: Path, epochs: int, runs: int) -> dict:
         "config": "digits",
         "epochs": epochs,
         "runs": runs,
+        "kill_at_step": KILL_AT_STEP,
         **{k: [round(x, 1) for x in v] for k, v in out.items()},
         "repeats_ratio_every5_vs_epoch": round(
-            mean["repeated_every5"] / max(mean["repeated_every0"], 1), 3
+            mean["repeated_every5"] / max(mean["repeated_epoch"], 1), 3
         ),
-        "throughput_ratio_every5_vs_epoch": round(
-            mean["samples_per_s_every5"] / mean["samples_per_s_every0"], 3
-        ),
+        **{
+            f"throughput_ratio_{kind}_vs_epoch": round(
+                mean[f"samples_per_s_{kind}"] / mean["samples_per_s_epoch"], 3
+            )
+            for kind in ("every5", "every5_async")
+        },
     }
 
 
