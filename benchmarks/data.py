@@ -168,7 +168,7 @@ def train_one_epoch(path: str, runs: str, *extra: str) -> dict:
 
 def run_child(script: str, path: str, *args: str) -> dict:
     """`script --child path *args` in a fresh process (its peak memory is its own); the JSON
-    line it printed last."""
+    line it printed last (workers' forwarded lines may come after it)."""
     out = subprocess.run(
         [sys.executable, script, "--child", path, *args],
         capture_output=True,
@@ -177,7 +177,7 @@ def run_child(script: str, path: str, *args: str) -> dict:
     )
     if out.returncode != 0:
         raise RuntimeError(f"training over {path} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads([ln for ln in out.stdout.splitlines() if ln.startswith("{")][-1])
 
 
 def main() -> None:
