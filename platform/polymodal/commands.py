@@ -63,6 +63,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = fit(cfg, address=args.address)
     page = f"{result.run_dir}/report/index.html"
     reported = best_effort(page, lambda: write_report(result.run_dir))
+    if cfg.train.tracking:
+        from polymodal.train.tracking import attach_run_files
+
+        best_effort("the tracked run's files", lambda: attach_run_files(result.run_dir))
     print(format_metrics(result.metrics, f"run {cfg.train.name}"))
     print(f"checkpoint: {result.checkpoint}")
     print(f"metrics:    {result.run_dir}/metrics.json")

@@ -5,6 +5,7 @@ The run's TensorBoard, MLflow and W&B records continue across the restarts."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -14,6 +15,7 @@ import pytest
 
 from polymodal.checkpoint import read_meta
 from polymodal.train.run import fit
+from polymodal.train.tracking import attach_run_files
 from tests.reliability.samples import (
     check_exact,
     faulted_run_config,
@@ -90,3 +92,11 @@ def _check_tracking(run_dir: Path, meta: dict, checkpoint: str) -> None:
     offline = list((run_dir / "wandb" / "wandb").glob("offline-run-*"))
     assert len(offline) == 3  # the first group and two restarts...
     assert {d.name.rsplit("-", 1)[1] for d in offline} == {meta["tracking"]["wandb"]}  # ...one run
+
+    # The driver attaches what the finished run wrote (here without its HTML report).
+    written = ["loss_curves.png", "metrics.json", "reconstructions.png"]
+    assert attach_run_files(str(run_dir)) == written
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == written
+    (attached,) = set((run_dir / "wandb" / "wandb").glob("offline-run-*")) - set(offline)
+    summary = json.loads((attached / "files" / "metrics.json").read_text())
+    assert summary["checkpoint"] == checkpoint

@@ -3,6 +3,7 @@ MLflow and W&B, with metrics.json's names and steps; a resumed run continues its
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from polymodal import storage
+from polymodal.checkpoint import META, fetch_checkpoint, read_meta
 from polymodal.train.same_run import flat
 
 
@@ -73,6 +75,20 @@ def mlflow_key(key: str) -> str:
     return MLFLOW_KEY.sub("_", key.replace("->", "_to_").replace("@", "_at_"))
 
 
+def mlflow_store(run_dir: str) -> tuple[str, str | None]:
+    """The tracking URI and, for our own store, where artifacts go: MLFLOW_TRACKING_URI, or a
+    SQLite store in <run dir>/mlflow."""
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri, None
+    if storage.is_remote(run_dir):
+        raise ValueError(
+            f"train.tracking: mlflow: the run directory {run_dir} is not local; set "
+            "MLFLOW_TRACKING_URI to your MLflow server"
+        )
+    local = _local_dir(run_dir, "mlflow")
+    return f"sqlite:///{local}/mlflow.db", Path(local, "artifacts").as_uri()
+
+
 class MLflow:
     """A run under the experiment tracking_project (a sweep: <project>/<sweep>), in
     MLFLOW_TRACKING_URI or a SQLite store in <run dir>/mlflow; the config as parameters."""
@@ -83,16 +99,7 @@ class MLflow:
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
-        uri, artifacts = os.environ.get("MLFLOW_TRACKING_URI"), None
-        if not uri:
-            if storage.is_remote(run_dir):
-                raise ValueError(
-                    f"train.tracking: mlflow: the run directory {run_dir} is not local; set "
-                    "MLFLOW_TRACKING_URI to your MLflow server"
-                )
-            local = _local_dir(run_dir, "mlflow")
-            uri = f"sqlite:///{local}/mlflow.db"
-            artifacts = Path(local, "artifacts").as_uri()
+        uri, artifacts = mlflow_store(run_dir)
         self.client = client = MlflowClient(uri)
         project = config["train"]["tracking_project"]
         experiment = f"{project}/{group}" if group else project
@@ -123,9 +130,6 @@ class MLflow:
     def finish(self, checkpoint: str) -> None:
         self.client.set_tag(self.id, "checkpoint", checkpoint)
         self.client.set_terminated(self.id)
-
-    def artifact(self, path: str) -> None:
-        self.client.log_artifact(self.id, path)
 
 
 class WandB:
@@ -207,3 +211,46 @@ class Trackers:
     def finish(self, checkpoint: str) -> None:
         for tracker in self.all.values():
             tracker.finish(checkpoint)
+
+
+# What a finished run leaves in its directory besides checkpoints, attached to its tracked runs.
+RUN_FILES = ("metrics.json", "loss_curves.png", "reconstructions.png", "report/")
+
+
+def attach_run_files(run_dir: str) -> list[str]:
+    """On the driver once the run and its report are written: metrics.json, the plots and the
+    report as MLflow artifacts and W&B run files (TensorBoard keeps no files). Returns the
+    names attached."""
+    summary = json.loads(storage.read_bytes(storage.join(run_dir, "metrics.json")))
+    meta = read_meta(fetch_checkpoint(summary["checkpoint"], files=(META,)))
+    ids, root = meta.get("tracking", {}), str(run_dir).rstrip("/")
+    names = [
+        f[len(root) + 1 :]
+        for f in storage.list_files(root)
+        if f[len(root) + 1 :].startswith(RUN_FILES)
+    ]
+
+    def copy_to(directory: str) -> None:
+        for name in names:
+            Path(directory, name).parent.mkdir(parents=True, exist_ok=True)
+            Path(directory, name).write_bytes(storage.read_bytes(storage.join(root, name)))
+
+    if "mlflow" in ids:
+        from mlflow import MlflowClient
+
+        with tempfile.TemporaryDirectory() as tmp:
+            copy_to(tmp)
+            MlflowClient(mlflow_store(root)[0]).log_artifacts(ids["mlflow"], tmp)
+    if "wandb" in ids:
+        import wandb
+
+        run = wandb.init(
+            project=meta["config"]["train"]["tracking_project"],
+            id=ids["wandb"],
+            resume="allow",
+            dir=_local_dir(root, "wandb"),
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+        copy_to(run.dir)  # W&B uploads what its run directory holds
+        run.finish()
+    return names if {"mlflow", "wandb"} & ids.keys() else []
