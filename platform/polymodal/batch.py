@@ -4,6 +4,7 @@ decoded-batch keys (modalities.base.present_key / hash_key)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -75,6 +76,20 @@ class ModelOutput:
     loss_log_vars: dict[str, torch.Tensor] = field(default_factory=dict)
     reconstructions: dict[str, torch.Tensor] = field(default_factory=dict)
     class_logits: torch.Tensor | None = None
+
+    def float32(self) -> ModelOutput:
+        """The outputs of an autocast forward in float32, so that the losses sum in full
+        precision."""
+
+        def full(t: torch.Tensor | None) -> torch.Tensor | None:
+            return t.float() if t is not None and t.is_floating_point() else t
+
+        return dataclasses.replace(
+            self,
+            embeddings={m: full(v) for m, v in self.embeddings.items()},
+            reconstructions={m: full(v) for m, v in self.reconstructions.items()},
+            class_logits=full(self.class_logits),
+        )
 
 
 # DDP flattens a forward's output with pytree to route every tensor through its sink (so with

@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,13 @@ def upload(
                 wait = first_wait_s * 2**attempt
                 log(f"upload of {name} to {dest} failed ({exc}); retrying in {wait:.0f}s")
                 time.sleep(wait)
+
+
+def newest_first(names: Iterable[str]) -> list[str]:
+    """The checkpoint directories among names or paths of one directory (Ray's
+    checkpoint_<time>), newest first."""
+    found = (n for n in names if n.rsplit("/", 1)[-1].startswith("checkpoint_"))
+    return sorted(found, reverse=True)
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:

@@ -259,6 +259,12 @@ class TrainConfig(Section):
     # (epoch-E-rank-R-pid-P.txt, a line per step): audits what a restart repeated or skipped.
     sample_log_dir: str = ""
     grad_cache: GradCacheConfig = Field(default_factory=GradCacheConfig)
+    # The forward pass under autocast: auto is bf16 on CUDA and fp32 on CPU; bf16 runs on CPU
+    # too; fp16 (CUDA only) scales the loss with a GradScaler. Losses always sum in fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # torch.compile each tower in place (checkpoints keep their keys); where the compiler
+    # backend cannot build, a warning and eager towers.
+    compile: bool = False
     # A checkpoint (local or s3://) whose weights this run starts from, and whose model section
     # it uses under the model keys this config sets: fine-tune an imported OpenCLIP model or a
     # run of your own. Resuming a run (same name) takes precedence.
@@ -570,6 +576,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError("'optim.lr' must be > 0")
     if t.keep_checkpoints < 1:
         raise ConfigError("'train.keep_checkpoints' must be >= 1: resuming needs the newest")
+    if t.precision == "fp16" and not t.use_gpu:
+        raise ConfigError(
+            "'train.precision: fp16' needs CUDA (train.use_gpu: true): CPU autocast has no "
+            "loss scaling; use bf16 on CPU"
+        )
+    if t.precision == "fp16" and t.grad_cache.chunk_size > 0:
+        raise ConfigError(
+            "'train.precision: fp16' does not scale the gradient cache's losses; use bf16 "
+            "with train.grad_cache"
+        )
     mid_epoch = t.checkpoint_every_steps > 0 or t.checkpoint_every_minutes > 0
     if mid_epoch and cfg.data.shuffle_buffer_rows > 0:
         raise ConfigError(

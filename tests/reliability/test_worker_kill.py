@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from polymodal.checkpoint import read_meta
+from polymodal.config import ConfigError
 from polymodal.train.run import fit
 from polymodal.train.tracking import attach_run_files
 from tests.reliability.samples import (
     check_exact,
     faulted_run_config,
+    sample_log,
     split_keys,
     wait_until_mid_epoch,
 )
@@ -41,18 +45,26 @@ def _kill_workers_twice(samples: Path, killed: list):
             killed.append(workers[-1].pid)
 
 
-def test_killed_workers_resume_mid_epoch_and_skip_nothing(
-    ray_cluster, digits_dataset, tmp_path, monkeypatch
-):
+@pytest.fixture(scope="module")
+def killed_run(ray_cluster, digits_dataset, tmp_path_factory):
+    """digits with step checkpoints and every tracker, its workers killed twice."""
+    root = tmp_path_factory.mktemp("killed")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WANDB_MODE", "offline")
+        cfg = faulted_run_config(digits_dataset, root, "killed")
+        cfg.train.checkpoint_every_steps = EVERY
+        cfg.train.tracking = ["tensorboard", "mlflow", "wandb"]
+        killed: list[int] = []
+        killer = threading.Thread(target=_kill_workers_twice, args=(root / "samples", killed))
+        killer.start()
+        result = fit(cfg)  # Ray Train wants the driver's main thread
+        killer.join()
+    return cfg, result, killed, root
+
+
+def test_killed_workers_resume_mid_epoch_and_skip_nothing(killed_run, digits_dataset, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = faulted_run_config(digits_dataset, tmp_path, "killed")
-    cfg.train.checkpoint_every_steps = EVERY
-    cfg.train.tracking = ["tensorboard", "mlflow", "wandb"]
-    killed: list[int] = []
-    killer = threading.Thread(target=_kill_workers_twice, args=(tmp_path / "samples", killed))
-    killer.start()
-    result = fit(cfg)  # Ray Train wants the driver's main thread
-    killer.join()
+    cfg, result, killed, root = killed_run
     assert len(killed) == 2, "no worker was alive to kill"
     meta = read_meta(result.checkpoint)
     assert meta["epoch"] == 3 and meta["position"] is None
@@ -62,11 +74,39 @@ def test_killed_workers_resume_mid_epoch_and_skip_nothing(
     # The ranks hold equal rows; drop_last leaves fewer than a batch per worker.
     global_batch = cfg.train.batch_size
     repeated = check_exact(
-        tmp_path / "samples", split_keys(digits_dataset, "train"), 3, lost_max=global_batch
+        root / "samples", split_keys(digits_dataset, "train"), 3, lost_max=global_batch
     )
     assert repeated <= 2 * EVERY * global_batch
     print(f"two worker kills: {repeated} sample trainings repeated, none skipped")
     _check_tracking(Path(result.run_dir), meta, result.checkpoint)
+
+
+def test_a_mid_epoch_checkpoint_resumes_with_another_worker_count(
+    killed_run, digits_dataset, tmp_path
+):
+    """Each rank's place is its own: one worker refuses the 2-worker mid-epoch checkpoint,
+    and with train.resume=force trains that epoch again from its beginning, all of it."""
+    _, result, _, _ = killed_run
+    # The run as it stood at its last mid-epoch checkpoint (kept: the newest two are kept).
+    last, run = Path(result.checkpoint), Path(result.run_dir)
+    snapshot = "checkpoint_manager_snapshot.json"  # Ray's: it would refuse the missing one
+    shutil.copytree(run, tmp_path / "moved", ignore=shutil.ignore_patterns(last.name, snapshot))
+    (mid,) = (tmp_path / "moved").glob("checkpoint_*")
+    position = read_meta(mid)["position"]
+    assert position["world"] == 2 and position["epoch"] == 3 and position["steps"] > 0
+
+    cfg = faulted_run_config(digits_dataset, tmp_path, "moved")
+    cfg.train.num_workers = 1
+    with pytest.raises(ConfigError, match="train.num_workers=2"):
+        fit(cfg)
+    cfg.train.resume = "force"
+    resumed = fit(cfg)
+    meta = read_meta(resumed.checkpoint)
+    assert meta["epoch"] == 3 and resumed.epochs_run == 1
+    assert [row["epoch"] for row in meta["history"] if "val/loss" in row] == [0, 1, 2, 3]
+    counts = Counter(k for ids in sample_log(tmp_path / "samples")[3].values() for k in ids)
+    train = split_keys(digits_dataset, "train")
+    assert set(counts.values()) == {1} and len(train) - len(counts) < cfg.train.batch_size
 
 
 def _check_tracking(run_dir: Path, meta: dict, checkpoint: str) -> None:

@@ -1,5 +1,6 @@
 """The training loop's parts in one process: an epoch's statistics, the step strategy chosen
-once (DDP or gradient cache, the same update), a NaN loss refused before any update, resume."""
+once (DDP or gradient cache, the same update), precision and compiled towers, a NaN loss
+refused before any update, resume."""
 
 from __future__ import annotations
 
@@ -10,13 +11,19 @@ import torch
 
 from polymodal.batch import Batch
 from polymodal.checkpoint import save_checkpoint
-from polymodal.config import load_config
+from polymodal.config import ConfigError, load_config
 from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.resume import resume
 from polymodal.train.stats import EpochStats
-from polymodal.train.step import DDPStep, GradCacheStep, NonFiniteLoss, step_strategy
+from polymodal.train.step import (
+    DDPStep,
+    GradCacheStep,
+    NonFiniteLoss,
+    compile_towers,
+    step_strategy,
+)
 
 PREP = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=10)
 N = 8
@@ -96,6 +103,56 @@ def test_both_strategies_apply_the_same_gradients():
     for (name, a), b in zip(plain.named_parameters(), cached.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6, msg=name)
     assert ddp_step.scheduler.last_epoch == cache_step.scheduler.last_epoch == 1
+
+
+def test_bf16_autocasts_the_towers_on_cpu_and_the_losses_stay_float32():
+    model, step = _step(DDPStep, _cfg("train.precision=bf16"))
+    seen = {m: set() for m in model.encoders}  # the dtypes of each tower's matmuls' outputs
+    for m, tower in model.encoders.items():
+        for layer in tower.modules():
+            if isinstance(layer, torch.nn.Linear | torch.nn.Conv2d):
+                layer.register_forward_hook(lambda _, __, out, m=m: seen[m].add(out.dtype))
+    loss, logs = step(_batch())
+    assert seen == {"image": {torch.bfloat16}, "text": {torch.bfloat16}}
+    assert {v.dtype for v in logs.values()} == {torch.float32}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # the weights stay fp32
+    _, fp32 = _step(DDPStep, _cfg("train.precision=fp32"))
+    _, auto = _step(DDPStep, _cfg())  # auto is fp32 on CPU: the same numbers
+    reference = fp32(_batch())[0]
+    assert auto(_batch())[0] == reference and loss == pytest.approx(reference, rel=0.05)
+    _, cached = _step(GradCacheStep, _cfg("train.precision=bf16", "train.grad_cache.chunk_size=3"))
+    assert cached(_batch())[0] == pytest.approx(loss, rel=0.02)
+
+
+def test_fp16_is_refused_without_cuda_or_with_the_gradient_cache():
+    with pytest.raises(ConfigError, match="fp16' needs CUDA"):
+        _cfg("train.precision=fp16")
+    with pytest.raises(ConfigError, match="use bf16 with train.grad_cache"):
+        _cfg("train.precision=fp16", "train.use_gpu=true", "train.grad_cache.chunk_size=4")
+
+
+def test_compiled_towers_train_as_eager_ones_and_keep_their_checkpoint_keys():
+    eager_model, eager = _step(DDPStep, _cfg())
+    model, compiled = _step(DDPStep, _cfg("train.compile=true"))
+    assert compile_towers(model) == ""
+    assert list(model.state_dict()) == list(eager_model.state_dict())
+    assert compiled(_batch())[0] == pytest.approx(eager(_batch())[0], rel=1e-5)
+    # the clipped gradients each step applied (fused kernels round differently)
+    for (name, a), b in zip(eager_model.named_parameters(), model.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_compile_says_why_and_leaves_towers_eager_when_the_backend_cannot_build(monkeypatch):
+    from torch._inductor import config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, "no-such-cxx"))
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)
+    torch._dynamo.reset()  # forget earlier compilations in this process
+    model = build_model(_cfg(), PREP, num_classes=3)
+    failed = compile_towers(model)
+    torch._dynamo.reset()
+    assert failed and "no-such-cxx" in failed
+    assert not any(t._compiled_call_impl for t in model.encoders.values())
 
 
 def test_a_non_finite_loss_is_refused_before_any_update():

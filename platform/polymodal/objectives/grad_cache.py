@@ -11,6 +11,10 @@ The result equals the full-batch gradients for models whose layers act per sampl
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -37,10 +41,12 @@ def grad_cache_backward(
     batch: Batch,
     cfg: ObjectiveConfig,
     chunk_size: int,
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Accumulate the full-batch gradients into `model`'s .grad; returns (loss, logs).
 
     `model` is the plain JointModel (not DDP-wrapped): call sync_gradients afterwards.
+    `autocast` is entered around the model's forward passes; the losses sum in float32.
     """
     weights = cfg.active_terms()
     if cfg.weighting != "static":
@@ -57,7 +63,9 @@ def grad_cache_backward(
         for sub in subs:
             states.append(_rng_state(device))
             for m in model.modalities:
-                cached[m].append(model.embed(m, sub.inputs[m]))
+                with autocast():
+                    emb = model.embed(m, sub.inputs[m])
+                cached[m].append(emb.float())
     for name, value in model.named_buffers():
         value.copy_(buffers[name])
 
@@ -86,7 +94,9 @@ def grad_cache_backward(
     term_sums: dict[str, torch.Tensor] = {}
     for sl, sub, state in zip(chunks, subs, states):
         _set_rng_state(state, device)
-        out = model(sub)
+        with autocast():
+            out = model(sub)
+        out = out.float32()
         surrogate = torch.zeros((), device=device, dtype=dtype)
         if emb_grads is not None:
             for m, emb in out.embeddings.items():

@@ -30,7 +30,7 @@ from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.resume import resume
 from polymodal.train.stats import EpochStats, LogWindow, all_ranks, any_rank
-from polymodal.train.step import NonFiniteLoss, step_strategy
+from polymodal.train.step import NonFiniteLoss, compile_towers, step_strategy
 from polymodal.train.tracking import Trackers
 
 SHOWN = ("train/loss", "val/loss", "val/accuracy", "val/zero_shot_accuracy")  # per epoch
@@ -131,6 +131,8 @@ class Recipe:
             FrozenFeatures(model, cached, cfg, self.prep, self.meta["dataset"]) if cached else None
         )
 
+        if cfg.train.compile and (failed := compile_towers(model)) and self.rank == 0:
+            print(f"train.compile: torch.compile cannot build here ({failed}); towers run eagerly")
         self.per_worker_batch = cfg.train.batch_size // max(self.world, 1)
         Step = step_strategy(cfg, self.per_worker_batch)
         self.model = Step.prepare(model, cfg)

@@ -12,6 +12,7 @@ from polymodal.checkpoint import (
     CheckpointError,
     load_model_state,
     load_train_state,
+    newest_first,
     read_meta,
     verify,
 )
@@ -56,14 +57,7 @@ def _checkpoints_newest_first(
     import pyarrow.fs as pafs
 
     found = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
-    names = sorted(
-        (
-            info.path.rstrip("/")
-            for info in found
-            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
-        ),
-        reverse=True,  # Ray's names sort by time
-    )
+    names = newest_first(i.path.rstrip("/") for i in found if i.type == pafs.FileType.Directory)
     candidates = [ray.train.Checkpoint(p, filesystem=fs) for p in names]
     if latest is not None and latest.path.rstrip("/") not in names:
         candidates.insert(0, latest)

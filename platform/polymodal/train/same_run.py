@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from polymodal import storage
-from polymodal.checkpoint import META, fetch_checkpoint, read_meta
+from polymodal.checkpoint import META, fetch_checkpoint, newest_first, read_meta
 from polymodal.config import Config, ConfigError
 
 # Safe to change when resuming: how data is read and augmented, not what it is.
@@ -58,10 +58,7 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any
 
 
 def newest_checkpoint(run_dir: str) -> str | None:
-    names = sorted(
-        (n for n in storage.list_dirs(run_dir) if n.startswith("checkpoint_")), reverse=True
-    )
-    for name in names:  # Ray's names sort by time
+    for name in newest_first(storage.list_dirs(run_dir)):
         uri = storage.join(run_dir, name)
         if storage.is_file(storage.join(uri, META)):
             return uri

@@ -1,5 +1,5 @@
 """One optimisation step of a Train worker, `step(batch) -> (loss value, logs)`, in one of two
-strategies chosen once per run: plain DDP, or the gradient cache (train.grad_cache)."""
+strategies chosen once per run (plain DDP, or the gradient cache), at train.precision."""
 
 from __future__ import annotations
 
@@ -44,8 +44,32 @@ def has_unused_encoders(cfg: Config) -> bool:
     return used != mods or locked_tower
 
 
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of train.precision on `device`; auto is bf16 on CUDA and none on
+    CPU, where it is slower than float32 on most hosts."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return AUTOCAST[precision]
+
+
+def compile_towers(model: nn.Module) -> str:
+    """torch.compile each tower in place (its state_dict keys unchanged). Returns "" or why
+    the compiler backend cannot build here, the towers then left eager."""
+    try:
+        torch.compile(lambda x: x.sin() + 1)(torch.zeros(2))  # the backend builds now or never
+    except Exception as exc:  # no C++ compiler, an unsupported platform...
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+    for tower in model.encoders.values():
+        tower.compile()
+    return ""
+
+
 class Step:
-    """zero_grad → the strategy's forward and backward → clip → optimizer and scheduler."""
+    """zero_grad → the strategy's forward (under autocast) and backward → clip → optimizer
+    and scheduler; with fp16 the loss is scaled and steps with inf gradients skipped."""
 
     def __init__(
         self,
@@ -56,10 +80,11 @@ class Step:
         device: torch.device,
     ):
         self.model, self.optimizer, self.scheduler, self.cfg = model, optimizer, scheduler, cfg
-        # bf16 on GPUs; on CPUs autocast would only slow float32 down
-        self.autocast = torch.autocast(
-            device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
-        )
+        self.device_type, self.dtype = device.type, autocast_dtype(cfg.train.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, self.dtype, enabled=self.dtype is not None)
 
     @staticmethod
     def prepare(model: nn.Module, cfg: Config) -> nn.Module:
@@ -74,15 +99,21 @@ class Step:
 
     def __call__(self, batch: Batch) -> tuple[float, Logs]:
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast:
-            loss, logs = self.forward(batch)
+        loss, logs = self.forward(batch)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise NonFiniteLoss(loss_value)
-        self.backward(loss)
+        scaler = self.scaler
+        self.backward(loss if scaler is None else scaler.scale(loss))
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)  # clipping sees the true gradients
         if self.cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.optimizer.step()
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         return loss_value, logs
 
@@ -98,7 +129,9 @@ class DDPStep(Step):
         )
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Logs]:
-        return joint_loss(self.model(batch), batch, self.cfg.objective)
+        with self.autocast():
+            out = self.model(batch)
+        return joint_loss(out.float32(), batch, self.cfg.objective)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -116,7 +149,7 @@ class GradCacheStep(Step):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Logs]:
         chunk = self.cfg.train.grad_cache.chunk_size
-        return grad_cache_backward(self.model, batch, self.cfg.objective, chunk)
+        return grad_cache_backward(self.model, batch, self.cfg.objective, chunk, self.autocast)
 
     def backward(self, loss: torch.Tensor) -> None:
         sync_gradients(self.model)
