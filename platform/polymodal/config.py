@@ -94,6 +94,9 @@ class ImageModelConfig(Section):
     hf_model: str = ""
     width: int = 32
     norm: Norm = "batch"  # small_cnn only
+    # Recompute the tower's blocks' activations in backward instead of keeping them: less
+    # memory, one more forward of the tower per step (towers/checkpointing.py).
+    activation_checkpointing: bool = False
     # Pretrained towers only, as for text.
     tuning: Tuning = "finetune"
     unlock_epoch: int = 1
@@ -107,6 +110,9 @@ class TextModelConfig(Section):
     encoder: Literal["byte_transformer", "minilm", "hf", "open_clip"] = "byte_transformer"
     hf_model: str = ""
     pooling: Literal["cls", "mean"] = "mean"
+    # Recompute the tower's blocks' activations in backward instead of keeping them: less
+    # memory, one more forward of the tower per step (towers/checkpointing.py).
+    activation_checkpointing: bool = False
     width: int = 64
     layers: int = 2
     heads: int = 4
@@ -124,6 +130,9 @@ class AudioModelConfig(Section):
     hf_model: str = ""
     width: int = 16
     norm: Norm = "batch"  # as for images
+    # Recompute the tower's blocks' activations in backward instead of keeping them: less
+    # memory, one more forward of the tower per step (towers/checkpointing.py).
+    activation_checkpointing: bool = False
     # Pretrained towers only, as for text.
     tuning: Tuning = "finetune"
     unlock_epoch: int = 1
@@ -134,6 +143,9 @@ class VectorModelConfig(Section):
     encoder: Literal["mlp"] = "mlp"
     width: int = 128
     hidden: int = 256
+    # Recompute the tower's blocks' activations in backward instead of keeping them: less
+    # memory, one more forward of the tower per step (towers/checkpointing.py).
+    activation_checkpointing: bool = False
 
 
 class OpenCLIPConfig(Section):
@@ -156,6 +168,9 @@ class ModelConfig(Section):
     audio: AudioModelConfig = Field(default_factory=AudioModelConfig)
     vector: VectorModelConfig = Field(default_factory=VectorModelConfig)
     open_clip: OpenCLIPConfig = Field(default_factory=OpenCLIPConfig)
+
+    def activation_checkpointing(self, modality: str) -> bool:
+        return getattr(getattr(self, modality, None), "activation_checkpointing", False)
 
     def tuning(self, modality: str) -> str:
         """model.<modality>.tuning; "finetune" for a modality whose section has none."""

@@ -24,6 +24,7 @@ from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model, unlock_towers
 from polymodal.retrieval.quantize import calibration
 from polymodal.retrieval.vectors import trained_sizes
+from polymodal.towers.checkpointing import checkpoint_activations
 from polymodal.train.bad_rows import BadRowCheck
 from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
@@ -131,6 +132,9 @@ class Recipe:
             FrozenFeatures(model, cached, cfg, self.prep, self.meta["dataset"]) if cached else None
         )
 
+        for m in cfg.model.modalities:  # a frozen tower keeps no activations anyway
+            if cfg.model.activation_checkpointing(m) and cfg.model.tuning(m) != "freeze":
+                checkpoint_activations(model.encoders[m], f"model.{m}")
         if cfg.train.compile and (failed := compile_towers(model)) and self.rank == 0:
             print(f"train.compile: torch.compile cannot build here ({failed}); towers run eagerly")
         self.per_worker_batch = cfg.train.batch_size // max(self.world, 1)

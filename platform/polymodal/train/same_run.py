@@ -11,7 +11,8 @@ from polymodal import storage
 from polymodal.checkpoint import META, fetch_checkpoint, newest_first, read_meta
 from polymodal.config import Config, ConfigError
 
-# Safe to change when resuming: how data is read and augmented, not what it is.
+# Safe to change when resuming: how data is read and augmented, not what it is (and, in the
+# model, whether a tower's activations are recomputed).
 SAFE_DATA = (
     "data.decode_batch_size",
     "data.prefetch_batches",
@@ -39,7 +40,11 @@ def identity(meta: dict[str, Any]) -> dict[str, Any]:
     preprocessing (train-split statistics included), the dataset and its label names."""
     config = meta["config"]
     keys = flat({"model": config["model"], "data": config["data"]})
-    keys = {k: v for k, v in keys.items() if not k.startswith(SAFE_DATA)}
+    keys = {
+        k: v
+        for k, v in keys.items()
+        if not k.startswith(SAFE_DATA) and not k.endswith(".activation_checkpointing")
+    }
     objective = config["objective"]
     keys["objective.weighting"] = objective["weighting"]
     keys["objective.contrastive.kind"] = objective["contrastive"]["kind"]
