@@ -43,7 +43,8 @@ def _loss_and_grads(model: nn.Module, cfg) -> tuple[float, dict[str, torch.Tenso
     torch.manual_seed(7)  # the dropout masks
     loss, _ = joint_loss(model(_batch()), _batch(), cfg.objective)
     loss.backward()
-    return float(loss.detach()), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
 
 
 def test_checkpointed_towers_give_the_plain_towers_gradients():
