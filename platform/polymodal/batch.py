@@ -13,6 +13,13 @@ from torch.utils._pytree import register_dataclass
 
 from polymodal.modalities.base import hash_key, present_key
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+def full(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A half-precision tensor as float32; any other (float64 included) as it is."""
+    return t.float() if t is not None and t.dtype in HALF else t
+
 
 @dataclass(kw_only=True)
 class Batch:
@@ -77,13 +84,9 @@ class ModelOutput:
     reconstructions: dict[str, torch.Tensor] = field(default_factory=dict)
     class_logits: torch.Tensor | None = None
 
-    def float32(self) -> ModelOutput:
-        """The outputs of an autocast forward in float32, so that the losses sum in full
-        precision."""
-
-        def full(t: torch.Tensor | None) -> torch.Tensor | None:
-            return t.float() if t is not None and t.is_floating_point() else t
-
+    def full_precision(self) -> ModelOutput:
+        """The outputs of an autocast forward with half-precision tensors in float32, so
+        that the losses sum in full precision."""
         return dataclasses.replace(
             self,
             embeddings={m: full(v) for m, v in self.embeddings.items()},

@@ -273,6 +273,9 @@ class TrainConfig(Section):
     # A local directory where every worker appends the sample ids of each step it trains
     # (epoch-E-rank-R-pid-P.txt, a line per step): audits what a restart repeated or skipped.
     sample_log_dir: str = ""
+    # ddp: every worker holds the whole model; fsdp: weights, gradients and optimizer state
+    # sharded over the workers (FSDP2), for towers bigger than one device.
+    strategy: Literal["ddp", "fsdp"] = "ddp"
     grad_cache: GradCacheConfig = Field(default_factory=GradCacheConfig)
     # The forward pass under autocast: auto is bf16 on CUDA and fp32 on CPU; bf16 runs on CPU
     # too; fp16 (CUDA only) scales the loss with a GradScaler. Losses always sum in fp32.
@@ -591,6 +594,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("'optim.lr' must be > 0")
     if t.keep_checkpoints < 1:
         raise ConfigError("'train.keep_checkpoints' must be >= 1: resuming needs the newest")
+    if t.strategy == "fsdp" and t.grad_cache.chunk_size > 0:
+        raise ConfigError(
+            "'train.strategy: fsdp' does not run the gradient cache yet: use one or the other"
+        )
     if t.precision == "fp16" and not t.use_gpu:
         raise ConfigError(
             "'train.precision: fp16' needs CUDA (train.use_gpu: true): CPU autocast has no "

@@ -1,5 +1,6 @@
-"""Real digits (with a few bad rows of every kind) → 2-worker Ray Train run → checkpoint →
-eval; then resume the same run."""
+"""Real digits (with a few bad rows of every kind) → 2-worker Ray Train run, sharded (FSDP)
+with recomputed text activations → checkpoint → eval by a plain model; then resume the same
+run, sharded again. (DDP runs are the other integration tests'.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from polymodal.checkpoint import read_meta
+from polymodal.checkpoint import load_train_state, read_meta
 from polymodal.config import load_config
 from polymodal.evaluation.report import screenshot, write_report
 from polymodal.evaluation.run import evaluate_checkpoint
@@ -34,6 +35,8 @@ def first_run(ray_cluster, damaged_digits, tmp_path_factory):
         "train.epochs=2",
         "train.num_workers=2",
         "train.cpus_per_worker=0.5",
+        "train.strategy=fsdp",
+        "model.text.activation_checkpointing=true",
     ]
     cfg = load_config(CONFIG, overrides)
     result = fit(cfg)
@@ -59,6 +62,8 @@ def test_train_writes_checkpoint_metrics_and_plot(first_run, tmp_path):
     embed_dim = meta["config"]["model"]["embed_dim"]
     lo, hi = np.asarray(meta["calibration"][str(embed_dim)])
     assert lo.shape == (embed_dim,) and (lo < hi).all() and (-1 <= lo).all() and (hi <= 1).all()
+    # FSDP's optimizer state is keyed by parameter name, the model's is the plain model's
+    assert "encoders.text.embed.weight" in load_train_state(ckpt)["optimizer"]["state"]
     steps_per_epoch = meta["step"] // 2
     # Each rank's part holds 806 rows; the damaged rows dropped from one part end the epoch
     # for both ranks a batch early at most (drop_last).

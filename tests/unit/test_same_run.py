@@ -87,3 +87,18 @@ def test_a_mid_epoch_checkpoint_needs_its_worker_count_or_force(tmp_path, capsys
     forced = load_config(None, [*TINY, "train.num_workers=4", "train.resume=force"])
     check_resume(forced, str(run), _meta(forced, prep))
     assert "epoch 2 starts again from its beginning" in capsys.readouterr().out
+
+
+def test_another_strategy_resumes_only_with_force(tmp_path, capsys):
+    cfg = load_config(None, TINY)
+    prep = Preprocessing(["image", "text"], image_size=8, text_max_len=16)
+    run = tmp_path / "runs" / "r"
+    meta = {**_meta(cfg, prep), "epoch": 1, "step": 12}
+    save_checkpoint(run / "checkpoint_2026-11-30_10-00-00.000000", build_model(cfg, prep), meta)
+    fsdp = load_config(None, [*TINY, "train.strategy=fsdp"])
+    with pytest.raises(ConfigError) as err:
+        check_resume(fsdp, str(run), _meta(fsdp, prep))
+    assert "train.strategy=ddp" in str(err.value) and "train.resume=force" in str(err.value)
+    forced = load_config(None, [*TINY, "train.strategy=fsdp", "train.resume=force"])
+    check_resume(forced, str(run), _meta(forced, prep))
+    assert "the optimizer state starts afresh" in capsys.readouterr().out

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from polymodal.batch import Batch, ModelOutput
+from polymodal.batch import Batch, ModelOutput, full
 from polymodal.config import ObjectiveConfig
 from polymodal.objectives.gather import distributed
 from polymodal.objectives.joint import batch_counts, contrastive_term, per_sample_terms
@@ -65,7 +65,7 @@ def grad_cache_backward(
             for m in model.modalities:
                 with autocast():
                     emb = model.embed(m, sub.inputs[m])
-                cached[m].append(emb.float())
+                cached[m].append(full(emb))
     for name, value in model.named_buffers():
         value.copy_(buffers[name])
 
@@ -96,7 +96,7 @@ def grad_cache_backward(
         _set_rng_state(state, device)
         with autocast():
             out = model(sub)
-        out = out.float32()
+        out = out.full_precision()
         surrogate = torch.zeros((), device=device, dtype=dtype)
         if emb_grads is not None:
             for m, emb in out.embeddings.items():
@@ -117,11 +117,16 @@ def grad_cache_backward(
 
 def sync_gradients(model: nn.Module) -> None:
     """Average .grad over ranks in one flat all-reduce (what DDP would have done)."""
-    if not distributed():
-        return
     # A locked tower's weights get no gradient on any rank; zeros would let AdamW move them.
     locked = {id(p) for m in model.modules() if getattr(m, "locked", False) for p in m.parameters()}
-    params = [p for p in model.parameters() if p.requires_grad and id(p) not in locked]
+    average_gradients([p for p in model.parameters() if p.requires_grad and id(p) not in locked])
+
+
+def average_gradients(params: list[nn.Parameter]) -> None:
+    """Average these parameters' .grad over ranks in one flat all-reduce (a missing one
+    counts as zeros)."""
+    if not distributed() or not params:
+        return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)

@@ -17,10 +17,10 @@ CONTAINERS = (nn.ModuleList, nn.Sequential)
 
 def repeated_blocks(module: nn.Module) -> list[nn.Module]:
     """The outermost runs of blocks: the children with weights of a ModuleList or Sequential
-    when there are two or more and all of one class (transformer layers, CNN stages)."""
+    when they are all of one class (transformer layers, CNN stages; one layer counts)."""
     if isinstance(module, CONTAINERS):
         kids = [c for c in module.children() if next(c.parameters(), None) is not None]
-        if len(kids) >= 2 and len({type(c) for c in kids}) == 1:
+        if kids and len({type(c) for c in kids}) == 1:
             return kids
     return [b for child in module.children() for b in repeated_blocks(child)]
 

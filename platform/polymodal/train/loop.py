@@ -30,6 +30,11 @@ from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.resume import resume
+from polymodal.train.sharding import (
+    full_model_state,
+    full_optimizer_state,
+    load_optimizer_state,
+)
 from polymodal.train.stats import EpochStats, LogWindow, all_ranks, any_rank
 from polymodal.train.step import NonFiniteLoss, compile_towers, step_strategy
 from polymodal.train.tracking import Trackers
@@ -148,8 +153,21 @@ class Recipe:
         self.scheduler = build_scheduler(
             self.optimizer, cfg.optim, self.steps_per_epoch * cfg.train.epochs
         )
+        # Under FSDP rank 0 validates and saves a plain copy that gather() fills.
+        self.sharded = cfg.train.strategy == "fsdp"
+        self.eval_model = self.raw_model
+        if self.sharded and self.rank == 0:
+            classes = len(self.meta["label_names"] or [])
+            self.eval_model = build_model(cfg, self.prep, classes).to(self.device)
+        self.full_optimizer: dict | None = None
         if self.resumed is not None:
-            self.optimizer.load_state_dict(self.resumed.train_state["optimizer"])
+            state = self.resumed.train_state["optimizer"]
+            # Another strategy's (train.resume: force, same_run.check_strategy): left out.
+            same = self.resumed.meta["config"]["train"].get("strategy", "ddp") == cfg.train.strategy
+            if same and self.sharded:
+                load_optimizer_state(self.model, self.optimizer, state)
+            elif same:
+                self.optimizer.load_state_dict(state)
             self.scheduler.load_state_dict(self.resumed.train_state["scheduler"])
         self.take_step = Step(self.model, self.optimizer, self.scheduler, cfg, self.device)
 
@@ -183,15 +201,29 @@ class Recipe:
             )
 
     # ---- train ----
+    def gather(self, optimizer: bool = False) -> None:
+        """Under FSDP every rank calls it: rank 0's eval_model gets the full weights (and
+        full_optimizer the optimizer state, for a checkpoint). Otherwise nothing to do."""
+        if not self.sharded:
+            return
+        state = full_model_state(self.model)
+        if optimizer:
+            self.full_optimizer = full_optimizer_state(self.model, self.optimizer)
+        if self.rank == 0:
+            self.eval_model.load_state_dict(state)
+
     def train(self) -> dict[str, Any]:
-        if self.rank == 0 and self.resumed is None:  # the untrained baseline, for the curves
-            self.history.append(_val_losses(0, 0, self.validate()))
-            self.trackers.log(self.history[-1], 0)
+        if self.resumed is None:  # the untrained baseline, for the curves
+            self.gather()
+            if self.rank == 0:
+                self.history.append(_val_losses(0, 0, self.validate()))
+                self.trackers.log(self.history[-1], 0)
         if self.resumed is not None and self.resumed.unregistered:
             self.report_unregistered()
         for epoch in range(self.start_epoch, self.cfg.train.epochs + 1):
             stats = self.train_epoch(epoch)
             metrics = self.epoch_metrics(epoch, stats)
+            self.gather(optimizer=True)
             if self.rank == 0:
                 self.validate_and_save(epoch, stats.seconds, metrics)
             else:
@@ -328,7 +360,7 @@ class Recipe:
             self.meta["calibration"] = calibration(torch.cat(rows).numpy(), sizes)
 
         return evaluate(
-            self.raw_model,
+            self.eval_model,
             self.val.batches(),
             self.prep,
             cfg.eval,
@@ -365,6 +397,7 @@ class Recipe:
             "next": all_ranks(next_position, self.device),
         }
         metrics = {"step": self.step, "mid_epoch": epoch}
+        self.gather(optimizer=True)
         if self.rank == 0:
             self.save(epoch - 1, metrics, position)
         else:
@@ -385,13 +418,14 @@ class Recipe:
             "tracking": self.trackers.ids,
         }
         train_state = {
-            "optimizer": self.optimizer.state_dict(),
+            # under FSDP keyed by parameter name, not number
+            "optimizer": self.full_optimizer if self.sharded else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
         upload_async = self.cfg.train.checkpoint_upload == "async"
         # async: Ray uploads the directory in the background, then deletes it.
         tmp = tempfile.mkdtemp(prefix="polymodal-checkpoint-")
-        save_checkpoint(tmp, self.raw_model, meta, train_state)
+        save_checkpoint(tmp, self.eval_model, meta, train_state)
         # Named here, as Ray would (names sort by time): an async upload names it later.
         stamp = time.time()
         name = time.strftime("checkpoint_%Y-%m-%d_%H-%M-%S", time.localtime(stamp))

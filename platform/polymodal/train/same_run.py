@@ -92,6 +92,7 @@ def check_resume(cfg: Config, run_dir: str, new_meta: dict[str, Any]) -> None:
         return
     old = read_meta(fetch_checkpoint(found, (META,)))
     check_world(cfg, found, old)
+    check_strategy(cfg, found, old)
     changed = differences(identity(old), identity(new_meta))
     if not changed:
         return
@@ -127,4 +128,25 @@ def check_world(cfg: Config, found: str, old: dict[str, Any]) -> None:
         f"{position['world']} workers, and each worker's place in the data is its own. Resume "
         f"with train.num_workers={position['world']}, or set train.resume=force to start epoch "
         f"{position['epoch']} again from its beginning with {workers} workers."
+    )
+
+
+def check_strategy(cfg: Config, found: str, old: dict[str, Any]) -> None:
+    """The optimizer state is laid out per train.strategy (by parameter number under ddp, by
+    name under fsdp): another strategy resumes the weights only, with force."""
+    before = old["config"]["train"].get("strategy", "ddp")
+    if before == cfg.train.strategy:
+        return
+    if cfg.train.resume == "force":
+        print(
+            f"train.resume: force: {found} was trained with train.strategy={before}; its "
+            f"weights resume under {cfg.train.strategy}, the optimizer state starts afresh",
+            flush=True,
+        )
+        return
+    raise ConfigError(
+        f"run '{cfg.train.name}': {found} was trained with train.strategy={before}, whose "
+        f"optimizer state {cfg.train.strategy} cannot read. Resume with "
+        f"train.strategy={before}, or set train.resume=force to keep the weights and start "
+        "the optimizer afresh."
     )

@@ -1,5 +1,5 @@
-"""One optimisation step of a Train worker, `step(batch) -> (loss value, logs)`, in one of two
-strategies chosen once per run (plain DDP, or the gradient cache), at train.precision."""
+"""One optimisation step of a Train worker, `step(batch) -> (loss value, logs)`, in one of the
+strategies chosen once per run (DDP, FSDP or the gradient cache), at train.precision."""
 
 from __future__ import annotations
 
@@ -9,15 +9,18 @@ from typing import Any
 import ray.train.torch
 import torch
 from torch import nn
+from torch.distributed.fsdp import fully_shard
 
 from polymodal.batch import Batch
 from polymodal.config import Config
 from polymodal.objectives.grad_cache import (
+    average_gradients,
     broadcast_parameters,
     grad_cache_backward,
     sync_gradients,
 )
 from polymodal.objectives.joint import joint_loss
+from polymodal.towers.checkpointing import repeated_blocks
 
 Logs = dict[str, torch.Tensor]
 
@@ -131,7 +134,7 @@ class DDPStep(Step):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Logs]:
         with self.autocast():
             out = self.model(batch)
-        return joint_loss(out.float32(), batch, self.cfg.objective)
+        return joint_loss(out.full_precision(), batch, self.cfg.objective)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -155,9 +158,43 @@ class GradCacheStep(Step):
         sync_gradients(self.model)
 
 
+class FSDPStep(DDPStep):
+    """FSDP2 (train.strategy: fsdp): each tower's repeated blocks, each tower and then the
+    rest of the model are sharded over the ranks with fully_shard; weights are gathered for
+    a block's forward and backward, gradients reduce-scattered. Scalars (the temperature, the
+    bias, the loss log-variances; fully_shard takes none) and frozen weights stay whole on
+    every rank, and the scalars' gradients are averaged here."""
+
+    @staticmethod
+    def prepare(model: nn.Module, cfg: Config) -> nn.Module:
+        model = ray.train.torch.prepare_model(model, parallel_strategy=None)  # its device
+        shard_model(model)
+        return model
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+        average_gradients([p for p in self.model.parameters() if p.ndim == 0 and p.requires_grad])
+
+
+def shard_model(model: nn.Module) -> None:
+    """fully_shard bottom-up (blocks, towers, the root), as FSDP2 wants: a module's weights
+    then travel together, one block at a time. Scalars and frozen weights stay whole."""
+    whole = {p for p in model.parameters() if p.ndim == 0 or not p.requires_grad}
+    for tower in model.encoders.values():
+        if not any(p.requires_grad for p in tower.parameters()):
+            continue  # a frozen tower: nothing to reduce, and sharding would cost a gather
+        for block in repeated_blocks(tower):
+            fully_shard(block, ignored_params=whole)
+        fully_shard(tower, ignored_params=whole)
+    fully_shard(model, ignored_params=whole)
+
+
+STRATEGIES = {"ddp": DDPStep, "fsdp": FSDPStep}
+
+
 def step_strategy(cfg: Config, per_worker_batch: int) -> type[Step]:
-    """The one place the strategy is chosen: the gradient cache when its chunks are smaller
-    than a worker's batch."""
+    """The one place the strategy is chosen: train.strategy, or the gradient cache when its
+    chunks are smaller than a worker's batch."""
     if 0 < cfg.train.grad_cache.chunk_size < per_worker_batch:
         return GradCacheStep
-    return DDPStep
+    return STRATEGIES[cfg.train.strategy]
