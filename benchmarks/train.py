@@ -1,0 +1,201 @@
+"""Training levers for big towers, each against its baseline measured in this run (CPU, gloo):
+
+  checkpointing  one process, a 6-layer 512-wide text tower on 256-token rows: step time and
+                 the step's peak memory with model.text.activation_checkpointing on vs off
+  fsdp_memory    4 processes, a 151M-parameter text tower (12 layers, 1024 wide) trained two
+                 AdamW steps: each process's peak memory under FSDP vs DDP, against a 2 GiB
+                 cap per process (weights, gradients and Adam state are 16 bytes a parameter)
+
+Run: .venv/bin/python benchmarks/train.py [--cases checkpointing,fsdp_memory] [--dry-run]
+Prints one JSON line per case. --dry-run: tiny sizes, a check that the script runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+# glibc hands large freed blocks back at once, so the resident set follows live tensors.
+os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+CAP_MB = 2048
+SIZES = {  # text tower width, layers, tokens per row, rows per step
+    "checkpointing": {"width": 512, "layers": 6, "tokens": 256, "rows": 32},
+    "fsdp_memory": {"width": 1024, "layers": 12, "tokens": 32, "rows": 4},
+    "dry": {"width": 32, "layers": 2, "tokens": 16, "rows": 4},
+}
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> float:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM back to the current resident set
+    return _status_mb("VmRSS")
+
+
+def _setup(size: dict, *extra: str):
+    """A model, its optimizer and one batch of real captions, as the training loop builds
+    them (the image tower is small: the text tower is what is measured)."""
+    from polymodal.batch import Batch
+    from polymodal.config import load_config
+    from polymodal.modalities import Preprocessing
+    from polymodal.modalities.text import encode_text
+    from polymodal.models.build import build_model
+    from polymodal.train.optim import build_optimizer
+
+    cfg = load_config(
+        None,
+        [
+            "model.image.width=4",
+            "model.image.norm=group",
+            f"model.text.width={size['width']}",
+            f"model.text.layers={size['layers']}",
+            "model.text.heads=8" if size["width"] >= 256 else "model.text.heads=2",
+            "optim.warmup_steps=0",
+            *extra,
+        ],
+    )
+    prep = Preprocessing(
+        ["image", "text"], image_size=8, image_channels=1, text_max_len=size["tokens"]
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg, prep).train()
+    words = "a photo of the ankle boot on a plain background, seen from the side " * 20
+    n = size["rows"]
+    ids = torch.stack([torch.from_numpy(encode_text(words[i:], size["tokens"])) for i in range(n)])
+    batch = Batch(
+        inputs={"image": torch.rand(n, 1, 8, 8), "text": ids},
+        present={"image": torch.ones(n), "text": torch.ones(n)},
+        label=torch.full((n,), -1),
+    )
+    return cfg, model, batch, build_optimizer
+
+
+def _step_stats(recompute: bool, size: dict, steps: int, queue) -> None:
+    """In a fresh process: median step time and the largest growth of the resident set
+    during a step (activations, gradients) over `steps` steps."""
+    from polymodal.objectives.joint import joint_loss
+    from polymodal.towers.checkpointing import checkpoint_activations
+
+    torch.set_num_threads(2)
+    cfg, model, batch, build_optimizer = _setup(size)
+    if recompute:
+        checkpoint_activations(model.encoders["text"], "model.text")
+    optimizer = build_optimizer(model, cfg.optim)
+    times, peaks = [], []
+    for _ in range(steps):
+        base = _reset_peak()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = joint_loss(model(batch), batch, cfg.objective)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+        peaks.append(_status_mb("VmHWM") - base)
+    queue.put({"step_s": statistics.median(times[1:]), "step_peak_mb": max(peaks[1:])})
+
+
+def case_checkpointing(size: dict, steps: int) -> dict:
+    ctx = mp.get_context("spawn")
+    out = {}
+    for recompute in (False, True):
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_step_stats, args=(recompute, size, steps, queue))
+        proc.start()
+        out[recompute] = queue.get()
+        proc.join()
+    off, on = out[False], out[True]
+    return {
+        "case": "checkpointing",
+        **{f"text_{k}": v for k, v in size.items()},
+        "step_s": [round(off["step_s"], 3), round(on["step_s"], 3)],
+        "step_peak_mb": [round(off["step_peak_mb"]), round(on["step_peak_mb"])],
+        "time_ratio": round(on["step_s"] / off["step_s"], 3),
+        "memory_ratio": round(on["step_peak_mb"] / max(off["step_peak_mb"], 1), 3),
+        "order": "[off, on]",
+    }
+
+
+def _rank(rank: int, world: int, init: str, strategy: str, size: dict, out: str) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    from polymodal.objectives.joint import joint_loss
+    from polymodal.train.step import shard_model
+
+    torch.set_num_threads(1)
+    cfg, model, batch, build_optimizer = _setup(size)
+    params = sum(p.numel() for p in model.parameters())
+    if strategy == "fsdp":
+        shard_model(model)
+        raw = model
+    else:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+        raw = model.module
+    optimizer = build_optimizer(raw, cfg.optim)
+    start = time.perf_counter()
+    for _ in range(2):  # the first step creates Adam's state
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = joint_loss(model(batch), batch, cfg.objective)
+        loss.backward()
+        optimizer.step()
+    peaks = [None] * world
+    dist.all_gather_object(peaks, _status_mb("VmHWM"))
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump({"params": params, "peaks": peaks, "s": time.perf_counter() - start}, f)
+    dist.barrier()
+
+
+def case_fsdp_memory(size: dict, world: int) -> dict:
+    result = {}
+    for strategy in ("ddp", "fsdp"):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "out.json")
+            args = (world, os.path.join(tmp, "init"), strategy, size, out)
+            mp.spawn(_rank, args=args, nprocs=world)
+            with open(out) as f:
+                result[strategy] = json.load(f)
+    ddp, fsdp = result["ddp"], result["fsdp"]
+    return {
+        "case": "fsdp_memory",
+        "world": world,
+        "params": ddp["params"],
+        "peak_mb_per_process": {s: [round(p) for p in r["peaks"]] for s, r in result.items()},
+        "two_steps_s": {s: round(r["s"], 1) for s, r in result.items()},
+        "memory_ratio": round(max(fsdp["peaks"]) / max(ddp["peaks"]), 3),
+        "cap_mb": CAP_MB,
+        "fsdp_within_cap": max(fsdp["peaks"]) <= CAP_MB,
+        "ddp_within_cap": max(ddp["peaks"]) <= CAP_MB,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="checkpointing,fsdp_memory")
+    parser.add_argument("--dry-run", action="store_true", help="tiny sizes: does it run")
+    args = parser.parse_args()
+    cases = set(args.cases.split(","))
+    if "checkpointing" in cases:
+        size = SIZES["dry" if args.dry_run else "checkpointing"]
+        print(json.dumps(case_checkpointing(size, 3 if args.dry_run else 6)), flush=True)
+    if "fsdp_memory" in cases:
+        size = SIZES["dry" if args.dry_run else "fsdp_memory"]
+        print(json.dumps(case_fsdp_memory(size, 2 if args.dry_run else 4)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

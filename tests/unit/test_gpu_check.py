@@ -1,0 +1,39 @@
+"""benchmarks/gpu.py, the check a session with a GPU runs: its --dry-run (tiny towers on the
+CPU) still works end to end, and without a device it refuses instead of measuring a CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+SCRIPT = REPO / "benchmarks" / "gpu.py"
+
+
+def test_the_gpu_check_runs_dry_on_the_cpu():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dry-run"], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["case"] for r in rows] == ["device", "precision", "precision", "largest_batch"]
+    assert rows[0]["device"] == "cpu"
+    assert {r["loss"] for r in rows[1:3]} == {"infonce", "sigmoid"}
+    for row in rows[1:3]:
+        assert set(row["samples_per_s"]) == {"fp32", "bf16"}
+        assert all(v > 0 for v in row["samples_per_s"].values())
+        assert row["vs_fp32"]["fp32"] == 1.0
+    largest = rows[3]
+    for variant in ("plain", "grad_cache", "activation_checkpointing"):
+        assert largest[variant]["batch"] == largest["tried_up_to"]  # a CPU has room
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="here it runs the real check")
+def test_without_a_device_it_refuses():
+    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "no CUDA device" in proc.stderr
