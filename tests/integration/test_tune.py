@@ -46,7 +46,9 @@ def test_sweep_on_s3_stops_weak_trials_and_writes_results(ray_cluster, s3_endpoi
         "sweep",
         ["train.epochs=2", "tune.num_samples=2", "tune.max_concurrent_trials=2"]
         # two trials side by side on 2 CPUs, one CPU left for their data
-        + ["train.cpus_per_worker=0.45"],
+        + ["train.cpus_per_worker=0.45"]
+        # mid-epoch checkpoints: their reports carry no val metric, and reach Train only
+        + ["train.checkpoint_every_steps=8"],
     )
     # Without the contrastive term text and images never align: zero-shot stays near
     # chance, so ASHA must stop those trials at the first rung once a good one is recorded.

@@ -10,9 +10,22 @@ from polymodal.train.run import RunInputs, build_trainer
 from polymodal.tune.space import trial_config
 
 
+def epoch_reports():
+    """Ray's TuneReportCallback for the reports at epoch ends only: a mid-epoch checkpoint's
+    report has no validation metric (Tune refuses a result without its metric), and ASHA
+    counts epochs."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class EpochReports(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            if "mid_epoch" not in metrics[0]:
+                super().after_report(run_context, metrics, checkpoint)
+
+    return EpochReports()
+
+
 def run_trial(sampled: dict[str, Any], base: dict, inputs: RunInputs, sweep_dir: str) -> None:
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = trial_config(config_from_dict(base), sampled)
     # Tune's table points at the checkpoint where the metric was best: it must stay.
@@ -24,7 +37,7 @@ def run_trial(sampled: dict[str, Any], base: dict, inputs: RunInputs, sweep_dir:
         inputs,
         storage_path=f"{sweep_dir}/trials",
         name=ray.tune.get_context().get_trial_id(),
-        callbacks=[TuneReportCallback()],
+        callbacks=[epoch_reports()],
         sweep=sweep_dir.rstrip("/").rsplit("/", 1)[-1],
     )
     trainer.fit()
