@@ -110,9 +110,7 @@ class TextModelConfig(Section):
     encoder: Literal["byte_transformer", "minilm", "hf", "open_clip"] = "byte_transformer"
     hf_model: str = ""
     pooling: Literal["cls", "mean"] = "mean"
-    # Recompute the tower's blocks' activations in backward instead of keeping them: less
-    # memory, one more forward of the tower per step (towers/checkpointing.py).
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # as for images
     width: int = 64
     layers: int = 2
     heads: int = 4
@@ -130,9 +128,7 @@ class AudioModelConfig(Section):
     hf_model: str = ""
     width: int = 16
     norm: Norm = "batch"  # as for images
-    # Recompute the tower's blocks' activations in backward instead of keeping them: less
-    # memory, one more forward of the tower per step (towers/checkpointing.py).
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # as for images
     # Pretrained towers only, as for text.
     tuning: Tuning = "finetune"
     unlock_epoch: int = 1
@@ -143,9 +139,7 @@ class VectorModelConfig(Section):
     encoder: Literal["mlp"] = "mlp"
     width: int = 128
     hidden: int = 256
-    # Recompute the tower's blocks' activations in backward instead of keeping them: less
-    # memory, one more forward of the tower per step (towers/checkpointing.py).
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # as for images
 
 
 class OpenCLIPConfig(Section):
