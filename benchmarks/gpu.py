@@ -97,8 +97,7 @@ def _batch(n: int, cfg, device: torch.device):
 def _step(cfg, device: torch.device, compiled: bool = False):
     """polymodal's own training step (the loop's, on one process: no DDP to wrap)."""
     from polymodal.modalities import MODALITIES, Preprocessing
-    from polymodal.models.build import build_model
-    from polymodal.towers.checkpointing import checkpoint_activations
+    from polymodal.models.build import build_model, recompute_activations
     from polymodal.train.optim import build_optimizer, build_scheduler
     from polymodal.train.step import DDPStep, GradCacheStep, compile_towers
 
@@ -106,9 +105,7 @@ def _step(cfg, device: torch.device, compiled: bool = False):
     image = MODALITIES["image"].settings(cfg, None, None)  # the hf tower's: its processor's
     prep = Preprocessing(["image", "text"], **image, text_max_len=cfg.data.text_max_len)
     model = build_model(cfg, prep).to(device).train()
-    for m in cfg.model.modalities:
-        if cfg.model.activation_checkpointing(m):
-            checkpoint_activations(model.encoders[m], f"model.{m}")
+    recompute_activations(model, cfg)
     if compiled and (failed := compile_towers(model)):
         raise RuntimeError(f"torch.compile cannot build here: {failed}")
     optimizer = build_optimizer(model, cfg.optim)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import TINY_TOWERS
 from tests.distributed.helpers import run_on_ranks
 
 N = 8  # rows per rank
@@ -18,13 +19,8 @@ def _cfg(*extra: str):
     return load_config(
         None,
         [
-            "model.embed_dim=16",
-            "model.image.width=4",
-            "model.image.norm=group",
-            "model.text.width=16",
+            *TINY_TOWERS,
             "model.text.layers=2",
-            "model.text.heads=2",
-            "objective.weights.reconstruction=0.5",
             "objective.weights.classification=0.7",
             "objective.contrastive.gather=local",
             "optim.grad_clip=0.5",  # the clip is active: it sees every shard's gradients
@@ -50,16 +46,14 @@ def _batch(rank: int, step: int):
 
 def _build(cfg, fsdp: bool):
     from polymodal.modalities import Preprocessing
-    from polymodal.models.build import build_model
-    from polymodal.towers.checkpointing import checkpoint_activations
+    from polymodal.models.build import build_model, recompute_activations
     from polymodal.train.optim import build_optimizer, build_scheduler
     from polymodal.train.step import DDPStep, FSDPStep, shard_model
 
     prep = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=10)
     torch.manual_seed(0)
     model = build_model(cfg, prep, num_classes=3).train()
-    if cfg.model.text.activation_checkpointing:
-        checkpoint_activations(model.encoders["text"], "model.text")
+    recompute_activations(model, cfg)
     if fsdp:
         shard_model(model)
         raw, kind = model, FSDPStep

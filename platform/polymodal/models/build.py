@@ -8,6 +8,7 @@ from torch import nn
 from polymodal.config import Config
 from polymodal.modalities import MODALITIES, Preprocessing
 from polymodal.models.joint import JointModel
+from polymodal.towers.checkpointing import checkpoint_activations
 
 
 def unlock_towers(model: nn.Module, cfg: Config, epoch: int) -> None:
@@ -18,6 +19,14 @@ def unlock_towers(model: nn.Module, cfg: Config, epoch: int) -> None:
             for module in encoder.modules():
                 if getattr(module, "locked", False):
                     module.unlock()
+
+
+def recompute_activations(model: nn.Module, cfg: Config) -> None:
+    """model.<modality>.activation_checkpointing for each tower that trains (a frozen one
+    keeps no activations anyway)."""
+    for m in cfg.model.modalities:
+        if cfg.model.activation_checkpointing(m) and cfg.model.tuning(m) != "freeze":
+            checkpoint_activations(model.encoders[m], f"model.{m}")
 
 
 def encoder_name(cfg: Config, modality: str) -> str:

@@ -21,15 +21,15 @@ from polymodal.data.order import epoch_plan, resume_plan
 from polymodal.data.pipeline import configure_ray_data, pieces_dataset
 from polymodal.evaluation.evaluate import evaluate
 from polymodal.modalities import Preprocessing
-from polymodal.models.build import build_model, unlock_towers
+from polymodal.models.build import build_model, recompute_activations, unlock_towers
 from polymodal.retrieval.quantize import calibration
 from polymodal.retrieval.vectors import trained_sizes
-from polymodal.towers.checkpointing import checkpoint_activations
 from polymodal.train.bad_rows import BadRowCheck
 from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.resume import resume
+from polymodal.train.same_run import trained_strategy
 from polymodal.train.sharding import (
     full_model_state,
     full_optimizer_state,
@@ -137,9 +137,7 @@ class Recipe:
             FrozenFeatures(model, cached, cfg, self.prep, self.meta["dataset"]) if cached else None
         )
 
-        for m in cfg.model.modalities:  # a frozen tower keeps no activations anyway
-            if cfg.model.activation_checkpointing(m) and cfg.model.tuning(m) != "freeze":
-                checkpoint_activations(model.encoders[m], f"model.{m}")
+        recompute_activations(model, cfg)
         if cfg.train.compile and (failed := compile_towers(model)) and self.rank == 0:
             print(f"train.compile: torch.compile cannot build here ({failed}); towers run eagerly")
         self.per_worker_batch = cfg.train.batch_size // max(self.world, 1)
@@ -163,7 +161,7 @@ class Recipe:
         if self.resumed is not None:
             state = self.resumed.train_state["optimizer"]
             # Another strategy's (train.resume: force, same_run.check_strategy): left out.
-            same = self.resumed.meta["config"]["train"].get("strategy", "ddp") == cfg.train.strategy
+            same = trained_strategy(self.resumed.meta) == cfg.train.strategy
             if same and self.sharded:
                 load_optimizer_state(self.model, self.optimizer, state)
             elif same:

@@ -131,10 +131,15 @@ def check_world(cfg: Config, found: str, old: dict[str, Any]) -> None:
     )
 
 
+def trained_strategy(meta: dict[str, Any]) -> str:
+    """The train.strategy a checkpoint was trained with (ddp before there was a choice)."""
+    return meta["config"]["train"].get("strategy", "ddp")
+
+
 def check_strategy(cfg: Config, found: str, old: dict[str, Any]) -> None:
     """The optimizer state is laid out per train.strategy (by parameter number under ddp, by
     name under fsdp): another strategy resumes the weights only, with force."""
-    before = old["config"]["train"].get("strategy", "ddp")
+    before = trained_strategy(old)
     if before == cfg.train.strategy:
         return
     if cfg.train.resume == "force":
