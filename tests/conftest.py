@@ -13,6 +13,16 @@ import pytest
 from polymodal.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+# An image + text model small enough for one-process and gloo tests, every layer per sample
+# (GroupNorm), with a reconstruction term; tests add the text layers and what they vary.
+TINY_TOWERS = [
+    "model.embed_dim=16",
+    "model.image.width=4",
+    "model.image.norm=group",
+    "model.text.width=16",
+    "model.text.heads=2",
+    "objective.weights.reconstruction=0.5",
+]
 CONFIGS = REPO / "jobs" / "configs"
 
 # Quiet, local-only Ray for every test process and the workers it starts.

@@ -12,6 +12,7 @@ from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
 from polymodal.objectives.grad_cache import grad_cache_backward, sync_gradients
 from polymodal.objectives.joint import batch_counts, contrastive_term, per_sample_terms
+from tests.conftest import TINY_TOWERS
 
 N = 12
 PREP = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=10)
@@ -21,15 +22,10 @@ def _setup(dropout: float, kind: str = "infonce"):
     cfg = load_config(
         None,
         [
-            "model.embed_dim=16",
-            "model.image.width=4",
-            "model.image.norm=group",
-            "model.text.width=16",
+            *TINY_TOWERS,
             "model.text.layers=1",
-            "model.text.heads=2",
             f"model.dropout={dropout}",
             f"objective.contrastive.kind={kind}",
-            "objective.weights.reconstruction=0.5",
             "objective.weights.classification=0.7",
             "objective.contrastive.positives=label",
         ],

@@ -13,17 +13,14 @@ from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
 from polymodal.objectives.joint import joint_loss
 from polymodal.towers.checkpointing import checkpoint_activations, repeated_blocks
+from tests.conftest import TINY_TOWERS
 
 PREP = Preprocessing(["image", "text"], image_size=16, image_channels=1, text_max_len=12)
+# GroupNorm (in TINY_TOWERS): BatchNorm's running statistics would move twice.
 CFG = [
-    "model.embed_dim=16",
-    "model.image.width=4",
-    "model.image.norm=group",  # BatchNorm's running statistics would move twice
-    "model.text.width=16",
+    *TINY_TOWERS,
     "model.text.layers=3",
-    "model.text.heads=2",
     "model.dropout=0.2",  # the recomputed blocks must replay the same masks
-    "objective.weights.reconstruction=0.5",
 ]
 
 

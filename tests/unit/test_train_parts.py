@@ -24,6 +24,7 @@ from polymodal.train.step import (
     compile_towers,
     step_strategy,
 )
+from tests.conftest import TINY_TOWERS
 
 PREP = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=10)
 N = 8
@@ -33,14 +34,9 @@ def _cfg(*overrides: str):
     return load_config(
         None,
         [
-            "model.embed_dim=16",
-            "model.image.width=4",
-            "model.image.norm=group",
-            "model.text.width=16",
+            *TINY_TOWERS,
             "model.text.layers=1",
-            "model.text.heads=2",
             "model.dropout=0",
-            "objective.weights.reconstruction=0.5",
             "objective.weights.classification=0.7",
             "optim.grad_clip=1.0",
             *overrides,
