@@ -6,8 +6,14 @@ polymodal's hf tower) and a 12-layer, 512-wide text tower, trained one device, o
   largest_batch  the largest batch (doubling) a step fits in, plain, with the gradient cache
                  (64-row chunks) and with activation checkpointing of both towers, and the
                  peak memory at it (torch.cuda.max_memory_allocated)
+  train_serve    the towers trained on digits (ingested here; --data another dataset) by a
+                 bare loop over batches decoded once onto the device, and by `polymodal
+                 train` (1 worker on the device, its second epoch): samples/s and the ratio;
+                 then the checkpoint served by a replica with num_gpus=1, answering image
+                 embedding requests at concurrency 8 (items/s, median latency)
 
-Run: .venv/bin/python benchmarks/gpu.py [--cases precision,largest_batch] [--dry-run]
+Run: .venv/bin/python benchmarks/gpu.py [--cases precision,largest_batch,train_serve]
+     [--dry-run] [--data DIR]
 Prints one JSON line per case. Without a CUDA device it refuses, except with --dry-run:
 tiny towers on the CPU, a check (run by the tests) that the script still works.
 """
@@ -36,6 +42,8 @@ FULL = {  # ViT-B/32 and a CLIP-sized text tower
     "text": {"width": 512, "layers": 12, "heads": 8, "tokens": 77},
     "batch": 256,
     "max_batch": 65536,
+    "train_batch": 64,  # digits has 1,617 train rows: 25 steps an epoch
+    "requests": 256,
 }
 DRY = {
     "vit": {
@@ -49,6 +57,8 @@ DRY = {
     "text": {"width": 32, "layers": 2, "heads": 2, "tokens": 16},
     "batch": 8,
     "max_batch": 16,
+    "train_batch": 64,
+    "requests": 16,
 }
 
 
@@ -192,9 +202,118 @@ def case_largest_batch(sizes: dict, vit_dir: Path, device: torch.device) -> dict
     return out
 
 
+def _bare_loop(cfg, data: str, device: torch.device) -> float:
+    """samples/s of polymodal's step over the train split's batches, decoded once and kept
+    on the device (what a hand-written loop would do), for one epoch after a warm-up."""
+    from polymodal.data.dataset import dataset_manifest, preprocessing_for
+    from polymodal.evaluation.evaluate import decoded_batches
+
+    manifest, size = dataset_manifest(cfg), cfg.train.batch_size
+    prep = preprocessing_for(cfg, manifest)
+    batches = decoded_batches(data, "train", prep, size, manifest)
+    batches = [b.to(device) for b in batches if b.size == size]
+    step = _step(cfg, device)
+    for batch in batches[:2]:
+        step(batch)
+    _sync(device)
+    start = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    _sync(device)
+    return len(batches) * size / (time.perf_counter() - start)
+
+
+def _post(url: str, body: dict | None = None) -> tuple[float, dict]:
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=120) as answer:
+        return time.perf_counter() - start, json.loads(answer.read())
+
+
+def _served(checkpoint: str, device: torch.device, requests: int) -> dict:
+    """The checkpoint behind `polymodal serve`'s app on the running cluster, one replica with
+    the device; `requests` requests of one PNG each, 8 at a time."""
+    import base64
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from PIL import Image
+    from ray import serve
+
+    from polymodal.ports import free_port
+    from polymodal.serving.app import build_app
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    gpus = 1 if device.type == "cuda" else 0
+    serve.run(build_app(checkpoint, num_gpus=gpus, num_cpus=1, access_log=False), name="gpu")
+    url = f"http://127.0.0.1:{port}/v1"
+    model = _post(f"{url}/models")[1]["data"][0]["id"]
+    rng = np.random.default_rng(0)
+    uris = []
+    for _ in range(requests):
+        png = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(png, "PNG")
+        uris.append("data:image/png;base64," + base64.b64encode(png.getvalue()).decode())
+    _post(f"{url}/embeddings", {"model": model, "input": uris[0]})  # warm-up
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda u: _post(f"{url}/embeddings", {"model": model, "input": u}), uris)
+        )
+    seconds = time.perf_counter() - start
+    serve.shutdown()
+    return {
+        "num_gpus": gpus,
+        "items_per_s": round(requests / seconds, 1),
+        "median_latency_ms": round(1000 * statistics.median(a[0] for a in answers), 1),
+        "answered": sum(len(a[1]["data"]) == 1 for a in answers),
+    }
+
+
+def case_train_serve(sizes: dict, vit_dir: Path, device: torch.device, data: str) -> dict:
+    from polymodal.data.ingest import ingest
+    from polymodal.train.run import fit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if not data:
+            data = f"{tmp}/digits"
+            ingest("builtin:digits", data, progress=False)
+        cfg = _config(
+            sizes,
+            vit_dir,
+            f"data.path={data}",
+            f"train.batch_size={sizes['train_batch']}",
+            "train.epochs=2",
+            "train.num_workers=1",
+            f"train.use_gpu={device.type == 'cuda'}",
+            f"train.storage_path={tmp}/runs",
+            "train.name=gpu",
+        )
+        bare = _bare_loop(cfg, data, device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the worker's process takes the device next
+        result = fit(cfg)
+        ours = result.metrics["train/samples_per_s"]
+        served = _served(result.checkpoint, device, sizes["requests"])
+    return {
+        "case": "train_serve",
+        "precision": "auto",
+        "batch": cfg.train.batch_size,
+        "samples_per_s": {"bare_loop": round(bare, 1), "polymodal_train": round(ours, 1)},
+        "ratio": round(ours / bare, 3),
+        "serve": served,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="precision,largest_batch")
+    parser.add_argument("--cases", default="precision,largest_batch,train_serve")
+    parser.add_argument("--data", default="", help="train_serve's dataset (default: digits)")
     parser.add_argument("--dry-run", action="store_true", help="tiny towers on the CPU")
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
@@ -218,6 +337,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
         if "largest_batch" in cases:
             print(json.dumps(case_largest_batch(sizes, vit_dir, device)), flush=True)
+        if "train_serve" in cases:
+            print(json.dumps(case_train_serve(sizes, vit_dir, device, args.data)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """benchmarks/gpu.py, the check a session with a GPU runs: its --dry-run (tiny towers on the
-CPU) still works end to end, and without a device it refuses instead of measuring a CPU."""
+CPU, trained and served on a cluster of its own) still works end to end, and without a device
+it refuses instead of measuring a CPU."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def test_the_gpu_check_runs_dry_on_the_cpu():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert [r["case"] for r in rows] == ["device", "precision", "precision", "largest_batch"]
+    cases = ["device", "precision", "precision", "largest_batch", "train_serve"]
+    assert [r["case"] for r in rows] == cases
     assert rows[0]["device"] == "cpu"
     assert {r["loss"] for r in rows[1:3]} == {"infonce", "sigmoid"}
     for row in rows[1:3]:
@@ -31,6 +33,12 @@ def test_the_gpu_check_runs_dry_on_the_cpu():
     largest = rows[3]
     for variant in ("plain", "grad_cache", "activation_checkpointing"):
         assert largest[variant]["batch"] == largest["tried_up_to"]  # a CPU has room
+    trained = rows[4]
+    assert (
+        trained["samples_per_s"]["bare_loop"] > 0
+        and trained["samples_per_s"]["polymodal_train"] > 0
+    )
+    assert trained["serve"]["answered"] == 16  # every request got its one embedding
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="here it runs the real check")
