@@ -41,7 +41,7 @@ def _reset_peak() -> int:
 
 
 def _loss_step(rank: int, world: int, init: str, cfg: dict, out: str) -> None:
-    from polymodal.objectives.contrastive import info_nce, sigmoid_loss
+    from polymodal.objectives.pairwise import info_nce, sigmoid_loss
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
@@ -130,7 +130,7 @@ def _encoder_step(cfg: dict, out: str) -> None:
     if cfg["chunk"]:
         grad_cache_backward(model, batch, config.objective, cfg["chunk"])
     else:
-        loss, _ = joint_loss(model(batch), batch, config.objective)
+        loss, _ = joint_loss(model(batch), batch, config)
         loss.backward()
     seconds = time.perf_counter() - start
     grad = model.encoders["image"].net[0][0].weight.grad.clone()

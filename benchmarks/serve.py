@@ -46,7 +46,7 @@ MODELS = {
 def _checkpoint(overrides: list[str], out: Path) -> Path:
     import torch
 
-    from polymodal.checkpoint import save_checkpoint
+    from polymodal.checkpoint import RunMeta, save_checkpoint
     from polymodal.config import load_config
     from polymodal.modalities import Preprocessing
     from polymodal.models.build import build_model
@@ -59,9 +59,13 @@ def _checkpoint(overrides: list[str], out: Path) -> Path:
     )
     torch.manual_seed(0)
     model = build_model(cfg, prep, num_classes=10).eval()
-    meta = {"config": cfg.to_dict(), "preprocessing": prep.to_dict(), "num_classes": 10}
-    meta |= {"label_names": [str(i) for i in range(10)], "epoch": 0, "step": 0}
-    return save_checkpoint(out / "bench", model, {**meta, "metrics": {}, "history": []})
+    meta = RunMeta(
+        config=cfg.to_dict(),
+        preprocessing=prep.to_dict(),
+        num_classes=10,
+        label_names=[str(i) for i in range(10)],
+    )
+    return save_checkpoint(out / "bench", model, meta)
 
 
 def _inputs(size: int, n: int = 64) -> dict[str, list[str]]:

@@ -59,7 +59,7 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from polymodal.checkpoint import save_checkpoint
+    from polymodal.checkpoint import RunMeta, save_checkpoint
     from polymodal.config import load_config
     from polymodal.modalities import Preprocessing
     from polymodal.models.build import build_model
@@ -74,8 +74,12 @@ def main() -> None:
     )
     torch.manual_seed(0)
     model = build_model(cfg, prep, num_classes=10).eval()
-    meta = {"config": cfg.to_dict(), "preprocessing": prep.to_dict(), "num_classes": 10}
-    meta |= {"label_names": [str(i) for i in range(10)], "epoch": 0, "step": 0}
+    meta = RunMeta(
+        config=cfg.to_dict(),
+        preprocessing=prep.to_dict(),
+        num_classes=10,
+        label_names=[str(i) for i in range(10)],
+    )
     save_checkpoint(tmp / "models" / "soak", model, meta)
 
     ray.init(num_cpus=2, include_dashboard=True)

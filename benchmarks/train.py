@@ -107,7 +107,7 @@ def _step_stats(recompute: bool, size: dict, steps: int, queue) -> None:
         base = _reset_peak()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = joint_loss(model(batch), batch, cfg.objective)
+        loss, _ = joint_loss(model(batch), batch, cfg)
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
@@ -163,7 +163,7 @@ def _rank(rank: int, world: int, init: str, strategy: str, size: dict, out: str)
     start = time.perf_counter()
     for _ in range(2):  # the first step creates Adam's state
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = joint_loss(model(batch), batch, cfg.objective)
+        loss, _ = joint_loss(model(batch), batch, cfg)
         loss.backward()
         optimizer.step()
     peaks = [None] * world
@@ -265,7 +265,7 @@ def _plain_epoch(cfg, prep, manifest, rows, rank: int = 0, world: int = 1) -> di
         take = order[i * per_rank : (i + 1) * per_rank]
         batch = Batch.from_dict({k: v[take] for k, v in mine.items()})
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = joint_loss(model(batch), batch, cfg.objective)
+        loss, _ = joint_loss(model(batch), batch, cfg)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()

@@ -1,5 +1,5 @@
 """The checkpoint format, written by training and read by evaluation and serving: model.pt or
-model.safetensors, train_state.pt, polymodal.json (meta and the others' sha256, written last)."""
+model.safetensors, train_state.pt, polymodal.json (RunMeta and the others' sha256, written last)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,19 @@ from typing import Any
 import torch
 
 from polymodal import storage
-from polymodal.config import CHECKPOINT_META, config_from_dict
-from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
 from polymodal.models.joint import JointModel
+from polymodal.run_meta import FORMAT_VERSION, FileSum
+from polymodal.run_meta import META as META  # the format's names, for readers of checkpoints
+from polymodal.run_meta import CheckpointError as CheckpointError
+from polymodal.run_meta import Position as Position
+from polymodal.run_meta import RunMeta as RunMeta
+from polymodal.run_meta import read_meta as read_meta
 
 _CACHE = Path(tempfile.gettempdir()) / "polymodal-checkpoints"
-FORMAT_VERSION = 1
-META = CHECKPOINT_META
 WEIGHTS = "model.pt"
 WEIGHTS_SAFE = "model.safetensors"  # what `polymodal export --format safetensors` writes
 TRAIN_STATE = "train_state.pt"
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def sha256(path: Path) -> str:
@@ -50,11 +48,12 @@ def _write(path: Path, write: Callable[[Path], None]) -> None:
 def save_checkpoint(
     directory: str | Path,
     model: torch.nn.Module,
-    meta: dict[str, Any],
+    meta: RunMeta,
     train_state: dict[str, Any] | None = None,
     safetensors: bool = False,
 ) -> Path:
-    """safetensors: the weights as model.safetensors, which loads without any unpickling."""
+    """polymodal.json is `meta` with the files' sums, written last; safetensors: the weights
+    as model.safetensors, which loads without any unpickling."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     objects = {WEIGHTS_SAFE if safetensors else WEIGHTS: model.state_dict()}
@@ -63,11 +62,11 @@ def save_checkpoint(
     files = {}
     for name, obj in objects.items():
         _write(directory / name, lambda tmp, name=name, obj=obj: _save(name, obj, tmp))
-        files[name] = {
-            "sha256": sha256(directory / name),
-            "bytes": (directory / name).stat().st_size,
-        }
-    body = json.dumps({"format": FORMAT_VERSION, **meta, "files": files}, indent=2)
+        files[name] = FileSum(
+            sha256=sha256(directory / name), bytes=(directory / name).stat().st_size
+        )
+    done = meta.model_copy(update={"format": FORMAT_VERSION, "files": files})
+    body = json.dumps(done.model_dump(mode="json"), indent=2)
     _write(directory / META, lambda tmp: tmp.write_text(body))
     return directory
 
@@ -81,9 +80,9 @@ def _save(name: str, obj: Any, path: Path) -> None:
         torch.save(obj, path)
 
 
-def weights_name(meta: dict[str, Any]) -> str:
+def weights_name(meta: RunMeta) -> str:
     """model.safetensors when the checkpoint was written with it, else model.pt."""
-    return WEIGHTS_SAFE if WEIGHTS_SAFE in meta.get("files", {}) else WEIGHTS
+    return WEIGHTS_SAFE if WEIGHTS_SAFE in meta.files else WEIGHTS
 
 
 def upload(
@@ -121,19 +120,6 @@ def newest_first(names: Iterable[str]) -> list[str]:
     return sorted(found, reverse=True)
 
 
-def read_meta(directory: str | Path) -> dict[str, Any]:
-    file = Path(directory) / META
-    if not file.is_file():
-        raise CheckpointError(f"{directory}: no {META}; not a polymodal checkpoint")
-    try:
-        meta = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file}: invalid JSON: {exc}") from exc
-    if meta.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{file}: format {meta.get('format')}, expected {FORMAT_VERSION}")
-    return meta
-
-
 def fetch_checkpoint(uri: str | Path, files: tuple[str, ...] | None = None) -> Path:
     """A local directory holding the checkpoint's files: the path itself, or a cached copy
     of an s3:// checkpoint (only `files`; by default its meta and weights: serving and eval
@@ -155,7 +141,7 @@ def verify(
 ) -> None:
     """CheckpointError unless each of `names` the checkpoint lists has its recorded size and
     sha256 (a truncated, altered or missing file). Checkpoints from before the sums pass."""
-    recorded = read_meta(directory).get("files", {})
+    recorded = read_meta(directory).files
     for name in names:
         if name not in recorded:
             continue
@@ -164,11 +150,9 @@ def verify(
             raise CheckpointError(f"missing {file}")
         expected = recorded[name]
         size = file.stat().st_size
-        if size != expected["bytes"]:
-            raise CheckpointError(
-                f"{file}: {size} bytes, expected {expected['bytes']} (truncated?)"
-            )
-        if sha256(file) != expected["sha256"]:
+        if size != expected.bytes:
+            raise CheckpointError(f"{file}: {size} bytes, expected {expected.bytes} (truncated?)")
+        if sha256(file) != expected.sha256:
             raise CheckpointError(f"{file}: sha256 differs from the one recorded (altered?)")
 
 
@@ -186,12 +170,12 @@ def _load(file: Path, device: str | torch.device) -> Any:
         raise CheckpointError(f"{file}: cannot load safely: {exc}") from exc
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu"):
+def load_model(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[JointModel, RunMeta]:
     """(JointModel in eval mode, meta) from a checkpoint directory."""
     meta = read_meta(directory)
-    cfg = config_from_dict(meta["config"])
-    prep = Preprocessing(**meta["preprocessing"])
-    model: JointModel = build_model(cfg, prep, meta.get("num_classes", 0))
+    model = build_model(meta.run_config(), meta.prep, meta.num_classes)
     model.load_state_dict(load_model_state(directory, device))
     return model.to(device).eval(), meta
 

@@ -1,5 +1,5 @@
-"""The `polymodal` command: data ingest|inspect|validate, train, eval, tune, serve, embed,
-index, report, submit and jobs (Ray jobs on a cluster).
+"""The `polymodal` command: data ingest|inspect|validate, validate (a config), train, eval, tune,
+serve, embed, index, report, submit and jobs (Ray jobs on a cluster).
 
 This file builds the parser and dispatches; commands.py holds what each subcommand does.
 """
@@ -20,7 +20,8 @@ EXAMPLES = """examples:
   polymodal data ingest builtin:fashion-mnist data/fashion-mnist
   polymodal data inspect data/fashion-mnist
   polymodal data validate s3://my-bucket/datasets/fashion-mnist
-  polymodal train jobs/configs/fashion.yaml train.epochs=3 objective.weights.reconstruction=0.5
+  polymodal validate jobs/configs/fashion.yaml train.epochs=3
+  polymodal train jobs/configs/fashion.yaml train.epochs=3 optim.lr=1e-3
   polymodal eval runs/fashion/checkpoint_... data/fashion-mnist
   polymodal submit train jobs/configs/fashion.yaml data.path=s3://b/fashion --address http://head:8265
 """
@@ -94,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("dataset")
     _add_address(val)
     val.set_defaults(func=commands.cmd_validate)
+
+    check = sub.add_parser(
+        "validate",
+        help="check a config and its overrides, every problem at once (exit 1 on problems)",
+        description="Load CONFIG with key=value overrides as train and tune do and print every "
+        "problem at once, each with its dotted key and a fix; a config with train.init_from is "
+        "checked with that checkpoint's model section. Starts no Ray and imports no torch. "
+        "Every key is described in docs/config.md.",
+    )
+    check.add_argument("config", help="YAML config, e.g. jobs/configs/fashion.yaml")
+    check.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=3")
+    check.set_defaults(func=commands.cmd_check_config)
 
     train = sub.add_parser(
         "train",

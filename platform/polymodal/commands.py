@@ -52,6 +52,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from polymodal.config import ConfigError, load_config
+    from polymodal.train.init_from import with_init_model
+
+    try:
+        cfg = with_init_model(load_config(args.config, args.overrides))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    set_keys = len(args.overrides)
+    print(
+        f"{args.config}: valid ({cfg.train.name}: {', '.join(cfg.model.modalities)}; "
+        f"{set_keys} override{'s' if set_keys != 1 else ''})"
+    )
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from polymodal.config import load_config
 

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from polymodal.checkpoint import fetch_checkpoint, load_model, save_checkpoint
-from polymodal.config import config_from_dict
+from polymodal.checkpoint import RunMeta, fetch_checkpoint, load_model, save_checkpoint
 from polymodal.modalities import MODALITIES, Preprocessing
 from polymodal.openclip import export_open_clip
 
@@ -50,7 +49,7 @@ def example_input(
     return ids
 
 
-def export_onnx(model: nn.Module, prep: Preprocessing, meta: dict[str, Any], out: Path) -> dict:
+def export_onnx(model: nn.Module, prep: Preprocessing, meta: RunMeta, out: Path) -> dict:
     """OUT/<modality>.onnx for each encoder (input `input`, output `embedding`, dynamic batch)
     and OUT/polymodal-onnx.json: the preprocessing that turns raw values into `input`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -82,8 +81,8 @@ def export_onnx(model: nn.Module, prep: Preprocessing, meta: dict[str, Any], out
         "graphs": graphs,
         "preprocessing": prep.to_dict(),
         "logit_scale": model.logit_scale().item(),
-        "labels": meta.get("label_names") or [],
-        "config": meta["config"],
+        "labels": meta.label_names or [],
+        "config": meta.config,
     }
     (out / ONNX_META).write_text(json.dumps(description, indent=2))
     return description
@@ -109,13 +108,12 @@ def export_checkpoint(checkpoint: str, out: str | Path, fmt: str) -> dict:
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: not empty; export writes into a new or empty directory")
     model, meta = load_model(fetch_checkpoint(checkpoint))
-    prep = Preprocessing(**meta["preprocessing"])
+    prep = meta.prep
     if fmt == "safetensors":
-        keep = {k: v for k, v in meta.items() if k not in ("format", "files")}
-        save_checkpoint(out, model, keep, safetensors=True)
+        save_checkpoint(out, model, meta.model_copy(update={"files": {}}), safetensors=True)
         return {"format": fmt, "out": str(out), "files": sorted(p.name for p in out.iterdir())}
     if fmt == "open_clip":
-        diffs = export_open_clip(model, config_from_dict(meta["config"]), prep, out)
+        diffs = export_open_clip(model, meta.run_config(), prep, out)
         return {"format": fmt, "out": str(out), "max_abs_diff": diffs}
     description = export_onnx(model, prep, meta, out)
     diffs = {m: g["max_abs_diff"] for m, g in description["graphs"].items()}

@@ -10,14 +10,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from polymodal.checkpoint import save_checkpoint
+from polymodal.checkpoint import RunMeta, save_checkpoint
 from polymodal.config import Config, config_from_dict
 from polymodal.modalities import MODALITIES, Preprocessing
 from polymodal.models.build import build_model
+from polymodal.objectives import TERMS
+from polymodal.objectives.contrastive import CONTRASTIVE
 from polymodal.towers.openclip import encode, is_custom_text, to_open_clip, to_polymodal
 
-# Contrastive fine-tuning as OpenCLIP trains: no other term, the imported temperature.
-OBJECTIVE = {"weights": {"contrastive": 1.0, "reconstruction": 0.0, "classification": 0.0}}
+
+def objective(sigmoid: bool) -> dict[str, Any]:
+    """Contrastive fine-tuning as OpenCLIP trains: no other term, its loss (SigLIP's when the
+    model has a logit bias), the imported temperature."""
+    weights = {name: float(term is CONTRASTIVE) for name, term in TERMS.items()}
+    return {"weights": weights, CONTRASTIVE.name: {"kind": "sigmoid" if sigmoid else "infonce"}}
 
 
 def open_clip_model(arch: str, weights: str | None):
@@ -49,7 +55,6 @@ def imported_config(arch: str, model_cfg: dict, preprocess: dict, bias: bool) ->
         "image_mean": list(preprocess["mean"]),
         "image_std": list(preprocess["std"]),
     }
-    contrastive = {"kind": "sigmoid" if bias else "infonce"}
     return config_from_dict(
         {
             "model": {
@@ -59,7 +64,7 @@ def imported_config(arch: str, model_cfg: dict, preprocess: dict, bias: bool) ->
                 "text": {"encoder": "open_clip"},
                 "open_clip": oc,
             },
-            "objective": {**OBJECTIVE, "contrastive": contrastive},
+            "objective": objective(bias),
         }
     )
 
@@ -84,8 +89,10 @@ def import_open_clip(arch: str, weights: str | None, out: str | Path) -> dict[st
             f"open_clip weights do not map: missing {missing}, unexpected {unexpected}"
         )
     diffs = embedding_differences(model, clip, prep)
-    meta = {"config": cfg.to_dict(), "preprocessing": prep.to_dict(), "epoch": 0, "step": 0}
-    save_checkpoint(out, model, {**meta, "imported_from": {"open_clip": arch}})
+    meta = RunMeta(
+        config=cfg.to_dict(), preprocessing=prep.to_dict(), imported_from={"open_clip": arch}
+    )
+    save_checkpoint(out, model, meta)
     return {
         "out": str(out),
         "arch": arch,
@@ -118,8 +125,9 @@ def export_open_clip(model, cfg: Config, prep: Preprocessing, out: Path) -> dict
     import open_clip
     from safetensors.torch import save_file
 
-    towers = {cfg.model.image.encoder, cfg.model.text.encoder}
-    if set(cfg.model.modalities) != {"image", "text"} or towers != {"open_clip"}:
+    if set(cfg.model.modalities) != {"image", "text"} or {
+        cfg.model.section(m).encoder for m in ("image", "text")
+    } != {"open_clip"}:
         raise ValueError(
             "--format open_clip: only image-text models whose towers came from OpenCLIP "
             "(polymodal import open_clip)"

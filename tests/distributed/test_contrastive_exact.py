@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from polymodal.objectives.contrastive import multi_contrastive
 from polymodal.objectives.gather import RankMismatchError
+from polymodal.objectives.pairwise import multi_contrastive
 
 N = 8  # global batch
 IN = {"image": 5, "text": 7, "audio": 3}

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from polymodal.objectives.contrastive import info_nce
+from polymodal.objectives.pairwise import info_nce
 from tests.distributed.helpers import run_on_ranks
 
 WORLD, B_LOCAL, DIM = 2, 4, 6

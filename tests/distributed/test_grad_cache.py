@@ -11,7 +11,7 @@ from polymodal.config import load_config
 from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
 from polymodal.objectives.grad_cache import grad_cache_backward, sync_gradients
-from polymodal.objectives.joint import batch_counts, contrastive_term, per_sample_terms
+from polymodal.objectives.joint import joint_loss
 from tests.conftest import TINY_TOWERS
 
 N = 12
@@ -61,20 +61,14 @@ def _reference(cfg, model, batch, chunk: int, seed: int):
         },
         class_logits=torch.cat([o.class_logits for o in outs]),
     )
-    terms, _ = per_sample_terms(
-        merged, batch, cfg.objective, batch_counts(batch, ["image", "text"])
-    )
-    terms["contrastive"], _ = contrastive_term(merged, batch, cfg.objective)
-    w = cfg.objective.weights
-    loss = w.contrastive * terms["contrastive"] + w.reconstruction * terms["reconstruction"]
-    loss = loss + w.classification * terms["classification"]
+    loss, _ = joint_loss(merged, batch, cfg)  # every term over the whole batch at once
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 def _cached(cfg, model, batch, chunk: int, seed: int):
     torch.manual_seed(seed)
-    loss, _ = grad_cache_backward(model, batch, cfg.objective, chunk)
+    loss, _ = grad_cache_backward(model, batch, cfg, chunk)
     return loss, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -118,7 +112,7 @@ def _two_ranks(rank: int, world: int):
     batch = _uniform(batch)
     half = N // world
     local = batch.slice(slice(rank * half, (rank + 1) * half))
-    loss, _ = grad_cache_backward(model, local, cfg.objective, chunk_size=2)
+    loss, _ = grad_cache_backward(model, local, cfg, chunk_size=2)
     sync_gradients(model)
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 

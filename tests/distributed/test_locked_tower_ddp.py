@@ -54,7 +54,7 @@ def _train(rank: int, world: int) -> dict:
                 label=torch.full((8,), -1),
             )
             opt.zero_grad()
-            loss, _ = joint_loss(model(batch), batch, cfg.objective)
+            loss, _ = joint_loss(model(batch), batch, cfg)
             loss.backward()
             opt.step()
 

@@ -43,7 +43,7 @@ def _train(rank: int, world: int, find_unused: bool) -> dict:
             label=torch.full((8,), -1),
         )
         opt.zero_grad()
-        loss, _ = joint_loss(model(batch), batch, cfg.objective)
+        loss, _ = joint_loss(model(batch), batch, cfg)
         loss.backward()
         opt.step()
     mine = torch.cat([p.detach().flatten() for p in raw.parameters()])

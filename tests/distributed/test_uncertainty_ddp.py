@@ -44,7 +44,7 @@ def _train(rank: int, world: int) -> dict:
             label=torch.randint(0, 3, (8,), generator=g),
         )
         opt.zero_grad()
-        loss, _ = joint_loss(model(batch), batch, cfg.objective)
+        loss, _ = joint_loss(model(batch), batch, cfg)
         loss.backward()
         opt.step()
     mine = torch.stack([p.detach() for p in model.module.loss_log_vars.values()])

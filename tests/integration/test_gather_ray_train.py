@@ -32,7 +32,7 @@ def _one_step(config: dict) -> None:
     torch.manual_seed(0)
     model = ray.train.torch.prepare_model(build_model(cfg, prep, num_classes=10))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    loss, _ = joint_loss(model(local), local, cfg.objective)
+    loss, _ = joint_loss(model(local), local, cfg)
     loss.backward()
     opt.step()
     if rank == 0:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from polymodal.checkpoint import load_model, read_meta, save_checkpoint
+from polymodal.checkpoint import RunMeta, load_model, read_meta, save_checkpoint
 from polymodal.config import load_config
 from polymodal.data.sources.builtin import DIGIT_LABELS
 from polymodal.evaluation.evaluate import decoded_batches
@@ -68,7 +68,7 @@ def _checkpoint(path, seed: int, embed_dim: int, extra: tuple[str, ...] = (), ca
         rng = np.random.default_rng(seed)
         sizes = sorted({*cfg.objective.contrastive.matryoshka_dims, embed_dim})
         meta["calibration"] = calibration(rng.normal(0, 0.3, (50, embed_dim)), sizes)
-    save_checkpoint(path, model, meta)
+    save_checkpoint(path, model, RunMeta(**meta))
 
 
 VEC_PREP = Preprocessing(
@@ -87,7 +87,7 @@ def _vector_checkpoint(path):
     torch.manual_seed(2)
     model = build_model(cfg, VEC_PREP, num_classes=len(LABELS)).eval()
     meta = {"config": cfg.to_dict(), "preprocessing": VEC_PREP.to_dict(), "label_names": LABELS}
-    save_checkpoint(path, model, {**meta, "num_classes": len(LABELS), "epoch": 1, "step": 1})
+    save_checkpoint(path, model, RunMeta(**meta, num_classes=len(LABELS), epoch=1, step=1))
 
 
 def _trained_checkpoint(path, dataset, epochs: int = 10):
@@ -109,7 +109,7 @@ def _trained_checkpoint(path, dataset, epochs: int = 10):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(epochs):
         for batch in batches:
-            loss, _ = joint_loss(model(batch), batch, cfg.objective)
+            loss, _ = joint_loss(model(batch), batch, cfg)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -123,7 +123,7 @@ def _trained_checkpoint(path, dataset, epochs: int = 10):
         "metrics": {},
         "history": [],
     }
-    save_checkpoint(path, model.eval(), meta)
+    save_checkpoint(path, model.eval(), RunMeta(**meta))
 
 
 def _png(value: int) -> bytes:

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from polymodal.checkpoint import save_checkpoint
+from polymodal.checkpoint import RunMeta, save_checkpoint
 from polymodal.config import load_config
 from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
@@ -166,7 +166,7 @@ def url(ray_cluster, tmp_path_factory):
     model = build_model(cfg, PREP, num_classes=2).eval()
     model_dir = tmp_path_factory.mktemp("hostile-models")
     meta = {"config": cfg.to_dict(), "preprocessing": PREP.to_dict(), "label_names": ["a", "b"]}
-    save_checkpoint(model_dir / MODEL, model, {**meta, "num_classes": 2, "epoch": 1, "step": 1})
+    save_checkpoint(model_dir / MODEL, model, RunMeta(**meta, num_classes=2, epoch=1, step=1))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(str(model_dir), max_batch_size=4), name="hostile", route_prefix="/")

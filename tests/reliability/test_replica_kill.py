@@ -17,7 +17,7 @@ from collections import Counter
 
 import pytest
 
-from polymodal.checkpoint import save_checkpoint
+from polymodal.checkpoint import RunMeta, save_checkpoint
 from polymodal.config import load_config
 from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
@@ -46,7 +46,7 @@ def test_killed_replica_under_load(ray_cluster, tmp_path):
     save_checkpoint(
         tmp_path / "m",
         build_model(cfg, prep).eval(),
-        {"config": cfg.to_dict(), "preprocessing": prep.to_dict(), "epoch": 1, "step": 1},
+        RunMeta(config=cfg.to_dict(), preprocessing=prep.to_dict(), epoch=1, step=1),
     )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -13,7 +13,14 @@ import pyarrow.fs as pafs
 import pytest
 
 from polymodal import storage
-from polymodal.checkpoint import CheckpointError, read_meta, save_checkpoint, upload, verify
+from polymodal.checkpoint import (
+    CheckpointError,
+    RunMeta,
+    read_meta,
+    save_checkpoint,
+    upload,
+    verify,
+)
 from polymodal.config import load_config
 from polymodal.data.format import read_manifest
 from polymodal.modalities import Preprocessing
@@ -53,7 +60,7 @@ def test_upload_rides_out_an_outage_and_a_cut_upload_reads_as_unfinished(tmp_pat
     local = save_checkpoint(
         tmp_path / "ckpt",
         build_model(cfg, prep),
-        {"config": cfg.to_dict(), "preprocessing": prep.to_dict(), "epoch": 1, "step": 5},
+        RunMeta(config=cfg.to_dict(), preprocessing=prep.to_dict(), epoch=1, step=5),
         {"optimizer": {}},
     )
     server.stop()  # the store is down...

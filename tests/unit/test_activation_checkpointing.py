@@ -38,7 +38,7 @@ def _batch(n: int = 6) -> Batch:
 
 def _loss_and_grads(model: nn.Module, cfg) -> tuple[float, dict[str, torch.Tensor]]:
     torch.manual_seed(7)  # the dropout masks
-    loss, _ = joint_loss(model(_batch()), _batch(), cfg.objective)
+    loss, _ = joint_loss(model(_batch()), _batch(), cfg)
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     return float(loss.detach()), grads

@@ -233,7 +233,7 @@ def test_audio_text_model_embeds_and_reconstructs_mel():
     out = model(batch)
     assert out.embeddings["audio"].shape == (3, cfg.model.embed_dim)
     assert out.reconstructions["audio"].shape == (3, *shape)
-    loss, logs = joint_loss(out, batch, cfg.objective)
+    loss, logs = joint_loss(out, batch, cfg)
     loss.backward()
     assert torch.isfinite(loss) and "reconstruction/audio" in logs
     assert model.encoders["audio"].net[0][0].weight.grad.abs().sum() > 0

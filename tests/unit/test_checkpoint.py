@@ -6,6 +6,7 @@ import torch
 
 from polymodal.checkpoint import (
     CheckpointError,
+    RunMeta,
     load_model,
     load_train_state,
     save_checkpoint,
@@ -18,16 +19,14 @@ from polymodal.models.build import build_model
 
 
 def _meta(cfg, prep):
-    return {
-        "config": cfg.to_dict(),
-        "preprocessing": prep.to_dict(),
-        "label_names": ["a", "b"],
-        "num_classes": 2,
-        "epoch": 1,
-        "step": 10,
-        "metrics": {},
-        "history": [],
-    }
+    return RunMeta(
+        config=cfg.to_dict(),
+        preprocessing=prep.to_dict(),
+        label_names=["a", "b"],
+        num_classes=2,
+        epoch=1,
+        step=10,
+    )
 
 
 def test_round_trip_restores_identical_outputs(tmp_path):
@@ -36,7 +35,7 @@ def test_round_trip_restores_identical_outputs(tmp_path):
     model = build_model(cfg, prep, 2).eval()
     save_checkpoint(tmp_path, model, _meta(cfg, prep))
     loaded, meta = load_model(tmp_path)
-    assert meta["label_names"] == ["a", "b"]
+    assert meta.label_names == ["a", "b"]
     x = torch.rand(3, 1, 8, 8)
     torch.testing.assert_close(loaded.embed("image", x), model.embed("image", x))
 

@@ -10,6 +10,7 @@ from polymodal import config
 from polymodal.config import Config, ConfigError, config_from_dict, load_config
 from polymodal.modalities import MODALITIES, Preprocessing
 from polymodal.models.build import build_model
+from polymodal.train.init_from import with_init_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "jobs" / "configs").glob("*.yaml"))
 
@@ -45,8 +46,8 @@ def test_every_shipped_config_loads_and_builds(path, request):
     assert "polymodal" in path.read_text().splitlines()[0]
     init_from = "init_from" in path.read_text()
     overrides = [f"train.init_from={request.getfixturevalue('tiny_imported')}"] if init_from else []
-    cfg = load_config(path, overrides)
-    hf = [m for m in ("image", "text") if getattr(cfg.model, m).encoder == "hf"]
+    cfg = with_init_model(load_config(path, overrides))
+    hf = [m for m in ("image", "text") if cfg.model.section(m).encoder == "hf"]
     if hf:
         tiny = request.getfixturevalue("tiny_hf")
         cfg = load_config(path, [f"model.{m}.hf_model={tiny[m]}" for m in hf])
@@ -205,40 +206,44 @@ def _choices(section: type, name: str) -> set[str]:
 
 
 def test_declared_choices_match_the_registries():
-    from polymodal.objectives.contrastive import CONTRASTIVE_KINDS, GATHER_MODES, POSITIVES
+    from polymodal.objectives.contrastive import ContrastiveSettings
     from polymodal.objectives.joint import WEIGHTINGS
+    from polymodal.objectives.pairwise import CONTRASTIVE_KINDS, GATHER_MODES, POSITIVES
     from polymodal.towers.hf import POOLINGS
     from polymodal.towers.image import NORMS
     from polymodal.towers.tuning import TUNINGS
     from polymodal.tune.sweep import SCHEDULERS, SEARCHERS
 
-    for modality, section in (
-        ("image", config.ImageModelConfig),
-        ("text", config.TextModelConfig),
-        ("audio", config.AudioModelConfig),
-        ("vector", config.VectorModelConfig),
-    ):
+    model = config.config_class().model_fields["model"].annotation
+    for modality in MODALITIES:  # each encoder choice is its registry, by construction
+        section = model.model_fields[modality].annotation
         assert _choices(section, "encoder") == set(MODALITIES[modality].encoders), modality
-    assert _choices(config.ImageModelConfig, "norm") == set(NORMS)
-    assert _choices(config.AudioModelConfig, "norm") == set(NORMS)
-    assert _choices(config.TextModelConfig, "tuning") == set(TUNINGS)
-    assert _choices(config.TextModelConfig, "pooling") == set(POOLINGS)
-    assert _choices(config.ContrastiveConfig, "kind") == set(CONTRASTIVE_KINDS)
-    assert _choices(config.ContrastiveConfig, "gather") == set(GATHER_MODES)
-    assert _choices(config.ContrastiveConfig, "positives") == set(POSITIVES)
+    sections = {m: model.model_fields[m].annotation for m in ("image", "text", "audio")}
+    assert _choices(sections["image"], "norm") == set(NORMS)
+    assert _choices(sections["audio"], "norm") == set(NORMS)
+    assert _choices(sections["text"], "tuning") == set(TUNINGS)
+    assert _choices(sections["text"], "pooling") == set(POOLINGS)
+    assert _choices(ContrastiveSettings, "kind") == set(CONTRASTIVE_KINDS)
+    assert _choices(ContrastiveSettings, "gather") == set(GATHER_MODES)
+    assert _choices(ContrastiveSettings, "positives") == set(POSITIVES)
     assert _choices(config.ObjectiveConfig, "weighting") == set(WEIGHTINGS)
-    assert _choices(config.TuneConfig, "scheduler") == set(SCHEDULERS)
-    assert _choices(config.TuneConfig, "searcher") == set(SEARCHERS)
+    assert _choices(config.schema.TuneConfig, "scheduler") == set(SCHEDULERS)
+    assert _choices(config.schema.TuneConfig, "searcher") == set(SEARCHERS)
 
 
 def test_active_terms_in_term_order():
+    from polymodal.objectives import active_terms
+
     cfg = load_config(
         None,
         ["objective.weights.classification=0.5", "objective.weights.reconstruction=0"],
     )
-    assert cfg.objective.active_terms() == {"contrastive": 1.0, "classification": 0.5}
+    assert {n: t.weight_of(cfg) for n, t in active_terms(cfg).items()} == {
+        "contrastive": 1.0,
+        "classification": 0.5,
+    }
     cfg = load_config(None, ["objective.weights.contrastive=0", "model.modalities=[image]"])
-    assert cfg.objective.active_terms() == {}
+    assert active_terms(cfg) == {}
 
 
 def test_config_error_from_the_cli_is_fast_and_names_the_key():

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from polymodal.checkpoint import CheckpointError, load_model, save_checkpoint
+from polymodal.checkpoint import CheckpointError, RunMeta, load_model, save_checkpoint
 from polymodal.cli import main
 from polymodal.config import load_config
 from polymodal.export import export_checkpoint
@@ -42,7 +42,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "m"
     meta = {"config": cfg.to_dict(), "preprocessing": prep.to_dict(), "label_names": ["a", "b"]}
-    save_checkpoint(path, build_model(cfg, prep, 2).eval(), {**meta, "num_classes": 2})
+    save_checkpoint(path, build_model(cfg, prep, 2).eval(), RunMeta(**meta, num_classes=2))
     return path
 
 
@@ -60,7 +60,7 @@ def test_onnx_graphs_match_torch_at_any_batch_size(checkpoint, tmp_path):
     description = json.loads((tmp_path / "onnx" / "polymodal-onnx.json").read_text())
     model, meta = load_model(checkpoint)
     prep = Preprocessing(**description["preprocessing"])
-    assert description["preprocessing"] == meta["preprocessing"]
+    assert description["preprocessing"] == meta.preprocessing
     assert description["labels"] == ["a", "b"]
     for modality, x in _inputs(prep).items():
         graph = description["graphs"][modality]
@@ -86,8 +86,8 @@ def test_safetensors_export_is_a_checkpoint_without_pickle(checkpoint, tmp_path)
         assert "projections.image.weight" in f.keys()
     original, _ = load_model(checkpoint)
     exported, meta = load_model(out)
-    assert meta["label_names"] == ["a", "b"] and meta["num_classes"] == 2
-    x = torch.from_numpy(_inputs(Preprocessing(**meta["preprocessing"]))["text"])
+    assert meta.label_names == ["a", "b"] and meta.num_classes == 2
+    x = torch.from_numpy(_inputs(meta.prep)["text"])
     torch.testing.assert_close(exported.embed("text", x), original.embed("text", x))
     # The recorded sums guard the safetensors file as they guard model.pt.
     data = bytearray((out / "model.safetensors").read_bytes())

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from polymodal.checkpoint import save_checkpoint
+from polymodal.checkpoint import RunMeta, save_checkpoint
 from polymodal.config import ConfigError, load_config
 from polymodal.inference.model import LoadedModel
 from polymodal.modalities import MODALITIES, Preprocessing
@@ -89,7 +89,7 @@ def test_vision_tower_equals_transformers(models, name, tmp_path):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
     # The checkpoint records the processor's settings: serving decodes as training did, a
     # grey PNG included (it becomes RGB).
-    meta = {"config": cfg.to_dict(), "preprocessing": prep.to_dict()}
+    meta = RunMeta(config=cfg.to_dict(), preprocessing=prep.to_dict())
     save_checkpoint(tmp_path / "m", model, meta)
     loaded = LoadedModel.load(str(tmp_path / "m"))
     assert loaded.prep.image_mean == prep.image_mean

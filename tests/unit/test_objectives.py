@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from polymodal.batch import Batch, ModelOutput
 from polymodal.config import ConfigError, load_config
 from polymodal.objectives.classification import classification_loss
-from polymodal.objectives.contrastive import info_nce, multi_contrastive, sigmoid_loss
-from polymodal.objectives.joint import contrastive_term, joint_loss
-from polymodal.objectives.reconstruction import reconstruction_mean
+from polymodal.objectives.contrastive import CONTRASTIVE
+from polymodal.objectives.joint import joint_loss
+from polymodal.objectives.pairwise import info_nce, multi_contrastive, sigmoid_loss
+from polymodal.objectives.reconstruction import mean_error as reconstruction_mean
 
 
 def test_info_nce_matches_hand_computed_value():
@@ -122,7 +123,7 @@ def test_joint_loss_is_the_weighted_sum_and_logs_every_term():
             "objective.weights.reconstruction=2",
             "objective.weights.classification=3",
         ],
-    ).objective
+    )
     emb = {m: F.normalize(torch.randn(4, 8), dim=-1) for m in ("image", "text")}
     batch = Batch(
         inputs={"image": torch.rand(4, 1, 2, 2), "text": torch.randint(1, 9, (4, 3))},
@@ -183,7 +184,7 @@ def test_uncertainty_weighting_formula_and_learning_on_digits():
     )
     with torch.no_grad():
         model.loss_log_vars["classification"].fill_(1.0)
-        total, logs = joint_loss(model(batch), batch, cfg.objective)
+        total, logs = joint_loss(model(batch), batch, cfg)
     s = {"contrastive": 0.0, "reconstruction": 0.0, "classification": 1.0}
     expected = sum(0.5 * (math.exp(-s[t]) * float(logs[t]) + s[t]) for t in s)
     assert float(total) == pytest.approx(expected, rel=1e-5)
@@ -192,7 +193,7 @@ def test_uncertainty_weighting_formula_and_learning_on_digits():
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(20):
         opt.zero_grad()
-        loss, _ = joint_loss(model(batch), batch, cfg.objective)
+        loss, _ = joint_loss(model(batch), batch, cfg)
         loss.backward()
         opt.step()
     after = {t: float(p) for t, p in model.loss_log_vars.items()}
@@ -207,13 +208,13 @@ def test_matryoshka_averages_the_loss_over_renormalised_prefixes():
         inputs={}, present={"image": torch.ones(6), "text": torch.ones(6)}, label=torch.zeros(6)
     )
     outputs = ModelOutput(embeddings=emb, present=batch.present, logit_scale=torch.tensor(5.0))
-    loss, logs = contrastive_term(outputs, batch, cfg.objective)
+    loss, logs = CONTRASTIVE.loss(outputs, batch, CONTRASTIVE.settings(cfg), None)
     scale = torch.tensor(5.0)
     per_size = [
         info_nce(*(F.normalize(emb[m][:, :d], dim=-1) for m in ("image", "text")), scale)
         for d in (8, 2, 4)
     ]
     assert float(loss) == pytest.approx(float(sum(per_size) / 3), rel=1e-5)
-    assert float(logs["contrastive/dim2"]) == pytest.approx(float(per_size[1]), rel=1e-5)
+    assert float(logs["dim2"]) == pytest.approx(float(per_size[1]), rel=1e-5)
     with pytest.raises(ConfigError, match="matryoshka_dims.*embed_dim \\(8\\)"):
         load_config(None, ["model.embed_dim=8", "objective.contrastive.matryoshka_dims=[8]"])

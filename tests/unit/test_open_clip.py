@@ -21,6 +21,7 @@ from polymodal.modalities.image import decode_image
 from polymodal.modalities.text import encode_text
 from polymodal.models.build import build_model
 from polymodal.openclip import import_open_clip
+from polymodal.train.init_from import with_init_model
 from tests.open_clip_models import PREPROCESS, tiny_clip
 
 TEXTS = ["a photo of a cat", "a red umbrella", "一只猫", "a very long caption " * 10]
@@ -61,7 +62,7 @@ def test_import_embeds_exactly_as_open_clip(imported):
     path, clip, src, result = imported
     assert max(result["max_abs_diff"].values()) < 1e-5
     model, meta = load_model(path)
-    prep = Preprocessing(**meta["preprocessing"])
+    prep = meta.prep
     assert (prep.image_size, prep.image_channels, prep.text_max_len) == (32, 3, 16)
     assert prep.image_mean == PREPROCESS["mean"] and prep.text_tokenizer == "open_clip"
     image, text, tokens = _theirs(clip, src, prep)
@@ -77,7 +78,7 @@ def test_import_embeds_exactly_as_open_clip(imported):
         )
     torch.testing.assert_close(model.logit_scale(), clip.logit_scale.exp().detach())
     if clip.logit_bias is not None:
-        assert meta["config"]["objective"]["contrastive"]["kind"] == "sigmoid"
+        assert meta.run_config().objective.contrastive.kind == "sigmoid"
         torch.testing.assert_close(model.logit_bias.detach(), clip.logit_bias.detach())
     assert not any(k.startswith("projections.") for k in model.state_dict())  # its own
 
@@ -88,11 +89,11 @@ def test_export_back_to_open_clip_and_onnx(imported, tmp_path):
     with torch.no_grad():  # stands in for fine-tuning: the export must carry our weights
         model.encoders["text"].net.text_projection.add_(0.1 * torch.randn(32, 16))
         model.encoders["image"].net.proj.mul_(0.5)
-    save_checkpoint(tmp_path / "tuned", model, {k: v for k, v in meta.items() if k != "files"})
+    save_checkpoint(tmp_path / "tuned", model, meta.model_copy(update={"files": {}}))
     result = export_checkpoint(str(tmp_path / "tuned"), tmp_path / "oc", "open_clip")
     assert max(result["max_abs_diff"].values()) < 1e-5
     back = open_clip.create_model(f"local-dir:{tmp_path / 'oc'}").eval()
-    prep = Preprocessing(**meta["preprocessing"])
+    prep = meta.prep
     ids = torch.from_numpy(np.stack([encode_text(t, 16, "open_clip") for t in TEXTS]))
     with torch.no_grad():
         ours = model.embed("text", ids)
@@ -107,30 +108,26 @@ def test_export_back_to_open_clip_and_onnx(imported, tmp_path):
 
 def test_init_from_takes_the_model_section_and_weights(imported):
     path, _, _, _ = imported
-    cfg = load_config(
-        None,
-        [
-            f"train.init_from={path}",
-            "model.image.tuning=freeze",
-            "objective.weights.classification=1",
-        ],
-    )
+    own = [f"train.init_from={path}", "model.image.tuning=freeze"]
+    cfg = with_init_model(load_config(None, [*own, "objective.weights.classification=1"]))
     assert cfg.model.image.encoder == cfg.model.text.encoder == "open_clip"
     assert cfg.model.image.tuning == "freeze" and cfg.model.embed_dim == 16
     model, meta = load_model(path)
-    fresh = build_model(cfg, Preprocessing(**meta["preprocessing"]), num_classes=3)
+    fresh = build_model(cfg, meta.prep, num_classes=3)
     init_weights(fresh, str(path))  # the new classifier head is the only part it lacks
     for key, value in model.state_dict().items():
         if key != "logit_bias":  # SigLIP's bias goes with the sigmoid loss; this run's is InfoNCE
             torch.testing.assert_close(fresh.state_dict()[key], value)
     with pytest.raises(ConfigError, match="must be equal"):
-        load_config(None, [f"train.init_from={path}", "model.embed_dim=32"])
+        with_init_model(load_config(None, [f"train.init_from={path}", "model.embed_dim=32"]))
     small = load_config(None, ["model.embed_dim=16"])
     other = build_model(small, Preprocessing(["image", "text"], image_size=8, text_max_len=16))
     with pytest.raises(CheckpointError, match="do not fit this model"):
         init_weights(other, str(path))
+    # load_config reads no storage: the checkpoint is read when the run is prepared.
+    missing = load_config(None, [f"train.init_from={path}/nope"])
     with pytest.raises(ConfigError, match="train.init_from.*not a readable checkpoint"):
-        load_config(None, [f"train.init_from={path}/nope"])
+        with_init_model(missing)
 
 
 def test_import_command_errors(tmp_path, capsys):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from polymodal.batch import Batch
-from polymodal.checkpoint import load_model, save_checkpoint
+from polymodal.checkpoint import RunMeta, load_model, save_checkpoint
 from polymodal.config import ConfigError, load_config
 from polymodal.data.decode import decode_columns
 from polymodal.modalities import Preprocessing
@@ -51,7 +51,7 @@ def _steps(model, cfg, n=2):
     model.train()
     for _ in range(n):
         batch = _batch()
-        loss, _ = joint_loss(model(batch), batch, cfg.objective)
+        loss, _ = joint_loss(model(batch), batch, cfg)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -114,9 +114,9 @@ def test_checkpoint_round_trip_and_config_checks(tmp_path):
     cfg = _cfg("finetune")
     model = build_model(cfg, PREP)
     _steps(model, cfg, n=1)
-    save_checkpoint(tmp_path, model, {"config": cfg.to_dict(), "preprocessing": PREP.to_dict()})
+    save_checkpoint(tmp_path, model, RunMeta(config=cfg.to_dict(), preprocessing=PREP.to_dict()))
     loaded, meta = load_model(tmp_path)
-    assert meta["preprocessing"]["text_tokenizer"] == "minilm"
+    assert meta.prep.text_tokenizer == "minilm"
     batch = _batch()
     with torch.no_grad():
         assert torch.allclose(

@@ -161,7 +161,7 @@ def _step(model, cfg) -> None:
     optimizer = build_optimizer(model, cfg.optim)
     model.train()
     batch = _batch()
-    joint_loss(model(batch), batch, cfg.objective)[0].backward()
+    joint_loss(model(batch), batch, cfg)[0].backward()
     optimizer.step()
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from polymodal.checkpoint import save_checkpoint
+from polymodal.checkpoint import RunMeta, save_checkpoint
 from polymodal.config import ConfigError, load_config
 from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
@@ -16,13 +16,14 @@ from polymodal.train.same_run import check_resume
 TINY = ["model.embed_dim=8", "model.text.width=16", "model.text.layers=1", "model.text.heads=2"]
 
 
-def _meta(cfg, prep, dataset="/data/fashion"):
-    return {
-        "config": cfg.to_dict(),
-        "preprocessing": prep.to_dict(),
-        "dataset": dataset,
-        "label_names": ["a", "b"],
-    }
+def _meta(cfg, prep, dataset="/data/fashion", **more):
+    return RunMeta(
+        config=cfg.to_dict(),
+        preprocessing=prep.to_dict(),
+        dataset=dataset,
+        label_names=["a", "b"],
+        **more,
+    )
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def run_dir(tmp_path):
     prep = Preprocessing(["image", "text"], image_size=8, text_max_len=16)
     torch.manual_seed(0)
     run = tmp_path / "runs" / "r"
-    meta = {**_meta(cfg, prep), "epoch": 1, "step": 5}
+    meta = _meta(cfg, prep, epoch=1, step=5)
     save_checkpoint(run / "checkpoint_2026-11-30_10-00-00.000000", build_model(cfg, prep), meta)
     return run, prep
 
@@ -76,7 +77,7 @@ def test_a_mid_epoch_checkpoint_needs_its_worker_count_or_force(tmp_path, capsys
     prep = Preprocessing(["image", "text"], image_size=8, text_max_len=16)
     run = tmp_path / "runs" / "r"
     position = {"epoch": 2, "steps": 7, "world": 2, "next": [5, 9]}
-    meta = {**_meta(cfg, prep), "epoch": 1, "step": 12, "position": position}
+    meta = _meta(cfg, prep, epoch=1, step=12, position=position)
     save_checkpoint(run / "checkpoint_2026-11-30_10-00-00.000000", build_model(cfg, prep), meta)
     check_resume(cfg, str(run), _meta(cfg, prep))  # 2 workers, as the checkpoint's
     four = load_config(None, [*TINY, "train.num_workers=4"])
@@ -93,7 +94,7 @@ def test_another_strategy_resumes_only_with_force(tmp_path, capsys):
     cfg = load_config(None, TINY)
     prep = Preprocessing(["image", "text"], image_size=8, text_max_len=16)
     run = tmp_path / "runs" / "r"
-    meta = {**_meta(cfg, prep), "epoch": 1, "step": 12}
+    meta = _meta(cfg, prep, epoch=1, step=12)
     save_checkpoint(run / "checkpoint_2026-11-30_10-00-00.000000", build_model(cfg, prep), meta)
     fsdp = load_config(None, [*TINY, "train.strategy=fsdp"])
     with pytest.raises(ConfigError) as err:

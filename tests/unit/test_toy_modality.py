@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from polymodal import modalities
-from polymodal.checkpoint import save_checkpoint
+from polymodal.checkpoint import RunMeta, save_checkpoint
 from polymodal.config import ConfigError, config_from_dict
 from polymodal.data.dataset import preprocessing_for
 from polymodal.data.decode import decode_columns
@@ -157,12 +157,12 @@ def test_a_registered_modality_trains_and_embeds(registered, tmp_path):
     assert not torch.equal(before, model.encoders["digits"].embed.weight)
 
     # Evaluation: recall both ways between the new modality and text.
-    metrics = evaluate(model, decoded_batches(path, "val", prep, 16, manifest), prep, cfg.eval)
+    metrics = evaluate(model, decoded_batches(path, "val", prep, 16, manifest), prep, cfg)
     assert 0 <= metrics["val/recall@1/digits->text"] <= 1
     assert "val/recall@5/text->digits" in metrics
 
     # A checkpoint, loaded and embedded as the service and `polymodal embed` do.
-    meta = {"config": cfg.to_dict(), "preprocessing": prep.to_dict(), "label_names": None}
+    meta = RunMeta(config=cfg.to_dict(), preprocessing=prep.to_dict())
     save_checkpoint(tmp_path / "ckpt", model, meta)
     loaded = LoadedModel.load(str(tmp_path / "ckpt"))
     value = parse_value("digits", [3, 1, 4, 1, 5, 9], "input[0]")

@@ -10,7 +10,7 @@ import ray.train
 import torch
 
 from polymodal.batch import Batch
-from polymodal.checkpoint import save_checkpoint
+from polymodal.checkpoint import RunMeta, save_checkpoint
 from polymodal.config import ConfigError, load_config
 from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model
@@ -167,7 +167,9 @@ def test_resume_takes_the_newest_intact_checkpoint_and_says_if_ray_knows_it(tmp_
     model = build_model(cfg, PREP, num_classes=3)
     state = {"optimizer": {}, "scheduler": {}}
     for epoch in (1, 2, 3):
-        meta = {"config": cfg.to_dict(), "epoch": epoch, "step": 10 * epoch, "history": []}
+        meta = RunMeta(
+            config=cfg.to_dict(), preprocessing=PREP.to_dict(), epoch=epoch, step=10 * epoch
+        )
         save_checkpoint(tmp_path / f"checkpoint_000{epoch}", model, meta, state)
     weights = (tmp_path / "checkpoint_0003" / "model.pt").read_bytes()
     (tmp_path / "checkpoint_0003" / "model.pt").write_bytes(weights[:100])  # a torn upload
@@ -177,8 +179,8 @@ def test_resume_takes_the_newest_intact_checkpoint_and_says_if_ray_knows_it(tmp_
         return ray.train.Checkpoint(str(tmp_path / name), filesystem=fs)
 
     found = resume(ray_knows("checkpoint_0001"), fs, str(tmp_path))
-    assert found.meta["epoch"] == 2 and found.unregistered
-    assert (found.start_epoch, found.step) == (3, 20)
+    assert found.meta.epoch == 2 and found.unregistered
+    assert (found.start_epoch, found.meta.step) == (3, 20)
     assert found.checkpoint.path.endswith("checkpoint_0002")
     assert not resume(ray_knows("checkpoint_0002"), fs, str(tmp_path)).unregistered
     assert resume(None, fs, str(tmp_path / "nothing")) is None

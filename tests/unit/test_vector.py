@@ -9,13 +9,12 @@ import torch
 from sklearn.datasets import load_digits
 
 from polymodal.batch import Batch
-from polymodal.checkpoint import load_model, save_checkpoint
+from polymodal.checkpoint import RunMeta, load_model, save_checkpoint
 from polymodal.config import load_config
 from polymodal.data.dataset import preprocessing_for
 from polymodal.data.decode import decode_columns
 from polymodal.data.format import DatasetError, read_manifest
 from polymodal.data.ingest import ingest
-from polymodal.modalities import Preprocessing
 from polymodal.modalities.base import DecodeError
 from polymodal.modalities.vector import decode_vector, vector_stats
 from polymodal.models.build import build_model
@@ -163,14 +162,14 @@ def test_vector_text_model_trains_and_keeps_its_statistics(digit_vectors, tmp_pa
     out_ = model(batch)
     assert out_.embeddings["vector"].shape == (4, cfg.model.embed_dim)
     assert out_.reconstructions["vector"].shape == (4, 64)
-    loss, logs = joint_loss(out_, batch, cfg.objective)
+    loss, logs = joint_loss(out_, batch, cfg)
     loss.backward()
     assert torch.isfinite(loss) and "reconstruction/vector" in logs
-    meta = {"config": cfg.to_dict(), "preprocessing": prep.to_dict(), "label_names": None}
+    meta = RunMeta(config=cfg.to_dict(), preprocessing=prep.to_dict())
     save_checkpoint(tmp_path / "ckpt", model, meta)
     loaded, saved = load_model(tmp_path / "ckpt")
-    assert saved["preprocessing"]["vector_mean"] == prep.vector_mean
-    assert Preprocessing(**saved["preprocessing"]).vector_std == prep.vector_std
+    assert saved.prep.vector_mean == prep.vector_mean
+    assert saved.prep.vector_std == prep.vector_std
     with torch.no_grad():
         model.eval()
         same = loaded.embed("vector", batch.inputs["vector"])

@@ -12,7 +12,6 @@ import numpy as np
 
 from polymodal.modalities import MODALITIES, Preprocessing
 from polymodal.modalities.base import DecodeError, hash_key, present_key
-from polymodal.modalities.image import Augment
 
 
 def content_hash(value: Any) -> int:
@@ -51,7 +50,7 @@ def decode_columns(
     prep: Preprocessing,
     with_hashes: bool = False,
     num_labels: int | None = None,
-    augment: Augment | None = None,
+    augment: dict[str, Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
     """Raw columns (lists of values, None for missing) → arrays for the model, and the rows
     that were dropped as (row index, reason).
@@ -59,9 +58,11 @@ def decode_columns(
     Each modality m gives `m` and `m_present` (1.0 where the row has it); `label` is -1 where
     missing. With `with_hashes`, `m_hash` holds content_hash of each raw value (0 if missing).
     A row whose value does not decode, whose label is out of range, or that has none of the
-    modalities is dropped rather than failing the batch. `augment` applies to images.
+    modalities is dropped rather than failing the batch. `augment`: per modality, what its
+    decode takes to change values randomly (Modality.augmentation), for training.
     """
-    rng = np.random.default_rng() if augment is not None else None
+    augment = augment or {}
+    rng = np.random.default_rng() if augment else None
     n = len(next(iter(columns.values())))
     shapes = input_shapes(prep)
     decoders = {m: MODALITIES[m].decode for m in prep.modalities}
@@ -78,7 +79,7 @@ def decode_columns(
             for m in prep.modalities:
                 v = values[m][i]
                 if v is not None:
-                    arrays[m][i] = decoders[m](v, prep, augment, rng)
+                    arrays[m][i] = decoders[m](v, prep, augment.get(m), rng)
                     present[m][i] = 1.0
             label_out[i] = check_label(labels[i], num_labels)
         except DecodeError as exc:

@@ -30,7 +30,6 @@ from polymodal.data.format import (
 )
 from polymodal.data.order import pack, piece_rng
 from polymodal.modalities import Preprocessing
-from polymodal.modalities.image import Augment
 
 SAMPLE_IDS = 100  # rejected row ids kept per run, for the run dir's bad_rows.json
 
@@ -72,7 +71,7 @@ def decode_table(
     num_labels: int | None = None,
     bad_rows: Any = None,
     split: str = "",
-    augment: Augment | None = None,
+    augment: dict[str, Any] | None = None,
     with_samples: bool = False,
     positions: np.ndarray | None = None,
 ) -> dict:
@@ -199,7 +198,7 @@ def piece_reader(
     with_hashes: bool = False,
     bad_rows: Any = None,
     manifest: Manifest | None = None,
-    augment: Augment | None = None,
+    augment: dict[str, Any] | None = None,
     with_samples: bool = False,
     ordered: bool = False,
 ) -> PieceReader:
@@ -212,7 +211,7 @@ def piece_reader(
         num_labels=manifest.num_labels,
         bad_rows=bad_rows,
         split=split,
-        augment=augment if augment is not None and augment.active else None,
+        augment=augment or None,
         with_samples=with_samples,
     )
     columns = ["id", *read_columns(path, manifest, prep.modalities)]

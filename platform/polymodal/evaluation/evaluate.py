@@ -6,7 +6,6 @@ Plain torch: Batches come from Ray Data inside training, or straight from Parque
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from polymodal.batch import Batch
-from polymodal.config import EvalConfig, ObjectiveConfig
+from polymodal.config import Config
 from polymodal.data.dataset import iter_tables
 from polymodal.data.decode import decode_columns
 from polymodal.data.format import Manifest, read_columns, read_manifest
@@ -24,6 +23,8 @@ from polymodal.evaluation.retrieval import recall_at_k
 from polymodal.modalities import Preprocessing
 from polymodal.modalities.text import encode_text
 from polymodal.models.joint import JointModel
+from polymodal.objectives.contrastive import matryoshka_dims
+from polymodal.objectives.gather import single_process
 from polymodal.objectives.joint import joint_loss
 
 
@@ -67,20 +68,21 @@ def evaluate(
     model: JointModel,
     batches: Iterable[Batch],
     prep: Preprocessing,
-    eval_cfg: EvalConfig,
-    objective: ObjectiveConfig | None = None,
+    cfg: Config,
+    *,
+    losses: bool = True,
     label_names: list[str] | None = None,
     templates: list[str] | None = None,
     device: torch.device | str = "cpu",
     on_embeddings: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], None] | None = None,
 ) -> dict[str, float]:
-    """val/ metrics: recall@K for each ordered modality pair, accuracy, zero-shot, loss.
-    on_embeddings(embeddings, present) sees every val embedding by modality (calibration)."""
+    """val/ metrics: recall@K for each ordered modality pair (and Matryoshka size), accuracy,
+    zero-shot with label_names and templates, and (losses) the objective's terms, with
+    in-batch negatives. on_embeddings(embeddings, present) sees every val embedding by
+    modality (calibration)."""
     model.eval()
     device = torch.device(device)
-    if objective is not None:  # validation loss uses in-batch negatives only
-        objective = copy.deepcopy(objective)
-        objective.contrastive.gather = "none"
+    eval_cfg = cfg.eval
     emb, present, hashes = defaultdict(list), defaultdict(list), defaultdict(list)
     labels, preds = [], []
     loss_sums: dict[str, float] = defaultdict(float)
@@ -95,8 +97,9 @@ def evaluate(
         labels.append(batch.label.cpu())
         if out.class_logits is not None:
             preds.append(out.class_logits.argmax(-1).cpu())
-        if objective is not None:
-            total, logs = joint_loss(out, batch, objective)
+        if losses:
+            with single_process():
+                total, logs = joint_loss(out, batch, cfg)
             loss_sums["loss"] += float(total)
             for name, value in logs.items():
                 loss_sums[f"loss/{name}"] += float(value)
@@ -110,7 +113,7 @@ def evaluate(
     metrics: dict[str, float] = {f"val/{k}": v / n_batches for k, v in loss_sums.items()}
 
     # Matryoshka sizes: the same recalls over each renormalised prefix (suffix /dim<d>).
-    dims = [None, *(objective.contrastive.matryoshka_dims if objective is not None else [])]
+    dims = [None, *matryoshka_dims(cfg)]
     for a, b in itertools.permutations(model.modalities, 2):
         both = (present[a] > 0) & (present[b] > 0)
         for d in dims:

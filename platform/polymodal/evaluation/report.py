@@ -23,7 +23,6 @@ import yaml  # noqa: E402
 from polymodal import storage  # noqa: E402
 from polymodal.batch import Batch  # noqa: E402
 from polymodal.checkpoint import fetch_checkpoint, load_model  # noqa: E402
-from polymodal.config import config_from_dict  # noqa: E402
 from polymodal.data.dataset import (
     dataset_manifest,  # noqa: E402
     iter_tables,  # noqa: E402
@@ -182,18 +181,18 @@ def write_report(run_dir: str, rows: int = 1000) -> str:
     """Write RUN_DIR/report/index.html and its PNGs (local or s3://); returns the page."""
     summary = json.loads(storage.read_bytes(storage.join(run_dir, "metrics.json")))
     model, meta = load_model(fetch_checkpoint(summary["checkpoint"]))
-    prep = Preprocessing(**meta["preprocessing"])
+    cfg, prep = meta.run_config(), meta.prep
     out = storage.join(run_dir, REPORT_DIR)
-    dataset = meta["dataset"]  # absolute, or s3://
+    dataset = meta.dataset  # absolute, or s3://
     if is_webdataset_path(dataset):  # tars read in place: their manifest is made up
-        manifest = dataset_manifest(config_from_dict(meta["config"]))
+        manifest = dataset_manifest(cfg)
     else:
         manifest = read_manifest(dataset)
     sample = _sample(model, prep, dataset, manifest, rows)
     images = {
-        "loss_curves.png": plot_loss_curves(meta["history"], storage.join(out, "loss_curves.png")),
+        "loss_curves.png": plot_loss_curves(meta.history, storage.join(out, "loss_curves.png")),
         "projection.png": _projection(
-            sample, meta.get("label_names"), storage.join(out, "projection.png")
+            sample, meta.label_names, storage.join(out, "projection.png")
         ),
         "gallery.png": _image_gallery(sample, storage.join(out, "gallery.png")),
     }
@@ -209,16 +208,16 @@ def write_report(run_dir: str, rows: int = 1000) -> str:
         if path
     )
     pairs = "".join(_pairs_table(sample, m) for m in prep.modalities if m not in ("image",))
-    name = html.escape(meta["config"]["train"]["name"])
+    name = html.escape(cfg.train.name)
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>polymodal run {name}</title>"
         f"<style>{STYLE}</style></head><body><h1>Run {name}</h1>"
         f"<p>checkpoint {html.escape(summary['checkpoint'])}, epoch {summary['epoch']}, "
-        f"step {summary['step']}; dataset {html.escape(str(meta['dataset']))} "
+        f"step {summary['step']}; dataset {html.escape(meta.dataset)} "
         f"({len(sample.labels)} val rows shown)</p>"
         f"<h2>Validation metrics</h2>{_metrics_table(summary)}"
         f"<h2>Figures</h2>{figures}<h2>Retrieval examples</h2>{pairs or '<p>none</p>'}"
-        f"<h2>Config</h2><pre>{html.escape(yaml.safe_dump(meta['config'], sort_keys=False))}"
+        f"<h2>Config</h2><pre>{html.escape(yaml.safe_dump(meta.config, sort_keys=False))}"
         "</pre></body></html>"
     )
     page_uri = storage.join(out, "index.html")

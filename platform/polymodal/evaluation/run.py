@@ -5,10 +5,8 @@ from __future__ import annotations
 import torch
 
 from polymodal.checkpoint import fetch_checkpoint, load_model
-from polymodal.config import config_from_dict
 from polymodal.data.format import read_manifest
 from polymodal.evaluation.evaluate import decoded_batches, evaluate
-from polymodal.modalities import Preprocessing
 
 
 def evaluate_checkpoint(
@@ -16,11 +14,10 @@ def evaluate_checkpoint(
 ) -> dict[str, float]:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_model(fetch_checkpoint(checkpoint), device)
-    cfg = config_from_dict(meta["config"])
-    prep = Preprocessing(**meta["preprocessing"])
-    dataset = dataset or meta["dataset"]
+    cfg, prep = meta.run_config(), meta.prep
+    dataset = dataset or meta.dataset
     manifest = read_manifest(dataset)
-    label_names = meta.get("label_names")
+    label_names = meta.label_names
     if manifest.label_names and label_names and manifest.label_names != label_names:
         raise ValueError(
             f"{dataset}: label names {manifest.label_names[:3]}... differ from the checkpoint's "
@@ -31,9 +28,8 @@ def evaluate_checkpoint(
         model,
         batches,
         prep,
-        cfg.eval,
-        cfg.objective,
-        label_names,
-        meta.get("zero_shot_templates"),
-        device,
+        cfg,
+        label_names=label_names,
+        templates=meta.zero_shot_templates,
+        device=device,
     )

@@ -12,6 +12,7 @@ import torch
 from polymodal import storage
 from polymodal.checkpoint import META, fetch_checkpoint, load_model, read_meta
 from polymodal.modalities import MODALITIES, Preprocessing
+from polymodal.objectives.contrastive import matryoshka_dims
 from polymodal.retrieval.vectors import trained_sizes
 
 
@@ -31,18 +32,16 @@ def list_models(model_dir: str) -> dict[str, str]:
 
 def model_card(uri: str) -> dict:
     meta = read_meta(fetch_checkpoint(uri, (META,)))
-    full = meta["config"]["model"]["embed_dim"]
-    contrastive = meta["config"].get("objective", {}).get("contrastive", {})
+    cfg, prep = meta.run_config(checked=False), meta.prep
+    full = cfg.model.embed_dim
     return {
-        "modalities": meta["preprocessing"]["modalities"],
+        "modalities": prep.modalities,
         "dimension": full,
-        "dimensions": trained_sizes(full, contrastive.get("matryoshka_dims", [])),
+        "dimensions": trained_sizes(full, matryoshka_dims(cfg)),
         # int8/uint8 ranges per size, from the val embeddings (training writes them).
-        "calibration": {
-            int(d): np.asarray(r, np.float32) for d, r in meta.get("calibration", {}).items()
-        },
-        "labels": meta.get("label_names") or [],
-        "prep": Preprocessing(**meta["preprocessing"]),  # what requests are checked against
+        "calibration": {int(d): np.asarray(r, np.float32) for d, r in meta.calibration.items()},
+        "labels": meta.label_names or [],
+        "prep": prep,  # what requests are checked against
     }
 
 
@@ -58,9 +57,7 @@ class LoadedModel:
         """On the GPU when the replica has one (Ray sets CUDA_VISIBLE_DEVICES)."""
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, meta = load_model(fetch_checkpoint(uri), device)
-        return cls(
-            model, Preprocessing(**meta["preprocessing"]), meta.get("label_names") or [], device
-        )
+        return cls(model, meta.prep, meta.label_names or [], device)
 
     def inputs(self, modality: str, values: list) -> torch.Tensor:
         spec = MODALITIES[modality]

@@ -27,6 +27,17 @@ def get(name: str) -> Modality:
     return MODALITIES[name]
 
 
+def augmentations(cfg: Any) -> dict[str, Any]:
+    """The model's modalities that training changes randomly → what their decode takes."""
+    out = {}
+    for m in cfg.model.modalities:
+        make = MODALITIES[m].augmentation
+        augment = make(cfg) if make is not None else None
+        if augment is not None:
+            out[m] = augment
+    return out
+
+
 def bad_row_reasons() -> tuple[str, ...]:
     """Why a row is dropped at training time, as counted in metrics and `data validate`."""
     own = (r for m in MODALITIES.values() for r in m.bad_row_reasons)

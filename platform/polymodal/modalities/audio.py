@@ -9,10 +9,31 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from polymodal.modalities.base import DecodeError, Modality, payload_bytes
+from polymodal.sections import Float, Norm, PretrainedSettings, Section
 
 MAX_AUDIO_SECONDS = 600  # longer clips are refused before decoding, like oversized images
+
+
+class AudioSettings(PretrainedSettings):
+    """The audio tower: mel_cnn (the small CNN over a log-mel spectrogram) | hf (a Hugging Face
+    audio model in hf_model: wav2vec2, HuBERT, WavLM...; fed the raw waveform at its feature
+    extractor's rate, which data.audio_rate then is; mean-pooled over time)."""
+
+    width: int = Field(16, ge=1, description="mel_cnn: channels of its first block.")
+    norm: Norm = Field("batch", description="mel_cnn: batch | group, as for images.")
+
+
+class AudioData(Section):
+    audio_rate: int = Field(8000, ge=1, description="Hz every clip is resampled to.")
+    audio_seconds: Float = Field(
+        2.0, gt=0, description="Clips are cut or zero-padded to this length."
+    )
+    n_mels: int = Field(
+        40, ge=1, description="Log-mel bands (25 ms-ish windows, hop of 128 samples)."
+    )
 
 
 def read_audio(data: bytes) -> tuple[np.ndarray, int]:
@@ -157,7 +178,7 @@ def decoder(cfg, prep):
     from polymodal.towers.decoders import MelDecoder
 
     if prep.audio_input == "waveform":
-        raise ValueError("objective.reconstruction: audio read as a waveform has no decoder")
+        raise ValueError("audio read as a waveform has no decoder")
     frames = mel_frames(prep.audio_seconds, prep.audio_rate)
     return MelDecoder(cfg.model.embed_dim, prep.n_mels, frames, cfg.model.audio.width)
 
@@ -183,6 +204,8 @@ AUDIO = Modality(
     decode=decode,
     input_shape=input_shape,
     encoders={"mel_cnn": mel_cnn, "hf": hf_audio},
+    model_settings=AudioSettings,
+    data_settings=AudioData,
     decoder=decoder,  # MSE per log-mel cell: a spectrogram is a one-channel image of reals
     parse_request=parse_request,
     data_uri="audio",

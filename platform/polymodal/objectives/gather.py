@@ -3,6 +3,9 @@ without (masks, keys), and a guard that fails fast when ranks hold different bat
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
@@ -12,8 +15,25 @@ class RankMismatchError(RuntimeError):
     pass
 
 
+_alone = False  # inside single_process(): one rank computes on its own
+
+
 def distributed() -> bool:
+    if _alone:
+        return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def single_process() -> Iterator[None]:
+    """Within: losses gather nothing, as outside torch.distributed (rank 0 validating alone
+    while the other ranks wait; negatives are then the batch's own)."""
+    global _alone
+    before, _alone = _alone, True
+    try:
+        yield
+    finally:
+        _alone = before
 
 
 def world() -> tuple[int, int]:

@@ -1,10 +1,10 @@
 """Gradient cache: one optimisation step on a batch far larger than fits in memory.
 
 1. Encode sub-batches without grad and keep only their embeddings (and RNG states).
-2. Compute the contrastive loss on all embeddings at once (gathered across ranks) and its
-   gradient w.r.t. the embeddings, the temperature and the bias.
+2. Compute the batch terms (contrastive) on all embeddings at once (gathered across ranks)
+   and their gradient w.r.t. the embeddings, the temperature and the bias.
 3. Re-encode each sub-batch with grad under its saved RNG state (same dropout) and back-
-   propagate the cached embedding gradient plus the per-sample terms with whole-batch
+   propagate the cached embedding gradient plus the rows terms with whole-batch
    denominators. Gradients are then averaged over ranks once — no DDP hooks per sub-batch.
 The result equals the full-batch gradients for models whose layers act per sample.
 """
@@ -14,15 +14,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from polymodal.batch import Batch, ModelOutput, full
-from polymodal.config import ObjectiveConfig
+from polymodal.objectives import active_terms
 from polymodal.objectives.gather import distributed
-from polymodal.objectives.joint import batch_counts, contrastive_term, per_sample_terms
+from polymodal.objectives.joint import batch_counts, term_losses
+
+if TYPE_CHECKING:
+    from polymodal.config import Config
 
 
 def _rng_state(device: torch.device):
@@ -39,7 +43,7 @@ def _set_rng_state(state, device: torch.device) -> None:
 def grad_cache_backward(
     model: nn.Module,
     batch: Batch,
-    cfg: ObjectiveConfig,
+    cfg: Config,
     chunk_size: int,
     autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -48,8 +52,8 @@ def grad_cache_backward(
     `model` is the plain JointModel (not DDP-wrapped): call sync_gradients afterwards.
     `autocast` is entered around the model's forward passes; the losses sum in float32.
     """
-    weights = cfg.active_terms()
-    if cfg.weighting != "static":
+    weights = {name: term.weight_of(cfg) for name, term in active_terms(cfg).items()}
+    if cfg.objective.weighting != "static":
         raise ValueError("the gradient cache supports objective.weighting: static")
     n = batch.size
     device = batch.label.device
@@ -69,28 +73,27 @@ def grad_cache_backward(
     for name, value in model.named_buffers():
         value.copy_(buffers[name])
 
-    # 2. the contrastive loss once, on every embedding; its gradient is cached.
-    logs: dict[str, torch.Tensor] = {}
+    # 2. the batch terms once, on every embedding; their gradient is cached.
     dtype = next(model.parameters()).dtype
     total = torch.zeros((), device=device, dtype=dtype)
     emb_grads = None
-    if "contrastive" in weights:
-        leaves = {m: torch.cat(v).requires_grad_() for m, v in cached.items()}
-        outputs = ModelOutput(
-            embeddings=leaves,
-            present=batch.present,
-            logit_scale=model.logit_scale(),
-            logit_bias=model.logit_bias,
-        )
-        loss, pair_logs = contrastive_term(outputs, batch, cfg)
-        (weights["contrastive"] * loss).backward()  # temperature/bias grads land on the params
+    leaves = {m: torch.cat(v).requires_grad_() for m, v in cached.items()}
+    outputs = ModelOutput(
+        embeddings=leaves,
+        present=batch.present,
+        logit_scale=model.logit_scale(),
+        logit_bias=model.logit_bias,
+    )
+    batch_terms, logs = term_losses(outputs, batch, cfg, scope="batch")
+    if batch_terms:
+        weighted = torch.stack([weights[name] * loss for name, loss in batch_terms.items()]).sum()
+        weighted.backward()  # temperature/bias grads land on the params
         emb_grads = {m: leaf.grad for m, leaf in leaves.items()}
-        total += weights["contrastive"] * loss.detach()
-        logs.update(pair_logs)
-        logs["contrastive"] = loss.detach()
+        total += weighted.detach()
+        logs.update({name: loss.detach() for name, loss in batch_terms.items()})
 
     # 3. re-encode each sub-batch with grad and push the cached gradient through it.
-    counts = batch_counts(batch, list(getattr(model, "decoders", {})))
+    counts = batch_counts(batch, cfg)
     term_sums: dict[str, torch.Tensor] = {}
     for sl, sub, state in zip(chunks, subs, states):
         _set_rng_state(state, device)
@@ -101,7 +104,7 @@ def grad_cache_backward(
         if emb_grads is not None:
             for m, emb in out.embeddings.items():
                 surrogate = surrogate + (emb * emb_grads[m][sl]).sum()
-        terms, part_logs = per_sample_terms(out, sub, cfg, counts)
+        terms, part_logs = term_losses(out, sub, cfg, scope="rows", counts=counts)
         for name, value in terms.items():
             surrogate = surrogate + weights[name] * value
             term_sums[name] = term_sums.get(name, 0.0) + value.detach()

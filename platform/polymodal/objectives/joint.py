@@ -1,18 +1,18 @@
-"""The joint objective: each configured term computed from the model outputs, then combined
-by a weighting from WEIGHTINGS. Every term is returned separately for logging."""
+"""The joint objective: each active term (objectives.TERMS) computed from the model outputs,
+then combined by a weighting from WEIGHTINGS. Every term is returned separately for logging."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from polymodal.batch import Batch, ModelOutput
-from polymodal.config import ObjectiveConfig
-from polymodal.objectives.classification import classification_loss
-from polymodal.objectives.contrastive import multi_contrastive
-from polymodal.objectives.reconstruction import reconstruction_counts, reconstruction_loss
+from polymodal.objectives import active_terms
+
+if TYPE_CHECKING:
+    from polymodal.config import Config
 
 
 def static_weighting(
@@ -38,85 +38,44 @@ WEIGHTINGS: dict[str, Weighting] = {
     "uncertainty": uncertainty_weighting,
 }
 
-
-def contrastive_keys(batch: Batch, positives: str) -> torch.Tensor | None:
-    """Row keys whose equality makes two rows positives (None: only the diagonal)."""
-    return {"diagonal": None, "label": batch.label, "text": batch.hashes.get("text")}[positives]
+Logs = dict[str, torch.Tensor]
 
 
-def contrastive_term(
-    outputs: ModelOutput, batch: Batch, cfg: ObjectiveConfig
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The contrastive loss over every pair; with matryoshka_dims, its mean over the full
-    embedding and each renormalised prefix (logged as contrastive/dim<d>)."""
-    c = cfg.contrastive
-
-    def loss_of(embeddings: dict[str, torch.Tensor]):
-        return multi_contrastive(
-            embeddings,
-            outputs.logit_scale,
-            kind=c.kind,
-            gather=c.gather,
-            pair_weights=c.pair_weights,
-            present={m: batch.present[m] for m in embeddings},
-            keys=contrastive_keys(batch, c.positives),
-            logit_bias=outputs.logit_bias,
-            chunk_size=c.chunk_size,
-        )
-
-    loss, pairs = loss_of(outputs.embeddings)
-    logs = {f"contrastive/{p}": v for p, v in pairs.items()}
-    if c.matryoshka_dims:
-        losses = [loss]
-        for d in c.matryoshka_dims:
-            prefixes = {m: F.normalize(e[:, :d], dim=-1) for m, e in outputs.embeddings.items()}
-            losses.append(loss_of(prefixes)[0])
-            logs[f"contrastive/dim{d}"] = losses[-1].detach()
-        loss = torch.stack(losses).mean()
-    return loss, logs
-
-
-def per_sample_terms(
+def term_losses(
     outputs: ModelOutput,
     batch: Batch,
-    cfg: ObjectiveConfig,
-    counts: dict[str, torch.Tensor] | None = None,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Reconstruction and classification; `counts` (from batch_counts) fixes denominators."""
-    weights = cfg.active_terms()
+    cfg: Config,
+    scope: str | None = None,
+    counts: dict[str, Any] | None = None,
+) -> tuple[dict[str, torch.Tensor], Logs]:
+    """({term: loss}, {term/log: value}) of the active terms (of one scope when given);
+    `counts` (from batch_counts) fixes the rows terms' denominators."""
     terms: dict[str, torch.Tensor] = {}
-    logs: dict[str, torch.Tensor] = {}
-    if "reconstruction" in weights:
-        terms["reconstruction"], parts = reconstruction_loss(
-            outputs.reconstructions, batch, counts["reconstruction"] if counts else None
-        )
-        logs.update({f"reconstruction/{m}": v for m, v in parts.items()})
-    if "classification" in weights:
-        terms["classification"] = classification_loss(
-            outputs.class_logits, batch.label, counts["classification"] if counts else None
-        )
+    logs: Logs = {}
+    for name, term in active_terms(cfg).items():
+        if scope is not None and term.scope != scope:
+            continue
+        count = counts[name] if counts is not None else None
+        terms[name], parts = term.loss(outputs, batch, term.settings(cfg), count)
+        logs.update({f"{name}/{part}": value for part, value in parts.items()})
     return terms, logs
 
 
-def batch_counts(batch: Batch, reconstructed: list[str]) -> dict:
-    """Denominators of the per-sample terms over a whole batch, before it is split up."""
+def batch_counts(batch: Batch, cfg: Config) -> dict[str, Any]:
+    """Denominators of the active rows terms over a whole batch, before it is split up."""
     return {
-        "reconstruction": reconstruction_counts(batch, reconstructed),
-        "classification": batch.label.ge(0).sum(),
+        name: term.count(batch, term.settings(cfg), list(cfg.model.modalities))
+        for name, term in active_terms(cfg).items()
+        if term.count is not None
     }
 
 
-def joint_loss(
-    outputs: ModelOutput, batch: Batch, cfg: ObjectiveConfig
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def joint_loss(outputs: ModelOutput, batch: Batch, cfg: Config) -> tuple[torch.Tensor, Logs]:
     """(weighted total, {term or term/part: detached value})."""
-    weights = cfg.active_terms()
+    weights = {name: term.weight_of(cfg) for name, term in active_terms(cfg).items()}
     if not weights:
         raise ValueError("objective.weights: every weight is 0, nothing to train")
-    terms, logs = per_sample_terms(outputs, batch, cfg)
-    if "contrastive" in weights:
-        terms["contrastive"], pair_logs = contrastive_term(outputs, batch, cfg)
-        logs.update(pair_logs)
-    total = WEIGHTINGS[cfg.weighting](terms, weights, outputs)
+    terms, logs = term_losses(outputs, batch, cfg)
+    total = WEIGHTINGS[cfg.objective.weighting](terms, weights, outputs)
     logs.update({name: loss.detach() for name, loss in terms.items()})
     return total, logs

@@ -23,8 +23,7 @@ from torch import nn
 
 from polymodal.batch import Batch
 from polymodal.config import Config
-from polymodal.modalities import MODALITIES, Preprocessing
-from polymodal.modalities.image import Augment
+from polymodal.modalities import MODALITIES, Preprocessing, augmentations
 
 
 def cached_modalities(cfg: Config) -> list[str]:
@@ -32,7 +31,7 @@ def cached_modalities(cfg: Config) -> list[str]:
     changes from epoch to epoch."""
     if not cfg.train.cache_frozen_features:
         return []
-    augmented = {"image"} if Augment.from_config(cfg.data.augment).active else set()
+    augmented = set(augmentations(cfg))
     return [
         m for m in cfg.model.modalities if cfg.model.tuning(m) == "freeze" and m not in augmented
     ]

@@ -4,7 +4,6 @@ resume, step strategy, data) → epochs of steps → validate and checkpoint on 
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -15,21 +14,18 @@ import ray.train.torch
 import torch
 
 from polymodal.batch import Batch
-from polymodal.checkpoint import init_weights, save_checkpoint, upload
-from polymodal.config import config_from_dict
+from polymodal.checkpoint import Position, init_weights, save_checkpoint, upload
 from polymodal.data.order import epoch_plan, resume_plan
 from polymodal.data.pipeline import configure_ray_data, pieces_dataset
-from polymodal.evaluation.evaluate import evaluate
-from polymodal.modalities import Preprocessing
 from polymodal.models.build import build_model, recompute_activations, unlock_towers
-from polymodal.retrieval.quantize import calibration
-from polymodal.retrieval.vectors import trained_sizes
 from polymodal.train.bad_rows import BadRowCheck
 from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
+from polymodal.train.prepare import LoopInputs
 from polymodal.train.resume import resume
 from polymodal.train.same_run import trained_strategy
+from polymodal.train.sample_log import SampleLog
 from polymodal.train.sharding import (
     full_model_state,
     full_optimizer_state,
@@ -38,71 +34,25 @@ from polymodal.train.sharding import (
 from polymodal.train.stats import EpochStats, LogWindow, all_ranks, any_rank
 from polymodal.train.step import NonFiniteLoss, compile_towers, step_strategy
 from polymodal.train.tracking import Trackers
+from polymodal.train.validation import ValBatches, val_losses, validate
 
 SHOWN = ("train/loss", "val/loss", "val/accuracy", "val/zero_shot_accuracy")  # per epoch
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
-    recipe = Recipe(loop_config)
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    recipe = Recipe(config["inputs"])
     recipe.setup()
     return recipe.train()
-
-
-class ValBatches:
-    """Rank 0's val split, decoded again each epoch, or once and kept when it is small."""
-
-    def __init__(self, shard, batch_size: int, keep: bool):
-        self.shard, self.batch_size, self.keep = shard, batch_size, keep
-        self.kept: list | None = None
-
-    def batches(self) -> Iterable[Batch]:
-        if self.kept is not None:
-            return self.kept
-        raw = self.shard.iter_torch_batches(batch_size=self.batch_size)
-        batches = map(Batch.from_dict, raw)
-        if self.keep:
-            self.kept = batches = list(batches)
-        return batches
-
-
-class SampleLog:
-    """train.sample_log_dir: the sample keys of each step, a line per step, a file per epoch,
-    rank and process (which samples a run trained on, across restarts)."""
-
-    def __init__(self, directory: str, epoch: int, rank: int):
-        self.file = None
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-            self.file = open(f"{directory}/epoch-{epoch}-rank-{rank}-pid-{os.getpid()}.txt", "a")
-
-    def write(self, batch: Batch) -> None:
-        if self.file is None:
-            return
-        self.file.write(" ".join(map(str, batch.sample.tolist())) + "\n")
-        self.file.flush()  # each step: a killed worker's last line is there
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
-def _val_losses(step: int, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
-    """A row of the loss curves' history: the val/loss* metrics at `step`."""
-    return {
-        "step": step,
-        "epoch": epoch,
-        **{k: v for k, v in metrics.items() if k.startswith("val/loss")},
-    }
 
 
 class Recipe:
     """One Train worker's run; the state its steps share."""
 
-    def __init__(self, loop_config: dict[str, Any]):
-        self.loop_config = loop_config
-        self.meta = loop_config["meta"]
-        self.cfg = cfg = config_from_dict(self.meta["config"])
-        self.prep = Preprocessing(**self.meta["preprocessing"])
+    def __init__(self, inputs: LoopInputs):
+        self.inputs = inputs
+        self.meta = inputs.meta  # what each checkpoint's polymodal.json starts from
+        self.cfg = cfg = self.meta.run_config()
+        self.prep = self.meta.prep
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
@@ -111,30 +61,33 @@ class Recipe:
 
     # ---- setup ----
     def setup(self) -> None:
-        cfg, loop_config = self.cfg, self.loop_config
+        cfg, inputs = self.cfg, self.inputs
         if not cfg.train.use_gpu:
             torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
         torch.manual_seed(cfg.train.seed)  # same init on every rank; DDP broadcasts it anyway
-        model = build_model(cfg, self.prep, len(self.meta["label_names"] or []))
+        model = build_model(cfg, self.prep, self.meta.num_classes)
         # The same run name started again, or a worker group restarted after a failure.
         self.resumed = resume(ray.train.get_checkpoint(), self.fs, self.run_dir)
-        self.start_epoch, self.step, self.history = 1, 0, []
-        self.position = None  # where each rank resumes mid-epoch (a mid-epoch checkpoint's)
+        self.start_epoch, self.step = 1, 0
+        self.history: list[dict[str, Any]] = []
+        # Where each rank resumes mid-epoch (a mid-epoch checkpoint's).
+        self.position: Position | None = None
         if self.resumed is not None:
             model.load_state_dict(self.resumed.model_state)
-            self.start_epoch, self.step = self.resumed.start_epoch, self.resumed.step
-            self.history = self.resumed.history
+            self.start_epoch, self.step = self.resumed.start_epoch, self.resumed.meta.step
+            self.history = self.resumed.meta.history
             self.position = self.resumed.position
-            if self.position and self.position["world"] != self.world:
+            self.meta = self.meta.model_copy(update={"calibration": self.resumed.meta.calibration})
+            if self.position and self.position.world != self.world:
                 # train.resume: force with another worker count (the driver refuses it
                 # otherwise): the interrupted epoch starts again from its beginning.
-                self.step -= self.position["steps"]
+                self.step -= self.position.steps
                 self.position = None
         elif cfg.train.init_from:
             init_weights(model, cfg.train.init_from)
         cached = cached_modalities(cfg)
         self.frozen = (
-            FrozenFeatures(model, cached, cfg, self.prep, self.meta["dataset"]) if cached else None
+            FrozenFeatures(model, cached, cfg, self.prep, self.meta.dataset) if cached else None
         )
 
         recompute_activations(model, cfg)
@@ -145,7 +98,7 @@ class Recipe:
         self.model = Step.prepare(model, cfg)
         self.raw_model = self.model.module if hasattr(self.model, "module") else self.model
         self.steps_per_epoch = max(
-            loop_config["train_rows"] // max(self.world, 1) // self.per_worker_batch, 1
+            inputs.train_rows // max(self.world, 1) // self.per_worker_batch, 1
         )
         self.optimizer = build_optimizer(self.raw_model, cfg.optim)
         self.scheduler = build_scheduler(
@@ -155,8 +108,7 @@ class Recipe:
         self.sharded = cfg.train.strategy == "fsdp"
         self.eval_model = self.raw_model
         if self.sharded and self.rank == 0:
-            classes = len(self.meta["label_names"] or [])
-            self.eval_model = build_model(cfg, self.prep, classes).to(self.device)
+            self.eval_model = build_model(cfg, self.prep, self.meta.num_classes).to(self.device)
         self.full_optimizer: dict | None = None
         if self.resumed is not None:
             state = self.resumed.train_state["optimizer"]
@@ -174,10 +126,9 @@ class Recipe:
         configure_ray_data(cfg.data.stall_timeout_s, ordered=True)
         self.val = None  # rank 0 validates; val is not split across workers
         if self.rank == 0:
-            keep = loop_config["val_rows"] <= cfg.data.cache_val_rows
+            keep = inputs.val_rows <= cfg.data.cache_val_rows
             self.val = ValBatches(ray.train.get_dataset_shard("val"), cfg.eval.batch_size, keep)
-        dataset = self.meta["dataset"]
-        self.bad_rows = BadRowCheck(loop_config.get("bad_rows"), cfg.data.max_bad_fraction, dataset)
+        self.bad_rows = BadRowCheck(inputs.bad_rows, cfg.data.max_bad_fraction, self.meta.dataset)
         self.live = live_metrics(cfg.train.name, self.rank)
         self.every_steps = cfg.train.checkpoint_every_steps
         self.every_s = cfg.train.checkpoint_every_minutes * 60
@@ -185,17 +136,15 @@ class Recipe:
         self.trackers = None
         self.pause_s, self.checkpoint = 0.0, ""
         if self.rank == 0:
-            t = cfg.train
-            ids = self.resumed.meta.get("tracking", {}) if self.resumed is not None else {}
             self.trackers = Trackers(
-                t.tracking,
-                self.run_dir,
-                t.name,
-                self.meta["config"],
-                ids,
-                loop_config.get("sweep", ""),
-                self.step,
-                loop_config.get("tracking_env"),
+                cfg.train.tracking,
+                run_dir=self.run_dir,
+                name=cfg.train.name,
+                config=self.meta.config,
+                ids=self.resumed.meta.tracking if self.resumed is not None else {},
+                group=inputs.sweep,
+                step=self.step,
+                env=inputs.tracking_env,
             )
 
     # ---- train ----
@@ -214,7 +163,7 @@ class Recipe:
         if self.resumed is None:  # the untrained baseline, for the curves
             self.gather()
             if self.rank == 0:
-                self.history.append(_val_losses(0, 0, self.validate()))
+                self.history.append(val_losses(0, 0, self.validate()))
                 self.trackers.log(self.history[-1], 0)
         if self.resumed is not None and self.resumed.unregistered:
             self.report_unregistered()
@@ -238,7 +187,7 @@ class Recipe:
         """Report the resumed checkpoint again, so that Ray (and Tune) know its epoch and keep
         or delete it with the others; it is in the run directory already."""
         ray.train.report(
-            self.resumed.meta["metrics"],
+            self.resumed.meta.metrics,
             checkpoint=self.resumed.checkpoint if self.rank == 0 else None,
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
         )
@@ -247,14 +196,13 @@ class Recipe:
         """This rank's batches of `epoch` from where it stands, and the steps of the epoch
         already trained (a mid-epoch resume's)."""
         cfg = self.cfg
-        pieces = self.loop_config["train_pieces"]
-        plan = epoch_plan(pieces, cfg.train.seed, epoch, self.world)[self.rank]
+        plan = epoch_plan(self.inputs.train_pieces, cfg.train.seed, epoch, self.world)[self.rank]
         done = 0
-        if self.position and self.position["epoch"] == epoch:
-            plan = resume_plan(plan, self.position["next"][self.rank])
-            done = self.position["steps"]
+        if self.position and self.position.epoch == epoch:
+            plan = resume_plan(plan, self.position.next[self.rank])
+            done = self.position.steps
         self.position = None
-        batches = pieces_dataset(plan, self.loop_config["train_reader"]).iter_torch_batches(
+        batches = pieces_dataset(plan, self.inputs.train_reader).iter_torch_batches(
             batch_size=self.per_worker_batch,
             drop_last=True,
             device=self.device,
@@ -347,34 +295,17 @@ class Recipe:
 
     # ---- validate and save (rank 0) ----
     def validate(self) -> dict[str, float]:
-        cfg, templates = self.cfg, self.meta["zero_shot_templates"]
-
-        def calibrate(emb: dict, present: dict) -> None:
-            """int8 ranges of the served embeddings: every modality's val rows, each size."""
-            rows = [emb[m][present[m] > 0] for m in emb]
-            if not sum(len(r) for r in rows):
-                return
-            sizes = trained_sizes(cfg.model.embed_dim, cfg.objective.contrastive.matryoshka_dims)
-            self.meta["calibration"] = calibration(torch.cat(rows).numpy(), sizes)
-
-        return evaluate(
-            self.eval_model,
-            self.val.batches(),
-            self.prep,
-            cfg.eval,
-            cfg.objective,
-            self.meta["label_names"],
-            templates,
-            self.device,
-            calibrate,
-        )
+        metrics, ranges = validate(self.eval_model, self.val, self.cfg, self.meta, self.device)
+        if ranges:
+            self.meta = self.meta.model_copy(update={"calibration": ranges})
+        return metrics
 
     def validate_and_save(self, epoch: int, seconds: float, metrics: dict[str, Any]) -> None:
         metrics.update(self.validate())
         # The time training stood still for this epoch's earlier (mid-epoch) checkpoints.
         metrics["train/checkpoint_pause_s"], self.pause_s = self.pause_s, 0.0
         self.bad_rows.check()  # the val split's rows count too
-        self.history.append(_val_losses(self.step, epoch, metrics))
+        self.history.append(val_losses(self.step, epoch, metrics))
         # train/loss* at this step are the log window's (the curves'), not the epoch means.
         self.trackers.log({k: v for k, v in metrics.items() if "train/loss" not in k}, self.step)
         summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in SHOWN if k in metrics)
@@ -388,12 +319,12 @@ class Recipe:
     def save_mid_epoch(self, epoch: int, next_position: int) -> None:
         """A checkpoint inside `epoch`, with every rank's next stream position; all ranks
         reach here at the same step (agreed)."""
-        position = {
-            "epoch": epoch,
-            "steps": self.epoch_step,
-            "world": self.world,
-            "next": all_ranks(next_position, self.device),
-        }
+        position = Position(
+            epoch=epoch,
+            steps=self.epoch_step,
+            world=self.world,
+            next=all_ranks(next_position, self.device),
+        )
         metrics = {"step": self.step, "mid_epoch": epoch}
         self.gather(optimizer=True)
         if self.rank == 0:
@@ -402,19 +333,20 @@ class Recipe:
             ray.train.report(metrics)
         self.last_checkpoint = (self.step, time.monotonic())
 
-    def save(self, epoch: int, metrics: dict[str, Any], position: dict | None = None) -> None:
+    def save(self, epoch: int, metrics: dict[str, Any], position: Position | None = None) -> None:
         """A checkpoint with everything resuming needs, reported with the metrics; `epoch`
         the last whole one, `position` where each rank stands in the next (mid-epoch)."""
         began = time.perf_counter()
-        meta = {
-            **self.meta,
-            "epoch": epoch,
-            "step": self.step,
-            "position": position,
-            "metrics": metrics,
-            "history": self.history,
-            "tracking": self.trackers.ids,
-        }
+        meta = self.meta.model_copy(
+            update={
+                "epoch": epoch,
+                "step": self.step,
+                "position": position,
+                "metrics": metrics,
+                "history": self.history,
+                "tracking": self.trackers.ids,
+            }
+        )
         train_state = {
             # under FSDP keyed by parameter name, not number
             "optimizer": self.full_optimizer if self.sharded else self.optimizer.state_dict(),

@@ -10,6 +10,8 @@ import ray.train
 
 from polymodal.checkpoint import (
     CheckpointError,
+    Position,
+    RunMeta,
     load_model_state,
     load_train_state,
     newest_first,
@@ -20,7 +22,7 @@ from polymodal.checkpoint import (
 
 @dataclass
 class Resume:
-    meta: dict[str, Any]  # the checkpoint's polymodal.json
+    meta: RunMeta  # the checkpoint's polymodal.json
     model_state: dict[str, Any]
     train_state: dict[str, Any]  # optimizer and scheduler
     checkpoint: ray.train.Checkpoint
@@ -29,22 +31,13 @@ class Resume:
     unregistered: bool
 
     @property
-    def position(self) -> dict[str, Any] | None:
-        """Where a mid-epoch checkpoint stopped: epoch, steps of it, world, and each rank's
-        next stream position (data/order.py); None at an epoch's end."""
-        return self.meta.get("position")
+    def position(self) -> Position | None:
+        """Where a mid-epoch checkpoint stopped; None at an epoch's end."""
+        return self.meta.position
 
     @property
     def start_epoch(self) -> int:
-        return self.position["epoch"] if self.position else self.meta["epoch"] + 1
-
-    @property
-    def step(self) -> int:
-        return self.meta["step"]
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        return self.meta["history"]
+        return self.position.epoch if self.position else self.meta.epoch + 1
 
 
 def _name(checkpoint: ray.train.Checkpoint) -> str:
@@ -79,9 +72,9 @@ def resume(latest: ray.train.Checkpoint | None, fs, run_dir: str) -> Resume | No
                 f"checkpoint {candidate.path} is unusable ({exc}); trying an older one", flush=True
             )
             continue
-        where = f"epoch {meta['epoch']}"
-        if meta.get("position"):
-            where = f"epoch {meta['position']['epoch']}, step {meta['position']['steps']} of it"
+        where = f"epoch {meta.epoch}"
+        if meta.position:
+            where = f"epoch {meta.position.epoch}, step {meta.position.steps} of it"
         print(f"resuming from {candidate.path} ({where})", flush=True)
         unregistered = latest is None or _name(candidate) > _name(latest)
         return Resume(meta, model_state, train_state, candidate, unregistered)

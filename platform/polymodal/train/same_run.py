@@ -8,8 +8,9 @@ import time
 from typing import Any
 
 from polymodal import storage
-from polymodal.checkpoint import META, fetch_checkpoint, newest_first, read_meta
+from polymodal.checkpoint import META, RunMeta, fetch_checkpoint, newest_first, read_meta
 from polymodal.config import Config, ConfigError
+from polymodal.objectives import TERMS
 
 # Safe to change when resuming: how data is read and augmented, not what it is (and, in the
 # model, whether a tower's activations are recomputed).
@@ -34,26 +35,24 @@ def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def identity(meta: dict[str, Any]) -> dict[str, Any]:
+def identity(meta: RunMeta) -> dict[str, Any]:
     """The keys of a checkpoint's meta (or a new run's) that a resume must find unchanged:
-    the model, the data (less SAFE_DATA), the objective terms that add layers, the
-    preprocessing (train-split statistics included), the dataset and its label names."""
-    config = meta["config"]
-    keys = flat({"model": config["model"], "data": config["data"]})
+    the model, the data (less SAFE_DATA), what each objective term names (Term.identity:
+    the layers it adds), the preprocessing (train-split statistics included), the dataset
+    and its label names. Keys a config lacks read as their defaults."""
+    cfg = meta.run_config(checked=False)
+    keys = flat({"model": cfg.model.model_dump(), "data": cfg.data.model_dump()})
     keys = {
         k: v
         for k, v in keys.items()
         if not k.startswith(SAFE_DATA) and not k.endswith(".activation_checkpointing")
     }
-    objective = config["objective"]
-    keys["objective.weighting"] = objective["weighting"]
-    keys["objective.contrastive.kind"] = objective["contrastive"]["kind"]
-    for term in ("reconstruction", "classification"):  # decoders, the classifier head
-        keys[f"objective.weights.{term} > 0"] = objective["weights"][term] > 0
-        keys[f"objective.{term}.modalities"] = objective[term]["modalities"]
-    keys |= flat(meta["preprocessing"], "preprocessing.")
-    keys["dataset"] = meta["dataset"]
-    keys["label_names"] = meta.get("label_names")
+    keys["objective.weighting"] = cfg.objective.weighting
+    for term in TERMS.values():
+        keys |= term.identity(cfg)
+    keys |= flat(meta.preprocessing, "preprocessing.")
+    keys["dataset"] = meta.dataset
+    keys["label_names"] = meta.label_names
     return keys
 
 
@@ -70,7 +69,7 @@ def newest_checkpoint(run_dir: str) -> str | None:
     return None
 
 
-def check_resume(cfg: Config, run_dir: str, new_meta: dict[str, Any]) -> None:
+def check_resume(cfg: Config, run_dir: str, new_meta: RunMeta) -> None:
     """Before Ray starts. auto: resume only a checkpoint of the same run, else refuse
     naming what differs; force: resume anyway (the weights must still fit); never: move the
     old run aside (local runs) and start afresh."""
@@ -107,36 +106,36 @@ def check_resume(cfg: Config, run_dir: str, new_meta: dict[str, Any]) -> None:
     )
 
 
-def check_world(cfg: Config, found: str, old: dict[str, Any]) -> None:
+def check_world(cfg: Config, found: str, old: RunMeta) -> None:
     """A mid-epoch checkpoint knows where each of its ranks stands: it resumes with as many
     workers, or (force) with another count from the start of its epoch."""
-    position = old.get("position")
+    position = old.position
     workers = max(cfg.train.num_workers, 1)
-    if not position or position["world"] == workers:
+    if not position or position.world == workers:
         return
-    where = f"epoch {position['epoch']}, step {position['steps']} of it"
+    where = f"epoch {position.epoch}, step {position.steps} of it"
     if cfg.train.resume == "force":
         print(
             f"train.resume: force: {found} stopped mid-epoch ({where}) with "
-            f"{position['world']} workers; with {workers}, epoch {position['epoch']} starts "
+            f"{position.world} workers; with {workers}, epoch {position.epoch} starts "
             "again from its beginning",
             flush=True,
         )
         return
     raise ConfigError(
         f"run '{cfg.train.name}': {found} stopped mid-epoch ({where}) with "
-        f"{position['world']} workers, and each worker's place in the data is its own. Resume "
-        f"with train.num_workers={position['world']}, or set train.resume=force to start epoch "
-        f"{position['epoch']} again from its beginning with {workers} workers."
+        f"{position.world} workers, and each worker's place in the data is its own. Resume "
+        f"with train.num_workers={position.world}, or set train.resume=force to start epoch "
+        f"{position.epoch} again from its beginning with {workers} workers."
     )
 
 
-def trained_strategy(meta: dict[str, Any]) -> str:
+def trained_strategy(meta: RunMeta) -> str:
     """The train.strategy a checkpoint was trained with (ddp before there was a choice)."""
-    return meta["config"]["train"].get("strategy", "ddp")
+    return meta.run_config(checked=False).train.strategy
 
 
-def check_strategy(cfg: Config, found: str, old: dict[str, Any]) -> None:
+def check_strategy(cfg: Config, found: str, old: RunMeta) -> None:
     """The optimizer state is laid out per train.strategy (by parameter number under ddp, by
     name under fsdp): another strategy resumes the weights only, with force."""
     before = trained_strategy(old)

@@ -13,6 +13,7 @@ from torch.distributed.fsdp import fully_shard
 
 from polymodal.batch import Batch
 from polymodal.config import Config
+from polymodal.objectives import active_terms
 from polymodal.objectives.grad_cache import (
     average_gradients,
     broadcast_parameters,
@@ -36,12 +37,8 @@ class NonFiniteLoss(FloatingPointError):
 def has_unused_encoders(cfg: Config) -> bool:
     """Whether some encoder gets no gradient in a step: it feeds no active term, or it is a
     locked pretrained tower (DDP must then look for unused parameters)."""
-    w, mods = cfg.objective.weights, set(cfg.model.modalities)
-    used = set(mods) if w.contrastive > 0 else set()
-    if w.reconstruction > 0:
-        used |= set(cfg.objective.reconstruction.modalities or mods)
-    if w.classification > 0:
-        used |= set(cfg.objective.classification.modalities or mods)
+    mods = set(cfg.model.modalities)
+    used = {m for term in active_terms(cfg).values() for m in term.modalities(cfg)}
     # A locked pretrained tower gets no gradient until it is unlocked.
     locked_tower = any(cfg.model.tuning(m) == "lock_then_unlock" for m in mods)
     return used != mods or locked_tower
@@ -134,7 +131,7 @@ class DDPStep(Step):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Logs]:
         with self.autocast():
             out = self.model(batch)
-        return joint_loss(out.full_precision(), batch, self.cfg.objective)
+        return joint_loss(out.full_precision(), batch, self.cfg)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -152,7 +149,7 @@ class GradCacheStep(Step):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Logs]:
         chunk = self.cfg.train.grad_cache.chunk_size
-        return grad_cache_backward(self.model, batch, self.cfg.objective, chunk, self.autocast)
+        return grad_cache_backward(self.model, batch, self.cfg, chunk, self.autocast)
 
     def backward(self, loss: torch.Tensor) -> None:
         sync_gradients(self.model)

@@ -182,6 +182,7 @@ class Trackers:
     def __init__(
         self,
         names: list[str],
+        *,
         run_dir: str,
         name: str,
         config: dict,
@@ -190,6 +191,9 @@ class Trackers:
         step: int = 0,
         env: dict[str, str] | None = None,
     ):
+        """names: train.tracking; name: the run's; config: logged with it; ids: the tracked
+        runs to continue (a resumed checkpoint's); group: the sweep; step: where it stands;
+        env: the trackers' settings from the driver's environment."""
         os.environ.update(env or {})
         self.all = {n: TRACKERS[n](run_dir, name, config, ids.get(n), group, step) for n in names}
 
@@ -223,7 +227,7 @@ def attach_run_files(run_dir: str) -> list[str]:
     names attached."""
     summary = json.loads(storage.read_bytes(storage.join(run_dir, "metrics.json")))
     meta = read_meta(fetch_checkpoint(summary["checkpoint"], files=(META,)))
-    ids, root = meta.get("tracking", {}), str(run_dir).rstrip("/")
+    ids, root = meta.tracking, str(run_dir).rstrip("/")
     names = [
         f[len(root) + 1 :]
         for f in storage.list_files(root)
@@ -245,7 +249,7 @@ def attach_run_files(run_dir: str) -> list[str]:
         import wandb
 
         run = wandb.init(
-            project=meta["config"]["train"]["tracking_project"],
+            project=meta.run_config(checked=False).train.tracking_project,
             id=ids["wandb"],
             resume="allow",
             dir=_local_dir(root, "wandb"),

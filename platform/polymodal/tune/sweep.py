@@ -9,7 +9,8 @@ from typing import Any
 
 from polymodal.cluster import ensure_ray
 from polymodal.config import Config, ConfigError
-from polymodal.train.run import (
+from polymodal.train.init_from import with_init_model
+from polymodal.train.prepare import (
     RunInputs,
     apply_storage,
     check_cpus,
@@ -54,7 +55,7 @@ def materialize(inputs: RunInputs) -> RunInputs:
     """Decode val once for all trials. Train is read by each trial's workers in their own
     order (data/order.py), which a shared materialized copy could not give."""
     val = inputs.datasets["val"].materialize()
-    return RunInputs(inputs.meta, inputs.loop_config, {"val": val}, inputs.bad_rows)
+    return RunInputs(inputs.loop, {"val": val})
 
 
 def _asha(cfg: Config):
@@ -96,6 +97,7 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) ->
 
     check_tune(cfg)
     apply_storage(cfg)
+    cfg = with_init_model(cfg)
     manifest, prep = check_run(cfg)
     ensure_ray(address, trial_cpus(cfg) + 1)
     import ray

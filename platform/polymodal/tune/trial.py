@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from polymodal.config import config_from_dict
-from polymodal.train.run import RunInputs, build_trainer
+from polymodal.train.prepare import RunInputs
+from polymodal.train.run import build_trainer
 from polymodal.tune.space import trial_config
 
 

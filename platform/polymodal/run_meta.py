@@ -1,0 +1,106 @@
+"""RunMeta: what a checkpoint's polymodal.json holds, read and written through this one model;
+torch-free, so that configs and `polymodal validate` can read a checkpoint's meta quickly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from polymodal import storage
+from polymodal.config import Config, config_from_dict, parse_config
+from polymodal.modalities import Preprocessing
+
+FORMAT_VERSION = 1
+META = "polymodal.json"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+class Position(BaseModel):
+    """Where a mid-epoch checkpoint stopped: its epoch, the steps of it trained, the world
+    size, and each rank's next packed (piece ordinal, row) stream position (data/order.py)."""
+
+    epoch: int
+    steps: int
+    world: int
+    next: list[int]
+
+
+class FileSum(BaseModel):
+    sha256: str
+    bytes: int
+
+
+class RunMeta(BaseModel):
+    """What polymodal.json holds: the run's config (secrets blanked), its preprocessing,
+    labels and zero-shot prompts, the dataset, where training stood (epoch, step, position),
+    its metrics and loss-curve history, the trackers' run ids, int8 calibration ranges per
+    servable size ({"<dim>": [[min...], [max...]]}) and each other file's size and sha256.
+    save_checkpoint writes it and read_meta reads it; fields a newer polymodal adds survive."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: int = FORMAT_VERSION
+    config: dict[str, Any]
+    preprocessing: dict[str, Any]
+    label_names: list[str] | None = None
+    num_classes: int = 0
+    zero_shot_templates: list[str] = Field(default_factory=list)
+    dataset: str = ""
+    epoch: int = 0
+    step: int = 0
+    position: Position | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    tracking: dict[str, str] = Field(default_factory=dict)
+    calibration: dict[str, list[list[float]]] = Field(default_factory=dict)
+    imported_from: dict[str, str] | None = None
+    files: dict[str, FileSum] = Field(default_factory=dict)
+
+    @property
+    def prep(self) -> Preprocessing:
+        return Preprocessing(**self.preprocessing)
+
+    def run_config(self, checked: bool = True) -> Config:
+        """The config it was trained with; checked=False reads it without the cross-field
+        checks (a resume compares it, whatever this machine has installed)."""
+        return config_from_dict(self.config) if checked else parse_config(self.config)
+
+
+def read_meta(directory: str | Path) -> RunMeta:
+    """The meta of a checkpoint in a local directory."""
+    file = Path(directory) / META
+    if not file.is_file():
+        raise CheckpointError(f"{directory}: no {META}; not a polymodal checkpoint")
+    return parse_meta(file.read_bytes(), str(file))
+
+
+def meta_of(uri: str) -> RunMeta:
+    """The meta of a checkpoint, local or s3:// (its polymodal.json alone is read)."""
+    if not storage.is_remote(uri):
+        return read_meta(uri)
+    file = storage.join(uri, META)
+    if not storage.is_file(file):
+        raise CheckpointError(f"{uri}: no {META}; not a polymodal checkpoint")
+    return parse_meta(storage.read_bytes(file), file)
+
+
+def parse_meta(data: bytes, file: str) -> RunMeta:
+    try:
+        raw = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file}: invalid JSON: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_VERSION:
+        found = raw.get("format") if isinstance(raw, dict) else None
+        raise CheckpointError(f"{file}: format {found}, expected {FORMAT_VERSION}")
+    try:
+        return RunMeta.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CheckpointError(f"{file}: '{where}': {first['msg']}") from None
