@@ -57,14 +57,14 @@ def two_epochs(path: str, runs: str, image_size: int, *extra: str) -> dict:
     watcher.join()
     run_dir = Path(result.run_dir)
     found = run_dir.glob("checkpoint_*/polymodal.json")
-    metas = sorted((read_meta(p.parent) for p in found), key=lambda m: m["epoch"])
-    rows = cfg.train.batch_size * (metas[0]["step"])  # rows trained in epoch 1 (drop_last)
-    seconds = [rows / m["metrics"]["train/samples_per_s"] for m in metas]
+    metas = sorted((read_meta(p.parent) for p in found), key=lambda m: m.epoch)
+    rows = cfg.train.batch_size * metas[0].step  # rows trained in epoch 1 (drop_last)
+    seconds = [rows / m.metrics["train/samples_per_s"] for m in metas]
     return {
         "epoch_seconds": [round(s, 1) for s in seconds],
         "worker_peak_rss_mb": largest(workers, "VmHWM"),
         "worker_peak_private_mb": largest(workers, "RssAnon"),
-        "val_accuracy": metas[-1]["metrics"].get("val/accuracy"),
+        "val_accuracy": metas[-1].metrics.get("val/accuracy"),
     }
 
 

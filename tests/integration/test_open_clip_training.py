@@ -38,13 +38,13 @@ def test_imported_open_clip_trains_on_two_workers(ray_cluster, digits_dataset, t
     )
     result = fit(cfg)
     meta = read_meta(result.checkpoint)
-    assert meta["step"] == 2 * (1612 // 64) and meta["epoch"] == 2
-    assert meta["config"]["model"]["image"]["encoder"] == "open_clip"
-    assert meta["preprocessing"]["image_size"] == 32  # its size, not the config's default
-    assert 0.0 <= meta["metrics"]["val/recall@10/image->text"] <= 1.0
-    baseline = meta["history"][0]  # the imported model, validated before step 1
+    assert meta.step == 2 * (1612 // 64) and meta.epoch == 2
+    assert meta.run_config().model.section("image").encoder == "open_clip"
+    assert meta.prep.image_size == 32  # its size, not the config's default
+    assert 0.0 <= meta.metrics["val/recall@10/image->text"] <= 1.0
+    baseline = meta.history[0]  # the imported model, validated before step 1
     assert result.metrics["val/loss"] < baseline["val/loss"]
-    history = [row for row in meta["history"] if "train/loss" in row]
+    history = [row for row in meta.history if "train/loss" in row]
     assert history[0]["train/loss"] > history[-1]["train/loss"]
     before, _ = load_model(imported)
     after, _ = load_model(result.checkpoint)

@@ -63,14 +63,14 @@ def test_train_resume_and_eval_on_s3(ray_cluster, s3_endpoint, digits_dataset, m
     second = fit(load_config(CONFIG, [*overrides, "train.epochs=2"]))
     assert second.epochs_run == 1
     meta = read_meta(fetch_checkpoint(second.checkpoint))
-    assert meta["epoch"] == 2
-    assert [h["epoch"] for h in meta["history"] if "val/loss" in h] == [0, 1, 2]
+    assert meta.epoch == 2
+    assert [h["epoch"] for h in meta.history if "val/loss" in h] == [0, 1, 2]
 
     evaluated = evaluate_checkpoint(second.checkpoint)  # dataset: the one on S3 it trained on
-    recorded = meta["metrics"]["val/zero_shot_accuracy"]
+    recorded = meta.metrics["val/zero_shot_accuracy"]
     assert evaluated["val/zero_shot_accuracy"] == pytest.approx(recorded, abs=1e-6)
 
-    assert meta["config"]["storage"]["endpoint_url"] == s3_endpoint
+    assert meta.run_config().storage.endpoint_url == s3_endpoint
     written = s3.list_objects_v2(Bucket="runs", Prefix="team/digits-s3/")["Contents"]
     assert len(written) > 10
     for obj in written:

@@ -228,7 +228,7 @@ def test_quantized_encodings_equal_quantizing_offline(service):
     sign bits; a checkpoint without calibration quantizes over [-1, 1]."""
     url, model_dir = service
     texts = ["a handwritten digit two", "seven"]
-    span = read_meta(model_dir / "small")["calibration"]
+    span = read_meta(model_dir / "small").calibration
     for size in (16, 8):
         status, floats = _call(
             f"{url}/v1/embeddings", {"model": "small", "input": texts, "dimensions": size}
@@ -256,14 +256,14 @@ def test_an_imported_open_clip_model_serves_open_clips_embeddings(service):
     import open_clip
 
     url, model_dir = service
-    src = Path(read_meta(model_dir / "clip")["imported_from"]["open_clip"][len("local-dir:") :])
+    src = Path(read_meta(model_dir / "clip").imported_from["open_clip"][len("local-dir:") :])
     clip = open_clip.create_model(f"local-dir:{src}").eval()
     text = "a photo of the number three"
     image = _png(3)
     uri = "data:image/png;base64," + base64.b64encode(image).decode()
     status, body = _call(f"{url}/v1/embeddings", {"model": "clip", "input": [text, uri]})
     assert status == 200, body
-    prep = Preprocessing(**read_meta(model_dir / "clip")["preprocessing"])
+    prep = read_meta(model_dir / "clip").prep
     pixels = torch.from_numpy(decode_image(image, prep.image_size, 3))[None]
     mean = torch.tensor(prep.image_mean).view(1, 3, 1, 1)
     std = torch.tensor(prep.image_std).view(1, 3, 1, 1)

@@ -57,14 +57,14 @@ def test_train_writes_checkpoint_metrics_and_plot(first_run, tmp_path):
     ckpt = Path(result.checkpoint)
     assert (ckpt / "model.pt").is_file() and (ckpt / "polymodal.json").is_file()
     meta = read_meta(ckpt)
-    assert meta["epoch"] == 2 and meta["label_names"][0] == "zero"
+    assert meta.epoch == 2 and meta.label_names[0] == "zero"
     # int8 ranges of the val embeddings, per servable size: [2, dim] of (min, max)
-    embed_dim = meta["config"]["model"]["embed_dim"]
-    lo, hi = np.asarray(meta["calibration"][str(embed_dim)])
+    embed_dim = meta.run_config().model.embed_dim
+    lo, hi = np.asarray(meta.calibration[str(embed_dim)])
     assert lo.shape == (embed_dim,) and (lo < hi).all() and (-1 <= lo).all() and (hi <= 1).all()
     # FSDP's optimizer state is keyed by parameter name, the model's is the plain model's
     assert "encoders.text.embed.weight" in load_train_state(ckpt)["optimizer"]["state"]
-    steps_per_epoch = meta["step"] // 2
+    steps_per_epoch = meta.step // 2
     # Each rank's part holds 806 rows; the damaged rows dropped from one part end the epoch
     # for both ranks a batch early at most (drop_last).
     assert 1612 // 2 // 32 - 1 <= steps_per_epoch <= 1612 // 2 // 32
@@ -98,9 +98,9 @@ def test_train_writes_checkpoint_metrics_and_plot(first_run, tmp_path):
     coloured = np.abs(pixels[..., 0] - pixels[..., 2]) > 80
     assert coloured.sum() > 500
     assert metrics["val/zero_shot_accuracy"] > 0.3
-    assert 0.0 <= meta["metrics"]["train/data_wait_fraction"] <= 1.0
-    assert meta["metrics"]["train/samples_per_s"] > 0
-    baseline, first_log = meta["history"][0], meta["history"][1]
+    assert 0.0 <= meta.metrics["train/data_wait_fraction"] <= 1.0
+    assert meta.metrics["train/samples_per_s"] > 0
+    baseline, first_log = meta.history[0], meta.history[1]
     assert baseline["step"] == 0 and "val/loss/reconstruction" in baseline  # untrained model
     assert baseline["val/loss"] > metrics["val/loss"]
     assert {"train/loss", "train/loss/contrastive"} <= set(first_log)
@@ -157,7 +157,7 @@ def test_same_run_name_resumes_from_the_newest_intact_checkpoint(first_run):
     first_meta = read_meta(first.checkpoint)
     checkpoints = [p for p in Path(first.run_dir).glob("checkpoint_*") if p.is_dir()]
     latest, previous = sorted(checkpoints, reverse=True)[:2]
-    assert read_meta(latest)["epoch"] == 2 and read_meta(previous)["epoch"] == 1
+    assert read_meta(latest).epoch == 2 and read_meta(previous).epoch == 1
     weights = (latest / "model.pt").read_bytes()
     (latest / "model.pt").write_bytes(weights[: len(weights) // 3])  # a torn upload
     cfg = load_config(CONFIG, overrides + ["train.epochs=3"])
@@ -166,12 +166,12 @@ def test_same_run_name_resumes_from_the_newest_intact_checkpoint(first_run):
     # (epochs 2-3 ran), not from scratch.
     assert second.epochs_run == 2
     meta = read_meta(second.checkpoint)
-    assert meta["epoch"] == 3
+    assert meta.epoch == 3
     # one more epoch of 806 // 32 steps per rank, or one fewer where damaged rows fell
-    assert 1612 // 2 // 32 - 1 <= meta["step"] - first_meta["step"] <= 1612 // 2 // 32
-    first_epoch = [row for row in first_meta["history"] if row["epoch"] <= 1]
-    assert meta["history"][: len(first_epoch)] == first_epoch
-    assert [row["epoch"] for row in meta["history"] if "val/loss" in row] == [0, 1, 2, 3]
+    assert 1612 // 2 // 32 - 1 <= meta.step - first_meta.step <= 1612 // 2 // 32
+    first_epoch = [row for row in first_meta.history if row["epoch"] <= 1]
+    assert meta.history[: len(first_epoch)] == first_epoch
+    assert [row["epoch"] for row in meta.history if "val/loss" in row] == [0, 1, 2, 3]
 
 
 def test_a_checkpoint_ray_never_registered_is_reported_on_resume(first_run):
@@ -180,7 +180,7 @@ def test_a_checkpoint_ray_never_registered_is_reported_on_resume(first_run):
     first, overrides = first_run
     run_dir = Path(first.run_dir)
     latest = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())[-1]
-    epoch = read_meta(latest)["epoch"]
+    epoch = read_meta(latest).epoch
     unknown = run_dir / "checkpoint_2999-01-01_00-00-00.000000"  # Ray's names sort by time
     shutil.copytree(latest, unknown)
     result = fit(load_config(CONFIG, overrides + [f"train.epochs={epoch}"]))

@@ -18,6 +18,7 @@ import pytest
 from polymodal import storage
 from polymodal.config import load_config
 from polymodal.evaluation.run import evaluate_checkpoint
+from polymodal.run_meta import meta_of
 from polymodal.tune.sweep import run_sweep
 
 CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "tune-digits.yaml"
@@ -81,8 +82,8 @@ def test_sweep_on_s3_stops_weak_trials_and_writes_results(ray_cluster, s3_endpoi
     assert result.best[metric] == max(good)
     best = f"{sweep}/best"
     assert result.best_checkpoint == best
-    meta = json.loads(storage.read_bytes(f"{best}/polymodal.json"))
-    assert meta["config"]["objective"]["weights"]["contrastive"] == 1.0
+    meta = meta_of(best)
+    assert meta.run_config().objective.weights.contrastive == 1.0
     metrics = evaluate_checkpoint(best, str(digits_dataset))  # polymodal eval s3://.../best
     assert metrics["val/zero_shot_accuracy"] == pytest.approx(result.best[metric], abs=1e-6)
 

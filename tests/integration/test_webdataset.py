@@ -74,8 +74,8 @@ def test_train_directly_from_tars(ray_cluster, tars, tmp_path):
     cfg.data.label_names = list(FASHION_LABELS)
     result = fit(cfg)
     meta = read_meta(result.checkpoint)
-    assert meta["step"] == 397 // 64  # 400 samples, 3 dropped
-    assert meta["label_names"] == list(FASHION_LABELS)
+    assert meta.step == 397 // 64  # 400 samples, 3 dropped
+    assert meta.label_names == list(FASHION_LABELS)
     metrics = json.loads((Path(result.run_dir) / "metrics.json").read_text())
     for reason in ("unreadable image", "wrong type", "empty text"):
         assert metrics[f"train/bad_rows/{reason}"] == 1, reason

@@ -37,13 +37,13 @@ def test_a_removed_node_is_survived(digits_dataset, tmp_path):
     assert len(out["removed"]) == 1, "no node held the training workers"
     assert out["alive_nodes"] == 2  # the head and the surviving worker node
     meta = read_meta(out["checkpoint"])
-    assert meta["epoch"] == 3
+    assert meta.epoch == 3
     assert 1 <= out["epochs_run"] <= 2  # resumed, not restarted from scratch
-    epochs = [row["epoch"] for row in meta["history"] if "val/loss" in row]
+    epochs = [row["epoch"] for row in meta.history if "val/loss" in row]
     assert epochs == [0, 1, 2, 3]
     assert out["accuracy"] > 0.5
     start = 3 - out["epochs_run"] + 1
-    batch, workers = meta["config"]["train"]["batch_size"], 2
+    batch, workers = meta.run_config().train.batch_size, 2
     repeated = check_samples(
         tmp_path / "samples", split_keys(digits_dataset, "train"), 3, start, batch + workers
     )

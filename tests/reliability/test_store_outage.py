@@ -78,7 +78,7 @@ def test_upload_rides_out_an_outage_and_a_cut_upload_reads_as_unfinished(tmp_pat
         with fs.open_input_stream(f"runs/run/checkpoint_a/{name}") as f:
             (got / name).write_bytes(f.read())
     verify(got)
-    assert read_meta(got)["step"] == 5
+    assert read_meta(got).step == 5
 
     restarted[0].stop()  # down for good: the upload gives up, leaving no polymodal.json
     with pytest.raises(OSError):

@@ -67,8 +67,8 @@ def test_killed_workers_resume_mid_epoch_and_skip_nothing(killed_run, digits_dat
     cfg, result, killed, root = killed_run
     assert len(killed) == 2, "no worker was alive to kill"
     meta = read_meta(result.checkpoint)
-    assert meta["epoch"] == 3 and meta["position"] is None
-    epochs = [row["epoch"] for row in meta["history"] if "val/loss" in row]
+    assert meta.epoch == 3 and meta.position is None
+    epochs = [row["epoch"] for row in meta.history if "val/loss" in row]
     assert epochs == [0, 1, 2, 3]  # the untrained baseline, then each epoch once
     assert result.metrics["val/accuracy"] > 0.5
     # The ranks hold equal rows; drop_last leaves fewer than a batch per worker.
@@ -92,8 +92,8 @@ def test_a_mid_epoch_checkpoint_resumes_with_another_worker_count(
     snapshot = "checkpoint_manager_snapshot.json"  # Ray's: it would refuse the missing one
     shutil.copytree(run, tmp_path / "moved", ignore=shutil.ignore_patterns(last.name, snapshot))
     (mid,) = (tmp_path / "moved").glob("checkpoint_*")
-    position = read_meta(mid)["position"]
-    assert position["world"] == 2 and position["epoch"] == 3 and position["steps"] > 0
+    position = read_meta(mid).position
+    assert position.world == 2 and position.epoch == 3 and position.steps > 0
 
     cfg = faulted_run_config(digits_dataset, tmp_path, "moved")
     cfg.train.num_workers = 1
@@ -102,8 +102,8 @@ def test_a_mid_epoch_checkpoint_resumes_with_another_worker_count(
     cfg.train.resume = "force"
     resumed = fit(cfg)
     meta = read_meta(resumed.checkpoint)
-    assert meta["epoch"] == 3 and resumed.epochs_run == 1
-    assert [row["epoch"] for row in meta["history"] if "val/loss" in row] == [0, 1, 2, 3]
+    assert meta.epoch == 3 and resumed.epochs_run == 1
+    assert [row["epoch"] for row in meta.history if "val/loss" in row] == [0, 1, 2, 3]
     counts = Counter(k for ids in sample_log(tmp_path / "samples")[3].values() for k in ids)
     train = split_keys(digits_dataset, "train")
     assert set(counts.values()) == {1} and len(train) - len(counts) < cfg.train.batch_size
@@ -113,7 +113,7 @@ def _check_tracking(run_dir: Path, meta: dict, checkpoint: str) -> None:
     from mlflow import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    val_steps = [row["step"] for row in meta["history"] if "val/loss" in row]
+    val_steps = [row["step"] for row in meta.history if "val/loss" in row]
     board = EventAccumulator(str(run_dir / "tensorboard"))
     board.Reload()
     assert [e.step for e in board.Scalars("val/loss")] == val_steps  # baseline, epochs
@@ -127,11 +127,11 @@ def _check_tracking(run_dir: Path, meta: dict, checkpoint: str) -> None:
     history = client.get_metric_history(run.info.run_id, "val/loss")
     assert sorted({m.step for m in history}) == val_steps
     assert run.data.tags["checkpoint"] == checkpoint and run.info.status == "FINISHED"
-    assert meta["tracking"]["mlflow"] == run.info.run_id
+    assert meta.tracking["mlflow"] == run.info.run_id
 
     offline = list((run_dir / "wandb" / "wandb").glob("offline-run-*"))
     assert len(offline) == 3  # the first group and two restarts...
-    assert {d.name.rsplit("-", 1)[1] for d in offline} == {meta["tracking"]["wandb"]}  # ...one run
+    assert {d.name.rsplit("-", 1)[1] for d in offline} == {meta.tracking["wandb"]}  # ...one run
 
     # The driver attaches what the finished run wrote (here without its HTML report).
     written = ["loss_curves.png", "metrics.json", "reconstructions.png"]
