@@ -3,7 +3,7 @@ VENV ?= .venv
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench config-docs
 
 setup:
 	@bash scripts/setup.sh
@@ -22,3 +22,6 @@ lint: setup
 
 bench: setup
 	@for b in benchmarks/*.py; do echo "# $$b"; $(VENV)/bin/python $$b; done
+
+config-docs: setup
+	$(VENV)/bin/python -m polymodal.config.reference docs/config.md

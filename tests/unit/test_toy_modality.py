@@ -1,7 +1,7 @@
 """docs/architecture.md's "adding a modality", done: a fixed-length integer sequence registered
-as one Modality object, written as a dataset, trained a step and embedded through the same code
-paths as the built-in modalities (dataset format, decoding, config, model, step, checkpoint,
-LoadedModel, request parsing)."""
+as one Modality object with settings of its own (model.digits.width, data.digits_length), written
+as a dataset, trained a step and embedded through the same code paths as the built-in modalities
+(dataset format, decoding, config, model, step, checkpoint, LoadedModel, request parsing)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from pydantic import Field
 from torch import nn
 
 from polymodal import modalities
@@ -23,6 +24,7 @@ from polymodal.evaluation.evaluate import decoded_batches, evaluate
 from polymodal.inference.model import LoadedModel
 from polymodal.modalities.base import DecodeError, InputError, Modality
 from polymodal.models.build import build_model
+from polymodal.sections import Section, TowerSettings
 from polymodal.serving.inputs import check_item, parse_value
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.step import DDPStep
@@ -68,14 +70,28 @@ def check_request(value: list[int], prep, param: str) -> int:
     return 0
 
 
+class DigitsSettings(TowerSettings):
+    """The digits tower: embedding (each digit's embedding plus its position's, mean-pooled)."""
+
+    width: int = Field(16, ge=1, description="Width of the digit embeddings.")
+
+
+class DigitsData(Section):
+    digits_length: int = Field(LENGTH, ge=1, description="Digits in every row.")
+
+
 DIGITS = Modality(
     name="digits",
     arrow_type=pa.list_(pa.int64()),
     defaults={"digits_length": LENGTH},
-    settings=lambda cfg, manifest, train_column: {"digits_length": LENGTH},
+    settings=lambda cfg, manifest, train_column: {"digits_length": cfg.data.digits_length},
     decode=decode,
     input_shape=lambda prep: ((prep.digits_length,), np.int64),
-    encoders={"embedding": lambda cfg, prep: DigitsTower(prep.digits_length)},
+    encoders={
+        "embedding": lambda cfg, prep: DigitsTower(prep.digits_length, cfg.model.digits.width)
+    },
+    model_settings=DigitsSettings,
+    data_settings=DigitsData,
     parse_request=parse_request,
     check_request=check_request,
     bad_row_reasons=("bad digits",),
@@ -118,6 +134,23 @@ def _dataset(tmp_path) -> str:
 def test_unregistered_modality_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown modality 'digits'"):
         config_from_dict({"model": {"modalities": ["digits", "text"]}})
+    with pytest.raises(ConfigError, match="unknown config key 'model.digits'"):
+        config_from_dict({"model": {"digits": {"width": 8}}})
+
+
+def test_a_registered_modality_brings_its_settings(registered):
+    from polymodal.config.reference import missing_descriptions, reference
+
+    cfg = config_from_dict({"model": {"modalities": ["digits", "text"], "digits": {"width": 8}}})
+    assert cfg.model.section("digits").encoder == "embedding"
+    assert cfg.model.digits.width == 8 and cfg.data.digits_length == LENGTH
+    with pytest.raises(ConfigError, match="did you mean 'model.digits.width'"):
+        config_from_dict({"model": {"digits": {"widht": 8}}})
+    with pytest.raises(ConfigError, match="'data.digits_length' must be >= 1"):
+        config_from_dict({"data": {"digits_length": 0}})
+    page = reference()
+    assert "`model.digits.width`" in page and "`data.digits_length`" in page
+    assert missing_descriptions() == []
 
 
 def test_a_registered_modality_trains_and_embeds(registered, tmp_path):
@@ -127,7 +160,7 @@ def test_a_registered_modality_trains_and_embeds(registered, tmp_path):
     cfg = config_from_dict(
         {
             "data": {"path": path, "text_max_len": 48},
-            "model": {"modalities": ["digits", "text"], "embed_dim": 32},
+            "model": {"modalities": ["digits", "text"], "embed_dim": 32, "digits": {"width": 8}},
             "optim": {"lr": 1e-2, "warmup_steps": 0},
             "train": {"num_workers": 0, "batch_size": 16},
         }
@@ -146,6 +179,7 @@ def test_a_registered_modality_trains_and_embeds(registered, tmp_path):
     torch.manual_seed(0)
     model = build_model(cfg, prep)
     assert isinstance(model.encoders["digits"], DigitsTower)
+    assert model.encoders["digits"].out_dim == 8  # model.digits.width
     optimizer = build_optimizer(model, cfg.optim)
     step = DDPStep(
         model, optimizer, build_scheduler(optimizer, cfg.optim, 10), cfg, torch.device("cpu")

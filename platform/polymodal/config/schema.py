@@ -232,7 +232,7 @@ class EvalConfig(Section):
         default_factory=lambda: [1, 5, 10], description="K of val/recall@K."
     )
     batch_size: int = Field(
-        512, ge=1, description="Val batches; val/loss/contrastive uses in-batch negatives."
+        512, ge=1, description="Val batches; the val losses use in-batch negatives."
     )
     chunk_size: int = Field(1024, ge=1, description="Query rows per similarity block.")
     zero_shot_templates: list[str] = Field(

@@ -15,6 +15,7 @@ import ray
 from polymodal.data.format import DatasetError, open_shard, read_manifest
 from polymodal.data.pipeline import pieces
 from polymodal.inference.model import LoadedModel, model_card
+from polymodal.objectives.contrastive import CONTRASTIVE
 from polymodal.retrieval.index import IndexWriter
 from polymodal.retrieval.vectors import truncate
 
@@ -136,7 +137,7 @@ def check_index_inputs(
     if dimensions is not None and dimensions not in card["dimensions"]:
         raise ValueError(
             f"{checkpoint}: not trained for {dimensions} dimensions (it was for "
-            f"{card['dimensions']}; objective.contrastive.matryoshka_dims adds sizes)"
+            f"{card['dimensions']}; objective.{CONTRASTIVE.name}.matryoshka_dims adds sizes)"
         )
     manifest = read_manifest(dataset)
     if split not in manifest.splits:

@@ -24,6 +24,8 @@ NAME = "contrastive"
 
 
 class ContrastiveSettings(Section):
+    """The contrastive term: its loss, temperature, negatives and positives."""
+
     kind: Literal["infonce", "sigmoid"] = Field(
         "infonce", description="infonce (CLIP) | sigmoid (SigLIP, with a learned logit bias)."
     )

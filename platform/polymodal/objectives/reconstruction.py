@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 NAME = "reconstruction"
 
 
+class ReconstructionSettings(ModalitiesSettings):
+    """The modalities decoded from their own embeddings (empty: every modality of the
+    model); each needs a Modality.decoder."""
+
+
 def reconstructed(cfg: Config) -> list[str]:
     """The modalities decoded: objective.reconstruction.modalities, or every one."""
     return list(RECONSTRUCTION.settings(cfg).modalities or cfg.model.modalities)
@@ -34,7 +39,7 @@ def mean_error(modality: str, pred, target, present, count=None) -> torch.Tensor
     return total / (own if count is None else count).clamp(min=1)
 
 
-def count(batch: Batch, section: ModalitiesSettings, modalities: list[str]) -> dict[str, Any]:
+def count(batch: Batch, section: ReconstructionSettings, modalities: list[str]) -> dict[str, Any]:
     """What each decoded modality's mean divides by, over a whole batch (gradient cache)."""
     return {
         m: MODALITIES[m].reconstruction_count(batch.inputs[m], batch.present[m])
@@ -45,7 +50,7 @@ def count(batch: Batch, section: ModalitiesSettings, modalities: list[str]) -> d
 def loss(
     outputs: ModelOutput,
     batch: Batch,
-    section: ModalitiesSettings,
+    section: ReconstructionSettings,
     counts: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Σ over the decoded modalities of each one's mean error, and each one's (logged)."""
@@ -75,10 +80,10 @@ def model_parts(cfg: Config, prep: Any, num_classes: int) -> dict[str, Any]:
     return {"decoders": decoders}
 
 
-RECONSTRUCTION: Term[ModalitiesSettings] = Term(
+RECONSTRUCTION: Term[ReconstructionSettings] = Term(
     name=NAME,
     weight=0.0,
-    section=ModalitiesSettings,
+    section=ReconstructionSettings,
     scope="rows",
     loss=loss,
     logs=("{m}",),
