@@ -19,6 +19,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check platform tests jobs benchmarks serve scripts
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 bench: setup
 	@for b in benchmarks/*.py; do echo "# $$b"; $(VENV)/bin/python $$b; done
