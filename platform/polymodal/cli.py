@@ -184,11 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     im.set_defaults(func=commands.cmd_import)
     ix = sub.add_parser(
         "index",
-        help="build an exact top-k search index of one modality of a dataset split",
+        help="build a top-k search index (exact or FAISS) of one modality of a dataset split",
         description="Embed one modality of a split with Ray Data and write OUT (local or "
-        "s3://): shards of L2-normalised float32 vectors (.npy, memory-mapped when searched) "
-        "with row ids and labels, and index.json written last. `polymodal serve --index-dir` "
-        "serves a directory of such indexes at POST /v1/search.",
+        "s3://): shards of L2-normalised vectors (float32, int8 codes or sign bits: "
+        "--precision; memory-mapped when searched; with --kind hnsw|ivf a FAISS index per "
+        "shard) with row ids and labels, and index.json written last. `polymodal serve "
+        "--index-dir` serves a directory of such indexes at POST /v1/search.",
     )
     ix.add_argument("checkpoint")
     ix.add_argument("dataset")
