@@ -1,5 +1,6 @@
 """The image modality: encoded PNG/JPEG bytes → float [channels, size, size] in [0, 1], with
-random crops and flips for training; a small CNN or ResNet-18 tower; per-pixel MSE."""
+random crops and flips for training; five towers (a small CNN, ResNet-18, EfficientNet-Lite0,
+any Hugging Face vision model, OpenCLIP's); per-pixel MSE."""
 
 from __future__ import annotations
 
