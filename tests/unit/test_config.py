@@ -266,3 +266,13 @@ def test_config_module_does_not_import_torch():
     code = "import sys, polymodal.config; print(sorted({'torch', 'ray'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_config_pickles_by_its_values():
+    """Its class is assembled at run time, so a pickle (multiprocessing, Ray) carries the
+    values and the loading process rebuilds the class from its own registries."""
+    import pickle
+
+    cfg = load_config(None, ["train.epochs=3", "model.image.width=8"])
+    back = pickle.loads(pickle.dumps(cfg))
+    assert back == cfg and back.model.section("image").width == 8

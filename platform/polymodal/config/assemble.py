@@ -21,6 +21,18 @@ from polymodal.sections import Float, Section
 _built: dict[tuple, type[Config]] = {}
 
 
+class AssembledConfig(Config):
+    """A Config of the classes assembled here; pickled as its values (the class is rebuilt
+    where it is loaded, so it must not be pickled by reference)."""
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        return _rebuilt, (self.model_dump(),)
+
+
+def _rebuilt(tree: dict[str, Any]) -> Config:
+    return config_class().model_validate(tree)
+
+
 def _key() -> tuple:
     return tuple((n, id(m)) for n, m in MODALITIES.items()) + tuple(
         (n, id(t)) for n, t in TERMS.items()
@@ -110,7 +122,7 @@ def _assemble() -> type[Config]:
     )
     return create_model(
         "Config",
-        __base__=Config,
+        __base__=AssembledConfig,
         __doc__=Config.__doc__,
         data=_section(data),
         model=_section(model),
