@@ -81,7 +81,7 @@ def case_loader(path: str) -> dict:
     base_s = time.perf_counter() - start
 
     ray.init(num_cpus=2, include_dashboard=False)
-    configure_ray_data()
+    configure_ray_data(stall_timeout_s=300.0)
     ds = split_dataset(path, "train", prep)
     for _ in ds.limit(BATCH).iter_torch_batches(batch_size=BATCH):
         pass  # workers started before the clock, as the DataLoader's are cheap to start
