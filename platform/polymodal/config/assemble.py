@@ -48,8 +48,9 @@ def config_class() -> type[Config]:
     return _built[key]
 
 
-def _section(section: type[BaseModel], doc: str | None = None) -> tuple[Any, FieldInfo]:
-    """A field holding a section, defaulting to the section's defaults."""
+def _section(section: type[BaseModel], doc: str | None = None) -> tuple[type[BaseModel], Any]:
+    """A field holding a section, defaulting to the section's defaults: (type, FieldInfo),
+    the FieldInfo typed Any (pydantic types Field() as its default's, for class bodies)."""
     return section, Field(default_factory=section, description=doc or section.__doc__)
 
 
@@ -61,6 +62,8 @@ def _model_section(name: str) -> type[Section]:
     """model.<name>: the modality's settings plus `encoder`, one of its encoders."""
     modality = MODALITIES[name]
     encoders = tuple(modality.encoders)
+    # Built at run time from the registry: no static type names these choices.
+    choices: Any = Literal.__getitem__(encoders)
     encoder = Field(
         encoders[0],
         description=f"The {name} tower: {' | '.join(encoders)} (Modality.encoders; the first "
@@ -70,12 +73,14 @@ def _model_section(name: str) -> type[Section]:
         f"{name.title()}ModelConfig",
         __base__=modality.model_settings,
         __doc__=modality.model_settings.__doc__ or f"The {name} tower.",
-        encoder=(Literal.__getitem__(encoders), encoder),
+        encoder=(choices, encoder),
     )
 
 
 def _assemble() -> type[Config]:
-    data_fields: dict[str, tuple[Any, FieldInfo]] = {}
+    # Field definitions go to create_model as **fields, typed Any: mypy checks each one
+    # against create_model's own keyword parameters (__base__, __doc__...) too.
+    data_fields: dict[str, Any] = {}
     owners: dict[str, str] = {}
     for name, modality in MODALITIES.items():
         if modality.data_settings is None:
@@ -89,12 +94,12 @@ def _assemble() -> type[Config]:
         "DataConfig", __base__=DataConfig, __doc__=DataConfig.__doc__, **data_fields
     )
 
-    model_fields = {m: _section(_model_section(m)) for m in MODALITIES}
+    model_fields: dict[str, Any] = {m: _section(_model_section(m)) for m in MODALITIES}
     model = create_model(
         "ModelConfig", __base__=ModelConfig, __doc__=ModelConfig.__doc__, **model_fields
     )
 
-    weights = {
+    weights: dict[str, Any] = {
         name: (
             Float,
             Field(
@@ -110,7 +115,7 @@ def _assemble() -> type[Config]:
         __doc__="A weight per objective term, in the order the terms are registered.",
         **weights,
     )
-    term_fields = {
+    term_fields: dict[str, Any] = {
         name: _section(term.section) for name, term in TERMS.items() if term.section is not None
     }
     objective = create_model(

@@ -5,7 +5,7 @@ Preprocessing holds the settings every registered modality declares, as checkpoi
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polymodal.modalities.audio import AUDIO
 from polymodal.modalities.base import COMMON_BAD_ROW_REASONS, Modality
@@ -57,10 +57,15 @@ class Preprocessing:
         unknown = set(settings) - set(values)
         if unknown:
             raise ValueError(f"preprocessing: unknown settings {sorted(unknown)}")
-        for m in modalities:
-            get(m)
+        for name in modalities:
+            get(name)
         self.modalities = list(modalities)
         vars(self).update({**values, **settings})
+
+    if TYPE_CHECKING:  # for the type checker only: at run time they are plain attributes
+
+        def __getattr__(self, name: str) -> Any:
+            """A registered modality's setting (Modality.defaults names them)."""
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Preprocessing) and self.to_dict() == other.to_dict()

@@ -93,7 +93,7 @@ def present_count(target, present):
 # assembles its sections from this registry).
 Decode = Callable[..., Any]  # (raw value, prep, augment=None, rng=None) -> np.ndarray
 Builder = Callable[[Any, Any], Any]  # (cfg, prep) -> nn.Module with .out_dim (encoders)
-Settings = Callable[[Any, Any, Callable[[str], Iterable[Any]]], dict[str, Any]]
+Settings = Callable[[Any, Any, Callable[[str], Iterable[Any]] | None], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,8 @@ class Modality:
     arrow_type: Any
     # Preprocessing fields this modality adds (flat names, as stored in checkpoints), with
     # their defaults; `settings(cfg, manifest, train_column)` fills them for a run, reading
-    # the train split's column through train_column(name) when it needs statistics.
+    # the train split's column through train_column(name) when it needs statistics (an
+    # imported model has no dataset: manifest and train_column are None).
     defaults: dict[str, Any]
     settings: Settings
     # One raw value → the model input array; DecodeError (a bad row) when it cannot be used.
@@ -139,8 +140,8 @@ class Modality:
     data_uri: str = ""
     # Serving decodes with this instead of `decode` when set (text: an empty string embeds).
     serve_decode: Decode | None = None
-    # Ingest: raises DecodeError for a value that can never decode (checked once, up front);
-    # `blank` says a value counts as missing rather than bad.
-    check_raw: Callable[[Any], None] | None = None
+    # Ingest: raises DecodeError for a value that can never decode (checked once, up front;
+    # what it returns is ignored); `blank` says a value counts as missing rather than bad.
+    check_raw: Callable[[Any], object] | None = None
     blank: Callable[[Any], bool] | None = None
     bad_row_reasons: tuple[str, ...] = field(default_factory=tuple)

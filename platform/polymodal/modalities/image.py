@@ -128,7 +128,7 @@ def decode_image(
         if rng.random() < augment.hflip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 

@@ -40,7 +40,8 @@ def decode_vector(value, mean: list[float], std: list[float]) -> np.ndarray:
 def vector_stats(columns: Iterable[pa.ChunkedArray | pa.Array]) -> tuple[list[float], list[float]]:
     """Mean and standard deviation per feature over every finite, full-length row of a
     list<float> column (streamed chunk by chunk); a constant feature gets std 1."""
-    total = squares = None
+    total: np.ndarray | None = None
+    squares: np.ndarray | None = None
     count, dim = 0, None
     for column in columns:
         chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
@@ -60,6 +61,7 @@ def vector_stats(columns: Iterable[pa.ChunkedArray | pa.Array]) -> tuple[list[fl
             count += len(x)
     if not count:
         raise DecodeError("bad vector", "no finite vector to compute statistics from")
+    assert total is not None and squares is not None  # rows were counted: they were summed
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
     std[std < 1e-8] = 1.0
