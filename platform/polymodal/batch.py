@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import overload
 
 import torch
 from torch.utils._pytree import register_dataclass
@@ -16,6 +17,10 @@ from polymodal.modalities.base import hash_key, present_key
 HALF = (torch.float16, torch.bfloat16)
 
 
+@overload
+def full(t: torch.Tensor) -> torch.Tensor: ...
+@overload
+def full(t: None) -> None: ...
 def full(t: torch.Tensor | None) -> torch.Tensor | None:
     """A half-precision tensor as float32; any other (float64 included) as it is."""
     return t.float() if t is not None and t.dtype in HALF else t

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from polymodal.sections import Section
@@ -76,7 +77,8 @@ class Term(Generic[S]):
         return getattr(cfg.objective, self.name)
 
     def weight_of(self, cfg: Config) -> float:
-        return float(getattr(cfg.objective.weights, self.name))
+        # objective.weights is assembled from the registered terms: no static attribute.
+        return float(attrgetter(f"weights.{self.name}")(cfg.objective))
 
     def active(self, cfg: Config) -> bool:
         return self.weight_of(cfg) > 0

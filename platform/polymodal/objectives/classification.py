@@ -35,6 +35,8 @@ def classification_loss(
 def loss(
     outputs: ModelOutput, batch: Batch, section: ModalitiesSettings, counts: Any = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    # An active classification term gives the model its head (model_parts).
+    assert outputs.class_logits is not None, "the model has no classifier head"
     return classification_loss(outputs.class_logits, batch.label, counts), {}
 
 

@@ -41,6 +41,12 @@ def world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if distributed() else (0, 1)
 
 
+def _world_group() -> dist.ProcessGroup:
+    group = dist.group.WORLD
+    assert group is not None, "torch.distributed is initialised (distributed())"
+    return group
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's rows (rank order) along dim 0.
 
@@ -49,7 +55,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if not distributed():
         return x
-    out = funcol.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
+    out = funcol.all_gather_single_autograd(x.contiguous(), 0, _world_group())
     return funcol.wait_tensor(out)
 
 
@@ -59,7 +65,7 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     dtype = x.dtype
     x = x.to(torch.int64) if dtype == torch.bool else x
-    out = funcol.wait_tensor(funcol.all_gather_single(x.detach().contiguous(), 0, dist.group.WORLD))
+    out = funcol.wait_tensor(funcol.all_gather_single(x.detach().contiguous(), 0, _world_group()))
     return out.to(dtype)
 
 

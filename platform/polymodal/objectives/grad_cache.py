@@ -27,6 +27,7 @@ from polymodal.objectives.joint import batch_counts, term_losses
 
 if TYPE_CHECKING:
     from polymodal.config import Config
+    from polymodal.models.joint import JointModel
 
 
 def _rng_state(device: torch.device):
@@ -41,7 +42,7 @@ def _set_rng_state(state, device: torch.device) -> None:
 
 
 def grad_cache_backward(
-    model: nn.Module,
+    model: JointModel,
     batch: Batch,
     cfg: Config,
     chunk_size: int,
@@ -61,7 +62,8 @@ def grad_cache_backward(
     subs = [batch.slice(sl) for sl in chunks]
 
     # 1. embeddings without grad; BatchNorm running stats are restored so they move once.
-    states, cached = [], {m: [] for m in model.modalities}
+    states = []
+    cached: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     with torch.no_grad():
         for sub in subs:
@@ -76,7 +78,7 @@ def grad_cache_backward(
     # 2. the batch terms once, on every embedding; their gradient is cached.
     dtype = next(model.parameters()).dtype
     total = torch.zeros((), device=device, dtype=dtype)
-    emb_grads = None
+    emb_grads: dict[str, torch.Tensor] = {}
     leaves = {m: torch.cat(v).requires_grad_() for m, v in cached.items()}
     outputs = ModelOutput(
         embeddings=leaves,
@@ -88,7 +90,8 @@ def grad_cache_backward(
     if batch_terms:
         weighted = torch.stack([weights[name] * loss for name, loss in batch_terms.items()]).sum()
         weighted.backward()  # temperature/bias grads land on the params
-        emb_grads = {m: leaf.grad for m, leaf in leaves.items()}
+        # A modality no batch term reads has no gradient here: it adds nothing below.
+        emb_grads = {m: leaf.grad for m, leaf in leaves.items() if leaf.grad is not None}
         total += weighted.detach()
         logs.update({name: loss.detach() for name, loss in batch_terms.items()})
 
@@ -101,8 +104,8 @@ def grad_cache_backward(
             out = model(sub)
         out = out.full_precision()
         surrogate = torch.zeros((), device=device, dtype=dtype)
-        if emb_grads is not None:
-            for m, emb in out.embeddings.items():
+        for m, emb in out.embeddings.items():
+            if m in emb_grads:
                 surrogate = surrogate + (emb * emb_grads[m][sl]).sum()
         terms, part_logs = term_losses(out, sub, cfg, scope="rows", counts=counts)
         for name, value in terms.items():

@@ -29,6 +29,7 @@ def positive_mask(
     """[R, C] bool: the same sample, or the same key (keys < 0 match nothing but themselves)."""
     pos = row_ids[:, None] == col_ids[None, :]
     if row_keys is not None:
+        assert col_keys is not None, "keys for the rows and the columns, or for neither"
         pos = pos | ((row_keys[:, None] == col_keys[None, :]) & (row_keys[:, None] >= 0))
     return pos
 
@@ -303,6 +304,7 @@ def multi_contrastive(
         )
         per_pair[name] = loss.detach()
         total = weight * loss if total is None else total + weight * loss
+    assert total is not None, "a contrastive loss needs two or more modalities"
     return total, per_pair
 
 
