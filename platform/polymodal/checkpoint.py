@@ -3,6 +3,7 @@ model.safetensors, train_state.pt, polymodal.json (RunMeta and the others' sha25
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write(path: Path, write: Callable[[Path], None]) -> None:
+def _write(path: Path, write: Callable[[Path], object]) -> None:
     """Write under a temporary name, then rename: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
@@ -61,7 +62,7 @@ def save_checkpoint(
         objects[TRAIN_STATE] = train_state
     files = {}
     for name, obj in objects.items():
-        _write(directory / name, lambda tmp, name=name, obj=obj: _save(name, obj, tmp))
+        _write(directory / name, functools.partial(_save, name, obj))
         files[name] = FileSum(
             sha256=sha256(directory / name), bytes=(directory / name).stat().st_size
         )

@@ -5,27 +5,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from polymodal.config import Config
 from polymodal.modalities import MODALITIES, Preprocessing
 from polymodal.models.joint import JointModel
 from polymodal.objectives import TERMS, active_terms
+from polymodal.sections import PretrainedSettings
 from polymodal.towers.checkpointing import checkpoint_activations
+from polymodal.towers.tuning import Tunable
 
 
-def unlock_towers(model: nn.Module, cfg: Config, epoch: int) -> None:
+def unlock_towers(model: JointModel, cfg: Config, epoch: int) -> None:
     """lock_then_unlock: a pretrained tower trains from epoch model.<modality>.unlock_epoch + 1
     on."""
     for m, encoder in model.encoders.items():
         section = cfg.model.section(m)
-        if cfg.model.tuning(m) == "lock_then_unlock" and epoch > section.unlock_epoch:
-            for module in encoder.modules():
-                if getattr(module, "locked", False):
+        if not isinstance(section, PretrainedSettings):
+            continue  # a tower that cannot be pretrained has no tuning (ModelConfig.tuning)
+        if section.tuning == "lock_then_unlock" and epoch > section.unlock_epoch:
+            for module in encoder.modules():  # every pretrained tower is a Tunable
+                if isinstance(module, Tunable) and module.locked:
                     module.unlock()
 
 
-def recompute_activations(model: nn.Module, cfg: Config) -> None:
+def recompute_activations(model: JointModel, cfg: Config) -> None:
     """model.<modality>.activation_checkpointing for each tower that trains (a frozen one
     keeps no activations anyway)."""
     for m in cfg.model.modalities:

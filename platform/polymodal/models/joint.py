@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ class JointModel(nn.Module):
         # A tower that projects into the shared space itself (OpenCLIP's) keeps its own.
         self.projections = nn.ModuleDict(
             {
-                m: nn.Identity() if _projects(enc, embed_dim) else nn.Linear(enc.out_dim, embed_dim)
+                m: nn.Identity() if _projects(enc, embed_dim) else nn.Linear(_width(enc), embed_dim)
                 for m, enc in encoders.items()
             }
         )
@@ -89,16 +90,22 @@ class JointModel(nn.Module):
         """L2-normalised embedding, the one used for retrieval and serving."""
         return F.normalize(self.project(modality, x), dim=-1)
 
-    def fuse(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]):
+    def fuse(
+        self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """Mean of the normalised embeddings of the modalities each row has."""
-        total, count = 0.0, 0.0
+        total: torch.Tensor | float = 0.0
+        count: torch.Tensor | float = 0.0
         for m in self.classify_modalities:
             mask = present[m].unsqueeze(-1)
             total = total + embeddings[m] * mask
             count = count + mask
+        assert isinstance(count, torch.Tensor), "no modality to classify from"
         return total / torch.clamp(count, min=1.0)
 
-    def classify(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]):
+    def classify(
+        self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         if self.classifier is None:
             raise RuntimeError("this model has no classifier head (no labels or weight 0)")
         return self.classifier(self.fuse(embeddings, present))
@@ -116,6 +123,12 @@ class JointModel(nn.Module):
             reconstructions={m: dec(raw[m]) for m, dec in self.decoders.items()},
             class_logits=self.classify(emb, present) if self.classifier is not None else None,
         )
+
+
+def _width(encoder: nn.Module) -> int:
+    # torch types a module's unknown attributes as Tensor | Module; out_dim is a plain int that
+    # every tower sets (modalities.base.Builder).
+    return cast(int, encoder.out_dim)
 
 
 def _projects(encoder: nn.Module, embed_dim: int) -> bool:

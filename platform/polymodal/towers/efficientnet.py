@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from polymodal.towers.tuning import ImageTunable
+
+if TYPE_CHECKING:
+    from timm.models.efficientnet import EfficientNet
 
 # The Lite weights expect inputs scaled to [-1, 1] (TF's (x - 127) / 128): with them 38 of 77
 # ImageNet-class emoji had their class in the top 5, with ImageNet's mean/std 28.
@@ -38,11 +42,13 @@ def mapped_state(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     return {b: theirs_all[a] for a, b in zip(theirs, ours)}
 
 
-def efficientnet_lite0(weights: Path) -> nn.Module:
+def efficientnet_lite0(weights: Path) -> EfficientNet:
     """timm's efficientnet_lite0 (with its 1000-class ImageNet head) holding `weights`."""
     import timm  # imported here: only this tower needs it
+    from timm.models.efficientnet import EfficientNet
 
     model = timm.create_model("efficientnet_lite0", pretrained=False)
+    assert isinstance(model, EfficientNet)  # create_model is typed as any nn.Module
     missing, unexpected = model.load_state_dict(mapped_state(model, weights), strict=False)
     left = [k for k in missing if _kind(k) != "num_batches_tracked"]
     if left or unexpected:
@@ -53,6 +59,8 @@ def efficientnet_lite0(weights: Path) -> nn.Module:
 class EfficientNetLite0(ImageTunable):
     """Images in [0, 1], 1 or 3 channels (grey repeats as RGB), any size (224 is native) →
     pooled features [B, 1280]; tuning as in towers/tuning.py."""
+
+    net: EfficientNet
 
     def __init__(self, weights: Path, tuning: str = "finetune", lr_scale: float = 1.0):
         super().__init__([MEAN] * 3, [STD] * 3, tuning, lr_scale)

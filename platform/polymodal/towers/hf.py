@@ -7,11 +7,14 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from polymodal.towers.tuning import ImageTunable, Tunable
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 POOLINGS = ("cls", "mean")
 
@@ -22,7 +25,7 @@ def load_options(ref: str) -> dict:
     return {"local_files_only": offline}
 
 
-def pretrained_model(ref: str | Path) -> nn.Module:
+def pretrained_model(ref: str | Path) -> PreTrainedModel:
     """transformers' AutoModel for `ref` (slow import, seconds: only for these towers)."""
     from transformers import AutoModel
     from transformers.utils.logging import disable_progress_bar
@@ -75,6 +78,8 @@ class HFText(Tunable):
     """Token ids (the tokenizer's + `shift`, 0 = padding) → the last hidden state at [CLS]
     or its mean over real tokens; tuning as in towers/tuning.py."""
 
+    net: PreTrainedModel
+
     def __init__(
         self,
         ref: str | Path,
@@ -88,7 +93,9 @@ class HFText(Tunable):
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.net = pretrained_model(ref)
         if getattr(self.net, "pooler", None) is not None:
-            self.net.pooler = None  # unused here: DDP would wait for its gradients
+            # Unused here: DDP would wait for its gradients. (Setting the attribute to None
+            # does the same; torch types module attributes as never None.)
+            self.net.register_module("pooler", None)
         self.pooling, self.shift = pooling, shift
         self.out_dim = self.net.config.hidden_size
         self.freeze_if_asked()
@@ -140,6 +147,8 @@ class HFVision(ImageTunable):
 class HFAudio(Tunable):
     """Waveforms [B, samples] at the model's rate → its last hidden states averaged over
     time; tuning as in towers/tuning.py."""
+
+    net: PreTrainedModel
 
     def __init__(self, ref: str | Path, tuning: str = "finetune", lr_scale: float = 1.0):
         super().__init__(tuning, lr_scale)

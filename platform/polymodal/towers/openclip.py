@@ -4,13 +4,16 @@ transformer and projection), and the state-dict names between an open_clip model
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from polymodal.towers.tuning import ImageTunable, Tunable
+
+if TYPE_CHECKING:
+    from open_clip.model import CLIP, CustomTextCLIP
 
 # Where each tower's `net` sits in an open_clip model's state dict.
 PREFIX = {"image": "visual.", "text": ""}  # CLIP keeps its text parts at the root
@@ -21,7 +24,7 @@ def is_custom_text(model_cfg: dict[str, Any]) -> bool:
     return bool(model_cfg.get("custom_text")) or "hf_model_name" in model_cfg.get("text_cfg", {})
 
 
-def build_open_clip(model_cfg: dict[str, Any]) -> nn.Module:
+def build_open_clip(model_cfg: dict[str, Any]) -> CLIP | CustomTextCLIP:
     """A randomly initialised open_clip CLIP or CustomTextCLIP from its model config (what
     open_clip_config.json's model_cfg holds); nothing is downloaded."""
     from open_clip.model import CLIP, CustomTextCLIP  # only for these towers
@@ -43,7 +46,7 @@ def build_open_clip(model_cfg: dict[str, Any]) -> nn.Module:
 class CLIPText(nn.Module):
     """CLIP's text parts under open_clip's own names, and its encode_text."""
 
-    def __init__(self, clip: nn.Module):
+    def __init__(self, clip: CLIP):
         super().__init__()
         self.token_embedding = clip.token_embedding
         self.positional_embedding = clip.positional_embedding
@@ -72,7 +75,7 @@ class OpenCLIPImage(ImageTunable):
 
     def __init__(
         self,
-        clip: nn.Module,
+        clip: CLIP | CustomTextCLIP,
         embed_dim: int,
         mean: list[float],
         std: list[float],
@@ -91,7 +94,11 @@ class OpenCLIPText(Tunable):
     projects = True
 
     def __init__(
-        self, clip: nn.Module, embed_dim: int, tuning: str = "finetune", lr_scale: float = 1.0
+        self,
+        clip: CLIP | CustomTextCLIP,
+        embed_dim: int,
+        tuning: str = "finetune",
+        lr_scale: float = 1.0,
     ):
         super().__init__(tuning, lr_scale)
         self.net = clip.text if hasattr(clip, "text") else CLIPText(clip)
@@ -103,7 +110,7 @@ class OpenCLIPText(Tunable):
             return self.net(ids)
 
 
-def encode(clip: nn.Module, modality: str, x: torch.Tensor) -> torch.Tensor:
+def encode(clip: CLIP | CustomTextCLIP, modality: str, x: torch.Tensor) -> torch.Tensor:
     """open_clip's own normalised embedding, to compare ours with."""
     fn = clip.encode_image if modality == "image" else clip.encode_text
     return F.normalize(fn(x), dim=-1)

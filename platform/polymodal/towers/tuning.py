@@ -47,6 +47,9 @@ class ImageTunable(Tunable):
     """Base of the pretrained image towers: images in [0, 1] (grey repeats as RGB), normalised
     with the weights' mean and std, → pooled(x), by default `net`'s output."""
 
+    mean: torch.Tensor  # buffers [1, channels, 1, 1]
+    std: torch.Tensor
+
     def __init__(self, mean, std, tuning: str = "finetune", lr_scale: float = 1.0):
         super().__init__(tuning, lr_scale)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
