@@ -68,7 +68,9 @@ def decode_columns(
     decoders = {m: MODALITIES[m].decode for m in prep.modalities}
     values = {m: columns.get(m, [None] * n) for m in prep.modalities}
     labels = columns.get("label") or [None] * n
-    arrays = {m: np.zeros((n, *shapes[m][0]), dtype=shapes[m][1]) for m in prep.modalities}
+    arrays: dict[str, np.ndarray] = {
+        m: np.zeros((n, *shapes[m][0]), dtype=shapes[m][1]) for m in prep.modalities
+    }
     present = {m: np.zeros(n, dtype=np.float32) for m in prep.modalities}
     label_out = np.full(n, -1, dtype=np.int64)
     keep, bad = [], []

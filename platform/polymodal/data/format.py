@@ -206,10 +206,10 @@ class DatasetWriter:
                 raise DatasetError(f"{self.out} already exists; pass --overwrite to replace it")
             self.root, self.prefix = self.out, f"parts-{uuid.uuid4().hex[:8]}/"
         else:
-            self.out = Path(out)
-            if self.out.exists() and not overwrite:
-                raise DatasetError(f"{self.out} already exists; pass --overwrite to replace it")
-            self.stage = self.out.parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
+            self.dir = Path(out)  # local: a directory (renamed into place), not a URI
+            if self.dir.exists() and not overwrite:
+                raise DatasetError(f"{self.dir} already exists; pass --overwrite to replace it")
+            self.stage = self.dir.parent / f".{self.dir.name}.partial-{uuid.uuid4().hex[:8]}"
             self.stage.mkdir(parents=True)
             self.root, self.prefix = str(self.stage), ""
         self.modalities = modalities
@@ -256,13 +256,13 @@ class DatasetWriter:
             return manifest
         # The manifest is written last: a directory without it is not a dataset.
         (self.stage / MANIFEST).write_text(text)
-        if self.out.exists():  # --overwrite: move the old one aside only now the new one is whole
-            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.out, old)
-            os.replace(self.stage, self.out)
+        if self.dir.exists():  # --overwrite: move the old one aside only now the new one is whole
+            old = self.dir.parent / f".{self.dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.dir, old)
+            os.replace(self.stage, self.dir)
             shutil.rmtree(old)
         else:
-            os.replace(self.stage, self.out)
+            os.replace(self.stage, self.dir)
         return manifest
 
     def abort(self) -> None:

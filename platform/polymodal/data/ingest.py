@@ -11,9 +11,10 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from PIL import Image
 from tqdm import tqdm
@@ -86,8 +87,17 @@ class Tally:
     color: bool = False  # some image is in colour: the manifest says image_channels 3
 
 
+class RowSettings(TypedDict):
+    """write_rows' settings, the same for every reader of one ingest."""
+
+    labelled: bool
+    label_names: list[str] | None
+    val_fraction: float
+    strict: bool
+
+
 def write_rows(
-    rows: Iterator[RawRow],
+    rows: Iterable[RawRow],
     where: str,
     writer: ShardWriter,
     labelled: bool,
@@ -144,7 +154,8 @@ def _ingest_parallel(source: Source, writer: DatasetWriter, progress: bool, **kw
     items = [{"uri": u, "index": i} for i, u in enumerate(source.shards)]
     # Each task writes into the staging area itself: on S3 that is shared by every node.
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map(
-        _ingest_shard,
+        # Ray types fn as taking the row alone, though fn_kwargs (documented) gives the rest.
+        _ingest_shard,  # type: ignore[arg-type]
         fn_kwargs={"shard_rows": source.shard_rows, "writer": writer.shard_writer(), **kwargs},
     )
     total, bytes_written = Tally(), 0
@@ -195,7 +206,7 @@ def ingest(
         rows_per_shard=rows_per_shard,
         overwrite=overwrite,
     )
-    kwargs = {
+    kwargs: RowSettings = {
         "labelled": source.labelled,
         "label_names": source.label_names,
         "val_fraction": val_fraction,

@@ -34,11 +34,11 @@ from polymodal.modalities import Preprocessing
 SAMPLE_IDS = 100  # rejected row ids kept per run, for the run dir's bad_rows.json
 
 
-@ray.remote(num_cpus=0)
 class BadRows:
-    """Counts what the decoding tasks of a run saw and dropped, by split and reason."""
+    """Counts what the decoding tasks of a run saw and dropped, by split and reason: one
+    actor per run (BadRowsActor)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.seen: Counter = Counter()  # split -> rows
         self.bad: dict[str, Counter] = {}  # split -> reason -> rows
         self.samples: list[dict[str, str]] = []
@@ -59,9 +59,13 @@ class BadRows:
         }
 
 
+# Applied as a call, not as a decorator: mypy would not type a decorated class as an actor.
+BadRowsActor = ray.remote(num_cpus=0)(BadRows)
+
+
 def sample_key(row_id: str) -> int:
     """A row id as a 63-bit integer, so it rides along in tensor batches (`sample`)."""
-    return int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest()) >> 1
+    return int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
 def decode_table(
@@ -152,7 +156,12 @@ class Pieces(Datasource):
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
-    def get_read_tasks(self, parallelism: int, **kwargs) -> list[ReadTask]:
+    def get_read_tasks(
+        self,
+        parallelism: int,
+        per_task_row_limit: int | None = None,
+        data_context: ray.data.DataContext | None = None,
+    ) -> list[ReadTask]:
         return [
             ReadTask(
                 functools.partial(self.reader, it),

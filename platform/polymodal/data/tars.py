@@ -84,24 +84,29 @@ def iter_samples(uri: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     except OSError as exc:
         raise DatasetError(f"{uri}: cannot open webdataset shard ({exc})") from exc
     with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-        key, files = None, {}
+        key: str | None = None
+        files: dict[str, bytes] = {}
         try:
             for member in tar:
                 if not member.isfile() or member.name.startswith("__"):
                     continue
                 k, ext = _split_name(member.name)
                 if k != key and files:
+                    assert key is not None  # files holds key's files
                     yield key, files
                     files = {}
                 key = k
-                files[ext] = tar.extractfile(member).read()
+                data = tar.extractfile(member)
+                assert data is not None  # None only for members that are not files
+                files[ext] = data.read()
         except tarfile.TarError as exc:
             raise DatasetError(f"{uri}: damaged tar after sample {key!r} ({exc})") from exc
         if files:
+            assert key is not None
             yield key, files
 
 
-def sample_row(key: str, files: dict[str, bytes]) -> dict[str, object]:
+def sample_row(key: str, files: dict[str, bytes]) -> dict[str, str | bytes | None]:
     """One sample → a row of SCHEMA (None where the sample lacks a modality)."""
     image = next((files[e] for e in IMAGE_EXTS if e in files), None)
     text = None
@@ -165,7 +170,7 @@ def webdataset_manifest(
             summaries = list(pool.map(shard_summary, uris))
         shards = [{"path": u, "rows": n} for u, (n, _) in zip(uris, summaries)]
         exts |= set(itertools.chain.from_iterable(e for _, e in summaries))
-        splits[split] = {"rows": sum(s["rows"] for s in shards), "shards": shards}
+        splits[split] = {"rows": sum(n for n, _ in summaries), "shards": shards}
     modalities = {}
     if exts & set(IMAGE_EXTS):
         modalities["image"] = {"encoding": "|".join(sorted(exts & set(IMAGE_EXTS)))}

@@ -94,7 +94,8 @@ def validate_dataset(path: str) -> ValidationReport:
         return report
     modalities = list(manifest.modalities)
     ds = read_shards(shards).map_batches(
-        check_batch,
+        # Ray types fn as taking the batch alone, though fn_kwargs (documented) gives the rest.
+        check_batch,  # type: ignore[arg-type]
         batch_format="pyarrow",
         fn_kwargs={"modalities": modalities, "num_labels": manifest.num_labels},
     )

@@ -130,7 +130,11 @@ class IndexWriter:
         self.pending = [rest] if len(rest[0]) else []
         self.pending_rows = len(rest[0])
         name = f"{self.parts}/{len(self.shards):05d}"
-        shard = {"rows": rows, "vectors": f"{name}.vectors.npy", "ids": f"{name}.ids.npy"}
+        shard: dict[str, Any] = {
+            "rows": rows,
+            "vectors": f"{name}.vectors.npy",
+            "ids": f"{name}.ids.npy",
+        }
         # Fixed-width UTF-8 bytes: memory-mappable like the vectors, one row read per hit.
         files = {"vectors": vectors[:rows], "ids": np.array([i.encode() for i in ids[:rows]])}
         precision = self.meta["precision"]
@@ -284,8 +288,8 @@ def local_copy(uri: str, meta: dict[str, Any], cache_dir: str | Path | None = No
         if not (local / f).is_file():
             parent, _, name = f.rpartition("/")
             by_dir.setdefault(parent, []).append(name)
-    for parent, names in by_dir.items():
-        storage.download(storage.join(uri, parent), names, local / parent)
+    for parent, missing in by_dir.items():
+        storage.download(storage.join(uri, parent), missing, local / parent)
     return local
 
 

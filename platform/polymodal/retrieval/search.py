@@ -68,8 +68,10 @@ def _scorer(index: Index, queries: np.ndarray) -> Callable[[np.ndarray], np.ndar
     against the dequantized codes for int8, against the signs (±1) for binary bits. The
     quantized ones fold the arithmetic into the queries: one matrix product per chunk."""
     if index.precision == "int8":
-        step = steps(index.span)  # dequantize's arithmetic, moved onto the queries
-        weighted, offset = queries * step, queries @ (index.span[0] + 128.5 * step)
+        span = index.span
+        assert span is not None, "a quantized index records its ranges"
+        step = steps(span)  # dequantize's arithmetic, moved onto the queries
+        weighted, offset = queries * step, queries @ (span[0] + 128.5 * step)
         return lambda chunk: weighted @ chunk.astype(np.float32).T + offset[:, None]
     if index.precision == "binary":
         twice, total = 2 * queries, queries.sum(axis=1, keepdims=True)
@@ -109,7 +111,9 @@ def _rescored(index: Index, queries: np.ndarray, rows: np.ndarray, k: int):
     """Binary candidates [q, c] ranked again by the queries against their int8 codes."""
     shards, within = index.locate(rows.ravel())
     codes = np.stack([index.shards[s].rescore[r] for s, r in zip(shards, within)])
-    vectors = dequantize(codes, index.span).reshape(*rows.shape, index.dim)
+    span = index.span
+    assert span is not None, "a quantized index records its ranges"
+    vectors = dequantize(codes, span).reshape(*rows.shape, index.dim)
     return _best(rows, np.einsum("qd,qcd->qc", queries, vectors), k)
 
 

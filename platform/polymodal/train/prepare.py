@@ -109,7 +109,7 @@ def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunI
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from polymodal.data.pipeline import (
-        BadRows,
+        BadRowsActor,
         configure_ray_data,
         piece_reader,
         pieces,
@@ -120,7 +120,7 @@ def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunI
     # On the driver's node, like Train's controller: a lost worker node must not take it.
     here = ray.get_runtime_context().get_node_id()
     pinned = NodeAffinitySchedulingStrategy(here, soft=False)
-    bad_rows = BadRows.options(scheduling_strategy=pinned).remote()
+    bad_rows = BadRowsActor.options(scheduling_strategy=pinned).remote()
     path = dataset_path(cfg)
     # Train workers read their own pieces of train (train/loop.py); val goes through Train.
     datasets = {

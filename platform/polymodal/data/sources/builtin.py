@@ -111,6 +111,7 @@ def digits_trimodal(limit: int | None = None) -> Source:
 
     def rows() -> Iterator[RawRow]:
         for row in images.rows:
+            assert row.label is not None  # every digit is labelled with its class
             pick = int(hashlib.md5(row.id.encode()).hexdigest(), 16) % 10
             values = dict(row.values, audio=None if pick == 0 else audio[row.label])
             if pick == 1:
@@ -214,7 +215,7 @@ def render_emoji(font, char: str) -> np.ndarray | None:
     side = max(glyph.size)
     square = Image.new("RGBA", (side, side), (255, 255, 255, 255))
     square.alpha_composite(glyph, ((side - glyph.width) // 2, (side - glyph.height) // 2))
-    square = square.convert("RGB").resize((EMOJI_PIXELS, EMOJI_PIXELS), Image.LANCZOS)
+    square = square.convert("RGB").resize((EMOJI_PIXELS, EMOJI_PIXELS), Image.Resampling.LANCZOS)
     return np.asarray(square)
 
 

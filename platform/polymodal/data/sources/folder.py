@@ -61,10 +61,10 @@ def folder(path: str, limit: int | None = None) -> Source:
     root = index.rsplit("/", 1)[0]
     records = _read_records(index)[:limit]
     columns = {k for r in records for k in r}
-    modalities = [m for m in ("image", "text") if m in columns]
+    modalities: list[str] = [m for m in ("image", "text") if m in columns]
     if not modalities:
         raise ValueError(f"{index}: no 'image' or 'text' column (columns: {sorted(columns)})")
-    raw_labels = [r.get("label") for r in records if r.get("label") not in (None, "")]
+    raw_labels = [r["label"] for r in records if r.get("label") not in (None, "")]
     by_int = bool(raw_labels) and all(_is_int(v) for v in raw_labels)
     names = None
     if raw_labels and not by_int:
@@ -79,6 +79,7 @@ def folder(path: str, limit: int | None = None) -> Source:
             n = int(value)
             return (n, None) if n >= 0 else (None, f"bad label {value!r}: negative")
         if isinstance(value, str) and not _is_int(value):
+            assert names is not None  # a class name among the labels made the names
             return names.index(value), None
         return None, f"bad label {value!r}: expected an integer >= 0 or a class name"
 

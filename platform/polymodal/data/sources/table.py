@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,7 +43,7 @@ def _columns(mapping: dict[str, str]) -> dict[str, list[str]]:
     return {ours: theirs.split(",") for ours, theirs in mapping.items()}
 
 
-def _batches(uri: str, columns: list[str], floats: list[str] = ()) -> Iterator[pa.RecordBatch]:
+def _batches(uri: str, columns: list[str], floats: Sequence[str] = ()) -> Iterator[pa.RecordBatch]:
     if not uri.endswith(".csv"):
         yield from open_shard(uri).iter_batches(batch_size=1024, columns=columns)
         return
