@@ -103,7 +103,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"table: {result.sweep_dir}/trials.csv (and .parquet)")
     print(f"plot:  {result.sweep_dir}/metric_vs_space.png")
-    if result.best_checkpoint is None:
+    if result.best_checkpoint is None or result.best is None:  # both or neither
         print(f"no trial reported {cfg.tune.metric}; no best checkpoint")
         return 1
     best, value = result.best_checkpoint, result.best[f"best {cfg.tune.metric}"]

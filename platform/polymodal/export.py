@@ -14,6 +14,7 @@ from torch import nn
 
 from polymodal.checkpoint import RunMeta, fetch_checkpoint, load_model, save_checkpoint
 from polymodal.modalities import MODALITIES, Preprocessing
+from polymodal.models.joint import JointModel
 from polymodal.openclip import export_open_clip
 
 FORMATS = ("onnx", "safetensors", "open_clip")
@@ -24,7 +25,7 @@ ONNX_META = "polymodal-onnx.json"
 class Embedder(nn.Module):
     """One modality's encoder, projection and L2 normalisation: what /v1/embeddings returns."""
 
-    def __init__(self, model: nn.Module, modality: str):
+    def __init__(self, model: JointModel, modality: str):
         super().__init__()
         self.model, self.modality = model, modality
 
@@ -49,7 +50,7 @@ def example_input(
     return ids
 
 
-def export_onnx(model: nn.Module, prep: Preprocessing, meta: RunMeta, out: Path) -> dict:
+def export_onnx(model: JointModel, prep: Preprocessing, meta: RunMeta, out: Path) -> dict:
     """OUT/<modality>.onnx for each encoder (input `input`, output `embedding`, dynamic batch)
     and OUT/polymodal-onnx.json: the preprocessing that turns raw values into `input`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,7 @@ def export_onnx(model: nn.Module, prep: Preprocessing, meta: RunMeta, out: Path)
     return description
 
 
-def onnx_difference(model: nn.Module, prep: Preprocessing, modality: str, file: Path) -> float:
+def onnx_difference(model: JointModel, prep: Preprocessing, modality: str, file: Path) -> float:
     """Largest |onnxruntime - torch| over a padded batch of 5 (traced: 2 at full length)."""
     import onnxruntime
 

@@ -8,9 +8,13 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from polymodal import storage
 from polymodal.config import load_config
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
 
 # Job kinds and their entrypoint scripts under jobs/.
 ENTRYPOINTS = {
@@ -30,7 +34,7 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 JOB_ENV = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def client(address: str | None):
+def client(address: str | None) -> JobSubmissionClient:
     """A Job Submission client for http://HEAD:8265 (default: RAY_ADDRESS, then local)."""
     from ray.job_submission import JobSubmissionClient
 
@@ -93,7 +97,7 @@ def submit(
     address: str | None = None,
     root: Path | None = None,
     entrypoint_num_cpus: float | None = None,
-) -> tuple[object, str]:
+) -> tuple[JobSubmissionClient, str]:
     """Submit `python jobs/<kind>.py ARGS`; returns (client, job id)."""
     root = root or find_root()
     arguments = job_arguments(kind, args, root)

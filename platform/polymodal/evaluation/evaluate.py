@@ -83,7 +83,9 @@ def evaluate(
     model.eval()
     device = torch.device(device)
     eval_cfg = cfg.eval
-    emb, present, hashes = defaultdict(list), defaultdict(list), defaultdict(list)
+    emb_parts: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
+    present_parts: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
+    hash_parts: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
     labels, preds = [], []
     loss_sums: dict[str, float] = defaultdict(float)
     n_batches = 0
@@ -91,9 +93,9 @@ def evaluate(
         batch = batch.to(device)
         out = model(batch)
         for m in model.modalities:
-            emb[m].append(out.embeddings[m].float().cpu())
-            present[m].append(batch.present[m].cpu())
-            hashes[m].append(batch.hashes[m].cpu())
+            emb_parts[m].append(out.embeddings[m].float().cpu())
+            present_parts[m].append(batch.present[m].cpu())
+            hash_parts[m].append(batch.hashes[m].cpu())
         labels.append(batch.label.cpu())
         if out.class_logits is not None:
             preds.append(out.class_logits.argmax(-1).cpu())
@@ -106,7 +108,9 @@ def evaluate(
         n_batches += 1
     if n_batches == 0:
         raise ValueError("evaluation got no batches: is the split empty?")
-    emb, present, hashes = ({m: torch.cat(v) for m, v in d.items()} for d in (emb, present, hashes))
+    emb, present, hashes = (
+        {m: torch.cat(v) for m, v in d.items()} for d in (emb_parts, present_parts, hash_parts)
+    )
     label = torch.cat(labels)
     if on_embeddings is not None:
         on_embeddings(emb, present)

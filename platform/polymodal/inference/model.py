@@ -12,6 +12,7 @@ import torch
 from polymodal import storage
 from polymodal.checkpoint import META, fetch_checkpoint, load_model, read_meta
 from polymodal.modalities import MODALITIES, Preprocessing
+from polymodal.models.joint import JointModel
 from polymodal.objectives.contrastive import matryoshka_dims
 from polymodal.retrieval.vectors import trained_sizes
 
@@ -47,7 +48,7 @@ def model_card(uri: str) -> dict:
 
 @dataclass
 class LoadedModel:
-    model: torch.nn.Module
+    model: JointModel
     prep: Preprocessing
     labels: list[str]
     device: torch.device

@@ -83,7 +83,8 @@ def embedded_split(
     # lists its files in a task that asks for a whole one, so the job waited forever.
     items = pieces(dataset, manifest, split)  # checks each shard's schema too
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        read_row_groups,
+        # Ray types fn as taking the batch alone, though fn_kwargs (documented) gives the rest.
+        read_row_groups,  # type: ignore[arg-type]
         fn_kwargs={"columns": columns},
         batch_format="pyarrow",
         batch_size=1,
@@ -194,6 +195,7 @@ def build_index(
     ds = embedded_split(checkpoint, dataset, split, [modality], batch_size, num_cpus, actors)
     seen, last = 0, time.perf_counter()
     for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        assert isinstance(table, pa.Table)  # Ray types a batch as any of its formats
         seen += table.num_rows
         column = table.column(f"{modality}_embedding")
         table = table.filter(column.is_valid())

@@ -24,6 +24,7 @@ from torch import nn
 from polymodal.batch import Batch
 from polymodal.config import Config
 from polymodal.modalities import MODALITIES, Preprocessing, augmentations
+from polymodal.models.joint import JointModel
 
 
 def cached_modalities(cfg: Config) -> list[str]:
@@ -84,7 +85,7 @@ class FrozenFeatures:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: JointModel,
         modalities: list[str],
         cfg: Config,
         prep: Preprocessing,

@@ -18,6 +18,7 @@ from polymodal.checkpoint import Position, init_weights, save_checkpoint, upload
 from polymodal.data.order import epoch_plan, resume_plan
 from polymodal.data.pipeline import configure_ray_data, pieces_dataset
 from polymodal.models.build import build_model, recompute_activations, unlock_towers
+from polymodal.models.joint import JointModel
 from polymodal.train.bad_rows import BadRowCheck
 from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
@@ -96,7 +97,9 @@ class Recipe:
         self.per_worker_batch = cfg.train.batch_size // max(self.world, 1)
         Step = step_strategy(cfg, self.per_worker_batch)
         self.model = Step.prepare(model, cfg)
-        self.raw_model = self.model.module if hasattr(self.model, "module") else self.model
+        raw = self.model.module if hasattr(self.model, "module") else self.model
+        assert isinstance(raw, JointModel)  # DDP wraps it; FSDP2 shards it in place
+        self.raw_model = raw
         self.steps_per_epoch = max(
             inputs.train_rows // max(self.world, 1) // self.per_worker_batch, 1
         )
@@ -147,6 +150,12 @@ class Recipe:
                 env=inputs.tracking_env,
             )
 
+    @property
+    def tracked(self) -> Trackers:
+        """Rank 0's trackers: only rank 0 validates, logs and saves."""
+        assert self.trackers is not None, "only rank 0 tracks"
+        return self.trackers
+
     # ---- train ----
     def gather(self, optimizer: bool = False) -> None:
         """Under FSDP every rank calls it: rank 0's eval_model gets the full weights (and
@@ -164,7 +173,7 @@ class Recipe:
             self.gather()
             if self.rank == 0:
                 self.history.append(val_losses(0, 0, self.validate()))
-                self.trackers.log(self.history[-1], 0)
+                self.tracked.log(self.history[-1], 0)
         if self.resumed is not None and self.resumed.unregistered:
             self.report_unregistered()
         for epoch in range(self.start_epoch, self.cfg.train.epochs + 1):
@@ -177,7 +186,7 @@ class Recipe:
                 ray.train.report(metrics)
             self.last_checkpoint = (self.step, time.monotonic())
         if self.rank == 0:
-            self.trackers.finish(self.checkpoint)
+            self.tracked.finish(self.checkpoint)
         return {
             "epochs_run": self.cfg.train.epochs - self.start_epoch + 1,
             "start_epoch": self.start_epoch,
@@ -186,6 +195,7 @@ class Recipe:
     def report_unregistered(self) -> None:
         """Report the resumed checkpoint again, so that Ray (and Tune) know its epoch and keep
         or delete it with the others; it is in the run directory already."""
+        assert self.resumed is not None, "only a resumed run has a checkpoint to report"
         ray.train.report(
             self.resumed.meta.metrics,
             checkpoint=self.resumed.checkpoint if self.rank == 0 else None,
@@ -223,6 +233,7 @@ class Recipe:
             ended, late = any_rank([raw is None, late], self.device)
             if ended:
                 return
+            assert raw is not None  # this rank's stream ending ends the epoch for all
             due = late or 0 < self.every_steps <= self.step + 1 - step
             yield raw, due
 
@@ -269,7 +280,7 @@ class Recipe:
             return
         train = {f"train/{k}": v for k, v in window.means.items()}
         self.history.append({"step": self.step, "epoch": epoch, **train})
-        self.trackers.log(train, self.step)
+        self.tracked.log(train, self.step)
         print(
             f"[epoch {epoch}/{self.cfg.train.epochs}] step {self.epoch_step}/"
             f"{self.steps_per_epoch} "
@@ -295,6 +306,7 @@ class Recipe:
 
     # ---- validate and save (rank 0) ----
     def validate(self) -> dict[str, float]:
+        assert self.val is not None, "only rank 0 validates"
         metrics, ranges = validate(self.eval_model, self.val, self.cfg, self.meta, self.device)
         if ranges:
             self.meta = self.meta.model_copy(update={"calibration": ranges})
@@ -307,7 +319,7 @@ class Recipe:
         self.bad_rows.check()  # the val split's rows count too
         self.history.append(val_losses(self.step, epoch, metrics))
         # train/loss* at this step are the log window's (the curves'), not the epoch means.
-        self.trackers.log({k: v for k, v in metrics.items() if "train/loss" not in k}, self.step)
+        self.tracked.log({k: v for k, v in metrics.items() if "train/loss" not in k}, self.step)
         summary = "  ".join(f"{k} {metrics[k]:.4f}" for k in SHOWN if k in metrics)
         print(
             f"[epoch {epoch}/{self.cfg.train.epochs}] done in {seconds:.0f}s  {summary}  "
@@ -344,7 +356,7 @@ class Recipe:
                 "position": position,
                 "metrics": metrics,
                 "history": self.history,
-                "tracking": self.trackers.ids,
+                "tracking": self.tracked.ids,
             }
         )
         train_state = {
@@ -372,7 +384,7 @@ class Recipe:
             delete_local_checkpoint_after_upload=True,
         )
         self.pause_s += time.perf_counter() - began
-        self.trackers.checkpointed(self.checkpoint)
+        self.tracked.checkpointed(self.checkpoint)
 
     def upload(self, checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
         """Ray's upload, with retries while the store is unreachable and polymodal.json last."""

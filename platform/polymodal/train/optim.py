@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -11,9 +12,13 @@ from polymodal.config import OptimConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    # A module's lr_scale (a pretrained tower's) applies to all of its weights.
+    # A module's lr_scale (a pretrained tower's) applies to all of its weights. (A float: torch
+    # types a module's unknown attributes as its tensors and submodules.)
     scale = {
-        id(p): m.lr_scale for m in model.modules() if hasattr(m, "lr_scale") for p in m.parameters()
+        id(p): cast(float, m.lr_scale)
+        for m in model.modules()
+        if hasattr(m, "lr_scale")
+        for p in m.parameters()
     }
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():

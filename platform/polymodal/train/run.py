@@ -62,7 +62,9 @@ def build_trainer(
 
     loop = inputs.loop.for_run(cfg, sweep, tracking_env())
     return TorchTrainer(
-        train_loop_per_worker,
+        # The stubs mypy reads are Train v1's (None returned); Train v2, what ray.train gives at
+        # run time, hands the return value back as Result.return_value (fit reads it).
+        train_loop_per_worker,  # type: ignore[arg-type]
         train_loop_config={"inputs": loop},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,

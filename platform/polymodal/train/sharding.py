@@ -3,7 +3,7 @@ rank 0 for validation and checkpoints, and a checkpoint's full state spread over
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -16,6 +16,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.state_dict import ValueType
+
 # Gathered to the CPU of rank 0 only: the other ranks never hold the whole model.
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 SPREAD = StateDictOptions(full_state_dict=True)
@@ -24,7 +27,8 @@ SPREAD = StateDictOptions(full_state_dict=True)
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every rank calls it (a collective); rank 0 gets the plain model's state_dict, with the
     names a model built by build_model loads, and the other ranks an empty dict."""
-    state = get_model_state_dict(model, options=GATHER)
+    # A model's state holds tensors only; torch types it as any state value.
+    state = cast(dict[str, torch.Tensor], get_model_state_dict(model, options=GATHER))
     # The weights FSDP left whole come back as the live tensors: copies, so that the state
     # stays what it was when training goes on.
     live = {p.data_ptr() for p in model.parameters() if not isinstance(p, DTensor)}
@@ -38,7 +42,8 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Every rank, with the full state: each keeps its own shards."""
-    set_model_state_dict(model, state, options=SPREAD)
+    # torch asks for a dict of any state value (dict is invariant: a dict of tensors is not one).
+    set_model_state_dict(model, cast("dict[str, ValueType]", state), options=SPREAD)
 
 
 def load_optimizer_state(

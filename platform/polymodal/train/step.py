@@ -13,6 +13,7 @@ from torch.distributed.fsdp import fully_shard
 
 from polymodal.batch import Batch
 from polymodal.config import Config
+from polymodal.models.joint import JointModel
 from polymodal.objectives import active_terms
 from polymodal.objectives.grad_cache import (
     average_gradients,
@@ -55,7 +56,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return AUTOCAST[precision]
 
 
-def compile_towers(model: nn.Module) -> str:
+def compile_towers(model: JointModel) -> str:
     """torch.compile each tower in place (its state_dict keys unchanged). Returns "" or why
     the compiler backend cannot build here, the towers then left eager."""
     try:
@@ -87,7 +88,7 @@ class Step:
         return torch.autocast(self.device_type, self.dtype, enabled=self.dtype is not None)
 
     @staticmethod
-    def prepare(model: nn.Module, cfg: Config) -> nn.Module:
+    def prepare(model: JointModel, cfg: Config) -> nn.Module:
         """The model on this worker's device, wrapped as the strategy needs."""
         raise NotImplementedError
 
@@ -123,7 +124,7 @@ class DDPStep(Step):
     during backward."""
 
     @staticmethod
-    def prepare(model: nn.Module, cfg: Config) -> nn.Module:
+    def prepare(model: JointModel, cfg: Config) -> nn.Module:
         return ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"find_unused_parameters": has_unused_encoders(cfg)}
         )
@@ -142,12 +143,13 @@ class GradCacheStep(Step):
     gradients are then averaged over ranks once, by sync_gradients rather than DDP."""
 
     @staticmethod
-    def prepare(model: nn.Module, cfg: Config) -> nn.Module:
-        model = ray.train.torch.prepare_model(model, parallel_strategy=None)
-        broadcast_parameters(model)  # what DDP would have done when wrapping it
-        return model
+    def prepare(model: JointModel, cfg: Config) -> nn.Module:
+        placed = ray.train.torch.prepare_model(model, parallel_strategy=None)
+        broadcast_parameters(placed)  # what DDP would have done when wrapping it
+        return placed
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Logs]:
+        assert isinstance(self.model, JointModel)  # prepared without a wrapper
         chunk = self.cfg.train.grad_cache.chunk_size
         return grad_cache_backward(self.model, batch, self.cfg, chunk, self.autocast)
 
@@ -163,17 +165,18 @@ class FSDPStep(DDPStep):
     every rank, and the scalars' gradients are averaged here."""
 
     @staticmethod
-    def prepare(model: nn.Module, cfg: Config) -> nn.Module:
-        model = ray.train.torch.prepare_model(model, parallel_strategy=None)  # its device
-        shard_model(model)
-        return model
+    def prepare(model: JointModel, cfg: Config) -> nn.Module:
+        placed = ray.train.torch.prepare_model(model, parallel_strategy=None)  # its device
+        assert isinstance(placed, JointModel)  # moved, not wrapped
+        shard_model(placed)
+        return placed
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
         average_gradients([p for p in self.model.parameters() if p.ndim == 0 and p.requires_grad])
 
 
-def shard_model(model: nn.Module) -> None:
+def shard_model(model: JointModel) -> None:
     """fully_shard bottom-up (blocks, towers, the root), as FSDP2 wants: a module's weights
     then travel together, one block at a time. Scalars and frozen weights stay whole."""
     whole = {p for p in model.parameters() if p.ndim == 0 or not p.requires_grad}

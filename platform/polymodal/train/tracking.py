@@ -9,8 +9,9 @@ import re
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from polymodal import storage
 from polymodal.checkpoint import META, fetch_checkpoint, read_meta
@@ -166,7 +167,22 @@ class WandB:
         self.run.finish()
 
 
-TRACKERS = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": WandB}
+class Tracker(Protocol):
+    """What TensorBoard, MLflow and WandB each do; `id` is what a resume continues."""
+
+    id: str
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def checkpointed(self, checkpoint: str) -> None: ...
+    def finish(self, checkpoint: str) -> None: ...
+
+
+# (run_dir, name, config, run_id, group, step) → a tracker
+TRACKERS: dict[str, Callable[[str, str, dict, str | None, str, int], Tracker]] = {
+    "tensorboard": TensorBoard,
+    "mlflow": MLflow,
+    "wandb": WandB,
+}
 # Where the trackers write, as the driver's environment says, for the workers (which may run
 # on other nodes); keys such as WANDB_API_KEY are not carried: they are the workers' own.
 CARRIED_ENV = ("WANDB_MODE", "MLFLOW_TRACKING_URI")
@@ -181,7 +197,7 @@ class Trackers:
 
     def __init__(
         self,
-        names: list[str],
+        names: Iterable[str],
         *,
         run_dir: str,
         name: str,

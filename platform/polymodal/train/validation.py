@@ -13,6 +13,7 @@ from polymodal.batch import Batch
 from polymodal.checkpoint import RunMeta
 from polymodal.config import Config
 from polymodal.evaluation.evaluate import evaluate
+from polymodal.models.joint import JointModel
 from polymodal.objectives.contrastive import matryoshka_dims
 from polymodal.retrieval.quantize import calibration
 from polymodal.retrieval.vectors import trained_sizes
@@ -23,20 +24,20 @@ class ValBatches:
 
     def __init__(self, shard, batch_size: int, keep: bool):
         self.shard, self.batch_size, self.keep = shard, batch_size, keep
-        self.kept: list | None = None
+        self.kept: list[Batch] | None = None
 
     def batches(self) -> Iterable[Batch]:
         if self.kept is not None:
             return self.kept
         raw = self.shard.iter_torch_batches(batch_size=self.batch_size)
-        batches = map(Batch.from_dict, raw)
+        batches: Iterable[Batch] = map(Batch.from_dict, raw)
         if self.keep:
             self.kept = batches = list(batches)
         return batches
 
 
 def validate(
-    model: torch.nn.Module,
+    model: JointModel,
     val: ValBatches,
     cfg: Config,
     meta: RunMeta,
