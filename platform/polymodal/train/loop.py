@@ -108,7 +108,7 @@ class Recipe:
             self.optimizer, cfg.optim, self.steps_per_epoch * cfg.train.epochs
         )
         # Under FSDP rank 0 validates and saves a plain copy that gather() fills.
-        self.sharded = cfg.train.strategy == "fsdp"
+        self.sharded = Step.sharded
         self.eval_model = self.raw_model
         if self.sharded and self.rank == 0:
             self.eval_model = build_model(cfg, self.prep, self.meta.num_classes).to(self.device)

@@ -72,6 +72,10 @@ class Step:
     """zero_grad → the strategy's forward (under autocast) and backward → clip → optimizer
     and scheduler; with fp16 the loss is scaled and steps with inf gradients skipped."""
 
+    # Whether each rank holds only a shard of the weights: rank 0 then validates and saves a
+    # gathered copy, and the optimizer state is saved and loaded by parameter name.
+    sharded = False
+
     def __init__(
         self,
         model: nn.Module,
@@ -163,6 +167,8 @@ class FSDPStep(DDPStep):
     a block's forward and backward, gradients reduce-scattered. Scalars (the temperature, the
     bias, the loss log-variances; fully_shard takes none) and frozen weights stay whole on
     every rank, and the scalars' gradients are averaged here."""
+
+    sharded = True
 
     @staticmethod
     def prepare(model: JointModel, cfg: Config) -> nn.Module:
