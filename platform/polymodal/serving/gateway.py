@@ -22,6 +22,7 @@ from polymodal.retrieval.quantize import FORMATS, quantize, unit_ranges
 from polymodal.retrieval.vectors import truncate
 from polymodal.serving.batcher import Batcher
 from polymodal.serving.embedder import Encoders
+from polymodal.serving.errors import NoIndex, SearchFailed, ServiceError
 from polymodal.serving.inputs import check_item, parse_item, parse_value
 from polymodal.serving.metrics import gateway_metrics
 from polymodal.serving.schemas import (
@@ -171,6 +172,17 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     loc = first.get("loc", ())
     param = str(loc[1]) if len(loc) > 1 else None
     return _error(400, f"invalid request: {first.get('msg', 'malformed body')}", param)
+
+
+# What a deployment behind the gateway raised, as the client's answer.
+SERVICE_STATUSES = {NoIndex: 404, SearchFailed: 500}
+
+
+@app.exception_handler(ServiceError)
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    # isinstance, not type(exc): across a handle the class is Ray's RayTaskError(NoIndex).
+    status = next(s for cls, s in SERVICE_STATUSES.items() if isinstance(exc, cls))
+    return _error(status, exc.message, exc.param)
 
 
 _MODEL_ERRORS = (400, 401, 404, 413, 503)
@@ -364,12 +376,9 @@ class Gateway:
             raise InputError("query is empty", "query")
         check_item(body.model, card["prep"], modality, value, "query")
         vectors = await self._embed(body.model, [(modality, value)])
-        answer = await self.searcher.search.remote(
+        # NoIndex and SearchFailed from the searcher are answered by the app's handlers.
+        hits = await self.searcher.search.remote(
             body.model, body.modality, np.stack(vectors), body.k
         )
-        if answer["status"] >= 500:
-            return _error(answer["status"], answer["message"])
-        if answer["status"] != 200:
-            raise InputError(answer["message"], answer["param"], answer["status"])
-        hits = [SearchHit(**hit) for hit in answer["hits"]]
-        return SearchResponse(model=body.model, modality=body.modality, data=hits)
+        data = [SearchHit(**hit) for hit in hits]
+        return SearchResponse(model=body.model, modality=body.modality, data=data)
