@@ -39,6 +39,7 @@ from polymodal.serving.schemas import (
     Status,
     errors,
 )
+from polymodal.serving.settings import RETRY_AFTER_S
 
 app = FastAPI(
     title="polymodal",
@@ -64,7 +65,6 @@ def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
 
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
-RETRY_AFTER_S = 1.0
 # Metric labels: the API's routes; any other path counts as "other", so scanners hitting
 # random paths cannot grow the label set.
 _ROUTES = {
