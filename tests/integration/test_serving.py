@@ -407,7 +407,7 @@ def test_oversized_body_is_413(service):
     import http.client
     from urllib.parse import urlparse
 
-    from polymodal.serving.gateway import MAX_BODY_BYTES
+    from polymodal.serving.asgi import MAX_BODY_BYTES
 
     url, _ = service
     parsed = urlparse(url)

@@ -58,14 +58,25 @@ def test_config_yaml_sets_nothing_the_code_derives():
 
 def test_limits_follow_the_args():
     """Each replica takes at least a batch; the gateway answers 503 itself (its JSON error)
-    one request before Serve's own limit (a plain-text one) is reached."""
+    one request before Serve's own limit (a plain-text one) is reached; the classes'
+    defaults are build_app's with ServeArgs' defaults."""
     from polymodal.serving.app import build_app
+    from polymodal.serving.embedder import EmbedderDeployment
+    from polymodal.serving.gateway import Gateway
+    from polymodal.serving.searcher import Searcher
 
     args = {"max_batch_size": 100, "max_ongoing_requests": 64, "max_queued_requests": 10}
     built = _deployments(build_app("m", index_dir="i", split=True, **args))
     assert built["Embedder"].max_ongoing_requests == built["Searcher"].max_ongoing_requests == 100
     assert built["Gateway"].max_ongoing_requests == 100 + 10 + 1
     assert all(d.max_queued_requests == 10 for d in built.values())
+    assert built["Gateway"].init_kwargs["capacity"] == 100 + 10
+    defaults = _deployments(build_app("m", index_dir="i", split=True))
+    for deployment in (Gateway, EmbedderDeployment, Searcher):
+        bound = defaults[deployment.name]
+        assert deployment.max_ongoing_requests == bound.max_ongoing_requests
+        assert deployment.max_queued_requests == bound.max_queued_requests
+        assert deployment._deployment_config.backpressure_config.status_code == 503
 
 
 def test_builder_args_are_typed():

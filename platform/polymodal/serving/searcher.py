@@ -14,13 +14,19 @@ from polymodal.retrieval.index import INDEX_FILE, Index, open_index
 from polymodal.retrieval.search import search_rows
 from polymodal.serving.errors import NoIndex, SearchFailed
 from polymodal.serving.metrics import searcher_metrics
+from polymodal.serving.settings import BACKPRESSURE, DEFAULTS, limits
 
 logger = logging.getLogger("ray.serve")
 
 RESCAN_S = 2.0
 
 
-@serve.deployment
+@serve.deployment(
+    max_ongoing_requests=limits(DEFAULTS).ongoing,
+    max_queued_requests=limits(DEFAULTS).queued,
+    backpressure_config=BACKPRESSURE,
+    ray_actor_options={"num_cpus": DEFAULTS.num_cpus / 2},
+)
 class Searcher:
     """Exact top-k search over the indexes under index_dir, one per (model, modality) as
     named by its index.json, memory-mapped (s3:// ones downloaded to local disk first).
