@@ -5,7 +5,8 @@
 # parameter annotation only when that is the class itself, not its name as a string.
 from ray.serve import Application
 
-from polymodal.serving.app import ServeArgs, build_app
+from polymodal.serving.app import build_app
+from polymodal.serving.settings import ServeArgs
 
 
 def app(args: ServeArgs) -> Application:

@@ -407,7 +407,7 @@ def test_oversized_body_is_413(service):
     import http.client
     from urllib.parse import urlparse
 
-    from polymodal.serving.gateway import MAX_BODY_BYTES
+    from polymodal.serving.asgi import MAX_BODY_BYTES
 
     url, _ = service
     parsed = urlparse(url)
@@ -643,6 +643,7 @@ def test_search_client_mistakes_are_4xx(service, digits_index, body, status, par
     got, err = _call(f"{url}/v1/search", {"model": "digits", "query": "a digit", **body})
     assert got == status, err
     assert err["error"]["param"] == param and err["error"]["type"] == "invalid_request_error"
+    assert "Traceback" not in err["error"]["message"]  # the searcher's NoIndex, not Ray's text
 
 
 def test_search_latency_is_exported(service, digits_index, metrics_port):
@@ -657,3 +658,27 @@ def test_search_latency_is_exported(service, digits_index, metrics_port):
         )
 
     assert ready(_scrape(f"http://127.0.0.1:{metrics_port}/metrics", ready))
+
+
+def test_an_index_of_another_models_vectors_is_a_500(service, digits_index, s3_endpoint):
+    """A misconfigured index_dir: an index that names model 'other' (24-d) but holds the
+    digits model's 16-d vectors. The searcher's SearchFailed crosses its handle and is a 500
+    in the API's error shape, saying what is wrong."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    bucket, source = "search-indexes", "indexes/digits-image/"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=source)["Contents"]]
+    for key in sorted(keys, key=lambda k: k.endswith("index.json")):  # index.json last
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if key.endswith("index.json"):
+            body = json.dumps({**json.loads(body), "model": "other"}).encode()
+        s3.put_object(Bucket=bucket, Key=key.replace("digits-image", "other-image"), Body=body)
+    url, _ = service
+    deadline = time.monotonic() + 30  # the searcher lists index_dir again within 2 s
+    while (answer := _call(f"{url}/v1/search", {"model": "other", "query": "a digit"}))[0] == 404:
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.5)
+    status, err = answer
+    assert status == 500 and err["error"]["type"] == "server_error", err
+    assert "holds 16-d vectors" in err["error"]["message"] and err["error"]["param"] is None

@@ -8,18 +8,12 @@ import yaml
 from tests.conftest import REPO
 
 
-def _deployments(application) -> set[str]:
-    """Names of the deployments bound in an application (the ingress and what it holds)."""
-    from ray.serve.deployment import Application
+def _deployments(application) -> dict:
+    """Name -> Deployment of each deployment in an application, as Serve builds it (the
+    ingress and every deployment bound anywhere in its arguments)."""
+    from ray.serve._private.build_app import build_app
 
-    seen, todo = set(), [application]
-    while todo:
-        node = todo.pop()
-        deployment = node._bound_deployment
-        seen.add(deployment.name)
-        args = [*deployment.init_args, *deployment.init_kwargs.values()]
-        todo += [a for a in args if isinstance(a, Application)]
-    return seen
+    return {d.name: d for d in build_app(application, name="polymodal").deployments}
 
 
 def _build(args: dict):
@@ -39,19 +33,54 @@ def test_config_yaml_validates_and_builds(tmp_path):
     spec = schema.applications[0]
     names = {d.name for d in spec.deployments}
     assert names == {"Gateway", "Searcher"}
-    for d in spec.deployments:
-        assert d.max_ongoing_requests and d.max_queued_requests > 0
     assert _build(spec.args) is not None  # builds the graph (no cluster needed)
-    assert "Searcher" in _deployments(_build(spec.args))  # the YAML's Searcher entry needs one
+    assert set(_deployments(_build(spec.args))) == names  # the YAML's Searcher entry needs one
     without = {k: v for k, v in spec.args.items() if k != "index_dir"}
-    assert "Searcher" not in _deployments(_build(without))
-    assert "Embedder" in _deployments(_build({**spec.args, "split": True}))
+    assert set(_deployments(_build(without))) == {"Gateway"}
+    assert set(_deployments(_build({**spec.args, "split": True}))) == {*names, "Embedder"}
     with pytest.raises(ValueError, match="max_batch\n.*Extra inputs are not permitted"):
         _build({**spec.args, "max_batch": 8})
 
 
+def test_config_yaml_sets_nothing_the_code_derives():
+    """A deployment setting in the YAML overrides the code's silently: the YAML's deployments
+    set only what neither build_app (from the args) nor the deployment classes set."""
+    raw = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    (application,) = raw["applications"]
+    for split in (False, True):
+        built = _deployments(_build({**application["args"], "split": split}))
+        for entry in application["deployments"]:
+            if entry["name"] not in built:
+                continue
+            in_code = built[entry["name"]]._deployment_config.user_configured_option_names
+            assert not (set(entry) - {"name"}) & in_code, (entry["name"], in_code)
+
+
+def test_limits_follow_the_args():
+    """Each replica takes at least a batch; the gateway answers 503 itself (its JSON error)
+    one request before Serve's own limit (a plain-text one) is reached; the classes'
+    defaults are build_app's with ServeArgs' defaults."""
+    from polymodal.serving.app import build_app
+    from polymodal.serving.embedder import EmbedderDeployment
+    from polymodal.serving.gateway import Gateway
+    from polymodal.serving.searcher import Searcher
+
+    args = {"max_batch_size": 100, "max_ongoing_requests": 64, "max_queued_requests": 10}
+    built = _deployments(build_app("m", index_dir="i", split=True, **args))
+    assert built["Embedder"].max_ongoing_requests == built["Searcher"].max_ongoing_requests == 100
+    assert built["Gateway"].max_ongoing_requests == 100 + 10 + 1
+    assert all(d.max_queued_requests == 10 for d in built.values())
+    assert built["Gateway"].init_kwargs["capacity"] == 100 + 10
+    defaults = _deployments(build_app("m", index_dir="i", split=True))
+    for deployment in (Gateway, EmbedderDeployment, Searcher):
+        bound = defaults[deployment.name]
+        assert deployment.max_ongoing_requests == bound.max_ongoing_requests
+        assert deployment.max_queued_requests == bound.max_queued_requests
+        assert deployment._deployment_config.backpressure_config.status_code == 503
+
+
 def test_builder_args_are_typed():
-    from polymodal.serving.app import ServeArgs
+    from polymodal.serving.settings import ServeArgs
 
     with pytest.raises(ValueError, match="max_batch_size\n.*valid integer"):
         _build({"model_dir": "m", "max_batch_size": "eight"})
@@ -69,10 +98,12 @@ def test_build_app_takes_its_settings_through_serve_args():
 
     from pydantic import ValidationError
 
-    from polymodal.serving.app import ServeArgs, build_app
+    from polymodal.serving.app import build_app
+    from polymodal.serving.settings import ServeArgs
 
     params = inspect.signature(build_app).parameters
     assert list(params) == ["model_dir", "api_key", "access_log", "settings"]
+    assert all(field.description for field in ServeArgs.model_fields.values())  # one place
     assert (
         "model_dir" in ServeArgs.model_fields and ServeArgs.model_fields["model_dir"].is_required()
     )

@@ -1,9 +1,10 @@
-"""Checkpoints served in this process: loaded on demand and kept per replica (LRU), items of
-concurrent requests embedded in budgeted batches, one forward per (model, modality)."""
+"""The model server: checkpoints loaded on demand and kept per replica (LRU), items of concurrent
+requests embedded in budgeted batches; run inside the gateway, or as the Embedder deployment."""
 
 import asyncio
 import time
 from collections import defaultdict
+from typing import Protocol
 
 import numpy as np
 from ray import serve
@@ -12,14 +13,26 @@ from polymodal.inference.model import LoadedModel, list_models
 from polymodal.modalities import MODALITIES
 from polymodal.serving.batcher import Batcher
 from polymodal.serving.metrics import embedder_metrics
+from polymodal.serving.settings import BACKPRESSURE, DEFAULTS, limits
 
 
-class Encoders:
-    """The models of model_dir, in the replica that holds this (the gateway itself, or an
-    Embedder deployment when the service is split). A batch holds at most max_batch_size items
-    and at most max_batch_size full-size items' worth of work (a large image counts as many)."""
+class ModelServer(Protocol):
+    """What the gateway asks of the models: an Embedder in its own replica, or a RemoteEmbedder
+    that calls the Embedder deployment."""
 
-    def __init__(self, model_dir: str, max_batch_size: int, wait_s: float, max_models: int):
+    async def embed(self, model_id: str, items: list[tuple[str, object]]) -> list[np.ndarray]: ...
+
+    async def classify(self, model_id: str, values: dict) -> dict[str, float]: ...
+
+
+class Embedder:
+    """The models of model_dir, in the replica that holds this. A batch holds at most
+    max_batch_size items and at most max_batch_size full-size items' worth of work (a large
+    image counts as many)."""
+
+    def __init__(
+        self, *, model_dir: str, max_batch_size: int, batch_wait_timeout_s: float, max_models: int
+    ):
         self.paths = list_models(model_dir)
         self.metrics = embedder_metrics()
         self.replica = serve.get_replica_context().replica_id.unique_id
@@ -35,7 +48,9 @@ class Encoders:
             return model
 
         self.get_model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
-        self.batcher = Batcher(self._forward, max_batch_size, float(max_batch_size), wait_s)
+        self.batcher = Batcher(
+            self._forward, max_batch_size, float(max_batch_size), batch_wait_timeout_s
+        )
 
     async def _forward(self, key: tuple[str, str], values: list) -> list[np.ndarray]:
         model_id, modality = key
@@ -82,19 +97,13 @@ class Encoders:
         return model.classify(values)
 
 
-@serve.deployment
-class Embedder:
-    """The models in their own deployment, behind the gateway (build_app's split=True): model
-    replicas scale apart from the ingress (GPU replicas), and a call whose replica died is
-    resent by the gateway."""
-
-    def __init__(
-        self, model_dir: str, max_batch_size: int = 32, wait_s: float = 0.0, max_models: int = 4
-    ):
-        self.encoders = Encoders(model_dir, max_batch_size, wait_s, max_models)
-
-    async def embed(self, model_id: str, items: list[tuple[str, object]]) -> list[np.ndarray]:
-        return await self.encoders.embed(model_id, items)
-
-    async def classify(self, model_id: str, values: dict) -> dict[str, float]:
-        return await self.encoders.classify(model_id, values)
+# The same class as a deployment behind the gateway (build_app's split=True): model replicas
+# that scale apart from the ingress (GPU replicas), called through a RemoteEmbedder.
+EmbedderDeployment = serve.deployment(
+    Embedder,
+    name="Embedder",
+    max_ongoing_requests=limits(DEFAULTS).ongoing,
+    max_queued_requests=limits(DEFAULTS).queued,
+    backpressure_config=BACKPRESSURE,
+    ray_actor_options={"num_cpus": DEFAULTS.num_cpus, "num_gpus": DEFAULTS.num_gpus},
+)

@@ -1,29 +1,23 @@
-"""The HTTP API: the FastAPI app (its ASGI edge, errors in OpenAI's shape, the OpenAPI document)
-and the Gateway ingress deployment, whose routes check requests and answer with its models."""
+"""The Gateway ingress deployment: routes that check requests (auth, model, items) and answer
+them with its model server's embeddings and classes and the searcher's hits."""
 
 import base64
 import hmac
-import math
-import time
+from collections.abc import Callable
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.exceptions import ActorUnavailableError, RayActorError
-from ray.serve.exceptions import BackPressureError
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from ray.serve.handle import DeploymentHandle
 
 from polymodal.inference.model import list_models, model_card
 from polymodal.modalities.base import InputError
 from polymodal.retrieval.quantize import FORMATS, quantize, unit_ranges
 from polymodal.retrieval.vectors import truncate
-from polymodal.serving.batcher import Batcher
-from polymodal.serving.embedder import Encoders
+from polymodal.serving.asgi import api, error
+from polymodal.serving.embedder import ModelServer
 from polymodal.serving.inputs import check_item, parse_item, parse_value
-from polymodal.serving.metrics import gateway_metrics
 from polymodal.serving.schemas import (
     MAX_ITEMS,
     ClassifyRequest,
@@ -38,15 +32,13 @@ from polymodal.serving.schemas import (
     Status,
     errors,
 )
+from polymodal.serving.settings import BACKPRESSURE, DEFAULTS, limits
 
-app = FastAPI(
-    title="polymodal",
-    description="Embeddings, classification and search from polymodal "
-    "checkpoints. OpenAI-compatible /v1/embeddings.",
-)
+# The statuses a route that runs a model may answer besides 200 (its OpenAPI `responses`).
+MODEL_ERRORS = (400, 401, 404, 413, 503)
 
 
-def _encode(vector, encoding_format: str, span: np.ndarray | None) -> list | str:
+def encode(vector, encoding_format: str, span: np.ndarray | None) -> list | str:
     """OpenAI's encodings (a list of floats, or base64 of little-endian float32) and the
     quantized ones (a list of integers; span: the int8 ranges)."""
     if encoding_format == "base64":
@@ -56,188 +48,77 @@ def _encode(vector, encoding_format: str, span: np.ndarray | None) -> list | str
     return np.asarray(vector, np.float64).tolist()
 
 
-def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = {"error": {"message": message, "type": kind, "param": param}}
-    return JSONResponse(status_code=status, content=body)
-
-
-MAX_BODY_BYTES = 32 * 1024 * 1024
-RETRY_AFTER_S = 1.0
-# Metric labels: the API's routes; any other path counts as "other", so scanners hitting
-# random paths cannot grow the label set.
-_ROUTES = {
-    "/healthz",
-    "/readyz",
-    "/v1/models",
-    "/v1/embeddings",
-    "/v1/classify",
-    "/v1/search",
-    "/docs",
-}
-
-
-def _over_capacity(status: int = 503, retry_after_s: float | None = None) -> JSONResponse:
-    response = _error(status, "the service is over capacity; retry later")
-    response.headers["Retry-After"] = str(math.ceil(retry_after_s or RETRY_AFTER_S))
-    return response
-
-
-class _Edge:
-    """What every request meets before the routes, as plain ASGI (Starlette's
-    BaseHTTPMiddleware costs a task group per layer and request): bodies over
-    MAX_BODY_BYTES get 413 before anything reads them; requests beyond the replica's
-    capacity get 503 + Retry-After at once, in the API's error shape (Serve's own queue limit
-    answers in plain text); every response is counted and timed by route and status."""
-
-    capacity: float = math.inf  # requests one replica takes at once (the Gateway sets it)
-
-    def __init__(self, app):
-        self.app = app
-        self.in_flight = 0
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start = time.perf_counter()
-        status = 500  # unless a response starts: an exception became Starlette's 500
-
-        async def send_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            length = dict(scope["headers"]).get(b"content-length", b"0")
-            if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-                refusal = _error(413, f"request body over {MAX_BODY_BYTES} bytes", None)
-                return await refusal(scope, receive, send_status)
-            if scope["method"] != "POST":
-                return await self.app(scope, receive, send_status)
-            if self.in_flight >= _Edge.capacity:
-                return await _over_capacity()(scope, receive, send_status)
-            self.in_flight += 1
-            try:
-                await self.app(scope, receive, send_status)
-            finally:
-                self.in_flight -= 1
-        finally:
-            path, root = scope["path"], scope.get("root_path", "")
-            if root and path.startswith(root):
-                path = path[len(root) :] or "/"
-            route = path if path in _ROUTES else "other"
-            m = gateway_metrics()
-            m.requests.inc(tags={"route": route, "status": str(status)})
-            m.latency.observe(time.perf_counter() - start, tags={"route": route})
-
-
-app.add_middleware(_Edge)
-
-
-@app.exception_handler(BackPressureError)
-async def _overloaded(request: Request, exc: BackPressureError) -> JSONResponse:
-    return _over_capacity(exc.status_code, exc.retry_after_s)
-
-
-@app.exception_handler(RayActorError)
-@app.exception_handler(ActorUnavailableError)
-async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
-    """Two replicas died under the same request: a server-side loss, retried by the client."""
-    response = _error(503, "a model replica was lost; retry")
-    response.headers["Retry-After"] = str(math.ceil(RETRY_AFTER_S))
-    return response
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """FastAPI's own refusals (a body that is not JSON at all, an unknown route) in the API's
-    error shape."""
-    response = _error(exc.status_code, str(exc.detail))
-    response.headers.update(exc.headers or {})
-    return response
-
-
-@app.exception_handler(InputError)
-async def _input_error(request: Request, exc: InputError) -> JSONResponse:
-    return _error(exc.status, str(exc), exc.param)
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    # The request's own field: deeper parts of pydantic's location name union members
-    # ("query.str"), not anything the client sent.
-    loc = first.get("loc", ())
-    param = str(loc[1]) if len(loc) > 1 else None
-    return _error(400, f"invalid request: {first.get('msg', 'malformed body')}", param)
-
-
-_MODEL_ERRORS = (400, 401, 404, 413, 503)
-
-
-def _openapi() -> dict:
-    """FastAPI's document without the 422 it lists for every body: this API answers a
-    malformed body 400, in its own error shape (above)."""
-    if app.openapi_schema is None:
-        doc = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        for path in doc["paths"].values():
-            for operation in path.values():
-                operation["responses"].pop("422", None)
-        for unused in ("HTTPValidationError", "ValidationError"):
-            doc.get("components", {}).get("schemas", {}).pop(unused, None)
-        app.openapi_schema = doc
-    return app.openapi_schema
-
-
-app.openapi = _openapi
-
-
-@serve.deployment
-@serve.ingress(app)
+@serve.deployment(
+    max_ongoing_requests=limits(DEFAULTS).gateway_ongoing,
+    max_queued_requests=limits(DEFAULTS).queued,
+    backpressure_config=BACKPRESSURE,
+    ray_actor_options={"num_cpus": DEFAULTS.num_cpus, "num_gpus": DEFAULTS.num_gpus},
+)
+@serve.ingress()
 class Gateway:
-    """The ingress: checks requests and answers them with the models held in this replica
-    (one hop from Serve's proxy), or, given an Embedder deployment's handle, with calls to it
-    that gather the items of concurrent requests (one call per model and batch)."""
+    """The ingress: checks requests and answers them with `model_server()`, made in this
+    replica: the models themselves (an Embedder: one hop from Serve's proxy) or a client of
+    the Embedder deployment (a RemoteEmbedder); build_app chooses. Its app (one per replica)
+    takes `capacity` requests at once and answers 503 beyond."""
 
     def __init__(
         self,
+        *,
         model_dir: str,
+        model_server: Callable[[], ModelServer],
+        searcher: DeploymentHandle | None = None,
         api_key: str | None = None,
-        max_batch_size: int = 32,
-        batch_wait_timeout_s: float = 0.002,
-        max_models: int = 4,
-        capacity: int = 320,
-        searcher=None,
-        embedder=None,
+        capacity: int = limits(DEFAULTS).capacity,
     ):
-        _Edge.capacity = capacity
-        self.api_key = api_key  # never logged; compared in constant time
-        self.embedder = embedder
-        self.searcher = searcher
         self.model_dir = model_dir
+        self.model_server = model_server()
+        self.searcher = searcher
+        self.api_key = api_key  # never logged; compared in constant time
+        self.capacity = capacity
         self.cards = {name: model_card(path) for name, path in list_models(model_dir).items()}
-        if embedder is None:
-            self.encoders = Encoders(model_dir, max_batch_size, batch_wait_timeout_s, max_models)
-        else:
-            # Two calls in flight: the next batch is sent while the embedder runs the last.
-            self.gathered = Batcher(
-                self._send, max_batch_size, max_batch_size, batch_wait_timeout_s, concurrency=2
-            )
 
-    async def _send(self, model: str, items: list[tuple[str, object]]) -> list[np.ndarray]:
-        return await self._call(model, "embed", items)
-
-    async def _call(self, model: str, method: str, arg):
-        """An embedder call, sent once more when its replica died under it (embedding is
-        idempotent; Serve routes the retry to a live replica)."""
-        handle = self.embedder.options(multiplexed_model_id=model)
-        try:
-            return await getattr(handle, method).remote(model, arg)
-        except (RayActorError, ActorUnavailableError):
-            return await getattr(handle, method).remote(model, arg)
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve calls this once the replica's Gateway exists: its app, routed to it."""
+        app = api(self.capacity)
+        app.add_api_route(
+            "/healthz",
+            self.healthz,
+            methods=["GET"],
+            response_model=Status,
+            response_model_exclude_none=True,
+        )
+        app.add_api_route(
+            "/readyz", self.readyz, methods=["GET"], response_model=Status, responses=errors(503)
+        )
+        app.add_api_route(
+            "/v1/models",
+            self.models,
+            methods=["GET"],
+            response_model=ModelList,
+            responses=errors(401),
+        )
+        app.add_api_route(
+            "/v1/embeddings",
+            self.embeddings,
+            methods=["POST"],
+            response_model=EmbeddingResponse,
+            responses=errors(*MODEL_ERRORS),
+        )
+        app.add_api_route(
+            "/v1/classify",
+            self.classify,
+            methods=["POST"],
+            response_model=ClassifyResponse,
+            responses=errors(*MODEL_ERRORS),
+        )
+        app.add_api_route(
+            "/v1/search",
+            self.search,
+            methods=["POST"],
+            response_model=SearchResponse,
+            responses=errors(*MODEL_ERRORS, 500),
+        )
+        return app
 
     def _authorize(self, request: Request) -> None:
         if not self.api_key:
@@ -252,27 +133,14 @@ class Gateway:
             raise InputError(f"unknown model '{model}' (have {sorted(self.cards)})", "model", 404)
         return self.cards[model]
 
-    async def _embed(self, model: str, parsed: list[tuple[str, object]]) -> list[np.ndarray]:
-        if self.embedder is None:
-            return await self.encoders.embed(model, parsed)
-        return await self.gathered.submit(model, parsed)
-
-    async def _classify(self, model: str, values: dict) -> dict[str, float]:
-        if self.embedder is None:
-            return await self.encoders.classify(model, values)
-        return await self._call(model, "classify", values)
-
-    @app.get("/healthz", response_model=Status, response_model_exclude_none=True)
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=Status, responses=errors(503))
     async def readyz(self) -> JSONResponse:
         if not self.cards:
-            return _error(503, f"no checkpoints in {self.model_dir}")
+            return error(503, f"no checkpoints in {self.model_dir}")
         return JSONResponse({"status": "ready", "models": sorted(self.cards)})
 
-    @app.get("/v1/models", response_model=ModelList, responses=errors(401))
     async def models(self, request: Request) -> ModelList:
         self._authorize(request)
         return ModelList(
@@ -287,7 +155,6 @@ class Gateway:
             ]
         )
 
-    @app.post("/v1/embeddings", response_model=EmbeddingResponse, responses=errors(*_MODEL_ERRORS))
     async def embeddings(self, body: EmbeddingRequest, request: Request) -> JSONResponse:
         self._authorize(request)
         card = self._card(body.model)
@@ -307,13 +174,13 @@ class Gateway:
             check_item(body.model, card["prep"], m, v, f"input[{i}]")
             for i, (m, v) in enumerate(parsed)
         )
-        vectors = await self._embed(body.model, parsed)
+        vectors = await self.model_server.embed(body.model, parsed)
         size = body.dimensions or card["dimension"]
         span = card["calibration"].get(size)
         if span is None and body.encoding_format in ("int8", "uint8"):
             span = unit_ranges(size)  # an uncalibrated checkpoint (trained before, imported)
         data = [
-            {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format, span)}
+            {"object": "embedding", "index": i, "embedding": encode(v, body.encoding_format, span)}
             for i, v in enumerate(truncate(np.stack(vectors), body.dimensions))
         ]
         # EmbeddingResponse's shape, written directly: validating thousands of numbers we just
@@ -321,7 +188,6 @@ class Gateway:
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return JSONResponse({"object": "list", "data": data, "model": body.model, "usage": usage})
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, responses=errors(*_MODEL_ERRORS))
     async def classify(self, body: ClassifyRequest, request: Request) -> ClassifyResponse:
         self._authorize(request)
         card = self._card(body.model)
@@ -339,13 +205,12 @@ class Gateway:
             values[modality] = parse_value(modality, value, param)
             check_item(body.model, card["prep"], modality, values[modality], param)
         try:
-            probs = await self._classify(body.model, values)
+            probs = await self.model_server.classify(body.model, values)
         except RuntimeError as exc:  # the checkpoint has no classifier head
             raise InputError(str(exc), "model") from exc
         label = max(probs, key=probs.get)
         return ClassifyResponse(model=body.model, label=label, probabilities=probs)
 
-    @app.post("/v1/search", response_model=SearchResponse, responses=errors(*_MODEL_ERRORS, 500))
     async def search(self, body: SearchRequest, request: Request) -> SearchResponse:
         """The k rows of the (model, modality) index nearest the query (text or image) by
         cosine similarity of the model's embeddings."""
@@ -363,13 +228,10 @@ class Gateway:
         if modality == "text" and not value.strip():
             raise InputError("query is empty", "query")
         check_item(body.model, card["prep"], modality, value, "query")
-        vectors = await self._embed(body.model, [(modality, value)])
-        answer = await self.searcher.search.remote(
-            body.model, body.modality, np.stack(vectors), body.k
+        vectors = await self.model_server.embed(body.model, [(modality, value)])
+        # NoIndex and SearchFailed from the searcher are answered by the app's handlers.
+        hits = await self.searcher.search.remote(
+            model=body.model, modality=body.modality, query=np.stack(vectors), k=body.k
         )
-        if answer["status"] >= 500:
-            return _error(answer["status"], answer["message"])
-        if answer["status"] != 200:
-            raise InputError(answer["message"], answer["param"], answer["status"])
-        hits = [SearchHit(**hit) for hit in answer["hits"]]
-        return SearchResponse(model=body.model, modality=body.modality, data=hits)
+        data = [SearchHit(**hit) for hit in hits]
+        return SearchResponse(model=body.model, modality=body.modality, data=data)

@@ -1,5 +1,5 @@
 """The Searcher deployment: exact top-k search over the retrieval indexes of an index_dir,
-opened as they appear and reopened when rebuilt."""
+opened as they appear and reopened when rebuilt; a missing or failing index is a typed error."""
 
 import asyncio
 import logging
@@ -12,14 +12,21 @@ from ray import serve
 from polymodal import storage
 from polymodal.retrieval.index import INDEX_FILE, Index, open_index
 from polymodal.retrieval.search import search_rows
+from polymodal.serving.errors import NoIndex, SearchFailed
 from polymodal.serving.metrics import searcher_metrics
+from polymodal.serving.settings import BACKPRESSURE, DEFAULTS, limits
 
 logger = logging.getLogger("ray.serve")
 
 RESCAN_S = 2.0
 
 
-@serve.deployment
+@serve.deployment(
+    max_ongoing_requests=limits(DEFAULTS).ongoing,
+    max_queued_requests=limits(DEFAULTS).queued,
+    backpressure_config=BACKPRESSURE,
+    ray_actor_options={"num_cpus": DEFAULTS.num_cpus / 2},
+)
 class Searcher:
     """Exact top-k search over the indexes under index_dir, one per (model, modality) as
     named by its index.json, memory-mapped (s3:// ones downloaded to local disk first).
@@ -86,18 +93,17 @@ class Searcher:
             held = self.indexes.get(key)
             return held[0] if held else None
 
-    async def search(self, model: str, modality: str, query: np.ndarray, k: int) -> dict:
-        """{"status": 200, "hits": [...]} or {"status", "message", "param"}: answers, not
-        exceptions, so the gateway returns the status without unpacking Ray's errors."""
+    async def search(self, model: str, modality: str, query: np.ndarray, k: int) -> list[dict]:
+        """The k nearest rows as SearchHit fields; NoIndex or SearchFailed."""
         index = await asyncio.to_thread(self._lookup, model, modality)
         if index is None:
             message = f"no {modality} index for model '{model}' in the service's index_dir"
-            return {"status": 404, "message": message, "param": "modality"}
+            raise NoIndex(message, "modality")
         start = time.perf_counter()
         try:
             rows, scores = await asyncio.to_thread(search_rows, index, query, k)
         except ValueError as exc:  # e.g. the index was built from another checkpoint's vectors
-            return {"status": 500, "message": str(exc), "param": None}
+            raise SearchFailed(str(exc)) from exc
         seconds = time.perf_counter() - start
         self.metrics.latency.observe(seconds, tags={"model": model, "modality": modality})
         names = index.meta.get("label_names") or []
@@ -105,8 +111,7 @@ class Searcher:
             None if c is None else names[c] if 0 <= c < len(names) else str(c)
             for c in index.labels(rows[0])
         ]
-        hits = [
+        return [
             {"id": i, "score": float(s), "label": c}
             for i, s, c in zip(index.ids(rows[0]), scores[0], labels)
         ]
-        return {"status": 200, "hits": hits}

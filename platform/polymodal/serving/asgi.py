@@ -1,0 +1,166 @@
+"""The FastAPI app a gateway replica serves, less its routes: the ASGI edge (size, capacity,
+metrics), every error in the API's shape, and the OpenAPI document without FastAPI's 422s."""
+
+import math
+import time
+from functools import partial
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from polymodal.modalities.base import InputError
+from polymodal.serving.errors import NoIndex, SearchFailed, ServiceError
+from polymodal.serving.metrics import gateway_metrics
+from polymodal.serving.settings import RETRY_AFTER_S
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+# Metric labels: the API's routes; any other path counts as "other", so scanners hitting
+# random paths cannot grow the label set.
+ROUTES = {
+    "/healthz",
+    "/readyz",
+    "/v1/models",
+    "/v1/embeddings",
+    "/v1/classify",
+    "/v1/search",
+    "/docs",
+}
+# What a deployment behind the gateway raised, as the client's answer.
+SERVICE_STATUSES = {NoIndex: 404, SearchFailed: 500}
+
+
+def error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param}}
+    return JSONResponse(status_code=status, content=body)
+
+
+def over_capacity(status: int = 503, retry_after_s: float | None = None) -> JSONResponse:
+    response = error(status, "the service is over capacity; retry later")
+    response.headers["Retry-After"] = str(math.ceil(retry_after_s or RETRY_AFTER_S))
+    return response
+
+
+async def _overloaded(request: Request, exc: BackPressureError) -> JSONResponse:
+    return over_capacity(exc.status_code, exc.retry_after_s)
+
+
+async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
+    """Two replicas died under the same request: a server-side loss, retried by the client."""
+    response = error(503, "a model replica was lost; retry")
+    response.headers["Retry-After"] = str(math.ceil(RETRY_AFTER_S))
+    return response
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (a body that is not JSON at all, an unknown route)."""
+    response = error(exc.status_code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+    return error(exc.status, str(exc), exc.param)
+
+
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    # isinstance, not type(exc): across a handle the class is Ray's RayTaskError(NoIndex).
+    status = next(s for cls, s in SERVICE_STATUSES.items() if isinstance(exc, cls))
+    return error(status, exc.message, exc.param)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    # The request's own field: deeper parts of pydantic's location name union members
+    # ("query.str"), not anything the client sent.
+    loc = first.get("loc", ())
+    param = str(loc[1]) if len(loc) > 1 else None
+    return error(400, f"invalid request: {first.get('msg', 'malformed body')}", param)
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's document without the 422 it lists for every body: this API answers a
+    malformed body 400, in its own error shape."""
+    if app.openapi_schema is None:
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for path in doc["paths"].values():
+            for operation in path.values():
+                operation["responses"].pop("422", None)
+        for unused in ("HTTPValidationError", "ValidationError"):
+            doc.get("components", {}).get("schemas", {}).pop(unused, None)
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+def api(capacity: float) -> FastAPI:
+    """One replica's app, without routes, whose edge takes `capacity` requests at once."""
+    app = FastAPI(
+        title="polymodal",
+        description="Embeddings, classification and search from polymodal "
+        "checkpoints. OpenAI-compatible /v1/embeddings.",
+    )
+    app.add_middleware(Edge, capacity=capacity)
+    app.add_exception_handler(BackPressureError, _overloaded)
+    app.add_exception_handler(RayActorError, _replica_lost)
+    app.add_exception_handler(ActorUnavailableError, _replica_lost)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.openapi = partial(_openapi, app)
+    return app
+
+
+class Edge:
+    """What every request meets before the routes, as plain ASGI (Starlette's
+    BaseHTTPMiddleware costs a task group per layer and request): bodies over
+    MAX_BODY_BYTES get 413 before anything reads them; POSTs beyond `capacity` at once get 503
+    + Retry-After, in the API's error shape (Serve's own queue limit answers in plain text);
+    every response is counted and timed by route and status."""
+
+    def __init__(self, app, capacity: float):
+        self.app = app
+        self.capacity = capacity
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500  # unless a response starts: an exception became Starlette's 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            length = dict(scope["headers"]).get(b"content-length", b"0")
+            if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+                refusal = error(413, f"request body over {MAX_BODY_BYTES} bytes", None)
+                return await refusal(scope, receive, send_status)
+            if scope["method"] != "POST":
+                return await self.app(scope, receive, send_status)
+            if self.in_flight >= self.capacity:
+                return await over_capacity()(scope, receive, send_status)
+            self.in_flight += 1
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                self.in_flight -= 1
+        finally:
+            path, root = scope["path"], scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :] or "/"
+            route = path if path in ROUTES else "other"
+            m = gateway_metrics()
+            m.requests.inc(tags={"route": route, "status": str(status)})
+            m.latency.observe(time.perf_counter() - start, tags={"route": route})
