@@ -62,8 +62,8 @@ def test_limits_follow_the_args():
     defaults are build_app's with ServeArgs' defaults."""
     from polymodal.serving.app import build_app
     from polymodal.serving.embedder import EmbedderDeployment
-    from polymodal.serving.gateway import Gateway
-    from polymodal.serving.searcher import Searcher
+    from polymodal.serving.gateway import GatewayDeployment
+    from polymodal.serving.searcher import SearcherDeployment
 
     args = {"max_batch_size": 100, "max_ongoing_requests": 64, "max_queued_requests": 10}
     built = _deployments(build_app("m", index_dir="i", split=True, **args))
@@ -72,7 +72,7 @@ def test_limits_follow_the_args():
     assert all(d.max_queued_requests == 10 for d in built.values())
     assert built["Gateway"].init_kwargs["capacity"] == 100 + 10
     defaults = _deployments(build_app("m", index_dir="i", split=True))
-    for deployment in (Gateway, EmbedderDeployment, Searcher):
+    for deployment in (GatewayDeployment, EmbedderDeployment, SearcherDeployment):
         bound = defaults[deployment.name]
         assert deployment.max_ongoing_requests == bound.max_ongoing_requests
         assert deployment.max_queued_requests == bound.max_queued_requests

@@ -2,15 +2,17 @@
 gateway's replica, or the Embedder deployment behind it) and, given an index_dir, the searcher."""
 
 import os
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
 
-from polymodal.serving.embedder import Embedder, EmbedderDeployment
-from polymodal.serving.gateway import Gateway
+from polymodal.serving.embedder import Embedder, EmbedderDeployment, ModelServer
+from polymodal.serving.gateway import GatewayDeployment
 from polymodal.serving.remote import RemoteEmbedder
-from polymodal.serving.searcher import Searcher
+from polymodal.serving.searcher import SearcherDeployment
 from polymodal.serving.settings import ServeArgs, limits
 
 
@@ -31,16 +33,18 @@ def build_app(
     models = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus}
     searcher = None
     if args.index_dir:
-        searcher = Searcher.options(
+        searcher = SearcherDeployment.options(
             max_ongoing_requests=lim.ongoing,
             max_queued_requests=lim.queued,
             ray_actor_options={"num_cpus": args.num_cpus / 2},
             logging_config=logging_config,
         ).bind(index_dir=args.index_dir)
-    batching = {
+    batching: dict[str, Any] = {
         "max_batch_size": args.max_batch_size,
         "batch_wait_timeout_s": args.batch_wait_timeout_s,
     }
+    model_server: Callable[[], ModelServer]
+    gateway: dict[str, Any]
     # The one place that chooses where the models run. The gateway makes its model server in
     # its own replica (Embedder's models and metrics live in the process that uses them).
     if args.split:
@@ -56,14 +60,16 @@ def build_app(
             batch_wait_timeout_s=0.0,  # the gateway has gathered the batch already
             max_models=args.max_models,
         )
-        model_server = partial(RemoteEmbedder, embedder=embedder, **batching)
+        # Serve hands the gateway a handle where the bound deployment stands.
+        handle = cast(DeploymentHandle, embedder)
+        model_server = partial(RemoteEmbedder, embedder=handle, **batching)
         gateway = {"ray_actor_options": {"num_cpus": args.num_cpus / 2}}
     else:
         model_server = partial(
             Embedder, model_dir=model_dir, max_models=args.max_models, **batching
         )
         gateway = {"ray_actor_options": models, "num_replicas": args.replicas}
-    return Gateway.options(
+    return GatewayDeployment.options(
         max_ongoing_requests=lim.gateway_ongoing,
         max_queued_requests=lim.queued,
         logging_config=logging_config,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-Run = Callable[[Hashable, list], Awaitable[list]]
+K = TypeVar("K", bound=Hashable)  # what a batch is run for (a model, or a model and modality)
 
 
 @dataclass
@@ -33,7 +33,7 @@ def cut(costs: list[float], max_items: int, budget: float) -> list[list[int]]:
     return [*batches, batch] if batch else batches
 
 
-class Batcher:
+class Batcher(Generic[K]):
     """submit(key, values, costs) → run(key, batch values)'s results for those values, in order.
     What arrives while a batch runs forms the next one; under load (the last batch held more
     than one item) a batch also waits up to wait_s after its oldest item for more to come, and
@@ -41,10 +41,15 @@ class Batcher:
     on this event loop, more for calls to another process."""
 
     def __init__(
-        self, run: Run, max_items: int, budget: float, wait_s: float = 0.0, concurrency: int = 1
+        self,
+        run: Callable[[K, list], Awaitable[list]],
+        max_items: int,
+        budget: float,
+        wait_s: float = 0.0,
+        concurrency: int = 1,
     ):
         self.run, self.max_items, self.budget, self.wait_s = run, max_items, budget, wait_s
-        self.pending: dict[Hashable, list[_Item]] = {}
+        self.pending: dict[K, list[_Item]] = {}
         self.count = 0
         self.first_at = 0.0
         self.last_size = 0
@@ -53,7 +58,7 @@ class Batcher:
         self.slots = asyncio.Semaphore(concurrency)
         self.task: asyncio.Task | None = None
 
-    async def submit(self, key: Hashable, values: list, costs: list[float] | None = None) -> list:
+    async def submit(self, key: K, values: list, costs: list[float] | None = None) -> list:
         loop = asyncio.get_running_loop()
         if self.task is None or self.task.done():
             self.task = loop.create_task(self._serve())
@@ -97,7 +102,7 @@ class Batcher:
                 task = loop.create_task(self._run(key, [items[i] for i in rows]))
                 task.add_done_callback(lambda _: self.slots.release())
 
-    async def _run(self, key: Hashable, batch: list[_Item]) -> None:
+    async def _run(self, key: K, batch: list[_Item]) -> None:
         try:
             results = await self.run(key, [item.value for item in batch])
         except Exception as exc:  # every caller in the batch gets the error

@@ -8,6 +8,7 @@ from typing import Protocol
 
 import numpy as np
 from ray import serve
+from ray.serve import Deployment
 
 from polymodal.inference.model import LoadedModel, list_models
 from polymodal.modalities import MODALITIES
@@ -99,11 +100,10 @@ class Embedder:
 
 # The same class as a deployment behind the gateway (build_app's split=True): model replicas
 # that scale apart from the ingress (GPU replicas), called through a RemoteEmbedder.
-EmbedderDeployment = serve.deployment(
-    Embedder,
+EmbedderDeployment: Deployment = serve.deployment(
     name="Embedder",
     max_ongoing_requests=limits(DEFAULTS).ongoing,
     max_queued_requests=limits(DEFAULTS).queued,
     backpressure_config=BACKPRESSURE,
     ray_actor_options={"num_cpus": DEFAULTS.num_cpus, "num_gpus": DEFAULTS.num_gpus},
-)
+)(Embedder)

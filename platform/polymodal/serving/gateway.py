@@ -9,6 +9,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
 from polymodal.inference.model import list_models, model_card
@@ -48,13 +49,6 @@ def encode(vector, encoding_format: str, span: np.ndarray | None) -> list | str:
     return np.asarray(vector, np.float64).tolist()
 
 
-@serve.deployment(
-    max_ongoing_requests=limits(DEFAULTS).gateway_ongoing,
-    max_queued_requests=limits(DEFAULTS).queued,
-    backpressure_config=BACKPRESSURE,
-    ray_actor_options={"num_cpus": DEFAULTS.num_cpus, "num_gpus": DEFAULTS.num_gpus},
-)
-@serve.ingress()
 class Gateway:
     """The ingress: checks requests and answers them with `model_server()`, made in this
     replica: the models themselves (an Embedder: one hop from Serve's proxy) or a client of
@@ -208,7 +202,7 @@ class Gateway:
             probs = await self.model_server.classify(body.model, values)
         except RuntimeError as exc:  # the checkpoint has no classifier head
             raise InputError(str(exc), "model") from exc
-        label = max(probs, key=probs.get)
+        label = max(probs, key=lambda name: probs[name])
         return ClassifyResponse(model=body.model, label=label, probabilities=probs)
 
     async def search(self, body: SearchRequest, request: Request) -> SearchResponse:
@@ -235,3 +229,14 @@ class Gateway:
         )
         data = [SearchHit(**hit) for hit in hits]
         return SearchResponse(model=body.model, modality=body.modality, data=data)
+
+
+# Calls, not decorators: the class stays a plain class (type checking sees it) and Serve gets
+# the ingress deployment, whose app each replica builds (__serve_build_asgi_app__).
+GatewayDeployment: Deployment = serve.deployment(
+    name="Gateway",
+    max_ongoing_requests=limits(DEFAULTS).gateway_ongoing,
+    max_queued_requests=limits(DEFAULTS).queued,
+    backpressure_config=BACKPRESSURE,
+    ray_actor_options={"num_cpus": DEFAULTS.num_cpus, "num_gpus": DEFAULTS.num_gpus},
+)(serve.ingress()(Gateway))

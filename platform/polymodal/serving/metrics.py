@@ -9,7 +9,7 @@ from functools import cache
 from ray.util import metrics
 
 SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
-BATCH_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+BATCH_SIZES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
 
 @dataclass

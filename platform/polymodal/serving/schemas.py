@@ -3,7 +3,7 @@ errors)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -21,6 +21,12 @@ def _whole(value):
 Whole = Annotated[int, BeforeValidator(_whole)]
 
 
+if TYPE_CHECKING:
+    ModalityName = str
+else:  # the modalities registered when the service starts (polymodal.modalities)
+    ModalityName = Literal[tuple(MODALITIES)]
+
+
 class Request(BaseModel):
     """A request body: JSON types as written (no "5" for 5) and no unknown fields, so what the
     OpenAPI document calls invalid is refused (400), never guessed at."""
@@ -29,8 +35,7 @@ class Request(BaseModel):
 
 
 class TypedItem(Request):
-    # The modalities registered when the service starts (polymodal.modalities).
-    type: Literal[tuple(MODALITIES)]
+    type: ModalityName
     data: str | list[float] = Field(
         description="text, base64 image bytes (PNG/JPEG), base64 WAV bytes, or a vector's numbers"
     )
@@ -75,7 +80,7 @@ class EmbeddingResponse(BaseModel):
 
 class ClassifyRequest(Request):
     model: str
-    inputs: dict[Literal[tuple(MODALITIES)], str | list[float]] = Field(
+    inputs: dict[ModalityName, str | list[float]] = Field(
         min_length=1,
         description="modality -> text, data URI or base64 image/WAV, or a vector's numbers",
     )
@@ -139,7 +144,7 @@ class Status(BaseModel):
     models: list[str] | None = None
 
 
-def errors(*statuses: int) -> dict[int, dict]:
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI `responses` entries of the given error statuses."""
     return {s: {"model": ErrorResponse, "description": ERROR_STATUSES[s]} for s in statuses}
 

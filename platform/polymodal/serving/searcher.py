@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 from ray import serve
+from ray.serve import Deployment
 
 from polymodal import storage
 from polymodal.retrieval.index import INDEX_FILE, Index, open_index
@@ -21,12 +22,6 @@ logger = logging.getLogger("ray.serve")
 RESCAN_S = 2.0
 
 
-@serve.deployment(
-    max_ongoing_requests=limits(DEFAULTS).ongoing,
-    max_queued_requests=limits(DEFAULTS).queued,
-    backpressure_config=BACKPRESSURE,
-    ray_actor_options={"num_cpus": DEFAULTS.num_cpus / 2},
-)
 class Searcher:
     """Exact top-k search over the indexes under index_dir, one per (model, modality) as
     named by its index.json, memory-mapped (s3:// ones downloaded to local disk first).
@@ -115,3 +110,14 @@ class Searcher:
             {"id": i, "score": float(s), "label": c}
             for i, s, c in zip(index.ids(rows[0]), scores[0], labels)
         ]
+
+
+# A call, not a decorator: the class stays a plain class (tests, type checking) and Serve
+# gets its deployment.
+SearcherDeployment: Deployment = serve.deployment(
+    name="Searcher",
+    max_ongoing_requests=limits(DEFAULTS).ongoing,
+    max_queued_requests=limits(DEFAULTS).queued,
+    backpressure_config=BACKPRESSURE,
+    ray_actor_options={"num_cpus": DEFAULTS.num_cpus / 2},
+)(Searcher)

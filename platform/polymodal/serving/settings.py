@@ -60,7 +60,7 @@ class ServeArgs(BaseModel):
 
 
 # Every field's default, read by the deployments' decorators (model_dir has none: never read).
-DEFAULTS = ServeArgs.model_construct()
+DEFAULTS = ServeArgs.model_construct(model_dir="")
 
 
 @dataclass(frozen=True)
