@@ -29,7 +29,7 @@ def term_modalities(cfg: Config) -> list[str]:
     mods = cfg.model.modalities
     problems = []
     for name, term in TERMS.items():
-        section = term.settings(cfg) if term.section is not None else None
+        section = term.settings(cfg)
         if isinstance(section, ModalitiesSettings):
             problems += [
                 f"'objective.{name}.modalities': '{m}' is not in model.modalities {mods}"

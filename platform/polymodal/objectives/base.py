@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 from polymodal.sections import Section
 
@@ -73,8 +73,9 @@ class Term(Generic[S]):
     check: Callable[[Config], list[str]] = no_problems
 
     def settings(self, cfg: Config) -> S:
-        """objective.<name> of cfg (a term without a section has none to ask for)."""
-        return getattr(cfg.objective, self.name)
+        """objective.<name> of cfg; None for a term without a section (whose loss and
+        callables take None in its place)."""
+        return cast(S, getattr(cfg.objective, self.name, None))
 
     def weight_of(self, cfg: Config) -> float:
         # objective.weights is assembled from the registered terms: no static attribute.
