@@ -48,10 +48,10 @@ def config_class() -> type[Config]:
     return _built[key]
 
 
-def _section(section: type[BaseModel], doc: str | None = None) -> tuple[type[BaseModel], Any]:
+def _section(section: type[BaseModel]) -> tuple[type[BaseModel], Any]:
     """A field holding a section, defaulting to the section's defaults: (type, FieldInfo),
     the FieldInfo typed Any (pydantic types Field() as its default's, for class bodies)."""
-    return section, Field(default_factory=section, description=doc or section.__doc__)
+    return section, Field(default_factory=section, description=section.__doc__)
 
 
 def _copied(fields: dict[str, FieldInfo]) -> dict[str, tuple[Any, FieldInfo]]:
