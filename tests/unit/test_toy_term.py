@@ -123,8 +123,9 @@ def test_a_registered_term_trains_a_step_and_logs_its_parts(registered):
     assert value == pytest.approx(float(weighted), rel=1e-5)
 
 
-def test_the_gradient_cache_gives_a_rows_terms_full_batch_gradients(registered):
-    cfg = load_config(None, ON)
+def _cached_equals_full_batch(cfg) -> dict:
+    """The gradient cache's loss and gradients (chunks of 5) against one full-batch step's,
+    in float64; returns the cached step's logs."""
     torch.manual_seed(0)
     model = build_model(cfg, PREP).double()
     batch = _batch()
@@ -139,9 +140,40 @@ def test_the_gradient_cache_gives_a_rows_terms_full_batch_gradients(registered):
     model.zero_grad()
     loss_cached, logs = grad_cache_backward(model, batch, cfg, chunk_size=5)
     assert float(loss_cached) == pytest.approx(float(loss_full), rel=1e-9)
-    assert "alignment/image-text" in logs
     for name, grad in full.items():
         torch.testing.assert_close(model.get_parameter(name).grad, grad, rtol=1e-8, atol=1e-11)
+    return logs
+
+
+def test_the_gradient_cache_gives_a_rows_terms_full_batch_gradients(registered):
+    assert "alignment/image-text" in _cached_equals_full_batch(load_config(None, ON))
+
+
+class UniformitySettings(Section):
+    """Wang & Isola's uniformity of the image embeddings; nothing to set."""
+
+
+def image_uniformity(outputs, batch: Batch, section: UniformitySettings, counts=None):
+    x = outputs.embeddings["image"]  # the text embeddings are left out
+    return torch.pdist(x).pow(2).mul(-2).exp().mean().log(), {}
+
+
+def test_a_batch_term_of_one_modality_gets_the_full_batch_gradients():
+    """A batch term that reads some modalities' embeddings only: the others' cached
+    embeddings get no gradient from it (the gradient cache once failed indexing it)."""
+    term = Term(
+        name="image_uniformity",
+        weight=0.0,
+        section=UniformitySettings,
+        scope="batch",
+        loss=image_uniformity,
+    )
+    objectives.register(term)
+    try:
+        only = ["objective.weights.image_uniformity=1", "objective.weights.contrastive=0"]
+        _cached_equals_full_batch(load_config(None, [*ON[:-1], *only]))
+    finally:
+        del objectives.TERMS["image_uniformity"]
 
 
 def _matches(log: str, patterns: tuple[str, ...]) -> bool:
