@@ -213,7 +213,7 @@ def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
     # The checkpoint on S3 evaluates here, outside the cluster, to the metrics it recorded.
     recorded = read_meta(fetch_checkpoint(checkpoint))
     evaluated = evaluate_checkpoint(checkpoint)
-    assert evaluated["val/accuracy"] == pytest.approx(recorded["metrics"]["val/accuracy"])
+    assert evaluated["val/accuracy"] == pytest.approx(recorded.metrics["val/accuracy"])
     assert evaluated["val/accuracy"] > 0.5  # 10 classes: chance is 0.1
 
     # Training metrics, scraped live from the node where each rank ran.
@@ -229,7 +229,7 @@ def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
     for s in live["ray_polymodal_train_data_wait_fraction"]:
         assert 0 <= s.value <= 1
     # Counters outlive the workers: every sample each rank trained on was counted.
-    step = recorded["step"]
+    step = recorded.step
     final = _scrape(two_nodes["metrics"], {"ray_polymodal_train_samples_total"})
     counted = {s.labels["rank"]: s.value for s in final["ray_polymodal_train_samples_total"]}
     assert counted == {"0": step * 32, "1": step * 32}  # global batch 64 over 2 ranks

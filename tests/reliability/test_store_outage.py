@@ -154,6 +154,6 @@ def test_a_training_run_rides_out_a_store_outage(
             with fs.open_input_stream(info.path) as f:
                 (local / info.base_name).write_bytes(f.read())
         verify(local)
-    assert [read_meta(tmp_path / Path(p).name)["epoch"] for p in checkpoints] == [2, 3]
+    assert [read_meta(tmp_path / Path(p).name).epoch for p in checkpoints] == [2, 3]
     time.sleep(1.0)  # worker output reaches the driver's stdout through Ray's log monitor
     assert "retrying in" in capfd.readouterr().out
