@@ -8,40 +8,17 @@ and objective terms; checks.py: cross-field rules; load.py: reading; reference.p
 
 from polymodal.config.assemble import config_class
 from polymodal.config.errors import ConfigError
-from polymodal.config.load import (
-    config_from_dict,
-    config_with,
-    load_config,
-    parse_config,
-    parse_overrides,
-    read_yaml,
-)
-from polymodal.config.schema import (
-    SECRET_KEYS,
-    Config,
-    DataConfig,
-    EvalConfig,
-    ModelConfig,
-    ObjectiveConfig,
-    OptimConfig,
-    TrainConfig,
-)
+from polymodal.config.load import config_from_dict, config_with, load_config, parse_config
+from polymodal.config.schema import Config, ObjectiveConfig, OptimConfig
 
 __all__ = [
-    "SECRET_KEYS",
     "Config",
     "ConfigError",
-    "DataConfig",
-    "EvalConfig",
-    "ModelConfig",
     "ObjectiveConfig",
     "OptimConfig",
-    "TrainConfig",
     "config_class",
     "config_from_dict",
     "config_with",
     "load_config",
     "parse_config",
-    "parse_overrides",
-    "read_yaml",
 ]
