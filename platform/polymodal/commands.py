@@ -113,6 +113,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from polymodal.data.format import read_manifest
+    from polymodal.run_meta import meta_of
+
+    # Before torch (seconds): the checkpoint (not its run directory), the dataset, --out.
+    meta = meta_of(args.checkpoint)
+    read_manifest(args.dataset or meta.dataset)
+    if args.out and Path(args.out).is_dir():
+        raise IsADirectoryError(f"--out {args.out}: is a directory; give a file for the JSON")
     from polymodal.evaluation.run import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, args.dataset, split=args.split)
@@ -126,6 +134,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from polymodal import storage
+    from polymodal.run_meta import meta_of
+
+    meta_of(args.checkpoint)  # before torch (seconds), as OUT
+    storage.check_output_dir(args.out, "OUT", {"the checkpoint": args.checkpoint})
     from polymodal.export import export_checkpoint
 
     print(json.dumps(export_checkpoint(args.checkpoint, args.out, args.format), indent=2))
@@ -182,6 +195,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    from polymodal import storage
+    from polymodal.data.format import read_manifest
+    from polymodal.run_meta import meta_of
+
+    # Before torch and Ray (seconds): refused before any row is embedded, never into DATASET.
+    meta_of(args.checkpoint)
+    read_manifest(args.dataset)
+    inputs = {"the dataset": args.dataset, "the checkpoint": args.checkpoint}
+    storage.check_output_dir(args.out, "OUT", inputs)
     from polymodal.cluster import ensure_ray
     from polymodal.inference.offline import embed_dataset
 
@@ -192,6 +214,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from polymodal import storage
+    from polymodal.data.format import read_manifest
+    from polymodal.retrieval.index import rebuildable
+    from polymodal.run_meta import meta_of
+
+    # As for embed; an index already at OUT is rebuilt.
+    meta_of(args.checkpoint)
+    read_manifest(args.dataset)
+    inputs = {"the dataset": args.dataset, "the checkpoint": args.checkpoint}
+    storage.check_output_dir(args.out, "OUT", inputs, rebuildable)
     from polymodal.cluster import ensure_ray
     from polymodal.inference.offline import build_index, check_index_inputs
 
@@ -222,6 +254,9 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from polymodal.run_meta import check_run_dir
+
+    check_run_dir(args.run_dir)  # before torch: a checkpoint given instead, no metrics.json
     from polymodal.evaluation.report import screenshot, write_report
 
     page = write_report(args.run_dir, rows=args.rows)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from polymodal import storage
 from polymodal.checkpoint import RunMeta, fetch_checkpoint, load_model, save_checkpoint
 from polymodal.modalities import MODALITIES, Preprocessing
 from polymodal.models.joint import JointModel
@@ -105,9 +106,8 @@ def export_checkpoint(checkpoint: str, out: str | Path, fmt: str) -> dict:
     """Write `checkpoint` to `out` in format `fmt`; returns what was written."""
     if fmt not in FORMATS:
         raise ValueError(f"--format: unknown '{fmt}'; choose from {', '.join(FORMATS)}")
+    storage.check_output_dir(out, "OUT", {"the checkpoint": checkpoint})
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out}: not empty; export writes into a new or empty directory")
     model, meta = load_model(fetch_checkpoint(checkpoint))
     prep = meta.prep
     if fmt == "safetensors":

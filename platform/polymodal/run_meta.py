@@ -4,6 +4,7 @@ torch-free, so that configs and `polymodal validate` can read a checkpoint's met
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from polymodal.modalities import Preprocessing
 
 FORMAT_VERSION = 1
 META = "polymodal.json"
+RUN_METRICS = "metrics.json"  # in a run directory, once the run has finished
 
 
 class CheckpointError(ValueError):
@@ -76,7 +78,7 @@ def read_meta(directory: str | Path) -> RunMeta:
     """The meta of a checkpoint in a local directory."""
     file = Path(directory) / META
     if not file.is_file():
-        raise CheckpointError(f"{directory}: no {META}; not a polymodal checkpoint")
+        raise not_a_checkpoint(str(directory))
     return parse_meta(file.read_bytes(), str(file))
 
 
@@ -86,8 +88,73 @@ def meta_of(uri: str) -> RunMeta:
         return read_meta(uri)
     file = storage.join(uri, META)
     if not storage.is_file(file):
-        raise CheckpointError(f"{uri}: no {META}; not a polymodal checkpoint")
+        raise not_a_checkpoint(uri)
     return parse_meta(storage.read_bytes(file), file)
+
+
+def checkpoints_of(run_dir: str) -> list[str]:
+    """The checkpoints of a run directory (local or s3://), oldest first: Ray names them
+    checkpoint_<time>, so their names sort by age."""
+    names = [n for n in storage.list_dirs(run_dir) if n.startswith("checkpoint_")]
+    return [
+        storage.join(run_dir, n) for n in names if storage.is_file(storage.join(run_dir, n, META))
+    ]
+
+
+def not_a_checkpoint(uri: str) -> CheckpointError:
+    """Why uri, which has no polymodal.json, is no checkpoint, and what to give instead: a run
+    directory's checkpoints, or the directory holding a checkpoint's file."""
+    plain = CheckpointError(f"{uri}: no {META}; not a polymodal checkpoint")
+    try:  # a better message is worth a few more reads, not a different error
+        if not storage.exists(uri):
+            return CheckpointError(f"{uri}: no such file or directory")
+        if storage.is_file(uri):
+            parent = _parent(uri)
+            hint = f" ({parent})" if storage.is_file(storage.join(parent, META)) else ""
+            return CheckpointError(f"{uri}: is a file; give the checkpoint directory{hint}")
+        found = checkpoints_of(uri)
+    except OSError:  # an unreachable store: the plain message
+        return plain
+    if not found:
+        return plain
+    shown = ", ".join(found[-3:]) + (f" and {len(found) - 3} older" if len(found) > 3 else "")
+    return CheckpointError(
+        f"{uri} is a run directory; its checkpoints: {shown} (latest: {found[-1]})"
+    )
+
+
+def _parent(uri: str) -> str:
+    if storage.is_remote(uri):
+        return str(uri).rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(os.path.normpath(uri)) or os.path.abspath(os.curdir)
+
+
+def check_run_dir(run_dir: str) -> None:
+    """A run directory as `polymodal report` reads it (metrics.json, written when the run
+    finished), or an error that says what run_dir is instead and what to give."""
+    if storage.is_file(storage.join(run_dir, META)):
+        parent = _parent(run_dir)
+        if storage.is_file(storage.join(parent, RUN_METRICS)):
+            raise ValueError(
+                f"{run_dir} is a checkpoint; report takes its run directory {parent} (the parent)"
+            )
+        raise ValueError(
+            f"{run_dir} is a checkpoint; report takes a finished run's directory (it holds "
+            f"{RUN_METRICS}), and its parent {parent} holds none"
+        )
+    if storage.is_file(storage.join(run_dir, RUN_METRICS)):
+        return
+    if not storage.exists(run_dir):
+        raise FileNotFoundError(f"{run_dir}: no such file or directory")
+    if storage.is_file(run_dir):
+        raise NotADirectoryError(f"{run_dir}: is a file; give a run directory")
+    found = checkpoints_of(run_dir)
+    if found:
+        raise ValueError(
+            f"{run_dir}: no {RUN_METRICS}; the run has not finished (latest checkpoint: "
+            f"{found[-1]}, which polymodal eval takes)"
+        )
+    raise ValueError(f"{run_dir}: no {RUN_METRICS}; not a run directory")
 
 
 def parse_meta(data: bytes, file: str) -> RunMeta:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePath, PurePosixPath
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -161,3 +162,60 @@ def replace_dir(src: str | Path, dst: str | Path) -> None:
     delete_dir(dst)
     dfs.create_dir(dpath, recursive=True)
     pafs.copy_files(spath, dpath, sfs, dfs)
+
+
+def check_output_dir(
+    out: str | Path,
+    arg: str = "OUT",
+    inputs: Mapping[str, str | Path | None] | None = None,
+    reusable: Callable[[list[str]], bool] | None = None,
+) -> None:
+    """Refuse, before any work, an output directory a command must not write into: a file (or
+    a file on its path), a non-empty directory unless `reusable(its entries)` (an earlier
+    output the command replaces), and one that is, lies inside or holds an input (`inputs`:
+    what it is called → its path). `arg` names the argument in each message."""
+    for what, source in (inputs or {}).items():
+        if source is not None:
+            _check_apart(out, arg, what, source)
+    if is_remote(out):  # best effort: S3 has no directories, only keys under a prefix
+        if is_file(out):
+            raise NotADirectoryError(f"{arg} {out}: is a file; give a new or empty directory")
+        root = str(out).rstrip("/")
+        names = sorted({f[len(root) :].lstrip("/").split("/")[0] for f in list_files(out)})
+        if names and not (reusable and reusable(names)):
+            raise FileExistsError(f"{arg} {out}: not empty; give a new or empty directory")
+        return
+    path = Path(out)
+    if path.is_file():
+        raise NotADirectoryError(f"{arg} {out}: is a file; give a new or empty directory")
+    for parent in path.absolute().parents:  # mkdir would stop at a file on the way
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{arg} {out}: {parent} is a file, not a directory")
+            break
+    if path.is_dir():
+        names = sorted(os.listdir(path))
+        if names and not (reusable and reusable(names)):
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise FileExistsError(
+                f"{arg} {out}: not empty (holds {shown}); give a new or empty directory"
+            )
+
+
+def _check_apart(out: str | Path, arg: str, what: str, source: str | Path) -> None:
+    """ValueError when out is source, lies inside it or holds it: writing there would mix
+    the output into the input, or replace the input."""
+    if is_remote(out) != is_remote(source):
+        return
+    a: PurePath
+    b: PurePath
+    if is_remote(out):
+        a, b = PurePosixPath(str(out)[5:].rstrip("/")), PurePosixPath(str(source)[5:].rstrip("/"))
+    else:
+        a, b = Path(out).resolve(), Path(source).resolve()
+    if a == b:
+        raise ValueError(f"{arg} {out}: is {what} itself; give a directory outside it")
+    if a.is_relative_to(b):
+        raise ValueError(f"{arg} {out}: inside {what} {source}; give a directory outside it")
+    if b.is_relative_to(a):
+        raise ValueError(f"{arg} {out}: holds {what} {source}; give a directory outside it")

@@ -19,8 +19,10 @@ from typing import TypedDict
 from PIL import Image
 from tqdm import tqdm
 
-from polymodal.data.format import DatasetWriter, Manifest, ShardWriter, split_of
+from polymodal import storage
+from polymodal.data.format import MANIFEST, DatasetWriter, Manifest, ShardWriter, split_of
 from polymodal.data.sources import RawRow, Source, open_source
+from polymodal.data.tars import is_webdataset_path
 from polymodal.modalities import MODALITIES
 from polymodal.modalities.base import DecodeError
 
@@ -196,6 +198,11 @@ def ingest(
     """Sharded sources (several tars or Parquet files) are read by Ray Data tasks in parallel,
     one per shard, each writing its own output shards; the rest in this process."""
     start = time.perf_counter()
+    # Before the source is read: OUT is no file and apart from SOURCE; --overwrite replaces
+    # a dataset only (DatasetWriter refuses an existing OUT without it).
+    named = source_spec.startswith("builtin:") or is_webdataset_path(source_spec)
+    reusable = (lambda names: MANIFEST in names) if overwrite else (lambda names: True)
+    storage.check_output_dir(out, "OUT", {"SOURCE": None if named else source_spec}, reusable)
     source = open_source(source_spec, limit=limit, mapping=mapping)
     writer = DatasetWriter(
         out,

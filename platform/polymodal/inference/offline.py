@@ -12,11 +12,12 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from polymodal import storage
 from polymodal.data.format import DatasetError, open_shard, read_manifest
 from polymodal.data.pipeline import pieces
 from polymodal.inference.model import LoadedModel, model_card
 from polymodal.objectives.contrastive import CONTRASTIVE
-from polymodal.retrieval.index import IndexWriter
+from polymodal.retrieval.index import IndexWriter, rebuildable
 from polymodal.retrieval.vectors import truncate
 
 SMALL_CPUS = 0.25
@@ -108,6 +109,8 @@ def embed_dataset(
     batch_size: int = 256,
     num_cpus: float = 1.0,
 ) -> int:
+    # Ray writes its Parquet files beside whatever is there: a new or empty directory only.
+    storage.check_output_dir(out, "OUT", {"the dataset": dataset, "the checkpoint": checkpoint})
     ds = embedded_split(checkpoint, dataset, split, None, batch_size, num_cpus)
     # Write tasks ask for a whole CPU by default: with less than one free beside the
     # actor (a Serve app on the cluster) the write never started.
@@ -171,6 +174,8 @@ def build_index(
     float32, int8 or binary (retrieval.index.PRECISIONS), int8 ranges from the checkpoint's
     calibration. kind: exact, or hnsw / ivf (FAISS, approximate: retrieval.ann)."""
     start = time.perf_counter()
+    inputs = {"the dataset": dataset, "the checkpoint": checkpoint}
+    storage.check_output_dir(out, "OUT", inputs, rebuildable)  # before a row is embedded
     card, manifest = check_index_inputs(checkpoint, dataset, modality, split, dimensions)
     dim = dimensions or card["dimension"]
     total = manifest.rows(split)

@@ -189,6 +189,12 @@ class IndexWriter:
         return meta
 
 
+def rebuildable(names: list[str]) -> bool:
+    """Whether a directory holding `names` is an index, or an interrupted build of one, which
+    a build into it replaces; anything else there is not a build's to mix with or remove."""
+    return INDEX_FILE in names or all(n.startswith("parts-") for n in names)
+
+
 def read_index_meta(uri: str) -> dict[str, Any]:
     """index.json of the index at uri, checked for the fields readers rely on."""
     file = storage.join(uri, INDEX_FILE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from polymodal import storage
 from polymodal.data.sources.base import RawRow, Source
 from polymodal.data.sources.builtin import (
     asterisk,
@@ -33,10 +34,12 @@ def open_source(spec: str, limit: int | None = None, mapping: list[str] | None =
         if spec not in BUILTIN_SOURCES:
             raise ValueError(f"unknown source '{spec}'; builtin sources: {sorted(BUILTIN_SOURCES)}")
         return BUILTIN_SOURCES[spec](limit=limit)
+    if is_webdataset_path(spec) and not mapping:
+        return webdataset(spec, limit=limit)
+    if not storage.exists(spec):  # said so, rather than searched for an index or a table
+        raise FileNotFoundError(f"SOURCE {spec}: no such file or directory")
     if mapping:
         return table(spec, parse_mapping(mapping), limit=limit)
-    if is_webdataset_path(spec):
-        return webdataset(spec, limit=limit)
     if spec.endswith((".parquet", ".csv")):
         raise ValueError(f"{spec}: a table source needs --map, e.g. --map image=jpg text=txt")
     return folder(spec, limit=limit)

@@ -22,6 +22,11 @@ INDEX_NAMES = ("index.csv", "index.jsonl")
 def _find_index(path: str) -> str:
     if path.endswith(INDEX_NAMES) and storage.is_file(path):
         return path
+    if storage.is_file(path):
+        raise ValueError(
+            f"SOURCE {path}: a file ingest cannot read; give a folder with "
+            f"{' or '.join(INDEX_NAMES)}, a .parquet or .csv table with --map, or .tar shards"
+        )
     for name in INDEX_NAMES:
         if storage.is_file(storage.join(path, name)):
             return storage.join(path, name)

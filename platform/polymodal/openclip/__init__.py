@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
-from polymodal.checkpoint import RunMeta, save_checkpoint
 from polymodal.config import Config, config_from_dict
 from polymodal.modalities import MODALITIES, Preprocessing
-from polymodal.models.build import build_model
 from polymodal.objectives import TERMS
 from polymodal.objectives.contrastive import CONTRASTIVE
-from polymodal.towers.openclip import encode, is_custom_text, to_open_clip, to_polymodal
+from polymodal.openclip.checks import LOCAL_DIR, check_import, mismatch
+from polymodal.run_meta import RunMeta
+
+# torch and open_clip are imported inside the functions that use them: the arguments of
+# `polymodal import` are checked first (checks.py), in a fraction of the seconds they take.
+if TYPE_CHECKING:
+    from polymodal.models.joint import JointModel
 
 
 def objective(sigmoid: bool) -> dict[str, Any]:
@@ -32,19 +33,18 @@ def open_clip_model(arch: str, weights: str | None):
     and weights, as `polymodal export --format open_clip` writes)."""
     import open_clip
 
-    if arch.startswith("local-dir:"):
-        cfg_file = Path(arch[len("local-dir:") :]) / "open_clip_config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{cfg_file}: missing (open_clip's local-dir layout)")
-        model_cfg = json.loads(cfg_file.read_text())["model_cfg"]
+    local = arch.startswith(LOCAL_DIR)
+    if local:
+        model_cfg = json.loads((Path(arch[len(LOCAL_DIR) :]) / "open_clip_config.json").read_text())
+        model_cfg = model_cfg["model_cfg"]
     else:
         model_cfg = open_clip.get_model_config(arch)
         if model_cfg is None:
             raise ValueError(f"--model: open_clip has no architecture '{arch}'")
-        if weights is None or not Path(weights).is_file():
-            raise FileNotFoundError(f"--weights: {weights}: no such file (a local checkpoint)")
-    local = arch.startswith("local-dir:")
-    model = open_clip.create_model(arch, pretrained=None if local else weights)
+    try:  # open_clip loads with weights_only=True, and strictly
+        model = open_clip.create_model(arch, pretrained=None if local else weights)
+    except RuntimeError as exc:  # torch's load_state_dict: one line per key
+        raise ValueError(mismatch(arch, weights, model_cfg, exc)) from None
     return model.eval(), model_cfg, dict(model.visual.preprocess_cfg)
 
 
@@ -72,9 +72,12 @@ def imported_config(arch: str, model_cfg: dict, preprocess: dict, bias: bool) ->
 def import_open_clip(arch: str, weights: str | None, out: str | Path) -> dict[str, Any]:
     """Write OUT as a polymodal checkpoint of the OpenCLIP model; returns what it checked:
     the largest difference between our embeddings and open_clip's on the same inputs."""
+    check_import(arch, weights, out)
+    from polymodal.checkpoint import save_checkpoint
+    from polymodal.models.build import build_model
+    from polymodal.towers.openclip import is_custom_text, to_polymodal
+
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out}: not empty; import writes into a new or empty directory")
     clip, model_cfg, preprocess = open_clip_model(arch, weights)
     cfg = imported_config(arch, model_cfg, preprocess, clip.logit_bias is not None)
     settings: dict[str, Any] = {}
@@ -103,7 +106,11 @@ def import_open_clip(arch: str, weights: str | None, out: str | Path) -> dict[st
 
 def embedding_differences(model, clip, prep: Preprocessing) -> dict[str, float]:
     """Largest |ours - open_clip's| normalised embedding on the same image tensors and texts."""
+    import numpy as np
+    import torch
+
     from polymodal.modalities.text import encode_text
+    from polymodal.towers.openclip import encode
 
     rng = np.random.default_rng(0)
     pixels = torch.from_numpy(rng.random((2, 3, prep.image_size, prep.image_size), np.float32))
@@ -119,11 +126,15 @@ def embedding_differences(model, clip, prep: Preprocessing) -> dict[str, float]:
     return {"image": float(image.abs().max()), "text": float(text.abs().max())}
 
 
-def export_open_clip(model, cfg: Config, prep: Preprocessing, out: Path) -> dict[str, Any]:
+def export_open_clip(
+    model: JointModel, cfg: Config, prep: Preprocessing, out: Path
+) -> dict[str, Any]:
     """OUT/open_clip_config.json and OUT/open_clip_model.safetensors, which
     open_clip.create_model("local-dir:OUT") loads; checked by loading them back."""
     import open_clip
     from safetensors.torch import save_file
+
+    from polymodal.towers.openclip import is_custom_text, to_open_clip
 
     if set(cfg.model.modalities) != {"image", "text"} or {
         cfg.model.section(m).encoder for m in ("image", "text")
