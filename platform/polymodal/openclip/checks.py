@@ -97,9 +97,10 @@ def check_model(arch: str) -> dict[str, Any]:
 
 def _local_dir_config(arch: str) -> dict[str, Any]:
     folder = Path(arch[len(LOCAL_DIR) :])
+    if folder.is_file():
+        raise NotADirectoryError(f"--model {arch}: is a file; give open_clip's local-dir folder")
     if not folder.is_dir():
-        what = "is a file" if folder.is_file() else "no such directory"
-        raise FileNotFoundError(f"--model {arch}: {what}; give open_clip's local-dir folder")
+        raise FileNotFoundError(f"--model {arch}: no such directory")
     cfg_file = folder / "open_clip_config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(
@@ -248,14 +249,14 @@ def fingerprint_problem(shapes: dict[str, tuple[int, ...]], model_cfg: dict[str,
         missing.append("token_embedding.weight or text.*")
     if unexpected or missing:
         some = ", ".join(unexpected[:4]) + (", ..." if len(unexpected) > 4 else "")
-        parts = [f"{len(unexpected)} of its {len(shapes)} tensors are no CLIP's ({some})"]
+        parts = [f"{len(unexpected)} of its {len(shapes)} tensors have names no CLIP has ({some})"]
         parts = parts if unexpected else []
         parts += [f"missing {', '.join(missing)}"] if missing else []
         return "; ".join(parts) + " (another model's weights?)"
     for key, want in _expected_shapes(model_cfg).items():
         got = shapes.get(key) or shapes.get(f"text.{key}")
         if got is not None and got != want:
-            return f"{key} is {list(got)}, its is {list(want)} (another architecture's weights?)"
+            return f"{key} is {list(got)}, not {list(want)} (another architecture's weights?)"
     return ""
 
 
