@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+import time
 import traceback
 
 from polymodal import commands
-from polymodal.config import ConfigError
 from polymodal.retrieval.ann import KINDS
 from polymodal.retrieval.index import PRECISIONS
 
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Joint training of multimodal models on Ray.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="print the traceback of an error, not one line"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -245,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--metrics-port", type=int, default=8080, help="Prometheus /metrics of the embedded Ray"
     )
+    sv.add_argument(
+        "--resources-wait-s",
+        type=float,
+        default=600.0,
+        help="on an autoscaling cluster, how long to wait for the replicas' GPUs (a fixed "
+        "cluster without them fails at once)",
+    )
     _add_address(sv)
     sv.set_defaults(func=commands.cmd_serve)
 
@@ -310,24 +321,77 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Options of a submitted command (e.g. embed's --split) are passed through to the job.
     args, extra = parser.parse_known_args(argv)
+    if "--verbose" in extra:  # also accepted after the subcommand, where users type it
+        extra.remove("--verbose")
+        args.verbose = True
     if extra and args.command != "submit":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.args += extra
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, ConnectionError) as exc:
-        print(f"polymodal: error: {exc}{_where(exc)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("polymodal: stopped (Ctrl-C)", file=sys.stderr)
+        return 130
+    # A user's mistake (a config key, a path, a flag): its message says what to fix.
+    except (ValueError, OSError, ConnectionError) as exc:
+        print(f"polymodal: error: {_message(exc)}{_where(exc)}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
         return 2
+    except Exception as exc:
+        if args.verbose:
+            traceback.print_exc()
+            return 1
+        log = _save_traceback(args)
+        print(
+            f"polymodal: error: {type(exc).__name__}: {_first_line(exc)} "
+            f"(the traceback is in {log}; --verbose prints it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _message(exc: BaseException) -> str:
+    """The error itself, without the remote traceback Ray puts in front of an error raised in
+    a task or actor (RayTaskError(ValueError) is both)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        return _message(cause)
+    return str(exc)
 
 
 def _where(exc: BaseException) -> str:
     """For an OS error that names no file (os.getcwd() of a vanished directory), the call
     that raised it, so the message still says what it was about."""
-    if not isinstance(exc, OSError) or exc.filename or exc.__traceback__ is None:
+    # errno None: raised by polymodal with its own message, which names the file.
+    if not isinstance(exc, OSError) or exc.filename or exc.errno is None:
+        return ""
+    if exc.__traceback__ is None:  # pragma: no cover - raised errors carry one
         return ""
     frame = traceback.extract_tb(exc.__traceback__)[-1]
     return f" (in {frame.name}, {os.path.basename(frame.filename)}:{frame.lineno})"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in _message(exc).splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"
+
+
+def _save_traceback(args: argparse.Namespace) -> str:
+    """The current exception's traceback in a log file of its own; its path."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(cache, "polymodal", "errors")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:  # a read-only home
+        folder = tempfile.gettempdir()
+    path = os.path.join(
+        folder, f"{time.strftime('%Y%m%d-%H%M%S')}-{args.command}-{os.getpid()}.log"
+    )
+    with open(path, "w") as f:
+        f.write(f"polymodal {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    return path
 
 
 if __name__ == "__main__":

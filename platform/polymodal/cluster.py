@@ -46,3 +46,69 @@ def ensure_ray(
         runtime_env={"env_vars": RAY_ENV},
         _metrics_export_port=metrics_port,
     )
+
+
+def _can_grow() -> bool:
+    """Whether an autoscaler may add nodes: autoscaler v2, or v1 with node types of its own
+    (without a provider, Ray's monitor reports each node as a read-only type of its own)."""
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        if is_autoscaler_v2(fetch_from_server=True):
+            return True
+        status = _internal_kv_get("__autoscaling_status")
+    except Exception:  # internal APIs: if they move, the cluster counts as fixed
+        return False
+    report = json.loads(status).get("autoscaler_report") or {} if status else {}
+    types = (report.get("node_type_mapping") or {}).items()
+    return any(kind != f"node_{node}" for node, kind in types)
+
+
+def _amounts(resources: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in sorted(resources.items())) or "none"
+
+
+def require(
+    bundles: list[dict[str, float]], what: str, fix: str, wait_s: float = 0.0, every_s: float = 15
+) -> None:
+    """Fail at once, with the numbers and `fix`, when the cluster lacks what `bundles` add
+    up to and cannot grow. An autoscaling cluster is asked for them and given wait_s, with
+    a progress line every every_s; then the same failure. Without this, Ray waits forever."""
+    import time
+
+    import ray
+
+    need: dict[str, float] = {}
+    for bundle in bundles:
+        for key, value in bundle.items():
+            need[key] = need.get(key, 0.0) + value
+
+    def short() -> dict[str, float]:
+        have = ray.cluster_resources()
+        return {k: have.get(k, 0.0) for k, v in need.items() if have.get(k, 0.0) < v}
+
+    missing = short()
+    if not missing:
+        return
+    has = f"{what} needs {_amounts(need)}; the cluster has {_amounts(missing)}"
+    if wait_s <= 0 or not _can_grow():
+        raise ValueError(f"{has} and cannot add nodes. {fix}")
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=bundles)
+    start = time.monotonic()
+    try:
+        while missing and time.monotonic() - start < wait_s:
+            waited = time.monotonic() - start
+            print(f"waiting for the autoscaler: {has} ({waited:.0f} of {wait_s:g} s)", flush=True)
+            deadline = min(wait_s, waited + every_s)
+            while (missing := short()) and time.monotonic() - start < deadline:
+                time.sleep(1)
+    finally:
+        request_resources(bundles=[])  # a standing request would keep nodes up for nothing
+    if missing:
+        raise TimeoutError(
+            f"{what} needs {_amounts(need)}; after {wait_s:g} s the cluster has "
+            f"{_amounts(missing)}. {fix}"
+        )

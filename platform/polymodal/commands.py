@@ -59,7 +59,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         cfg = with_init_model(load_config(args.config, args.overrides))
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print(f"polymodal: error: {exc}", file=sys.stderr)
         return 1
     set_keys = len(args.overrides)
     print(
@@ -158,17 +158,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from polymodal.cluster import ensure_ray
-    from polymodal.inference.model import list_models
+    from polymodal.serving import preflight
 
-    if not list_models(args.model_dir):
-        raise FileNotFoundError(f"{args.model_dir}: no checkpoints (no polymodal.json found)")
-    ensure_ray(args.address, metrics_port=args.metrics_port)
-    from ray import serve
-
-    from polymodal.serving.app import build_app
-
-    app = build_app(
+    # Every flag checked before Ray starts (seconds, and pages of logs, later).
+    settings = preflight.serve_args(
         args.model_dir,
         max_batch_size=args.max_batch_size,
         max_models=args.max_models,
@@ -176,6 +169,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         index_dir=args.index_dir,
         replicas=args.replicas,
     )
+    preflight.check_model_dir(args.model_dir)
+    if args.index_dir:
+        preflight.check_index_dir(args.index_dir)
+    if not args.address:  # an embedded cluster listens here; a cluster's head, not here
+        preflight.check_port("--port", args.host, args.port)
+        if args.metrics_port:
+            if args.metrics_port == args.port:
+                raise ValueError(f"--metrics-port {args.metrics_port}: the same as --port")
+            preflight.check_port("--metrics-port", args.host, args.metrics_port)
+    from polymodal.cluster import ensure_ray, require
+
+    ensure_ray(args.address, metrics_port=args.metrics_port)
+    if args.num_gpus:
+        require(
+            [{"GPU": args.num_gpus}] * args.replicas,
+            f"--num-gpus {args.num_gpus:g} with --replicas {args.replicas}",
+            "Serve on CPUs (--num-gpus 0), fewer replicas, or add GPU nodes.",
+            wait_s=args.resources_wait_s,
+        )
+    from ray import serve
+
+    from polymodal.serving.app import build_app
+
+    app = build_app(**settings.model_dump())
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, route_prefix="/")
     print(f"serving {args.model_dir} at http://{args.host}:{args.port} (docs: /docs); Ctrl-C stops")

@@ -171,3 +171,17 @@ def parse_meta(data: bytes, file: str) -> RunMeta:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise CheckpointError(f"{file}: '{where}': {first['msg']}") from None
+
+
+def list_models(model_dir: str) -> dict[str, str]:
+    """Model name -> checkpoint location, for a checkpoint (one model, named after its
+    directory) or a directory of checkpoints, local or s3://."""
+    if storage.is_file(storage.join(model_dir, META)):
+        return {Path(str(model_dir).rstrip("/")).name: str(model_dir)}
+    if not storage.exists(model_dir):
+        raise FileNotFoundError(f"{model_dir}: not a checkpoint or a directory of checkpoints")
+    return {
+        name: storage.join(model_dir, name)
+        for name in storage.list_dirs(model_dir)
+        if storage.is_file(storage.join(model_dir, name, META))
+    }

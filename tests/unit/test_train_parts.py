@@ -202,7 +202,7 @@ def test_a_finished_runs_figures_are_best_effort(capsys):
 def test_workers_that_hold_every_cpu_are_refused_with_the_numbers():
     """Two 1-CPU workers on two 1-CPU nodes sat at '0 rows': refused before starting."""
     from polymodal.config import load_config
-    from polymodal.train.run import check_cpus
+    from polymodal.train.prepare import check_cpus
 
     cfg = load_config(None, ["train.num_workers=2", "train.cpus_per_worker=1"])
     with pytest.raises(ValueError) as err:

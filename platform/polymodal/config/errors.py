@@ -55,6 +55,9 @@ def annotation(root: type[BaseModel], loc: tuple) -> Any:
     """The declared type at loc (a path of field names from root), None past a model."""
     tp: Any = root
     for part in loc:
+        if isinstance(part, int) and typing.get_origin(tp) in (list, tuple):
+            tp = typing.get_args(tp)[0]  # an item of a list, e.g. train.tracking[0]
+            continue
         if not (isinstance(tp, type) and issubclass(tp, BaseModel)) or part not in tp.model_fields:
             return None
         tp = tp.model_fields[part].annotation

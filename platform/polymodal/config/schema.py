@@ -144,6 +144,12 @@ class TrainConfig(Section):
     num_workers: int = Field(2, ge=0, description="Ray Train workers (0: in the driver).")
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: Float = Field(1.0, description="CPUs Ray reserves for each worker.")
+    resources_wait_s: Float = Field(
+        600.0,
+        ge=0,
+        description="On an autoscaling cluster, how long to wait for the GPUs the workers need "
+        "before failing (a fixed cluster without them fails at once).",
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK",
         description="Ray's placement group strategy for the workers. PACK: on as few nodes as "

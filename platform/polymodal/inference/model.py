@@ -4,31 +4,15 @@ raw values with the exact preprocessing of training (read from each checkpoint's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from polymodal import storage
 from polymodal.checkpoint import META, fetch_checkpoint, load_model, read_meta
 from polymodal.modalities import MODALITIES, Preprocessing
 from polymodal.models.joint import JointModel
 from polymodal.objectives.contrastive import matryoshka_dims
 from polymodal.retrieval.vectors import trained_sizes
-
-
-def list_models(model_dir: str) -> dict[str, str]:
-    """Model name -> checkpoint location, for a checkpoint (one model, named after its
-    directory) or a directory of checkpoints, local or s3://."""
-    if storage.is_file(storage.join(model_dir, META)):
-        return {Path(str(model_dir).rstrip("/")).name: str(model_dir)}
-    if not storage.exists(model_dir):
-        raise FileNotFoundError(f"{model_dir}: not a checkpoint or a directory of checkpoints")
-    return {
-        name: storage.join(model_dir, name)
-        for name in storage.list_dirs(model_dir)
-        if storage.is_file(storage.join(model_dir, name, META))
-    }
 
 
 def model_card(uri: str) -> dict:

@@ -10,8 +10,9 @@ import numpy as np
 from ray import serve
 from ray.serve import Deployment
 
-from polymodal.inference.model import LoadedModel, list_models
+from polymodal.inference.model import LoadedModel
 from polymodal.modalities import MODALITIES
+from polymodal.run_meta import list_models
 from polymodal.serving.batcher import Batcher
 from polymodal.serving.metrics import embedder_metrics
 from polymodal.serving.settings import BACKPRESSURE, DEFAULTS, limits

@@ -92,7 +92,11 @@ class Searcher:
         """The k nearest rows as SearchHit fields; NoIndex or SearchFailed."""
         index = await asyncio.to_thread(self._lookup, model, modality)
         if index is None:
-            message = f"no {modality} index for model '{model}' in the service's index_dir"
+            held = ", ".join(f"{m} ({mod})" for m, mod in sorted(self.indexes)) or "none yet"
+            message = (
+                f"no {modality} index for model '{model}'; indexes served: {held} "
+                "(`polymodal index` builds one into the service's index_dir)"
+            )
             raise NoIndex(message, "modality")
         start = time.perf_counter()
         try:

@@ -21,35 +21,41 @@ class ServeArgs(BaseModel):
     model_dir: str = Field(description="a checkpoint or a directory of checkpoints, local or s3://")
     max_batch_size: int = Field(
         32,
+        ge=1,
         description="items per forward pass, and full-size items' worth of work per batch (a "
         "large image counts as many)",
     )
     batch_wait_timeout_s: float = Field(
         0.002,
+        ge=0,
         description="under load, how long a batch may wait to fill (a lone request never waits)",
     )
     max_ongoing_requests: int = Field(
         64,
+        ge=1,
         description="requests a model replica works on at once; raised to max_batch_size if "
         "below it, or Serve would cap every batch at it",
     )
     max_queued_requests: int = Field(
         256,
+        ge=0,
         description="requests each caller may queue beyond max_ongoing_requests; the rest get "
         "503 with Retry-After at once, never a hang",
     )
-    max_models: int = Field(4, description="checkpoints kept loaded per replica (LRU)")
+    max_models: int = Field(4, ge=1, description="checkpoints kept loaded per replica (LRU)")
     num_cpus: float = Field(
-        0.5, description="CPUs per model replica (the gateway's and searcher's: half, when apart)"
+        0.5,
+        ge=0,
+        description="CPUs per model replica (the gateway's and searcher's: half, when apart)",
     )
-    num_gpus: float = Field(0, description="GPUs per model replica")
+    num_gpus: float = Field(0, ge=0, description="GPUs per model replica")
     index_dir: str | None = Field(
         None,
         description="a directory of `polymodal index` outputs (local or s3://), searched at "
         "POST /v1/search by a Searcher deployment that holds them apart from the models",
     )
     replicas: int = Field(
-        1, description="model replicas (serve/config.yaml's autoscaling_config overrides it)"
+        1, ge=1, description="model replicas (serve/config.yaml's autoscaling_config overrides it)"
     )
     split: bool = Field(
         False,

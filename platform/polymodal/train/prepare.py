@@ -11,6 +11,7 @@ from typing import Any
 
 from polymodal import storage
 from polymodal.checkpoint import RunMeta, init_weights
+from polymodal.cluster import require
 from polymodal.config import Config
 from polymodal.data.dataset import dataset_manifest, dataset_path, preprocessing_for
 from polymodal.data.format import Manifest
@@ -164,6 +165,19 @@ def ray_cpus() -> float:
     import ray
 
     return ray.cluster_resources().get("CPU", 0.0)
+
+
+def check_resources(cfg: Config) -> None:
+    """What one run's workers need, checked against the cluster before Train asks for it:
+    Train would wait for missing GPUs forever."""
+    check_cpus(cfg, ray_cpus())
+    if cfg.train.use_gpu:
+        require(
+            [{"GPU": 1.0}] * max(cfg.train.num_workers, 1),
+            f"train.use_gpu=true with train.num_workers={cfg.train.num_workers}",
+            "Set train.use_gpu=false, fewer workers, or add GPU nodes.",
+            wait_s=cfg.train.resources_wait_s,
+        )
 
 
 def check_cpus(cfg: Config, cluster_cpus: float) -> None:

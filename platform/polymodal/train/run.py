@@ -4,6 +4,7 @@ the TorchTrainer, fit, then write metrics.json and the loss-curve PNG into the r
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +21,9 @@ from polymodal.train.init_from import with_init_model
 from polymodal.train.prepare import (
     RunInputs,
     apply_storage,
-    check_cpus,
+    check_resources,
     check_run,
     prepare_inputs,
-    ray_cpus,
     run_dir_of,
     run_meta,
 )
@@ -96,12 +96,12 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
     manifest, prep = check_run(cfg)
     check_resume(cfg, run_dir_of(cfg), run_meta(cfg, manifest, prep))
     ensure_ray(address, cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
-    check_cpus(cfg, ray_cpus())
+    check_resources(cfg)
     inputs = prepare_inputs(cfg, manifest, prep)
     run_dir = run_dir_of(cfg)
     storage_path, name = run_dir.rsplit("/", 1)
     try:
-        result = build_trainer(cfg, inputs, storage_path, name).fit()
+        result = fit_interruptibly(build_trainer(cfg, inputs, storage_path, name), run_dir)
     except Exception:
         # Ray wraps the worker's error in its own; too many bad rows gets our plain message.
         totals = bad_row_totals(inputs)
@@ -114,6 +114,32 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
     checkpoint = storage.uri_of(result.checkpoint.path, run_dir)
     return_value = getattr(result, "return_value", None) or {}
     return finish_run(run_dir, checkpoint, return_value.get("epochs_run", 0))
+
+
+def fit_interruptibly(trainer: Any, run_dir: str) -> Any:
+    """trainer.fit() in a thread of its own, so that Ctrl-C stops the run at once: in the main
+    thread, Train's own handler asks its controller to abort and waits for an answer that a
+    controller blocked on starting its workers never gives. Leaving, the driver takes the
+    actors it owns (the controller, and with it the workers) along."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="train-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        print(f"\nstopping: checkpoints so far are in {run_dir}; the same command resumes")
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def finish_run(run_dir: str, checkpoint: str, epochs_run: int) -> RunResult:

@@ -13,10 +13,9 @@ from polymodal.train.init_from import with_init_model
 from polymodal.train.prepare import (
     RunInputs,
     apply_storage,
-    check_cpus,
+    check_resources,
     check_run,
     prepare_inputs,
-    ray_cpus,
     run_dir_of,
 )
 from polymodal.tune.report import SweepResult, write_results
@@ -102,7 +101,7 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) ->
     ensure_ray(address, trial_cpus(cfg) + 1)
     import ray
 
-    check_cpus(cfg, ray_cpus())  # one trial alone
+    check_resources(cfg)  # one trial alone
     concurrent = concurrent_trials(cfg, ray.cluster_resources(), ray.available_resources())
     sweep_dir = run_dir_of(cfg)
     storage_path, name = sweep_dir.rsplit("/", 1)
