@@ -31,6 +31,10 @@ def open_image(data: bytes) -> Image.Image:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own guard, before ours is reached
         raise DecodeError("image too large", str(exc)) from exc
+    except Image.UnidentifiedImageError as exc:  # its text holds the BytesIO's repr
+        raise DecodeError(
+            "unreadable image", "not PNG, JPEG or another format Pillow reads"
+        ) from exc
     except Exception as exc:  # PIL raises many types for corrupt data
         raise DecodeError("unreadable image", str(exc)) from exc
     return img

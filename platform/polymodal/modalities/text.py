@@ -101,7 +101,7 @@ def decode(value: Any, prep, augment=None, rng=None) -> np.ndarray:
 
 
 def serve_decode(value: str, prep, augment=None, rng=None) -> np.ndarray:
-    """An empty text embeds as all padding, as it always has over HTTP."""
+    """An empty text embeds as all padding (offline jobs; HTTP refuses one: parse_request)."""
     return encode_text(value, prep.text_max_len, prep.text_tokenizer)
 
 
@@ -177,8 +177,12 @@ def reconstruction_count(ids, present):
 
 
 def parse_request(value: Any, param: str) -> str:
+    """A text with something in it: an empty or blank one is refused (as OpenAI does), since
+    its embedding (all padding) is the same whatever the client meant to send."""
     if not isinstance(value, str):
         raise InputError("text data must be a string", param)
+    if not value.strip():
+        raise InputError("empty text; send at least one non-blank character", param)
     return value
 
 

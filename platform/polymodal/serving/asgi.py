@@ -14,6 +14,7 @@ from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polymodal.modalities.base import InputError
+from polymodal.serving.body_errors import explain
 from polymodal.serving.errors import NoIndex, SearchFailed, ServiceError
 from polymodal.serving.metrics import gateway_metrics
 from polymodal.serving.settings import RETRY_AFTER_S
@@ -40,6 +41,12 @@ def error(status: int, message: str, param: str | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content=body)
 
 
+def named(message: str, param: str | None) -> str:
+    """A client mistake's message starts with the field at fault: among many items, the one
+    (input[3]) is said where it is read, not only in `param`."""
+    return f"{param}: {message}" if param else message
+
+
 def over_capacity(status: int = 503, retry_after_s: float | None = None) -> JSONResponse:
     response = error(status, "the service is over capacity; retry later")
     response.headers["Retry-After"] = str(math.ceil(retry_after_s or RETRY_AFTER_S))
@@ -59,28 +66,27 @@ async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """FastAPI's own refusals (a body that is not JSON at all, an unknown route)."""
-    response = error(exc.status_code, str(exc.detail))
+    message = str(exc.detail)
+    if isinstance(exc.__cause__, UnicodeDecodeError):  # FastAPI's words name no cause
+        message = "the body is not valid JSON: it is not UTF-8 text"
+    response = error(exc.status_code, message)
     response.headers.update(exc.headers or {})
     return response
 
 
 async def _input_error(request: Request, exc: InputError) -> JSONResponse:
-    return error(exc.status, str(exc), exc.param)
+    return error(exc.status, named(str(exc), exc.param), exc.param)
 
 
 async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
     # isinstance, not type(exc): across a handle the class is Ray's RayTaskError(NoIndex).
     status = next(s for cls, s in SERVICE_STATUSES.items() if isinstance(exc, cls))
-    return error(status, exc.message, exc.param)
+    return error(status, named(exc.message, exc.param), exc.param)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    # The request's own field: deeper parts of pydantic's location name union members
-    # ("query.str"), not anything the client sent.
-    loc = first.get("loc", ())
-    param = str(loc[1]) if len(loc) > 1 else None
-    return error(400, f"invalid request: {first.get('msg', 'malformed body')}", param)
+    message, param = explain(list(exc.errors()), exc.body)
+    return error(400, message, param)
 
 
 class API(FastAPI):

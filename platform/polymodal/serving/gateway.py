@@ -12,14 +12,19 @@ from ray import serve
 from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
-from polymodal.inference.model import model_card
+from polymodal.inference.model import list_models, model_card
 from polymodal.modalities.base import InputError
 from polymodal.retrieval.quantize import FORMATS, quantize, unit_ranges
 from polymodal.retrieval.vectors import truncate
-from polymodal.run_meta import list_models
 from polymodal.serving.asgi import api, error
 from polymodal.serving.embedder import ModelServer
-from polymodal.serving.inputs import check_item, parse_item, parse_value
+from polymodal.serving.inputs import (
+    check_item,
+    modality_of,
+    parse_item,
+    parse_value,
+    require_modality,
+)
 from polymodal.serving.schemas import (
     MAX_ITEMS,
     ClassifyRequest,
@@ -151,11 +156,14 @@ class Gateway:
         )
 
     async def embeddings(self, body: EmbeddingRequest, request: Request) -> JSONResponse:
+        """One embedding per item, in order. Every item is checked before any is embedded: a
+        modality the model has no encoder for (before its data is decoded), an empty or blank
+        text, an image or WAV that does not decode, each a 400 naming the item (input[i])."""
         self._authorize(request)
         card = self._card(body.model)
+        one = isinstance(body.input, str)  # a lone text is `input`, not input[0]
         items = [body.input] if isinstance(body.input, str) else body.input
-        if not items:
-            raise InputError("input is empty", "input")
+        params = ["input"] if one else [f"input[{i}]" for i in range(len(items))]
         if len(items) > MAX_ITEMS:
             raise InputError(f"at most {MAX_ITEMS} items per request", "input", 413)
         if body.dimensions is not None and body.dimensions not in card["dimensions"]:
@@ -164,10 +172,12 @@ class Gateway:
                 f"(it was for {card['dimensions']})",
                 "dimensions",
             )
-        parsed = [parse_item(item, f"input[{i}]") for i, item in enumerate(items)]
+        prep = card["prep"]
+        for item, param in zip(items, params):  # every item's modality before any is decoded
+            require_modality(body.model, prep, modality_of(item), param)
+        parsed = [parse_item(item, param) for item, param in zip(items, params)]
         tokens = sum(
-            check_item(body.model, card["prep"], m, v, f"input[{i}]")
-            for i, (m, v) in enumerate(parsed)
+            check_item(body.model, prep, m, v, param) for (m, v), param in zip(parsed, params)
         )
         vectors = await self.model_server.embed(body.model, parsed)
         size = body.dimensions or card["dimension"]
@@ -184,18 +194,16 @@ class Gateway:
         return JSONResponse({"object": "list", "data": data, "model": body.model, "usage": usage})
 
     async def classify(self, body: ClassifyRequest, request: Request) -> ClassifyResponse:
+        """The class probabilities of one example: a value per modality, only the model's own,
+        each checked as /v1/embeddings checks an item (a 400 naming inputs.<modality>)."""
         self._authorize(request)
         card = self._card(body.model)
         if not card["labels"]:
             raise InputError(f"model '{body.model}' has no classifier labels", "model")
-        if not body.inputs:
-            raise InputError("inputs is empty", "inputs")
+        for modality in body.inputs:  # every modality before any value is decoded
+            require_modality(body.model, card["prep"], modality, f"inputs.{modality}")
         values = {}
         for modality, value in body.inputs.items():
-            if modality not in card["modalities"]:
-                raise InputError(
-                    f"model '{body.model}' has no {modality} encoder", f"inputs.{modality}"
-                )
             param = f"inputs.{modality}"
             values[modality] = parse_value(modality, value, param)
             check_item(body.model, card["prep"], modality, values[modality], param)
@@ -219,9 +227,8 @@ class Gateway:
                 "modality",
                 404,
             )
+        require_modality(body.model, card["prep"], modality_of(body.query), "query")
         modality, value = parse_item(body.query, "query")
-        if modality == "text" and not value.strip():
-            raise InputError("query is empty", "query")
         check_item(body.model, card["prep"], modality, value, "query")
         vectors = await self.model_server.embed(body.model, [(modality, value)])
         # NoIndex and SearchFailed from the searcher are answered by the app's handlers.

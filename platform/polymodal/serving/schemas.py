@@ -37,14 +37,17 @@ class Request(BaseModel):
 class TypedItem(Request):
     type: ModalityName
     data: str | list[float] = Field(
-        description="text, base64 image bytes (PNG/JPEG), base64 WAV bytes, or a vector's numbers"
+        description="text (not empty or blank), base64 image bytes (PNG/JPEG), base64 WAV "
+        "bytes, or a vector's numbers"
     )
 
 
 class EmbeddingRequest(Request):
     model: str
     input: str | Annotated[list[str | TypedItem], Field(min_length=1)] = Field(
-        description="text, a list of texts, data URIs (data:image/png;base64,...) or typed items"
+        description="text, a list of texts, data URIs (data:image/png;base64,...) or typed "
+        "items; an empty or blank text is refused (400, as OpenAI does), as is an item of a "
+        "modality the model has no encoder for"
     )
     encoding_format: Literal["float", "base64", "int8", "uint8", "binary", "ubinary"] = Field(
         "float",
@@ -82,7 +85,8 @@ class ClassifyRequest(Request):
     model: str
     inputs: dict[ModalityName, str | list[float]] = Field(
         min_length=1,
-        description="modality -> text, data URI or base64 image/WAV, or a vector's numbers",
+        description="modality -> text (not empty or blank), data URI or base64 image/WAV, "
+        "or a vector's numbers: only the model's modalities",
     )
 
 
@@ -109,7 +113,8 @@ class ModelList(BaseModel):
 class SearchRequest(Request):
     model: str
     query: str | TypedItem = Field(
-        description="text, an image as a data URI (data:image/png;base64,...), or a typed item"
+        description="text (not empty or blank), an image as a data URI "
+        "(data:image/png;base64,...), or a typed item"
     )
     modality: str = Field("image", description="what to search: the modality of the index")
     k: Whole = Field(10, ge=1, le=MAX_K, description="how many results")
