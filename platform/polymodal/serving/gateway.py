@@ -12,10 +12,11 @@ from ray import serve
 from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
-from polymodal.inference.model import list_models, model_card
+from polymodal.inference.model import model_card
 from polymodal.modalities.base import InputError
 from polymodal.retrieval.quantize import FORMATS, quantize, unit_ranges
 from polymodal.retrieval.vectors import truncate
+from polymodal.run_meta import list_models
 from polymodal.serving.asgi import api, error
 from polymodal.serving.embedder import ModelServer
 from polymodal.serving.inputs import (
