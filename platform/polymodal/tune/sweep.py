@@ -4,6 +4,7 @@ ASHA (or FIFO) under a Tuner, resume an interrupted sweep of the same name, writ
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -135,7 +136,15 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) ->
                 name=name, storage_path=storage_path, verbose=1 if progress else 0
             ),
         )
-    results = tuner.fit()
+    # Tune's own Ctrl-C handler ends the sweep as if it had finished (exit 0, a "best" of
+    # half-run trials); without it Ctrl-C stops it at once, and the state Tune saves as it
+    # goes resumes it.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        print(f"\nstopping: the sweep is saved in {sweep_dir}; the same command resumes it")
+        raise
     return write_results(results, cfg, sweep_dir)
 
 
