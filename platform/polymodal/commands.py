@@ -7,6 +7,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from polymodal.config import Config
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -69,11 +73,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _checked_config(args: argparse.Namespace) -> Config:
+    """The config with its overrides and train.init_from's model section, checked."""
     from polymodal.config import load_config
+    from polymodal.train.init_from import with_init_model
 
-    # Checked before torch and Ray are imported: a config error prints in well under 2 s.
     cfg = load_config(args.config, args.overrides)
+    cfg.storage.apply()  # train.init_from may be on s3://
+    return with_init_model(cfg)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    # Checked before torch and Ray are imported: a config error prints in well under 2 s.
+    cfg = _checked_config(args)
     from polymodal.evaluation.report import write_report
     from polymodal.train.run import best_effort, fit
 
@@ -94,9 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from polymodal.config import load_config
-
-    cfg = load_config(args.config, args.overrides)  # before torch and Ray, as for train
+    cfg = _checked_config(args)  # before torch and Ray, as for train
     from polymodal.tune.sweep import format_table, run_sweep
 
     result = run_sweep(cfg, address=args.address)

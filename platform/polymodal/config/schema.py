@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from polymodal import storage
 from polymodal.sections import Float, PretrainedSettings, Section, TowerSettings
 
 
@@ -285,6 +286,12 @@ class StorageConfig(Section):
     region: str = Field("", description="AWS_REGION when empty.")
     access_key_id: str = Field("", repr=False, description="AWS_ACCESS_KEY_ID when empty.")
     secret_access_key: str = Field("", repr=False, description="AWS_SECRET_ACCESS_KEY when empty.")
+
+    def apply(self) -> None:
+        """These settings for this process and the Ray workers it starts (storage.configure)."""
+        storage.configure(
+            self.endpoint_url, self.region, self.access_key_id, self.secret_access_key
+        )
 
 
 SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key")

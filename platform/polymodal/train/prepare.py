@@ -9,7 +9,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from polymodal import storage
 from polymodal.checkpoint import RunMeta, init_weights
 from polymodal.cluster import require
 from polymodal.config import Config
@@ -26,11 +25,6 @@ def run_dir_of(cfg: Config) -> str:
     if "://" not in root:
         root = os.path.abspath(root)
     return f"{root.rstrip('/')}/{cfg.train.name}"
-
-
-def apply_storage(cfg: Config) -> None:
-    s = cfg.storage
-    storage.configure(s.endpoint_url, s.region, s.access_key_id, s.secret_access_key)
 
 
 def check_run(cfg: Config) -> tuple[Manifest, Preprocessing]:

@@ -20,7 +20,6 @@ from polymodal.train.bad_rows import check_bad_fraction, write_bad_rows
 from polymodal.train.init_from import with_init_model
 from polymodal.train.prepare import (
     RunInputs,
-    apply_storage,
     check_resources,
     check_run,
     prepare_inputs,
@@ -91,7 +90,7 @@ def build_trainer(
 
 
 def fit(cfg: Config, address: str | None = None) -> RunResult:
-    apply_storage(cfg)
+    cfg.storage.apply()
     cfg = with_init_model(cfg)
     manifest, prep = check_run(cfg)
     check_resume(cfg, run_dir_of(cfg), run_meta(cfg, manifest, prep))

@@ -13,7 +13,6 @@ from polymodal.config import Config, ConfigError
 from polymodal.train.init_from import with_init_model
 from polymodal.train.prepare import (
     RunInputs,
-    apply_storage,
     check_resources,
     check_run,
     prepare_inputs,
@@ -96,7 +95,7 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) ->
     from ray import tune
 
     check_tune(cfg)
-    apply_storage(cfg)
+    cfg.storage.apply()
     cfg = with_init_model(cfg)
     manifest, prep = check_run(cfg)
     ensure_ray(address, trial_cpus(cfg) + 1)
