@@ -28,6 +28,26 @@ EXAMPLES = """examples:
 """
 
 
+def number(kind: type, low: float, high: float | None = None, above: bool = False):
+    """An argparse type: an int or float in [low, high) ((low, high) with above), so that a
+    count of 0 is refused at once, naming the flag, and not by Ray minutes later."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+            ) from None
+        if value < low or (above and value == low) or (high is not None and value >= high):
+            bound = f"> {low:g}" if above else f">= {low:g}"
+            bound += f" and < {high:g}" if high is not None else ""
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
 def _add_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
 
@@ -62,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--strict", action="store_true", help="fail on the first bad row")
     ing.add_argument(
         "--val-fraction",
-        type=float,
+        type=number(float, 0, 1),
         default=0.1,
         help="share of ids in val when the source has no split (default 0.1)",
     )
-    ing.add_argument("--rows-per-shard", type=int, default=10_000)
+    ing.add_argument("--rows-per-shard", type=number(int, 1), default=10_000)
     ing.add_argument(
         "--map",
         nargs="+",
@@ -75,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. --map image=jpg text=caption; vector=COL for a list column or "
         "vector=C1,C2,... for numeric columns)",
     )
-    ing.add_argument("--limit", type=int, default=None, help="read at most N rows (per split)")
+    ing.add_argument(
+        "--limit", type=number(int, 1), default=None, help="read at most N rows (per split)"
+    )
     ing.add_argument(
         "--overwrite",
         action="store_true",
@@ -88,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print a dataset's schema, row counts per split and its first rows.",
     )
     ins.add_argument("dataset")
-    ins.add_argument("--rows", type=int, default=5)
+    ins.add_argument("--rows", type=number(int, 0), default=5)
     ins.set_defaults(func=commands.cmd_inspect)
     val = data_sub.add_parser(
         "validate",
@@ -200,16 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("out", help="index directory (local or s3://); a rebuild replaces it")
     ix.add_argument("--modality", default="image", help="what the index holds (default image)")
     ix.add_argument("--split", default="val")
-    ix.add_argument("--shard-rows", type=int, default=100_000, help="rows per shard file")
-    ix.add_argument("--batch-size", type=int, default=256, help="rows per embedding batch")
-    ix.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per embedding actor")
-    ix.add_argument("--actors", type=int, default=1, help="embedding actors")
+    ix.add_argument(
+        "--shard-rows", type=number(int, 1), default=100_000, help="rows per shard file"
+    )
+    ix.add_argument(
+        "--batch-size", type=number(int, 1), default=256, help="rows per embedding batch"
+    )
+    ix.add_argument(
+        "--num-cpus",
+        type=number(float, 0, above=True),
+        default=1.0,
+        help="CPUs per embedding actor",
+    )
+    ix.add_argument("--actors", type=number(int, 1), default=1, help="embedding actors")
     ix.add_argument(
         "--model", help="model name searches use (default: the checkpoint directory's name)"
     )
     ix.add_argument(
         "--dimensions",
-        type=int,
+        type=number(int, 1),
         help="index this Matryoshka prefix of the embeddings (a size the model was trained at)",
     )
     ix.add_argument(
@@ -251,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument(
         "--resources-wait-s",
-        type=float,
+        type=number(float, 0),
         default=600.0,
         help="on an autoscaling cluster, how long to wait for the replicas' GPUs (a fixed "
         "cluster without them fails at once)",
@@ -268,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
         "by label, and the config.",
     )
     rp.add_argument("run_dir", help="a run directory (holds metrics.json), local or s3://")
-    rp.add_argument("--rows", type=int, default=1000, help="val rows embedded for the figures")
+    rp.add_argument(
+        "--rows", type=number(int, 1), default=1000, help="val rows embedded for the figures"
+    )
     rp.add_argument(
         "--screenshot", metavar="PNG", help="also save a PNG of the page (headless Chromium)"
     )
@@ -295,7 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sb.add_argument("--no-wait", action="store_true", help="print the job id and return")
     sb.add_argument(
-        "--entrypoint-num-cpus", type=float, default=None, help="CPUs reserved for the driver"
+        "--entrypoint-num-cpus",
+        type=number(float, 0),
+        default=None,
+        help="CPUs reserved for the driver",
     )
     sb.set_defaults(func=commands.cmd_submit)
 

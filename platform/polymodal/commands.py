@@ -251,11 +251,16 @@ def cmd_index(args: argparse.Namespace) -> int:
     read_manifest(args.dataset)
     inputs = {"the dataset": args.dataset, "the checkpoint": args.checkpoint}
     storage.check_output_dir(args.out, "OUT", inputs, rebuildable)
-    from polymodal.cluster import ensure_ray
+    from polymodal.cluster import ensure_ray, require
     from polymodal.inference.offline import build_index, check_index_inputs
 
     check_index_inputs(args.checkpoint, args.dataset, args.modality, args.split, args.dimensions)
-    ensure_ray(args.address)
+    ensure_ray(args.address, args.num_cpus * args.actors)
+    require(
+        [{"CPU": args.num_cpus}] * args.actors,
+        f"--actors {args.actors} of --num-cpus {args.num_cpus:g}",
+        "Give fewer --actors or a smaller --num-cpus.",
+    )
     r = build_index(
         args.checkpoint,
         args.dataset,

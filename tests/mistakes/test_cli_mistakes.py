@@ -61,6 +61,24 @@ def test_a_directory_without_checkpoints_is_refused(tmp_path):
     assert_refused(run_cli("serve", str(tmp_path)), str(tmp_path), "no checkpoints")
 
 
+COUNTS = [
+    (["index", "C", "D", "O", "--actors", "0"], ["argument --actors: must be >= 1, got 0"]),
+    (["index", "C", "D", "O", "--num-cpus", "0"], ["argument --num-cpus: must be > 0, got 0"]),
+    (["index", "C", "D", "O", "--batch-size", "x"], ["--batch-size: 'x' is not an integer"]),
+    (["index", "C", "D", "O", "--dimensions", "-8"], ["argument --dimensions: must be >= 1"]),
+    (["data", "ingest", "S", "O", "--val-fraction", "1"], ["must be >= 0 and < 1, got 1"]),
+    (["data", "ingest", "S", "O", "--rows-per-shard", "0"], ["--rows-per-shard: must be >= 1"]),
+    (["data", "inspect", "D", "--rows", "-1"], ["argument --rows: must be >= 0, got -1"]),
+    (["report", "R", "--rows", "0"], ["argument --rows: must be >= 1, got 0"]),
+    (["serve", "C", "--resources-wait-s", "-1"], ["--resources-wait-s: must be >= 0"]),
+]
+
+
+@pytest.mark.parametrize("args,expect", COUNTS, ids=[" ".join(a) for a, _ in COUNTS])
+def test_counts_and_fractions_are_checked_by_the_parser(args, expect):
+    assert_refused(run_cli(*args), *expect)
+
+
 CONFIG_MISTAKES = [
     (["train.tracking=[comet]"], ["train.tracking[0]", "tensorboard, mlflow, wandb", "comet"]),
     (["train.checkpoint_every_steps=-1"], ["train.checkpoint_every_steps", ">= 0"]),
