@@ -92,8 +92,10 @@ def require(
     if not missing:
         return
     has = f"{what} needs {_amounts(need)}; the cluster has {_amounts(missing)}"
-    if wait_s <= 0 or not _can_grow():
+    if not _can_grow():
         raise ValueError(f"{has} and cannot add nodes. {fix}")
+    if wait_s <= 0:
+        raise ValueError(f"{has}. {fix}")
     from ray.autoscaler.sdk import request_resources
 
     request_resources(bundles=bundles)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -221,16 +222,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_embed(args: argparse.Namespace) -> int:
+def _check_embedding(
+    args: argparse.Namespace, reusable: Callable[[list[str]], bool] | None = None
+) -> None:
+    """embed's and index's inputs, before torch and Ray (seconds): refused before any row is
+    embedded, and OUT never inside DATASET or CHECKPOINT."""
     from polymodal import storage
     from polymodal.data.format import read_manifest
     from polymodal.run_meta import meta_of
 
-    # Before torch and Ray (seconds): refused before any row is embedded, never into DATASET.
     meta_of(args.checkpoint)
     read_manifest(args.dataset)
     inputs = {"the dataset": args.dataset, "the checkpoint": args.checkpoint}
-    storage.check_output_dir(args.out, "OUT", inputs)
+    storage.check_output_dir(args.out, "OUT", inputs, reusable)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    _check_embedding(args)
     from polymodal.cluster import ensure_ray
     from polymodal.inference.offline import embed_dataset
 
@@ -241,16 +249,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from polymodal import storage
-    from polymodal.data.format import read_manifest
     from polymodal.retrieval.index import rebuildable
-    from polymodal.run_meta import meta_of
 
-    # As for embed; an index already at OUT is rebuilt.
-    meta_of(args.checkpoint)
-    read_manifest(args.dataset)
-    inputs = {"the dataset": args.dataset, "the checkpoint": args.checkpoint}
-    storage.check_output_dir(args.out, "OUT", inputs, rebuildable)
+    _check_embedding(args, rebuildable)  # an index already at OUT is rebuilt
     from polymodal.cluster import ensure_ray, require
     from polymodal.inference.offline import build_index, check_index_inputs
 
