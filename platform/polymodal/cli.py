@@ -7,13 +7,10 @@ This file builds the parser and dispatches; commands.py holds what each subcomma
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-import time
-import traceback
 
 from polymodal import commands
+from polymodal.cli_errors import report
 from polymodal.retrieval.ann import KINDS
 from polymodal.retrieval.index import PRECISIONS
 
@@ -366,68 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         args.args += extra
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("polymodal: stopped (Ctrl-C)", file=sys.stderr)
-        return 130
-    # A user's mistake (a config key, a path, a flag): its message says what to fix.
-    except (ValueError, OSError, ConnectionError) as exc:
-        print(f"polymodal: error: {_message(exc)}{_where(exc)}", file=sys.stderr)
-        if args.verbose:
-            traceback.print_exc()
-        return 2
-    except Exception as exc:
-        if args.verbose:
-            traceback.print_exc()
-            return 1
-        log = _save_traceback(args)
-        print(
-            f"polymodal: error: {type(exc).__name__}: {_first_line(exc)} "
-            f"(the traceback is in {log}; --verbose prints it)",
-            file=sys.stderr,
-        )
-        return 1
-
-
-def _message(exc: BaseException) -> str:
-    """The error itself, without the remote traceback Ray puts in front of an error raised in
-    a task or actor (RayTaskError(ValueError) is both)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException) and cause is not exc:
-        return _message(cause)
-    return str(exc)
-
-
-def _where(exc: BaseException) -> str:
-    """For an OS error that names no file (os.getcwd() of a vanished directory), the call
-    that raised it, so the message still says what it was about."""
-    # errno None: raised by polymodal with its own message, which names the file.
-    if not isinstance(exc, OSError) or exc.filename or exc.errno is None:
-        return ""
-    if exc.__traceback__ is None:  # pragma: no cover - raised errors carry one
-        return ""
-    frame = traceback.extract_tb(exc.__traceback__)[-1]
-    return f" (in {frame.name}, {os.path.basename(frame.filename)}:{frame.lineno})"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in _message(exc).splitlines() if line.strip()]
-    return lines[0] if lines else "(no message)"
-
-
-def _save_traceback(args: argparse.Namespace) -> str:
-    """The current exception's traceback in a log file of its own; its path."""
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = os.path.join(cache, "polymodal", "errors")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:  # a read-only home
-        folder = tempfile.gettempdir()
-    path = os.path.join(
-        folder, f"{time.strftime('%Y%m%d-%H%M%S')}-{args.command}-{os.getpid()}.log"
-    )
-    with open(path, "w") as f:
-        f.write(f"polymodal {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
-    return path
+    except (Exception, KeyboardInterrupt) as exc:
+        return report(exc, args.command, args.verbose)
 
 
 if __name__ == "__main__":

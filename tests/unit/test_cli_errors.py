@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from polymodal import cli
+from polymodal import cli, cli_errors
 
 
 def test_an_os_error_without_a_file_says_where_it_was_raised(tmp_path, monkeypatch, capsys):
@@ -25,7 +25,7 @@ def test_an_os_error_without_a_file_says_where_it_was_raised(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "No such file or directory (in abspath, " in err, err
     named = FileNotFoundError(2, "No such file or directory", "data/x.parquet")
-    assert cli._where(named) == ""  # the message already names the file
+    assert cli_errors._where(named) == ""  # the message already names the file
 
 
 def _raising(exc: BaseException):
