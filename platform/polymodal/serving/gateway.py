@@ -163,7 +163,7 @@ class Gateway:
         self._authorize(request)
         card = self._card(body.model)
         one = isinstance(body.input, str)  # a lone text is `input`, not input[0]
-        items = [body.input] if isinstance(body.input, str) else body.input
+        items = [body.input] if one else body.input
         params = ["input"] if one else [f"input[{i}]" for i in range(len(items))]
         if len(items) > MAX_ITEMS:
             raise InputError(f"at most {MAX_ITEMS} items per request", "input", 413)
