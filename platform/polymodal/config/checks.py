@@ -105,7 +105,26 @@ def training(cfg: Config) -> list[str]:
 
 # (check, whether it reads the model section: a config with train.init_from gets that section
 # from its checkpoint, on the driver, and is checked whole then).
+def sources(cfg: Config) -> list[str]:
+    """data.sources: not beside a data.path of its own, names unique."""
+    given = cfg.data.sources
+    if not given:
+        return []
+    problems = []
+    default_path = type(cfg.data).model_fields["path"].default
+    if cfg.data.path not in (default_path, *(s.path for s in given)):
+        problems.append("'data.path' and 'data.sources': give one or the other")
+    names = [s.named() for s in given]
+    problems += [
+        f"'data.sources[{i}].name': '{n}' names two sources; give each its own name"
+        for i, n in enumerate(names)
+        if n in names[:i]
+    ]
+    return problems
+
+
 CHECKS: list[tuple[Callable[[Config], list[str]], bool]] = [
+    (sources, False),
     (term_modalities, True),
     (pretrained_towers, True),
     (training, False),

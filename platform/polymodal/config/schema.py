@@ -11,6 +11,30 @@ from polymodal import storage
 from polymodal.sections import Float, PretrainedSettings, Section, TowerSettings
 
 
+class SourceConfig(Section):
+    """One dataset of a mixture (data.sources): any dataset data.path takes, with any subset
+    of the model's modalities."""
+
+    path: str = Field(description="As data.path: an ingested dataset or webdataset tars.")
+    weight: Float = Field(
+        1.0,
+        gt=0,
+        description="Upsampling factor: an epoch draws weight × its train rows from it (2: "
+        "each row twice; 0.5: a different half each epoch), so its share of the samples is "
+        "weight × rows over the sum for all sources.",
+    )
+    name: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_.-]*$",
+        description="What its metrics are called (default: the path's last part).",
+    )
+
+    def named(self) -> str:
+        """Its name, or its path's last part (a tar pattern's folder)."""
+        parts = [p for p in self.path.split("/") if p and "{" not in p and "*" not in p]
+        return self.name or (parts[-1] if parts else "source")
+
+
 class DataConfig(Section):
     """The dataset and how it is read. Each modality adds its own settings here (image_size,
     text_max_len, ...; see its Modality.data_settings)."""
@@ -20,6 +44,12 @@ class DataConfig(Section):
         description="A dataset written by `polymodal data ingest` (local or s3://), or "
         "webdataset tars read in place: a pattern like s3://bucket/shards/{00000..00099}.tar "
         "with val_path for val.",
+    )
+    sources: list[SourceConfig] = Field(
+        default_factory=list,
+        description="Several datasets in one run, instead of data.path: each a path, a "
+        "weight and a name. The model's modalities are the union of theirs; each modality "
+        "must share a source with another one, so that every pair is bound through them.",
     )
     val_path: str = Field("", description="webdataset only: the val tars.")
     label_names: list[str] = Field(

@@ -273,13 +273,14 @@ class DatasetWriter:
 
 
 def read_columns(path: str | Path, manifest: Manifest, modalities: list[str]) -> list[str]:
-    """The columns a model over `modalities` reads: those modalities, plus label if any."""
-    missing = [m for m in modalities if m not in manifest.modalities]
-    if missing:
+    """The columns a model over `modalities` reads: those of them the dataset holds (a source
+    of a mixture holds some only; the others read as missing), plus label if any."""
+    held = [m for m in modalities if m in manifest.modalities]
+    if not held:
         raise DatasetError(
-            f"{path}: dataset has no {missing} column (has {list(manifest.modalities)})"
+            f"{path}: dataset has none of {list(modalities)} (has {list(manifest.modalities)})"
         )
-    return list(modalities) + (["label"] if manifest.label_names is not None else [])
+    return held + (["label"] if manifest.label_names is not None else [])
 
 
 def is_webdataset(manifest: Manifest) -> bool:

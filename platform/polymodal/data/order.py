@@ -1,5 +1,6 @@
-"""The training order as a function of (seed, epoch, world size): which pieces each rank reads,
-in which order, and where a rank's stream resumes after a checkpoint. No Ray, no I/O.
+"""The training order as a function of (seed, epoch, world size): which pieces of which sources
+an epoch reads (mixture), which of them each rank reads in which order, and where a rank's
+stream resumes after a checkpoint. No Ray, no I/O.
 
 A position packs (piece ordinal in the rank's plan, row index within the piece's shuffled
 rows) into one int64, so it rides along in tensor batches; a rank's positions only grow.
@@ -25,6 +26,29 @@ def unpack(position: int) -> tuple[int, int]:
 def piece_rng(seed: list[int], chunk: int = 0) -> np.random.Generator:
     """The generator that shuffles a piece's rows (chunk: a tar's n-th table of rows)."""
     return np.random.default_rng([*seed, chunk])
+
+
+def mixture(
+    sources: list[list[dict[str, Any]]], weights: list[float], seed: int, epoch: int
+) -> list[dict[str, Any]]:
+    """The pieces an epoch reads from several sources, each tagged with its source's index:
+    a weight w takes floor(w) passes over its source's pieces, and for the fraction left that
+    share of its pieces (whole pieces: row groups or tars), drawn anew from (seed, epoch,
+    source). A single source of weight 1 reads its pieces as they are."""
+    out: list[dict[str, Any]] = []
+    for k, (pieces, weight) in enumerate(zip(sources, weights, strict=True)):
+        whole, part = divmod(weight, 1.0)
+        out += [{**p, "source": k} for _ in range(int(whole)) for p in pieces]
+        if part > 0 and pieces:
+            picks = max(round(part * len(pieces)), 1)
+            chosen = np.random.default_rng([seed, epoch, k]).choice(len(pieces), picks, False)
+            out += [{**pieces[i], "source": k} for i in sorted(chosen.tolist())]
+    return out
+
+
+def mixture_rows(sources: list[list[dict[str, Any]]], weights: list[float]) -> int:
+    """The rows an epoch of mixture reads, as weighted (a tar counts as one)."""
+    return round(sum(w * sum(p.get("rows", 1) for p in ps) for ps, w in zip(sources, weights)))
 
 
 def epoch_plan(

@@ -146,11 +146,22 @@ class PieceReader:
             start += chunk.num_rows
 
 
+@dataclass
+class SourceReaders:
+    """Reads a piece with its source's PieceReader (data/order.py's mixture tags each piece
+    with its source's index)."""
+
+    readers: list[PieceReader]
+
+    def __call__(self, item: dict[str, Any]) -> Iterator[Any]:
+        return self.readers[item.get("source", 0)](item)
+
+
 class Pieces(Datasource):
     """One Ray Data task per piece, which reads and decodes it; the pieces in the given order
     (a rank's plan for an epoch, kept in order by the iterating side)."""
 
-    def __init__(self, items: list[dict[str, Any]], reader: PieceReader):
+    def __init__(self, items: list[dict[str, Any]], reader: PieceReader | SourceReaders):
         self.items, self.reader = items, reader
 
     def estimate_inmemory_data_size(self) -> int | None:
@@ -227,7 +238,9 @@ def piece_reader(
     return PieceReader(columns, decode_batch_size, decode, ordered)
 
 
-def pieces_dataset(items: list[dict[str, Any]], reader: PieceReader) -> ray.data.Dataset:
+def pieces_dataset(
+    items: list[dict[str, Any]], reader: PieceReader | SourceReaders
+) -> ray.data.Dataset:
     """Lazy Ray Dataset of the decoded pieces `items`. One read task per row group or tar,
     decoding fused into it, so decoding runs in parallel however few the shards:
     read_parquet made one task of Fashion-MNIST's small shards."""

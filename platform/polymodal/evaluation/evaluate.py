@@ -120,6 +120,8 @@ def evaluate(
     dims = [None, *matryoshka_dims(cfg)]
     for a, b in itertools.permutations(model.modalities, 2):
         both = (present[a] > 0) & (present[b] > 0)
+        if not both.any():  # no row pairs them (sources that never do): nothing to measure
+            continue
         for d in dims:
             suffix = "" if d is None else f"/dim{d}"
             recalls = recall_at_k(

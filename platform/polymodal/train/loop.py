@@ -15,7 +15,7 @@ import torch
 
 from polymodal.batch import Batch
 from polymodal.checkpoint import Position, init_weights, save_checkpoint, upload
-from polymodal.data.order import epoch_plan, resume_plan
+from polymodal.data.order import epoch_plan, mixture, resume_plan
 from polymodal.data.pipeline import configure_ray_data, pieces_dataset
 from polymodal.models.build import build_model, recompute_activations, unlock_towers
 from polymodal.models.joint import JointModel
@@ -206,7 +206,9 @@ class Recipe:
         """This rank's batches of `epoch` from where it stands, and the steps of the epoch
         already trained (a mid-epoch resume's)."""
         cfg = self.cfg
-        plan = epoch_plan(self.inputs.train_pieces, cfg.train.seed, epoch, self.world)[self.rank]
+        inputs, seed = self.inputs, cfg.train.seed
+        read = mixture(inputs.train_pieces, inputs.weights, seed, epoch)
+        plan = epoch_plan(read, seed, epoch, self.world)[self.rank]
         done = 0
         if self.position and self.position.epoch == epoch:
             plan = resume_plan(plan, self.position.next[self.rank])

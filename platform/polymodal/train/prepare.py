@@ -12,8 +12,14 @@ from typing import Any
 from polymodal.checkpoint import RunMeta, init_weights
 from polymodal.cluster import require
 from polymodal.config import Config
-from polymodal.data.dataset import dataset_manifest, dataset_path, preprocessing_for
-from polymodal.data.format import Manifest
+from polymodal.data.dataset import (
+    DataSource,
+    data_sources,
+    dataset_path,
+    mixed_manifest,
+    sources_preprocessing,
+)
+from polymodal.data.order import mixture_rows
 from polymodal.modalities import Preprocessing, augmentations
 from polymodal.models.build import build_model
 from polymodal.objectives import active_terms
@@ -27,33 +33,71 @@ def run_dir_of(cfg: Config) -> str:
     return f"{root.rstrip('/')}/{cfg.train.name}"
 
 
-def check_run(cfg: Config) -> tuple[Manifest, Preprocessing]:
-    """The dataset's manifest, checked against the config, and its preprocessing; the model
-    is built once, so one that cannot be built fails here, before Ray starts. No Ray: in a
-    submitted job, the driver's working directory was gone once Ray had connected, and a
-    library first imported after that (torchvision) failed in os.getcwd()
-    (tests/integration/test_cluster.py); building the model here imports them in time."""
-    manifest = dataset_manifest(cfg)
-    for split in ("train", "val"):
-        if manifest.rows(split) == 0:
-            raise ValueError(f"{cfg.data.path}: split '{split}' is empty")
+def check_run(cfg: Config) -> tuple[list[DataSource], Preprocessing]:
+    """The datasets (data.path, or data.sources), checked against the config, and their
+    preprocessing; the model is built once, so one that cannot be built fails here, before
+    Ray starts. No Ray: in a submitted job, the driver's working directory was gone once Ray
+    had connected, and a library first imported after that (torchvision) failed in
+    os.getcwd() (tests/integration/test_cluster.py); building the model here imports them in
+    time."""
+    sources = data_sources(cfg)
+    for s in sources:
+        for split in ("train", "val"):
+            if s.manifest.rows(split) == 0:
+                raise ValueError(f"{s.path}: split '{split}' is empty")
+    check_modalities(cfg.model.modalities, sources)
+    if len(sources) > 1 and cached_modalities(cfg):
+        raise ValueError(
+            "data.sources: frozen towers' feature tables (train.cache_frozen_features) read one "
+            "dataset; train several without them"
+        )
+    manifest = mixed_manifest(sources)
     for name, term in active_terms(cfg).items():
         if "labels" in term.data_needs(term.settings(cfg)) and not manifest.label_names:
             raise ValueError(
-                f"{cfg.data.path}: objective.weights.{name} > 0 but the dataset has no labels"
+                f"{sources[0].path}: objective.weights.{name} > 0 but no dataset has labels"
             )
-    prep = preprocessing_for(cfg, manifest)
+    prep = sources_preprocessing(cfg, sources)
     model = build_model(cfg, prep, len(manifest.label_names or []))
     if cfg.train.init_from:  # workers load it again; a mismatch fails here, before Ray
         init_weights(model, cfg.train.init_from)
     sizes = [(p.numel(), p.requires_grad) for p in model.parameters()]
     trained = sum(n for n, grad in sizes if grad)
     print(f"model: {sum(n for n, _ in sizes):,} parameters, {trained:,} trained", flush=True)
-    return manifest, prep
+    return sources, prep
 
 
-def run_meta(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunMeta:
+def check_modalities(modalities: list[str], sources: list[DataSource]) -> None:
+    """Every model modality is in some source, and, with several sources, is bound to the
+    others: pairs that share a source link modalities, and they must link all of them."""
+    held = {m for s in sources for m in s.manifest.modalities}
+    missing = [m for m in modalities if m not in held]
+    if missing:
+        where = ", ".join(f"{s.name}: {list(s.manifest.modalities)}" for s in sources)
+        raise ValueError(f"model.modalities {missing}: no dataset has them ({where})")
+    if len(sources) == 1:
+        return
+    bound = {modalities[0]}
+    grown = True
+    while grown:  # modalities reachable from the first through sources that pair them
+        shared = [set(s.manifest.modalities) & set(modalities) for s in sources]
+        grown = False
+        for mods in shared:
+            if mods & bound and not mods <= bound:
+                bound |= mods
+                grown = True
+    if len(bound) < len(modalities):
+        apart = sorted(set(modalities) - bound)
+        raise ValueError(
+            f"data.sources: {apart} share no source with {sorted(bound)}: no pair links "
+            "them, so their embeddings would not be comparable; add a source that holds one "
+            "of each"
+        )
+
+
+def run_meta(cfg: Config, sources: list[DataSource], prep: Preprocessing) -> RunMeta:
     """Everything a checkpoint must carry; the loop adds epoch, step, metrics and history."""
+    manifest = mixed_manifest(sources)
     label_names = manifest.label_names
     return RunMeta(
         config=cfg.to_dict(),
@@ -72,9 +116,10 @@ class LoopInputs:
     read by train/loop.py's Recipe."""
 
     meta: RunMeta  # the run's checkpoint meta so far; its config is the run's
-    train_rows: int
-    train_pieces: list[dict[str, Any]]  # the train split's pieces (data/order.py deals them)
-    train_reader: Any  # data.pipeline.PieceReader: decodes a rank's pieces
+    train_rows: int  # an epoch's, as the sources' weights make it (data/order.py)
+    train_pieces: list[list[dict[str, Any]]]  # each source's train pieces (data/order.py)
+    weights: list[float]  # each source's
+    train_reader: Any  # data.pipeline.SourceReaders: decodes a rank's pieces
     val_rows: int
     bad_rows: Any  # the BadRows actor counting rows that decoding dropped
     sweep: str = ""  # the Tune sweep whose trial this is (trackers group by it)
@@ -98,17 +143,19 @@ class RunInputs:
         return self.loop.bad_rows
 
 
-def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunInputs:
-    """Lazy Ray datasets for train (shuffled) and val, from check_run's results."""
+def prepare_inputs(cfg: Config, sources: list[DataSource], prep: Preprocessing) -> RunInputs:
+    """Lazy Ray datasets for val (every source's), and each source's train pieces and reader,
+    from check_run's results."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from polymodal.data.pipeline import (
         BadRowsActor,
+        SourceReaders,
         configure_ray_data,
         piece_reader,
         pieces,
-        split_dataset,
+        pieces_dataset,
     )
 
     configure_ray_data(cfg.data.stall_timeout_s)
@@ -116,40 +163,48 @@ def prepare_inputs(cfg: Config, manifest: Manifest, prep: Preprocessing) -> RunI
     here = ray.get_runtime_context().get_node_id()
     pinned = NodeAffinitySchedulingStrategy(here, soft=False)
     bad_rows = BadRowsActor.options(scheduling_strategy=pinned).remote()
-    path = dataset_path(cfg)
-    # Train workers read their own pieces of train (train/loop.py); val goes through Train.
-    datasets = {
-        "val": split_dataset(
-            path,
-            "val",
-            prep,
-            decode_batch_size=cfg.data.decode_batch_size,
-            with_hashes=True,
-            bad_rows=bad_rows,
-            manifest=manifest,
-        ),
-    }
     needs = {n for t in active_terms(cfg).values() for n in t.data_needs(t.settings(cfg))}
-    train_reader = piece_reader(
-        path,
+
+    def readers(split: str, **kwargs: Any) -> SourceReaders:
+        return SourceReaders(
+            [
+                piece_reader(
+                    s.path,
+                    split,
+                    prep,
+                    cfg.data.decode_batch_size,
+                    bad_rows=bad_rows,
+                    manifest=s.manifest,
+                    **kwargs,
+                )
+                for s in sources
+            ]
+        )
+
+    # Train workers read their own pieces of train (train/loop.py); val goes through Train,
+    # in storage order, source after source.
+    val_pieces = [
+        {**p, "source": k} for k, s in enumerate(sources) for p in pieces(s.path, s.manifest, "val")
+    ]
+    datasets = {"val": pieces_dataset(val_pieces, readers("val", with_hashes=True))}
+    train_pieces = [pieces(s.path, s.manifest, "train") for s in sources]
+    weights = [s.weight for s in sources]
+    train_reader = readers(
         "train",
-        prep,
-        cfg.data.decode_batch_size,
         # Content hashes travel with training batches only when a term reads them.
         with_hashes="hashes" in needs,
-        bad_rows=bad_rows,
-        manifest=manifest,
         augment=augmentations(cfg),
         # Row keys for the sample log and for the frozen towers' feature tables.
         with_samples=bool(cfg.train.sample_log_dir or cached_modalities(cfg)),
         ordered=True,
     )
     loop = LoopInputs(
-        meta=run_meta(cfg, manifest, prep),
-        train_rows=manifest.rows("train"),
-        train_pieces=pieces(path, manifest, "train"),
+        meta=run_meta(cfg, sources, prep),
+        train_rows=mixture_rows(train_pieces, weights),
+        train_pieces=train_pieces,
+        weights=weights,
         train_reader=train_reader,
-        val_rows=manifest.rows("val"),
+        val_rows=sum(s.manifest.rows("val") for s in sources),
         bad_rows=bad_rows,
     )
     return RunInputs(loop, datasets)

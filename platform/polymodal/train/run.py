@@ -92,11 +92,11 @@ def build_trainer(
 def fit(cfg: Config, address: str | None = None) -> RunResult:
     cfg.storage.apply()
     cfg = with_init_model(cfg)
-    manifest, prep = check_run(cfg)
-    check_resume(cfg, run_dir_of(cfg), run_meta(cfg, manifest, prep))
+    sources, prep = check_run(cfg)
+    check_resume(cfg, run_dir_of(cfg), run_meta(cfg, sources, prep))
     ensure_ray(address, cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
     check_resources(cfg)
-    inputs = prepare_inputs(cfg, manifest, prep)
+    inputs = prepare_inputs(cfg, sources, prep)
     run_dir = run_dir_of(cfg)
     storage_path, name = run_dir.rsplit("/", 1)
     try:

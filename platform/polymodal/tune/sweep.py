@@ -97,7 +97,7 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) ->
     check_tune(cfg)
     cfg.storage.apply()
     cfg = with_init_model(cfg)
-    manifest, prep = check_run(cfg)
+    sources, prep = check_run(cfg)
     ensure_ray(address, trial_cpus(cfg) + 1)
     import ray
 
@@ -109,7 +109,7 @@ def run_sweep(cfg: Config, address: str | None = None, progress: bool = True) ->
         tune.with_parameters(
             run_trial,
             base=cfg.to_dict(),
-            inputs=materialize(prepare_inputs(cfg, manifest, prep)),
+            inputs=materialize(prepare_inputs(cfg, sources, prep)),
             sweep_dir=sweep_dir,
         ),
         {"CPU": TRIAL_DRIVER_CPUS},

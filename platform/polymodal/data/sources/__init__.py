@@ -10,6 +10,7 @@ from polymodal.data.sources.base import RawRow, Source
 from polymodal.data.sources.builtin import (
     asterisk,
     digits,
+    digits_spoken,
     digits_trimodal,
     emoji_images,
     fashion_mnist,
@@ -24,6 +25,7 @@ BUILTIN_SOURCES: dict[str, Callable[..., Source]] = {
     "builtin:fashion-mnist": fashion_mnist,
     "builtin:asterisk": asterisk,
     "builtin:digits-trimodal": digits_trimodal,
+    "builtin:digits-spoken": digits_spoken,
     "builtin:emoji": emoji_images,
 }
 

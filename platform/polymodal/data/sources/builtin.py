@@ -130,6 +130,33 @@ def digits_trimodal(limit: int | None = None) -> Source:
     )
 
 
+def digits_spoken(limit: int | None = None) -> Source:
+    """The digits' captions with the spoken digit of their class (Asterisk's digits/N.wav),
+    and no image: with builtin:digits (image + caption), a mixture that pairs audio with
+    image nowhere (data.sources)."""
+    recordings = {n: ASTERISK_SOUNDS / "digits" / f"{n}.wav" for n in range(10)}
+    require(recordings.values(), "asterisk-core-sounds-en-wav")
+    audio = {n: p.read_bytes() for n, p in recordings.items()}
+    images = digits(limit)
+
+    def rows() -> Iterator[RawRow]:
+        for row in images.rows:
+            assert row.label is not None  # every digit is labelled with its class
+            values = {"text": row.values["text"], "audio": audio[row.label]}
+            yield RawRow(row.number, row.id.replace("digit", "spoken"), values, row.label)
+
+    return Source(
+        name="builtin:digits-spoken",
+        modalities=["text", "audio"],
+        encodings={"text": "utf-8", "audio": "wav"},
+        label_names=DIGIT_LABELS,
+        labelled=True,
+        rows=rows(),
+        total=images.total,
+        extra=images.extra,
+    )
+
+
 def fashion_mnist(limit: int | None = None) -> Source:
     """The official 60k/10k split becomes train/val, so accuracy is comparable to the literature."""
     files = {

@@ -1,0 +1,76 @@
+"""Two datasets in one run on a real local Ray cluster: digit images with captions, and the
+captions with the spoken digit (audio never beside an image). Each epoch reads the sources as
+weighted, and the model ranks audio for images it never saw paired (held-out tri-modal rows)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from polymodal.config import load_config
+from polymodal.data.format import read_manifest, shard_paths
+from polymodal.data.ingest import ingest
+from polymodal.data.pipeline import sample_key
+from polymodal.evaluation.run import evaluate_checkpoint
+from polymodal.train.run import fit
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "jobs" / "configs" / "digits-bind.yaml"
+
+pytestmark = pytest.mark.integration
+
+
+def _train_ids(path: Path) -> set[int]:
+    manifest = read_manifest(path)
+    files = shard_paths(str(path), manifest, "train")
+    return {
+        sample_key(i) for f in files for i in pq.read_table(f, columns=["id"])["id"].to_pylist()
+    }
+
+
+def test_two_sources_train_as_weighted_and_bind_audio_to_images(
+    ray_cluster, digits_dataset, tmp_path
+):
+    spoken, trimodal = tmp_path / "digits-spoken", tmp_path / "digits-trimodal"
+    ingest("builtin:digits-spoken", spoken, progress=False)
+    ingest("builtin:digits-trimodal", trimodal, progress=False)
+    sources = f"[{{path: {digits_dataset}, name: images}}, {{path: {spoken}, weight: 0.5}}]"
+    cfg = load_config(
+        CONFIG,
+        [
+            f"data.sources={sources}",
+            f"train.storage_path={tmp_path / 'runs'}",
+            f"train.sample_log_dir={tmp_path / 'samples'}",
+            "train.epochs=2",
+            "train.num_workers=2",
+            "train.cpus_per_worker=0.5",
+        ],
+    )
+    result = fit(cfg)
+
+    images, speech = _train_ids(digits_dataset), _train_ids(spoken)
+    assert not images & speech  # the sources' rows are told apart by id
+    for epoch in (1, 2):
+        trained = Counter(
+            int(key)
+            for f in (tmp_path / "samples").glob(f"epoch-{epoch}-rank-*.txt")
+            for key in f.read_text().split()
+        )
+        assert max(trained.values()) == 1  # each row once an epoch
+        # Weight 1: every image row (but the last partial batch of each rank, dropped).
+        assert len(images & trained.keys()) > 0.9 * len(images)
+        # Weight 0.5: one of the spoken digits' two row groups (1,024 rows and the rest).
+        assert 0.3 * len(speech) < len(speech & trained.keys()) < 0.7 * len(speech)
+        assert trained.keys() <= images | speech
+
+    metrics = json.loads((Path(result.run_dir) / "metrics.json").read_text())
+    assert metrics["val/recall@5/text->audio"] > 0.5  # the pairs it was shown
+    assert "val/recall@1/image->audio" not in metrics  # no val row pairs them either
+    # Rows with all three: image -> audio was never trained, yet the right digit's recording
+    # (one per class) ranks first far above chance (0.1).
+    held_out = evaluate_checkpoint(result.checkpoint, str(trimodal))
+    assert held_out["val/recall@1/image->audio"] > 0.3, held_out
