@@ -11,7 +11,10 @@
                  decoded once into memory, against (c) `polymodal train` (2 workers, its
                  second epoch); target (c) >= 0.9x the better of (a) and (b)
 
-Run: .venv/bin/python benchmarks/train.py [--cases checkpointing,fsdp_memory,ray_overhead]
+  sources        the same model and data as one source and as two sources (data.sources,
+                 weights 0.5 each: as many rows per epoch): samples/s; target: within noise
+
+Run: .venv/bin/python benchmarks/train.py [--cases checkpointing,fsdp_memory,ray_overhead,sources]
      [--dry-run] [--data data/fashion-mnist]
 Prints one JSON line per case. --dry-run: tiny sizes, a check that the script runs.
 """
@@ -368,6 +371,28 @@ def case_ray_overhead(path: str, extra: tuple) -> dict:
     }
 
 
+def case_sources(path: str, extra: tuple) -> dict:
+    """The mixture's cost: `polymodal train` on the dataset as one source (data.path) against
+    the same dataset as two sources of weight 0.5 (data.sources: each epoch reads half of
+    each one's row groups, as many rows as one pass), alternated twice against the host's
+    drift."""
+    batch = _fashion(path, *extra)[0].train.batch_size
+    halves = ", ".join(f"{{path: {path}, name: {n}, weight: 0.5}}" for n in "ab")
+    two = f"data.sources=[{halves}]"
+    one_source, two_sources = [], []
+    for _ in range(2):
+        one_source.append(_polymodal(path, extra, batch))
+        two_sources.append(_polymodal(path, extra, batch, two))
+    best = [max(r["samples_per_s"] for r in runs) for runs in (one_source, two_sources)]
+    return {
+        "case": "sources",
+        "one_source": one_source,
+        "two_sources": two_sources,
+        "ratio_two_vs_one": round(best[1] / best[0], 3),
+        "target": "within noise of 1.0",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="checkpointing,fsdp_memory,ray_overhead")
@@ -381,7 +406,7 @@ def main() -> None:
     if "fsdp_memory" in cases:
         size = SIZES["dry" if args.dry_run else "fsdp_memory"]
         print(json.dumps(case_fsdp_memory(size, 2 if args.dry_run else 4)), flush=True)
-    if "ray_overhead" in cases:
+    if cases & {"ray_overhead", "sources"}:
         from polymodal.data.ingest import ingest
 
         data, extra = args.data, ()
@@ -391,7 +416,10 @@ def main() -> None:
             ingest("builtin:fashion-mnist", data, progress=False, limit=2000)
         elif not Path(data, "manifest.json").is_file():
             ingest("builtin:fashion-mnist", data, progress=False)
-        print(json.dumps(case_ray_overhead(data, extra)), flush=True)
+        if "ray_overhead" in cases:
+            print(json.dumps(case_ray_overhead(data, extra)), flush=True)
+        if "sources" in cases:
+            print(json.dumps(case_sources(data, extra)), flush=True)
 
 
 if __name__ == "__main__":

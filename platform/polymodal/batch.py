@@ -36,11 +36,13 @@ class Batch:
     hashes: dict[str, torch.Tensor] = field(default_factory=dict)
     label: torch.Tensor
     sample: torch.Tensor | None = None
+    source: torch.Tensor | None = None  # each row's source (data.sources), when read so
 
     @classmethod
     def from_dict(cls, d: Mapping[str, torch.Tensor]) -> Batch:
-        """From the decoded-batch dict: `m`, `m_present`, optional `m_hash`, `label` and an
-        optional `sample`; the modalities are the keys that have a `_present` twin."""
+        """From the decoded-batch dict: `m`, `m_present`, optional `m_hash`, `label`, and an
+        optional `sample` and `source`; the modalities are the keys that have a `_present`
+        twin."""
         mods = [m for m in d if present_key(m) in d]
         return cls(
             inputs={m: d[m] for m in mods},
@@ -48,6 +50,7 @@ class Batch:
             hashes={m: d[hash_key(m)] for m in mods if hash_key(m) in d},
             label=d["label"],
             sample=d.get("sample"),
+            source=d.get("source"),
         )
 
     @property
@@ -72,6 +75,7 @@ class Batch:
             hashes={m: fn(t) for m, t in self.hashes.items()},
             label=fn(self.label),
             sample=None if self.sample is None else fn(self.sample),
+            source=None if self.source is None else fn(self.source),
         )
 
 

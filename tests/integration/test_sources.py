@@ -70,6 +70,15 @@ def test_two_sources_train_as_weighted_and_bind_audio_to_images(
     metrics = json.loads((Path(result.run_dir) / "metrics.json").read_text())
     assert metrics["val/recall@5/text->audio"] > 0.5  # the pairs it was shown
     assert "val/recall@1/image->audio" not in metrics  # no val row pairs them either
+    # Each source's own recalls: its pairs only (the second is named after its path).
+    assert 0 <= metrics["val/images/recall@5/image->text"] <= 1
+    assert metrics["val/digits-spoken/recall@5/text->audio"] > 0.5
+    assert not [
+        k
+        for k in metrics
+        if k.startswith(("val/images/", "val/digits-spoken/")) and "audio" in k and "image" in k
+    ]
+    assert "val/images/recall@1/text->audio" not in metrics
     # Rows with all three: image -> audio was never trained, yet the right digit's recording
     # (one per class) ranks first far above chance (0.1).
     held_out = evaluate_checkpoint(result.checkpoint, str(trimodal))

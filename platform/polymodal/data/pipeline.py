@@ -141,6 +141,8 @@ class PieceReader:
                 if self.ordered:
                     positions = base + start + lo + np.arange(piece.num_rows, dtype=np.int64)
                 out = self.decode(piece, positions=positions)
+                if "source" in item:  # a mixture's piece: its rows say which source
+                    out["source"] = np.full(len(out["label"]), item["source"], dtype=np.int64)
                 if len(out["label"]):  # all rows bad: an empty block loses the tensor types
                     yield BlockAccessor.batch_to_block(out)
             start += chunk.num_rows

@@ -86,7 +86,7 @@ def evaluate(
     emb_parts: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
     present_parts: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
     hash_parts: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
-    labels, preds = [], []
+    labels, preds, sources = [], [], []
     loss_sums: dict[str, float] = defaultdict(float)
     n_batches = 0
     for batch in batches:
@@ -97,6 +97,8 @@ def evaluate(
             present_parts[m].append(batch.present[m].cpu())
             hash_parts[m].append(batch.hashes[m].cpu())
         labels.append(batch.label.cpu())
+        if batch.source is not None:
+            sources.append(batch.source.cpu())
         if out.class_logits is not None:
             preds.append(out.class_logits.argmax(-1).cpu())
         if losses:
@@ -118,20 +120,31 @@ def evaluate(
 
     # Matryoshka sizes: the same recalls over each renormalised prefix (suffix /dim<d>).
     dims = [None, *matryoshka_dims(cfg)]
-    for a, b in itertools.permutations(model.modalities, 2):
-        both = (present[a] > 0) & (present[b] > 0)
-        if not both.any():  # no row pairs them (sources that never do): nothing to measure
-            continue
-        for d in dims:
-            suffix = "" if d is None else f"/dim{d}"
-            recalls = recall_at_k(
-                F.normalize(emb[a][both][:, :d], dim=-1),
-                F.normalize(emb[b][both][:, :d], dim=-1),
-                hashes[b][both],
-                eval_cfg.recall_ks,
-                eval_cfg.chunk_size,
-            )
-            metrics.update({f"val/recall@{k}/{a}->{b}{suffix}": r for k, r in recalls.items()})
+    # Several sources: the recalls over all val rows, and over each source's alone.
+    groups: dict[str, torch.Tensor | None] = {"val/": None}
+    names = [s.named() for s in cfg.data.sources]
+    if sources and len(names) > 1:
+        source = torch.cat(sources)
+        groups |= {f"val/{name}/": source == k for k, name in enumerate(names)}
+    for prefix, rows in groups.items():
+        for a, b in itertools.permutations(model.modalities, 2):
+            both = (present[a] > 0) & (present[b] > 0)
+            if rows is not None:
+                both &= rows
+            if not both.any():  # no row pairs them (sources that never do): nothing to measure
+                continue
+            for d in dims:
+                suffix = "" if d is None else f"/dim{d}"
+                recalls = recall_at_k(
+                    F.normalize(emb[a][both][:, :d], dim=-1),
+                    F.normalize(emb[b][both][:, :d], dim=-1),
+                    hashes[b][both],
+                    eval_cfg.recall_ks,
+                    eval_cfg.chunk_size,
+                )
+                metrics.update(
+                    {f"{prefix}recall@{k}/{a}->{b}{suffix}": r for k, r in recalls.items()}
+                )
 
     labelled = label >= 0
     if preds and labelled.any():
