@@ -105,9 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     ins = data_sub.add_parser(
         "inspect",
         help="print schema, counts per split and a few rows",
-        description="Print a dataset's schema, row counts per split and its first rows.",
+        description="Print a dataset's schema, row counts per split and its first rows; "
+        "given a YAML config, its datasets (data.path or data.sources): each one's rows per "
+        "split, modalities, labels, weight and share of an epoch.",
     )
-    ins.add_argument("dataset")
+    ins.add_argument("dataset", help="a dataset, or a config (CONFIG [key=value ...])")
+    ins.add_argument("overrides", nargs="*", help="a config's key=value overrides")
     ins.add_argument("--rows", type=number(int, 0), default=5)
     ins.set_defaults(func=commands.cmd_inspect)
     val = data_sub.add_parser(

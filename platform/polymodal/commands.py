@@ -41,6 +41,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if args.dataset.endswith((".yaml", ".yml")):  # a config: the datasets it trains on
+        from polymodal.config import load_config
+        from polymodal.data.inspect import inspect_sources
+
+        print(inspect_sources(load_config(args.dataset, args.overrides)))
+        return 0
     from polymodal.data.inspect import inspect_dataset
 
     print(inspect_dataset(args.dataset, rows=args.rows))

@@ -10,7 +10,7 @@ import pytest
 
 from polymodal.config import ConfigError, load_config
 from polymodal.data.dataset import DataSource, mixed_manifest
-from polymodal.data.format import DatasetError, Manifest
+from polymodal.data.format import DatasetError, Manifest, read_manifest
 from polymodal.data.order import epoch_plan, mixture, mixture_rows
 from polymodal.train.prepare import check_modalities
 
@@ -98,3 +98,36 @@ def test_the_config_names_each_source_once_and_not_beside_data_path():
         load_config(None, ["data.path=elsewhere", "data.sources=[{path: a/x}, {path: b/x}]"])
     assert "'data.path' and 'data.sources': give one or the other" in str(err.value)
     assert "'data.sources[1].name': 'x' names two sources" in str(err.value)
+
+
+def test_inspect_lists_each_source_with_its_share_of_an_epoch(digits_dataset):
+    from polymodal.data.inspect import inspect_sources
+
+    sources = (
+        f"[{{path: {digits_dataset}, name: a}}, {{path: {digits_dataset}, name: b, weight: 2}}]"
+    )
+    text = inspect_sources(load_config(None, [f"data.sources={sources}"]))
+    rows = read_manifest(digits_dataset).rows("train")
+    assert text.splitlines()[0] == f"2 sources, {3 * rows} rows an epoch:"
+    assert "weight 1 = 33% of an epoch" in text and "weight 2 = 67% of an epoch" in text
+    assert "image, text; 10 labels" in text
+
+
+def test_bad_rows_are_counted_per_source_too():
+    from polymodal.data.pipeline import BadRows
+    from polymodal.train.bad_rows import BadDataError, check_bad_fraction
+
+    counter = BadRows()
+    counter.add("train", 100, [("d-1", "unreadable image")], "images")
+    counter.add("train", 50, [("s-1", "empty text"), ("s-2", "empty text")], "speech")
+    totals = counter.totals()
+    assert totals["sources"] == {
+        "images": {"seen": 100, "unreadable image": 1},
+        "speech": {"seen": 50, "empty text": 2},
+    }
+    assert {s["source"] for s in totals["samples"]} == {"images", "speech"}
+    with pytest.raises(BadDataError, match="by source: images 1 of 100, speech 2 of 50"):
+        check_bad_fraction(totals, 0.01, "data")
+    single = BadRows()
+    single.add("train", 10, [("x", "empty text")])
+    assert "sources" not in single.totals()  # one dataset: as before

@@ -103,8 +103,6 @@ def training(cfg: Config) -> list[str]:
     return problems
 
 
-# (check, whether it reads the model section: a config with train.init_from gets that section
-# from its checkpoint, on the driver, and is checked whole then).
 def sources(cfg: Config) -> list[str]:
     """data.sources: not beside a data.path of its own, names unique."""
     given = cfg.data.sources
@@ -123,6 +121,8 @@ def sources(cfg: Config) -> list[str]:
     return problems
 
 
+# (check, whether it reads the model section: a config with train.init_from gets that section
+# from its checkpoint, on the driver, and is checked whole then).
 CHECKS: list[tuple[Callable[[Config], list[str]], bool]] = [
     (sources, False),
     (term_modalities, True),

@@ -1,9 +1,12 @@
-"""`polymodal data inspect`: schema, row counts per split and a few rows, as text."""
+"""`polymodal data inspect`: a dataset's schema, row counts per split and a few rows; or a
+config's datasets (data.sources): each one's rows, modalities and share of an epoch."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from polymodal.config import Config
+from polymodal.data.dataset import data_sources
 from polymodal.data.format import open_shard, read_manifest, shard_paths
 
 
@@ -35,4 +38,23 @@ def inspect_dataset(path: str | Path, rows: int = 5) -> str:
         if manifest.label_names and rec.get("label") is not None:
             rec["label"] = f"{rec['label']} ({manifest.label_names[rec['label']]})"
         lines.append("  " + "  ".join(f"{k}={_short(v)}" for k, v in rec.items()))
+    return "\n".join(lines)
+
+
+def inspect_sources(cfg: Config) -> str:
+    """The datasets a config trains on: per source, its rows per split, modalities, labels,
+    weight and the share of an epoch's samples that weight gives it."""
+    sources = data_sources(cfg)
+    epoch = {s.name: s.weight * s.manifest.rows("train") for s in sources}
+    total = sum(epoch.values()) or 1
+    lines = [
+        f"{len(sources)} source{'s' if len(sources) > 1 else ''}, {round(total)} rows an epoch:"
+    ]
+    for s in sources:
+        splits = ", ".join(f"{k} {s.manifest.rows(k)}" for k in s.manifest.splits)
+        labels = f"{len(s.manifest.label_names)} labels" if s.manifest.label_names else "no labels"
+        lines.append(
+            f"  {s.name}: {s.path}\n    {', '.join(s.manifest.modalities)}; {labels}; rows: "
+            f"{splits}; weight {s.weight:g} = {epoch[s.name] / total:.0%} of an epoch"
+        )
     return "\n".join(lines)

@@ -42,21 +42,30 @@ class BadRows:
         self.seen: Counter = Counter()  # split -> rows
         self.bad: dict[str, Counter] = {}  # split -> reason -> rows
         self.samples: list[dict[str, str]] = []
+        self.by_source: dict[str, Counter] = {}  # a mixture's source -> "seen" and reasons
 
-    def add(self, split: str, seen: int, bad: list[tuple[str, str]]) -> None:
+    def add(self, split: str, seen: int, bad: list[tuple[str, str]], source: str = "") -> None:
         self.seen[split] += seen
         counts = self.bad.setdefault(split, Counter())
         for row_id, reason in bad:
             counts[reason] += 1
             if len(self.samples) < SAMPLE_IDS:
-                self.samples.append({"split": split, "id": row_id, "reason": reason})
+                sample = {"split": split, "id": row_id, "reason": reason}
+                self.samples.append(sample | ({"source": source} if source else {}))
+        if source:
+            mine = self.by_source.setdefault(source, Counter())
+            mine["seen"] += seen
+            mine.update(reason for _, reason in bad)
 
     def totals(self) -> dict[str, Any]:
-        return {
+        out = {
             "seen": dict(self.seen),
             "bad": {s: dict(c) for s, c in self.bad.items()},
             "samples": list(self.samples),
         }
+        if self.by_source:
+            out["sources"] = {s: dict(c) for s, c in self.by_source.items()}
+        return out
 
 
 # Applied as a call, not as a decorator: mypy would not type a decorated class as an actor.
@@ -78,6 +87,7 @@ def decode_table(
     augment: dict[str, Any] | None = None,
     with_samples: bool = False,
     positions: np.ndarray | None = None,
+    source: str = "",
 ) -> dict:
     """One block of raw rows → decoded (and, with augment, randomly changed) arrays, with
     `sample` the rows' sample_key if with_samples and `position` the rows' stream positions
@@ -92,7 +102,8 @@ def decode_table(
     if positions is not None:
         out["position"] = positions[kept]
     if bad_rows is not None:  # fire and forget: the count must not slow decoding down
-        bad_rows.add.remote(split, table.num_rows, [(ids[i], reason) for i, reason in bad])
+        bad = [(ids[i], reason) for i, reason in bad]
+        bad_rows.add.remote(split, table.num_rows, bad, source)
     return out
 
 
@@ -223,8 +234,10 @@ def piece_reader(
     augment: dict[str, Any] | None = None,
     with_samples: bool = False,
     ordered: bool = False,
+    source: str = "",
 ) -> PieceReader:
-    """The reader of one split's pieces; ordered for training (see PieceReader)."""
+    """The reader of one split's pieces; ordered for training (see PieceReader); source: a
+    mixture's source, which its bad rows are counted under too."""
     manifest = manifest or read_manifest(path)
     decode = functools.partial(
         decode_table,
@@ -235,6 +248,7 @@ def piece_reader(
         split=split,
         augment=augment or None,
         with_samples=with_samples,
+        source=source,
     )
     columns = ["id", *read_columns(path, manifest, prep.modalities)]
     return PieceReader(columns, decode_batch_size, decode, ordered)

@@ -32,6 +32,12 @@ def check_bad_fraction(totals: dict[str, Any], max_fraction: float, dataset: str
         for reason, n in counts.items():
             reasons[reason] = reasons.get(reason, 0) + n
     listed = ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items()))
+    by_source = [  # a mixture's: which source the bad rows came from
+        f"{name} {sum(c.values()) - c['seen']} of {c['seen']}"
+        for name, c in totals.get("sources", {}).items()
+    ]
+    if by_source:
+        listed += f"; by source: {', '.join(by_source)}"
     raise BadDataError(
         f"{dataset}: {bad} of {seen} rows read ({fraction:.2%}) could not be used ({listed}), "
         f"more than data.max_bad_fraction {max_fraction:.2%}; the rejected ids are listed in "

@@ -175,6 +175,7 @@ def prepare_inputs(cfg: Config, sources: list[DataSource], prep: Preprocessing) 
                     cfg.data.decode_batch_size,
                     bad_rows=bad_rows,
                     manifest=s.manifest,
+                    source=s.name if len(sources) > 1 else "",
                     **kwargs,
                 )
                 for s in sources

@@ -100,13 +100,18 @@ def digits(limit: int | None = None) -> Source:
     )
 
 
+def spoken_digits() -> dict[int, bytes]:
+    """Asterisk's recording of each digit (digits/N.wav), by digit."""
+    recordings = {n: ASTERISK_SOUNDS / "digits" / f"{n}.wav" for n in range(10)}
+    require(recordings.values(), "asterisk-core-sounds-en-wav")
+    return {n: p.read_bytes() for n, p in recordings.items()}
+
+
 def digits_trimodal(limit: int | None = None) -> Source:
     """scikit-learn's digits as image + caption + the spoken digit (Asterisk's recording of
     its class, digits/N.wav), paired by class. Every tenth row (by id) lacks its audio and
     another tenth its caption, so training meets rows with a modality missing."""
-    recordings = {n: ASTERISK_SOUNDS / "digits" / f"{n}.wav" for n in range(10)}
-    require(recordings.values(), "asterisk-core-sounds-en-wav")
-    audio = {n: p.read_bytes() for n, p in recordings.items()}
+    audio = spoken_digits()
     images = digits(limit)
 
     def rows() -> Iterator[RawRow]:
@@ -134,9 +139,7 @@ def digits_spoken(limit: int | None = None) -> Source:
     """The digits' captions with the spoken digit of their class (Asterisk's digits/N.wav),
     and no image: with builtin:digits (image + caption), a mixture that pairs audio with
     image nowhere (data.sources)."""
-    recordings = {n: ASTERISK_SOUNDS / "digits" / f"{n}.wav" for n in range(10)}
-    require(recordings.values(), "asterisk-core-sounds-en-wav")
-    audio = {n: p.read_bytes() for n, p in recordings.items()}
+    audio = spoken_digits()
     images = digits(limit)
 
     def rows() -> Iterator[RawRow]:
