@@ -139,7 +139,10 @@ def test_a_wrong_path_is_refused_at_once(inputs, args, expect):
     root, data = Path(inputs["root"]), Path(inputs["data"])
     before = _listing(root), _listing(data)
     result = run_cli(*(a.format(**inputs) for a in args), cwd=root)
-    assert_refused(result, *(e.format(**inputs) for e in expect))
+    # A pickled module is told apart by torch's own weights_only loader: importing torch
+    # alone takes 2-3 s on a loaded 2-core host, so that row's bound only catches a hang.
+    within = 10.0 if "pickled_model.pt" in args else 3.0
+    assert_refused(result, *(e.format(**inputs) for e in expect), within=within)
     assert (_listing(root), _listing(data)) == before  # nothing written, nothing removed
 
 

@@ -21,8 +21,9 @@ MODEL = "checkpoint-v1"
 CHECKPOINT = Path(__file__).resolve().parents[1] / "fixtures" / MODEL
 # The bound for refusing a mistake, met by the median of a few tries; one try may take
 # longer on a loaded host (in process: 1-7 ms a request, 37 ms at most over 860 but for one GC
-# pause of 177 ms), so a single one is held to 0.5 s.
-WITHIN_S, ONE_TRY_S = 0.1, 0.5
+# pause of 177 ms; over 0.5 s once in a full suite run on 2 cores), so a single one is held
+# only to 2 s: a hang, not a speed.
+WITHIN_S, ONE_TRY_S = 0.1, 2.0
 
 
 def _b64(raw: bytes) -> str:
