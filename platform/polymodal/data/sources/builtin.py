@@ -6,6 +6,7 @@ Captions are made from the class name with a few templates, picked by id so they
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -123,15 +124,12 @@ def digits_trimodal(limit: int | None = None) -> Source:
                 values["text"] = None
             yield RawRow(row.number, row.id, values, row.label)
 
-    return Source(
+    return dataclasses.replace(
+        images,
         name="builtin:digits-trimodal",
         modalities=["image", "text", "audio"],
         encodings={"image": "png", "text": "utf-8", "audio": "wav"},
-        label_names=DIGIT_LABELS,
-        labelled=True,
         rows=rows(),
-        total=images.total,
-        extra=images.extra,
     )
 
 
@@ -148,15 +146,12 @@ def digits_spoken(limit: int | None = None) -> Source:
             values = {"text": row.values["text"], "audio": audio[row.label]}
             yield RawRow(row.number, row.id.replace("digit", "spoken"), values, row.label)
 
-    return Source(
+    return dataclasses.replace(
+        images,
         name="builtin:digits-spoken",
         modalities=["text", "audio"],
         encodings={"text": "utf-8", "audio": "wav"},
-        label_names=DIGIT_LABELS,
-        labelled=True,
         rows=rows(),
-        total=images.total,
-        extra=images.extra,
     )
 
 
