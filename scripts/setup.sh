@@ -7,11 +7,12 @@ VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 
 # Debian packages that carry real datasets: Fashion-MNIST (the demo, tests), Asterisk voice
-# prompts (WAV) and their transcripts (the audio modality), Noto Color Emoji (builtin:emoji);
+# prompts (WAV) and their transcripts (the audio modality), Noto Color Emoji (builtin:emoji),
+# the espeak-ng speech synthesiser (the spoken emoji names of builtin:emoji-spoken and -bind-*);
 # and headless Chromium for screenshots of run reports (`polymodal report --screenshot`).
 SYSTEM_PACKAGES=(
   dataset-fashion-mnist asterisk-core-sounds-en-wav asterisk-core-sounds-en
-  fonts-noto-color-emoji chromium-headless-shell
+  fonts-noto-color-emoji espeak-ng chromium-headless-shell
 )
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a source as a polymodal dataset (manifest + Parquet shards)",
         description="SOURCE is builtin:digits, builtin:fashion-mnist, builtin:digits-trimodal, "
         "builtin:digits-spoken, "
-        "builtin:asterisk, builtin:emoji; webdataset tars "
+        "builtin:asterisk, builtin:emoji, builtin:emoji-spoken, builtin:emoji-bind-image, "
+        "builtin:emoji-bind-speech; webdataset tars "
         "('shards/{00000..00099}.tar', local or s3://: key.jpg|png|webp, key.txt|json, key.cls); "
         "a Parquet or CSV file or directory with --map; or a folder holding index.csv or "
         "index.jsonl "

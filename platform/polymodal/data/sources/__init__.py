@@ -16,6 +16,7 @@ from polymodal.data.sources.builtin import (
     fashion_mnist,
 )
 from polymodal.data.sources.folder import folder
+from polymodal.data.sources.speech import emoji_bind_image, emoji_bind_speech, emoji_spoken
 from polymodal.data.sources.table import parse_mapping, table
 from polymodal.data.sources.webdataset import webdataset
 from polymodal.data.tars import is_webdataset_path
@@ -27,6 +28,9 @@ BUILTIN_SOURCES: dict[str, Callable[..., Source]] = {
     "builtin:digits-trimodal": digits_trimodal,
     "builtin:digits-spoken": digits_spoken,
     "builtin:emoji": emoji_images,
+    "builtin:emoji-spoken": emoji_spoken,
+    "builtin:emoji-bind-image": emoji_bind_image,
+    "builtin:emoji-bind-speech": emoji_bind_speech,
 }
 
 
