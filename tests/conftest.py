@@ -105,6 +105,16 @@ def digits_dataset(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def spoken_digits_dataset(tmp_path_factory) -> Path:
+    """The digits' captions with the spoken digit of their class (audio + text, no image)."""
+    from polymodal.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("data") / "digits-spoken"
+    ingest("builtin:digits-spoken", out, progress=False)
+    return out
+
+
 def write_tars(out: Path, rows, per_tar: int, damaged: dict[int, dict[str, bytes]] | None = None):
     """Real rows (RawRow) as img2dataset-style tars: key.png, key.txt, key.cls, key.json.
     damaged maps a row index to files that replace that sample's own. Returns the tar paths."""

@@ -25,12 +25,18 @@ class CheckpointError(ValueError):
 
 class Position(BaseModel):
     """Where a mid-epoch checkpoint stopped: its epoch, the steps of it trained, the world
-    size, and each rank's next packed (piece ordinal, row) stream position (data/order.py)."""
+    size, and each rank's next packed (piece ordinal, row) stream position (data/order.py):
+    `next` in its one stream, or (data.mix: batches) `by_source` in each source's."""
 
     epoch: int
     steps: int
     world: int
     next: list[int]
+    by_source: list[list[int]] = Field(default_factory=list)
+
+    def streams_of(self, rank: int) -> list[int]:
+        """A rank's next position in each of its streams."""
+        return self.by_source[rank] if self.by_source else [self.next[rank]]
 
 
 class FileSum(BaseModel):

@@ -17,12 +17,19 @@ from polymodal.data.pipeline import sample_key
 CONFIGS = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 
 
-def faulted_run_config(dataset: Path | str, root: Path | str, name: str) -> Config:
+def faulted_run_config(
+    dataset: Path | str, root: Path | str, name: str, speech: Path | str = ""
+) -> Config:
     """digits for 3 epochs on 2 workers that may fail twice, run under ROOT/NAME, each step's
-    sample ids logged to ROOT/samples."""
+    sample ids logged to ROOT/samples; with `speech` (spoken digits), digits-bind.yaml's two
+    sources, each global batch from one of them (data.mix: batches)."""
+    data = [f"data.path={dataset}"]
+    if speech:
+        sources = f"[{{path: {dataset}, name: images}}, {{path: {speech}, name: speech}}]"
+        data = [f"data.sources={sources}", "data.mix=batches"]
     return load_config(
-        CONFIGS / "digits.yaml",
-        [f"data.path={dataset}", f"train.storage_path={root}", f"train.name={name}"]
+        CONFIGS / ("digits-bind.yaml" if speech else "digits.yaml"),
+        [*data, f"train.storage_path={root}", f"train.name={name}"]
         + ["train.epochs=3", "train.num_workers=2", "train.cpus_per_worker=0.5"]
         + ["train.max_failures=2", f"train.sample_log_dir={Path(root) / 'samples'}"],
     )

@@ -1,7 +1,9 @@
-"""Training workers SIGKILLed twice mid-epoch with step checkpoints: Ray Train restarts the
-worker group, each time the run resumes at the next unseen batch of its last checkpoint, and
-finishes with every sample of every epoch trained, only the steps since a checkpoint twice.
-The run's TensorBoard, MLflow and W&B records continue across the restarts."""
+"""Training workers SIGKILLed twice mid-epoch with step checkpoints, on two sources (digit
+images with captions, spoken digits with captions; each global batch from one): Ray Train
+restarts the worker group, each time every rank resumes each source's stream at its next
+unseen batch, and the run finishes with every sample of every epoch trained, only the steps
+since a checkpoint twice. The run's TensorBoard, MLflow and W&B records continue across the
+restarts."""
 
 from __future__ import annotations
 
@@ -46,12 +48,13 @@ def _kill_workers_twice(samples: Path, killed: list):
 
 
 @pytest.fixture(scope="module")
-def killed_run(ray_cluster, digits_dataset, tmp_path_factory):
-    """digits with step checkpoints and every tracker, its workers killed twice."""
+def killed_run(ray_cluster, digits_dataset, spoken_digits_dataset, tmp_path_factory):
+    """digits and spoken digits with step checkpoints and every tracker, its workers killed
+    twice."""
     root = tmp_path_factory.mktemp("killed")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("WANDB_MODE", "offline")
-        cfg = faulted_run_config(digits_dataset, root, "killed")
+        cfg = faulted_run_config(digits_dataset, root, "killed", spoken_digits_dataset)
         cfg.train.checkpoint_every_steps = EVERY
         cfg.train.tracking = ["tensorboard", "mlflow", "wandb"]
         killed: list[int] = []
@@ -62,7 +65,15 @@ def killed_run(ray_cluster, digits_dataset, tmp_path_factory):
     return cfg, result, killed, root
 
 
-def test_killed_workers_resume_mid_epoch_and_skip_nothing(killed_run, digits_dataset, monkeypatch):
+def _train_keys(dataset: Path, speech: Path) -> set[int]:
+    images, spoken = split_keys(dataset, "train"), split_keys(speech, "train")
+    assert not images & spoken  # the sources' rows are told apart by id
+    return images | spoken
+
+
+def test_killed_workers_resume_mid_epoch_and_skip_nothing(
+    killed_run, digits_dataset, spoken_digits_dataset, monkeypatch
+):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg, result, killed, root = killed_run
     assert len(killed) == 2, "no worker was alive to kill"
@@ -71,18 +82,24 @@ def test_killed_workers_resume_mid_epoch_and_skip_nothing(killed_run, digits_dat
     epochs = [row["epoch"] for row in meta.history if "val/loss" in row]
     assert epochs == [0, 1, 2, 3]  # the untrained baseline, then each epoch once
     assert result.metrics["val/accuracy"] > 0.5
-    # The ranks hold equal rows; drop_last leaves fewer than a batch per worker.
+    assert result.metrics["train/loss/images"] > 0 and result.metrics["train/loss/speech"] > 0
+    # The ranks hold equal rows of each source; drop_last leaves fewer than a batch of each
+    # per worker.
     global_batch = cfg.train.batch_size
-    repeated = check_exact(
-        root / "samples", split_keys(digits_dataset, "train"), 3, lost_max=global_batch
-    )
+    train = _train_keys(digits_dataset, spoken_digits_dataset)
+    repeated = check_exact(root / "samples", train, 3, lost_max=2 * global_batch)
+    images = split_keys(digits_dataset, "train")
+    for log in (root / "samples").glob("epoch-*.txt"):  # a line per step: one source's rows
+        for line in log.read_text().splitlines():
+            keys = {int(k) for k in line.split()}
+            assert keys <= images or not keys & images, f"{log.name}: a step mixed sources"
     assert repeated <= 2 * EVERY * global_batch
     print(f"two worker kills: {repeated} sample trainings repeated, none skipped")
     _check_tracking(Path(result.run_dir), meta, result.checkpoint)
 
 
 def test_a_mid_epoch_checkpoint_resumes_with_another_worker_count(
-    killed_run, digits_dataset, tmp_path
+    killed_run, digits_dataset, spoken_digits_dataset, tmp_path
 ):
     """Each rank's place is its own: one worker refuses the 2-worker mid-epoch checkpoint,
     and with train.resume=force trains that epoch again from its beginning, all of it."""
@@ -94,8 +111,9 @@ def test_a_mid_epoch_checkpoint_resumes_with_another_worker_count(
     (mid,) = (tmp_path / "moved").glob("checkpoint_*")
     position = read_meta(mid).position
     assert position.world == 2 and position.epoch == 3 and position.steps > 0
+    assert [len(streams) for streams in position.by_source] == [2, 2]  # each rank's sources
 
-    cfg = faulted_run_config(digits_dataset, tmp_path, "moved")
+    cfg = faulted_run_config(digits_dataset, tmp_path, "moved", spoken_digits_dataset)
     cfg.train.num_workers = 1
     with pytest.raises(ConfigError, match="train.num_workers=2"):
         fit(cfg)
@@ -105,8 +123,8 @@ def test_a_mid_epoch_checkpoint_resumes_with_another_worker_count(
     assert meta.epoch == 3 and resumed.epochs_run == 1
     assert [row["epoch"] for row in meta.history if "val/loss" in row] == [0, 1, 2, 3]
     counts = Counter(k for ids in sample_log(tmp_path / "samples")[3].values() for k in ids)
-    train = split_keys(digits_dataset, "train")
-    assert set(counts.values()) == {1} and len(train) - len(counts) < cfg.train.batch_size
+    train = _train_keys(digits_dataset, spoken_digits_dataset)
+    assert set(counts.values()) == {1} and len(train) - len(counts) < 2 * cfg.train.batch_size
 
 
 def _check_tracking(run_dir: Path, meta: dict, checkpoint: str) -> None:

@@ -11,8 +11,17 @@ import pytest
 from polymodal.config import ConfigError, load_config
 from polymodal.data.dataset import DataSource, mixed_manifest
 from polymodal.data.format import DatasetError, Manifest, read_manifest
-from polymodal.data.order import epoch_plan, mixture, mixture_rows
-from polymodal.train.prepare import check_modalities
+from polymodal.data.order import (
+    batch_order,
+    epoch_plan,
+    mixture,
+    mixture_rows,
+    resume_plan,
+    rows_of,
+    source_plans,
+)
+from polymodal.train.prepare import check_batches, check_modalities
+from polymodal.train.stats import EpochStats
 
 
 def _pieces(name: str, n: int, rows: int = 100) -> list[dict]:
@@ -56,8 +65,58 @@ def test_a_repeated_piece_is_shuffled_differently_each_time():
     assert all(len(set(s)) == 2 for s in seeds.values())
 
 
-def _source(name: str, modalities: list[str], labels: list[str] | None = None) -> DataSource:
-    manifest = Manifest({m: {} for m in modalities}, labels, {"train": {"rows": 1}})
+def test_mix_batches_plans_each_source_apart_and_draws_them_by_weighted_rows():
+    plans = source_plans([A, B], [0.5, 2.0], seed=0, epoch=1, world=2)
+    for k, ranks in enumerate(plans):
+        assert all(p["source"] == k for r in ranks for p in r)
+        assert abs(rows_of(ranks[0]) - rows_of(ranks[1])) <= 1  # ranks hold equal rows
+    assert [rows_of(ranks[0]) + rows_of(ranks[1]) for ranks in plans] == [500, 400]
+    order = batch_order(plans, batch=25, seed=0, epoch=1)
+    # Each rank has 250 rows of a and 200 of b: 10 and 8 whole batches of 25, in a drawn order.
+    assert Counter(order) == {0: 10, 1: 8}
+    assert order != sorted(order) and order == batch_order(plans, 25, 0, 1)
+    assert order != batch_order(source_plans([A, B], [0.5, 2.0], 0, 2, 2), 25, 0, 2)
+    # The sources' rows are shuffled by seeds of their own.
+    a, b = ({tuple(p["seed"]) for r in ranks for p in r} for ranks in plans)
+    assert not a & b
+    # A rank's stream of one source resumes where the checkpoint put it, as the one stream does.
+    assert resume_plan(plans[1][0], 0) == plans[1][0]
+
+
+def test_mix_batches_keeps_a_loss_per_source():
+    stats = EpochStats(log_every=2)
+    stats.add(1.0, {"contrastive": 1.0}, 8, "images")
+    stats.add(3.0, {"contrastive": 3.0}, 8, "speech")
+    stats.add(2.0, {"contrastive": 2.0}, 8, "images")
+    window = stats.take_window()
+    assert window.sources == {"loss/images": 1.5, "loss/speech": 3.0}
+    assert "images" not in window.by_term()  # the live gauge's terms stay terms
+    stats.finish()
+    metrics = stats.metrics(1, device=None)  # type: ignore[arg-type]
+    assert metrics["train/loss/images"] == 1.5 and metrics["train/loss/speech"] == 3.0
+    assert metrics["train/loss"] == 2.0
+
+
+def test_mix_batches_refuses_what_it_cannot_plan():
+    def cfg(*extra: str):
+        return load_config(None, ["data.mix=batches", "train.num_workers=2", *extra])
+
+    images = _source("images", ["image", "text"], rows=1000)
+    check_batches(cfg("train.batch_size=64"), [images, _source("speech", ["audio"], rows=64)])
+    with pytest.raises(ValueError, match=r"\[1\] 'speech': its 40 weighted train rows make no"):
+        check_batches(cfg("train.batch_size=64"), [images, _source("speech", ["audio"], rows=40)])
+    with pytest.raises(ValueError, match="train/loss/contrastive is the contrastive term's"):
+        check_batches(cfg(), [images, _source("contrastive", ["audio"], rows=1000)])
+    tars = _source("tars", ["audio"], rows=1000)
+    tars.manifest.extra["format"] = "webdataset"
+    with pytest.raises(ValueError, match="'tars': data.mix=batches plans whole batches"):
+        check_batches(cfg(), [images, tars])
+
+
+def _source(
+    name: str, modalities: list[str], labels: list[str] | None = None, rows: int = 1
+) -> DataSource:
+    manifest = Manifest({m: {} for m in modalities}, labels, {"train": {"rows": rows}})
     return DataSource(name, f"/data/{name}", 1.0, manifest)
 
 

@@ -51,6 +51,13 @@ class DataConfig(Section):
         "weight and a name. The model's modalities are the union of theirs; each modality "
         "must share a source with another one, so that every pair is bound through them.",
     )
+    mix: Literal["rows", "batches"] = Field(
+        "rows",
+        description="How data.sources meet in a step: rows = every batch mixes rows of all "
+        "sources; batches = each global batch comes from one source, drawn in proportion to "
+        "its weighted rows (in-batch negatives from one distribution, a train/loss/<source> "
+        "per source). An epoch is one pass over every source's weighted rows either way.",
+    )
     val_path: str = Field("", description="webdataset only: the val tars.")
     label_names: list[str] = Field(
         default_factory=list, description="webdataset only: the names of the .cls ids."

@@ -52,14 +52,14 @@ def mixture_rows(sources: list[list[dict[str, Any]]], weights: list[float]) -> i
 
 
 def epoch_plan(
-    pieces: list[dict[str, Any]], seed: int, epoch: int, world: int
+    pieces: list[dict[str, Any]], seed: int, epoch: int, world: int, salt: tuple[int, ...] = ()
 ) -> list[list[dict[str, Any]]]:
     """Each rank's pieces for `epoch`, in reading order. All pieces in an order drawn from
     (seed, epoch) make one sequence of rows; rank r takes its r-th equal part, so that ranks
     hold equal rows: a piece cut between two ranks goes to each as its rows [lo, hi) (after
     the piece's own shuffle, whose seed every item carries). Tars (rows unknown) count as
-    one row each and are never cut."""
-    order = np.random.default_rng([seed, epoch]).permutation(len(pieces)).tolist()
+    one row each and are never cut. salt: another stream's draws (a source's, mix=batches)."""
+    order = np.random.default_rng([seed, epoch, *salt]).permutation(len(pieces)).tolist()
     sizes = [max(int(pieces[i].get("rows", 1)), 1) for i in order]
     total = sum(sizes)
     bounds = [total * r // world for r in range(world + 1)]
@@ -70,13 +70,42 @@ def epoch_plan(
             lo, hi = max(start, bounds[rank]), min(start + size, bounds[rank + 1])
             if lo >= hi:
                 continue
-            item = {**pieces[i], "seed": [seed, epoch, i], "skip": 0}
+            item = {**pieces[i], "seed": [seed, epoch, *salt, i], "skip": 0}
             if pieces[i]["group"] >= 0:
                 item |= {"lo": lo - start, "hi": hi - start}
             item["ordinal"] = len(ranks[rank])
             ranks[rank].append(item)
         start += size
     return ranks
+
+
+def rows_of(plan: list[dict[str, Any]]) -> int:
+    """The rows a rank's plan reads (a tar counts as one)."""
+    return sum(p["hi"] - p["lo"] if "hi" in p else p.get("rows", 1) for p in plan)
+
+
+def source_plans(
+    sources: list[list[dict[str, Any]]], weights: list[float], seed: int, epoch: int, world: int
+) -> list[list[list[dict[str, Any]]]]:
+    """data.mix: batches — each source's part of the epoch's mixture, planned over the ranks
+    on its own: [source][rank] -> that rank's pieces of it, in reading order."""
+    read = mixture(sources, weights, seed, epoch)
+    return [
+        epoch_plan([p for p in read if p["source"] == k], seed, epoch, world, salt=(k + 1,))
+        for k in range(len(sources))
+    ]
+
+
+def batch_order(
+    plans: list[list[list[dict[str, Any]]]], batch: int, seed: int, epoch: int
+) -> list[int]:
+    """data.mix: batches — which source each step of the epoch draws its global batch from:
+    every source as many times as each rank has whole batches of it (the fewest over ranks),
+    in an order drawn from (seed, epoch). Sources are so drawn in proportion to their weighted
+    rows, and the epoch is one pass over all of them."""
+    counts = [min(rows_of(rank) for rank in ranks) // batch for ranks in plans]
+    steps = np.repeat(np.arange(len(plans)), counts)
+    return np.random.default_rng([seed, epoch, 0]).permutation(steps).tolist()
 
 
 def resume_plan(plan: list[dict[str, Any]], next_position: int) -> list[dict[str, Any]]:

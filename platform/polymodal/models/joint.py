@@ -110,8 +110,31 @@ class JointModel(nn.Module):
             raise RuntimeError("this model has no classifier head (no labels or weight 0)")
         return self.classifier(self.fuse(embeddings, present))
 
+    def project_present(
+        self, modality: str, x: torch.Tensor, present: torch.Tensor
+    ) -> torch.Tensor:
+        """Raw embeddings of the rows that hold `modality`, zeros for the others: a tower
+        neither spends compute on missing rows nor takes their zeros into its BatchNorm
+        statistics. With none present it still runs on one row, in eval mode (statistics
+        untouched) and times zero: every tower is in every step's graph, as DDP and FSDP need."""
+        if bool(present.all()):
+            return self.project(modality, x)
+        rows = present.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            encoder, training = self.encoders[modality], self.encoders[modality].training
+            encoder.train(False)
+            try:
+                z = self.project(modality, x[:1])
+            finally:
+                encoder.train(training)
+            return z.new_zeros((x.shape[0], z.shape[1])) + 0 * z.sum()
+        z = self.project(modality, x[rows])
+        return z.new_zeros((x.shape[0], z.shape[1])).index_copy(0, rows, z)
+
     def forward(self, batch: Batch) -> ModelOutput:
-        raw = {m: self.project(m, batch.inputs[m]) for m in self.modalities}
+        raw = {
+            m: self.project_present(m, batch.inputs[m], batch.present[m]) for m in self.modalities
+        }
         emb = {m: F.normalize(z, dim=-1) for m, z in raw.items()}
         present = {m: batch.present[m] for m in self.modalities}
         return ModelOutput(

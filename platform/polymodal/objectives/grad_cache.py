@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from polymodal.batch import Batch, ModelOutput, full
@@ -70,7 +71,8 @@ def grad_cache_backward(
             states.append(_rng_state(device))
             for m in model.modalities:
                 with autocast():
-                    emb = model.embed(m, sub.inputs[m])
+                    raw = model.project_present(m, sub.inputs[m], sub.present[m])
+                    emb = F.normalize(raw, dim=-1)  # as forward's, the same rows encoded
                 cached[m].append(full(emb))
     for name, value in model.named_buffers():
         value.copy_(buffers[name])

@@ -15,11 +15,11 @@ import torch
 
 from polymodal.batch import Batch
 from polymodal.checkpoint import Position, init_weights, save_checkpoint, upload
-from polymodal.data.order import epoch_plan, mixture, resume_plan
-from polymodal.data.pipeline import configure_ray_data, pieces_dataset
+from polymodal.data.pipeline import configure_ray_data
 from polymodal.models.build import build_model, recompute_activations, unlock_towers
 from polymodal.models.joint import JointModel
 from polymodal.train.bad_rows import BadRowCheck
+from polymodal.train.epoch_data import EpochData
 from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
@@ -127,6 +127,9 @@ class Recipe:
         # Each rank reads its own pieces, in an order drawn from (seed, epoch, world): a
         # checkpoint can then say where every rank is (data/order.py).
         configure_ray_data(cfg.data.stall_timeout_s, ordered=True)
+        self.data = EpochData(inputs, cfg, self.rank, self.world, self.per_worker_batch)
+        # data.mix: batches — each step's loss is its source's too (train/loss/<source>).
+        self.source_names = [s.named() for s in cfg.data.sources] if self.data.by_source else []
         self.val = None  # rank 0 validates; val is not split across workers
         if self.rank == 0:
             keep = inputs.val_rows <= cfg.data.cache_val_rows
@@ -202,27 +205,6 @@ class Recipe:
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
         )
 
-    def epoch_batches(self, epoch: int) -> tuple[Iterable[dict], int]:
-        """This rank's batches of `epoch` from where it stands, and the steps of the epoch
-        already trained (a mid-epoch resume's)."""
-        cfg = self.cfg
-        inputs, seed = self.inputs, cfg.train.seed
-        read = mixture(inputs.train_pieces, inputs.weights, seed, epoch)
-        plan = epoch_plan(read, seed, epoch, self.world)[self.rank]
-        done = 0
-        if self.position and self.position.epoch == epoch:
-            plan = resume_plan(plan, self.position.next[self.rank])
-            done = self.position.steps
-        self.position = None
-        batches = pieces_dataset(plan, self.inputs.train_reader).iter_torch_batches(
-            batch_size=self.per_worker_batch,
-            drop_last=True,
-            device=self.device,
-            prefetch_batches=cfg.data.prefetch_batches,
-            local_shuffle_buffer_size=cfg.data.shuffle_buffer_rows or None,
-        )
-        return batches, done
-
     def agreed(self, batches: Iterable[dict]) -> Iterator[tuple[dict, bool]]:
         """(batch, checkpoint after it?) while every rank has a batch: a rank whose stream
         ends (fewer rows, or bad ones dropped) ends the epoch for all, as drop_last would; a
@@ -245,7 +227,8 @@ class Recipe:
         self.model.train()
         self.live.set_epoch(epoch)
         stats = EpochStats(cfg.train.log_every_steps)
-        batches, self.epoch_step = self.epoch_batches(epoch)
+        batches, self.epoch_step = self.data.batches(epoch, self.position, self.device)
+        self.position = None
         sample_log = SampleLog(cfg.train.sample_log_dir, epoch, self.rank)
         frozen = set(self.frozen.tables) if self.frozen else set()
         for raw, due in self.agreed(stats.timed(batches)):
@@ -260,12 +243,13 @@ class Recipe:
             log_step = self.step % cfg.train.log_every_steps == 0
             if log_step:  # fail early, not at the end
                 self.bad_rows.check(min_rows=cfg.data.decode_batch_size)
-            stats.add(loss, logs, batch.size)
+            source = self.source_names[int(batch.source[0])] if self.source_names else ""
+            stats.add(loss, logs, batch.size, source)
             self.live.count(batch.size)
             if log_step:
                 self.log(epoch, stats.take_window())
             if due:
-                self.save_mid_epoch(epoch, int(raw["position"][-1]) + 1)
+                self.save_mid_epoch(epoch)
         stats.finish()
         sample_log.close()
         return stats
@@ -280,7 +264,7 @@ class Recipe:
         self.live.record_step(window.by_term(), window.samples, window.seconds, window.wait_s)
         if self.rank != 0:
             return
-        train = {f"train/{k}": v for k, v in window.means.items()}
+        train = {f"train/{k}": v for k, v in (window.means | window.sources).items()}
         self.history.append({"step": self.step, "epoch": epoch, **train})
         self.tracked.log(train, self.step)
         print(
@@ -330,14 +314,17 @@ class Recipe:
         )
         self.save(epoch, metrics)
 
-    def save_mid_epoch(self, epoch: int, next_position: int) -> None:
-        """A checkpoint inside `epoch`, with every rank's next stream position; all ranks
+    def save_mid_epoch(self, epoch: int) -> None:
+        """A checkpoint inside `epoch`, with every rank's next stream positions; all ranks
         reach here at the same step (agreed)."""
+        ranks = all_ranks(self.data.next, self.device)
+        by_source = self.data.by_source
         position = Position(
             epoch=epoch,
             steps=self.epoch_step,
             world=self.world,
-            next=all_ranks(next_position, self.device),
+            next=[] if by_source else [r[0] for r in ranks],
+            by_source=ranks if by_source else [],
         )
         metrics = {"step": self.step, "mid_epoch": epoch}
         self.gather(optimizer=True)

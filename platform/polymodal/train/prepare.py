@@ -19,10 +19,11 @@ from polymodal.data.dataset import (
     mixed_manifest,
     sources_preprocessing,
 )
+from polymodal.data.format import is_webdataset
 from polymodal.data.order import mixture_rows
 from polymodal.modalities import Preprocessing, augmentations
 from polymodal.models.build import build_model
-from polymodal.objectives import active_terms
+from polymodal.objectives import TERMS, active_terms
 from polymodal.train.features import cached_modalities
 
 
@@ -46,6 +47,8 @@ def check_run(cfg: Config) -> tuple[list[DataSource], Preprocessing]:
             if s.manifest.rows(split) == 0:
                 raise ValueError(f"{s.path}: split '{split}' is empty")
     check_modalities(cfg.model.modalities, sources)
+    if cfg.data.mix == "batches" and len(sources) > 1:
+        check_batches(cfg, sources)
     if len(sources) > 1 and cached_modalities(cfg):
         raise ValueError(
             "data.sources: frozen towers' feature tables (train.cache_frozen_features) read one "
@@ -93,6 +96,32 @@ def check_modalities(modalities: list[str], sources: list[DataSource]) -> None:
             "them, so their embeddings would not be comparable; add a source that holds one "
             "of each"
         )
+
+
+def check_batches(cfg: Config, sources: list[DataSource]) -> None:
+    """data.mix: batches plans whole batches of each source: it needs their row counts (tars
+    have none), every source at least one batch an epoch, and names no term's loss has."""
+    world = max(cfg.train.num_workers, 1)
+    per_rank = cfg.train.batch_size // world
+    for k, s in enumerate(sources):
+        where = f"data.sources[{k}] '{s.name}'"
+        if is_webdataset(s.manifest):
+            raise ValueError(
+                f"{where}: data.mix=batches plans whole batches from row counts, which "
+                "webdataset tars do not have; use data.mix=rows or ingest it"
+            )
+        rows = int(s.weight * s.manifest.rows("train"))
+        if rows // world < per_rank:
+            raise ValueError(
+                f"{where}: its {rows} weighted train rows make no whole batch of "
+                f"train.batch_size={cfg.train.batch_size} over {world} workers, so it would "
+                "never train; raise its weight, lower train.batch_size, or use data.mix=rows"
+            )
+        if s.name in TERMS:
+            raise ValueError(
+                f"{where}: train/loss/{s.name} is the {s.name} term's loss already; name the "
+                "source otherwise"
+            )
 
 
 def run_meta(cfg: Config, sources: list[DataSource], prep: Preprocessing) -> RunMeta:

@@ -34,6 +34,7 @@ class LogWindow:
     samples: int
     seconds: float
     wait_s: float
+    sources: dict[str, float] = field(default_factory=dict)  # data.mix: batches' loss/<source>
 
     def by_term(self) -> dict[str, float]:
         """The means keyed as the live loss gauge's term tag: total, or the term's name."""
@@ -50,6 +51,9 @@ class EpochStats:
     log_every: int  # train.log_every_steps: a window's sums are divided by it
     sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     window: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    # data.mix: batches — each source's loss sums and steps, in the epoch and the window
+    source_sums: dict[str, list[float]] = field(default_factory=dict)
+    source_window: dict[str, list[float]] = field(default_factory=dict)
     steps: int = 0
     samples: int = 0
     wait_s: float = 0.0
@@ -64,14 +68,19 @@ class EpochStats:
             yield batch
             fetch_start = time.perf_counter()
 
-    def add(self, loss: float, logs: dict[str, Any], rows: int) -> None:
-        """A step's loss and logged terms (tensors or floats) over `rows` samples."""
+    def add(self, loss: float, logs: dict[str, Any], rows: int, source: str = "") -> None:
+        """A step's loss and logged terms (tensors or floats) over `rows` samples; source:
+        the one its batch came from (data.mix: batches)."""
         self.steps += 1
         self.samples += rows
         values = {"loss": loss, **{f"loss/{k}": float(v) for k, v in logs.items()}}
         for k, v in values.items():
             self.sums[k] += v
             self.window[k] += v
+        for sums in (self.source_sums, self.source_window) if source else ():
+            total = sums.setdefault(source, [0.0, 0])
+            total[0] += loss
+            total[1] += 1
 
     def take_window(self) -> LogWindow:
         """The log window's values; the next window starts empty."""
@@ -82,8 +91,10 @@ class EpochStats:
             samples=self.samples,
             seconds=time.perf_counter() - self.start,
             wait_s=self.wait_s,
+            sources={f"loss/{k}": total / n for k, (total, n) in self.source_window.items()},
         )
         self.window.clear()
+        self.source_window.clear()
         return window
 
     def finish(self) -> None:
@@ -94,6 +105,8 @@ class EpochStats:
         mean over ranks; train/samples_per_s of all ranks. Every rank must call it."""
         metrics = {f"train/{k}": v / max(self.steps, 1) for k, v in self.sums.items()}
         metrics["train/data_wait_fraction"] = self.wait_s / max(self.seconds, 1e-9)
+        # Every rank drew the same sources (one order for all), so has the same keys.
+        metrics |= {f"train/loss/{k}": total / n for k, (total, n) in self.source_sums.items()}
         metrics = all_mean(metrics, device)
         metrics["train/samples_per_s"] = self.samples * world / max(self.seconds, 1e-9)
         return metrics
@@ -108,10 +121,11 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
-def all_ranks(value: int, device: torch.device) -> list[int]:
-    """Every rank's `value`, in rank order."""
+def all_ranks(values: list[int], device: torch.device) -> list[list[int]]:
+    """Every rank's `values` (as many on each), in rank order."""
     if not (dist.is_available() and dist.is_initialized()):
-        return [value]
-    out = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, torch.tensor([value], dtype=torch.int64, device=device))
-    return [int(t.item()) for t in out]
+        return [values]
+    mine = torch.tensor(values, dtype=torch.int64, device=device)
+    out = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, mine)
+    return [t.tolist() for t in out]

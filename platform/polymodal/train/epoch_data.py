@@ -1,0 +1,76 @@
+"""A Train worker's batches of one epoch from where it stands: one stream over the mixture's
+pieces (data.mix: rows), or one stream per source taken in a drawn order (data.mix: batches)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from polymodal.config import Config
+from polymodal.data.order import batch_order, epoch_plan, mixture, resume_plan, source_plans
+from polymodal.data.pipeline import pieces_dataset
+from polymodal.run_meta import Position
+from polymodal.train.prepare import LoopInputs
+
+
+class EpochData:
+    """This rank's batches of an epoch; `next` holds its next position in each stream, as of
+    the last batch handed out (what a mid-epoch checkpoint records)."""
+
+    def __init__(self, inputs: LoopInputs, cfg: Config, rank: int, world: int, batch: int):
+        self.inputs, self.cfg = inputs, cfg
+        self.rank, self.world, self.batch = rank, world, batch
+        self.by_source = cfg.data.mix == "batches" and len(inputs.train_pieces) > 1
+        self.next: list[int] = []
+
+    def batches(
+        self, epoch: int, position: Position | None, device: torch.device
+    ) -> tuple[Iterator[dict[str, Any]], int]:
+        """The batches, and the steps of the epoch already trained (a mid-epoch resume's)."""
+        inputs, seed = self.inputs, self.cfg.train.seed
+        if self.by_source:
+            plans = source_plans(inputs.train_pieces, inputs.weights, seed, epoch, self.world)
+            order = batch_order(plans, self.batch, seed, epoch)
+            mine = [ranks[self.rank] for ranks in plans]
+        else:
+            read = mixture(inputs.train_pieces, inputs.weights, seed, epoch)
+            mine, order = [epoch_plan(read, seed, epoch, self.world)[self.rank]], []
+        done = 0
+        self.next = [0] * len(mine)
+        if position is not None and position.epoch == epoch:
+            self.next, done = position.streams_of(self.rank), position.steps
+            mine = [resume_plan(plan, at) for plan, at in zip(mine, self.next, strict=True)]
+            order = order[done:]
+        streams = [self.stream(plan, device) for plan in mine]
+        if not self.by_source:
+            return self.positioned(streams[0], 0), done
+        return self.interleaved(streams, order), done
+
+    def stream(self, plan: list[dict[str, Any]], device: torch.device) -> Iterator[dict]:
+        data = self.cfg.data
+        return iter(
+            pieces_dataset(plan, self.inputs.train_reader).iter_torch_batches(
+                batch_size=self.batch,
+                drop_last=True,
+                device=device,
+                prefetch_batches=data.prefetch_batches,
+                local_shuffle_buffer_size=data.shuffle_buffer_rows or None,
+            )
+        )
+
+    def positioned(self, stream: Iterator[dict], k: int) -> Iterator[dict]:
+        for raw in stream:
+            self.next[k] = int(raw["position"][-1]) + 1
+            yield raw
+
+    def interleaved(self, streams: list[Iterator[dict]], order: list[int]) -> Iterator[dict]:
+        """Each step's batch from the source `order` names; a stream that ends early (bad
+        rows dropped) ends the epoch, as the one stream's end does."""
+        for k in order:
+            raw = next(streams[k], None)
+            if raw is None:
+                return
+            self.next[k] = int(raw["position"][-1]) + 1
+            yield raw
