@@ -33,10 +33,9 @@ def _train_ids(path: Path) -> set[int]:
 
 
 def test_two_sources_train_as_weighted_and_bind_audio_to_images(
-    ray_cluster, digits_dataset, tmp_path
+    ray_cluster, digits_dataset, spoken_digits_dataset, tmp_path
 ):
-    spoken, trimodal = tmp_path / "digits-spoken", tmp_path / "digits-trimodal"
-    ingest("builtin:digits-spoken", spoken, progress=False)
+    spoken, trimodal = spoken_digits_dataset, tmp_path / "digits-trimodal"
     ingest("builtin:digits-trimodal", trimodal, progress=False)
     sources = f"[{{path: {digits_dataset}, name: images}}, {{path: {spoken}, weight: 0.5}}]"
     cfg = load_config(

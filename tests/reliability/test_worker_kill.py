@@ -48,13 +48,23 @@ def _kill_workers_twice(samples: Path, killed: list):
 
 
 @pytest.fixture(scope="module")
-def killed_run(ray_cluster, digits_dataset, spoken_digits_dataset, tmp_path_factory):
+def spoken_digits(tmp_path_factory) -> Path:
+    """500 spoken digits with their captions: a second source, a quarter of the first's rows."""
+    from polymodal.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("data") / "digits-spoken"
+    ingest("builtin:digits-spoken", out, limit=500, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def killed_run(ray_cluster, digits_dataset, spoken_digits, tmp_path_factory):
     """digits and spoken digits with step checkpoints and every tracker, its workers killed
     twice."""
     root = tmp_path_factory.mktemp("killed")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("WANDB_MODE", "offline")
-        cfg = faulted_run_config(digits_dataset, root, "killed", spoken_digits_dataset)
+        cfg = faulted_run_config(digits_dataset, root, "killed", spoken_digits)
         cfg.train.checkpoint_every_steps = EVERY
         cfg.train.tracking = ["tensorboard", "mlflow", "wandb"]
         killed: list[int] = []
@@ -72,7 +82,7 @@ def _train_keys(dataset: Path, speech: Path) -> set[int]:
 
 
 def test_killed_workers_resume_mid_epoch_and_skip_nothing(
-    killed_run, digits_dataset, spoken_digits_dataset, monkeypatch
+    killed_run, digits_dataset, spoken_digits, monkeypatch
 ):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg, result, killed, root = killed_run
@@ -86,7 +96,7 @@ def test_killed_workers_resume_mid_epoch_and_skip_nothing(
     # The ranks hold equal rows of each source; drop_last leaves fewer than a batch of each
     # per worker.
     global_batch = cfg.train.batch_size
-    train = _train_keys(digits_dataset, spoken_digits_dataset)
+    train = _train_keys(digits_dataset, spoken_digits)
     repeated = check_exact(root / "samples", train, 3, lost_max=2 * global_batch)
     images = split_keys(digits_dataset, "train")
     for log in (root / "samples").glob("epoch-*.txt"):  # a line per step: one source's rows
@@ -99,7 +109,7 @@ def test_killed_workers_resume_mid_epoch_and_skip_nothing(
 
 
 def test_a_mid_epoch_checkpoint_resumes_with_another_worker_count(
-    killed_run, digits_dataset, spoken_digits_dataset, tmp_path
+    killed_run, digits_dataset, spoken_digits, tmp_path
 ):
     """Each rank's place is its own: one worker refuses the 2-worker mid-epoch checkpoint,
     and with train.resume=force trains that epoch again from its beginning, all of it."""
@@ -113,7 +123,7 @@ def test_a_mid_epoch_checkpoint_resumes_with_another_worker_count(
     assert position.world == 2 and position.epoch == 3 and position.steps > 0
     assert [len(streams) for streams in position.by_source] == [2, 2]  # each rank's sources
 
-    cfg = faulted_run_config(digits_dataset, tmp_path, "moved", spoken_digits_dataset)
+    cfg = faulted_run_config(digits_dataset, tmp_path, "moved", spoken_digits)
     cfg.train.num_workers = 1
     with pytest.raises(ConfigError, match="train.num_workers=2"):
         fit(cfg)
@@ -123,7 +133,7 @@ def test_a_mid_epoch_checkpoint_resumes_with_another_worker_count(
     assert meta.epoch == 3 and resumed.epochs_run == 1
     assert [row["epoch"] for row in meta.history if "val/loss" in row] == [0, 1, 2, 3]
     counts = Counter(k for ids in sample_log(tmp_path / "samples")[3].values() for k in ids)
-    train = _train_keys(digits_dataset, spoken_digits_dataset)
+    train = _train_keys(digits_dataset, spoken_digits)
     assert set(counts.values()) == {1} and len(train) - len(counts) < 2 * cfg.train.batch_size
 
 
