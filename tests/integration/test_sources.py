@@ -15,6 +15,7 @@ from polymodal.config import load_config
 from polymodal.data.format import read_manifest, shard_paths
 from polymodal.data.ingest import ingest
 from polymodal.data.pipeline import sample_key
+from polymodal.evaluation.report import write_report
 from polymodal.evaluation.run import evaluate_checkpoint
 from polymodal.train.run import fit
 
@@ -37,7 +38,10 @@ def test_two_sources_train_as_weighted_and_bind_audio_to_images(
 ):
     spoken, trimodal = spoken_digits_dataset, tmp_path / "digits-trimodal"
     ingest("builtin:digits-trimodal", trimodal, progress=False)
-    sources = f"[{{path: {digits_dataset}, name: images}}, {{path: {spoken}, weight: 0.5}}]"
+    sources = (
+        f"[{{path: {digits_dataset}, name: images}}, {{path: {spoken}, weight: 0.5}}, "
+        f"{{path: {trimodal}, name: heldout, weight: 0}}]"  # validation only
+    )
     cfg = load_config(
         CONFIG,
         [
@@ -64,11 +68,12 @@ def test_two_sources_train_as_weighted_and_bind_audio_to_images(
         assert len(images & trained.keys()) > 0.9 * len(images)
         # Weight 0.5: one of the spoken digits' two row groups (1,024 rows and the rest).
         assert 0.3 * len(speech) < len(speech & trained.keys()) < 0.7 * len(speech)
-        assert trained.keys() <= images | speech
+        assert trained.keys() <= images | speech  # nothing of the validation-only source
 
     metrics = json.loads((Path(result.run_dir) / "metrics.json").read_text())
     assert metrics["val/recall@5/text->audio"] > 0.5  # the pairs it was shown
-    assert "val/recall@1/image->audio" not in metrics  # no val row pairs them either
+    assert metrics["train/paired/audio-image"] == 0  # no training row pairs them
+    assert metrics["train/paired/image-text"] > 0.5 and metrics["train/paired/audio-text"] > 0.2
     # Each source's own recalls: its pairs only (the second is named after its path).
     assert 0 <= metrics["val/images/recall@5/image->text"] <= 1
     assert metrics["val/digits-spoken/recall@5/text->audio"] > 0.5
@@ -78,7 +83,15 @@ def test_two_sources_train_as_weighted_and_bind_audio_to_images(
         if k.startswith(("val/images/", "val/digits-spoken/")) and "audio" in k and "image" in k
     ]
     assert "val/images/recall@1/text->audio" not in metrics
-    # Rows with all three: image -> audio was never trained, yet the right digit's recording
-    # (one per class) ranks first far above chance (0.1).
+    # The validation-only rows hold all three: image -> audio was never trained, yet the
+    # right digit's recording (one per class) ranks first far above chance (0.1).
+    assert metrics["val/heldout/class_recall@1/image->audio"] > 0.3, metrics
     held_out = evaluate_checkpoint(result.checkpoint, str(trimodal))
-    assert held_out["val/recall@1/image->audio"] > 0.3, held_out
+    assert held_out["val/class_recall@1/image->audio"] == pytest.approx(
+        metrics["val/heldout/class_recall@1/image->audio"]
+    )
+    # The run report shows the direction, marked as emergent, with every source's val rows.
+    page = Path(write_report(result.run_dir)).read_text()
+    assert "image → audio <b>(emergent: never paired in training)</b>" in page
+    assert "text → image <b>" not in page
+    assert "sources images (" in page

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from polymodal.batch import Batch, ModelOutput
 from polymodal.config import ConfigError, load_config
-from polymodal.objectives.classification import classification_loss
+from polymodal.objectives.classification import classification_loss, classified
 from polymodal.objectives.contrastive import CONTRASTIVE
 from polymodal.objectives.joint import joint_loss
 from polymodal.objectives.pairwise import info_nce, multi_contrastive, sigmoid_loss
@@ -113,6 +113,17 @@ def test_classification_ignores_unlabelled():
     expected = -math.log(math.exp(2) / (math.exp(2) + 1))
     assert float(classification_loss(logits, torch.tensor([0, -1]))) == pytest.approx(expected)
     assert float(classification_loss(logits, torch.tensor([-1, -1]))) == 0.0
+
+
+def test_classification_ignores_rows_without_a_classified_modality():
+    # Row 1 is labelled but holds no image (a speech source's row): nothing to classify.
+    logits, labels = torch.tensor([[2.0, 0.0], [0.0, 5.0]]), torch.tensor([0, 0])
+    present = {"image": torch.tensor([1.0, 0.0]), "audio": torch.tensor([0.0, 1.0])}
+    rows = classified(labels, present, ["image"])
+    assert rows.tolist() == [True, False]
+    expected = -math.log(math.exp(2) / (math.exp(2) + 1))
+    assert float(classification_loss(logits, labels, rows=rows)) == pytest.approx(expected)
+    assert classified(labels, present, ["image", "audio"]).tolist() == [True, True]
 
 
 def test_joint_loss_is_the_weighted_sum_and_logs_every_term():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from polymodal.evaluation.retrieval import recall_at_k
+from polymodal.evaluation.retrieval import class_recall_at_k, recall_at_k
 
 
 def test_recall_hand_made_case():
@@ -50,3 +50,17 @@ def test_chunking_does_not_change_the_result():
     full = recall_at_k(q, g, keys, ks=[1, 5, 10], chunk_size=1000)
     chunked = recall_at_k(q, g, keys, ks=[1, 5, 10], chunk_size=7)
     assert full == chunked
+
+
+def test_class_recall_counts_any_item_of_the_query_class():
+    # Images 0-2 of classes 0, 0, 1; the gallery is one recording per class (keys 5, 5, 6).
+    g = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    q = torch.tensor([[1.0, 0.1], [0.9, 0.0], [1.0, 0.2]])  # image 2 ranks class 0 first
+    q = torch.nn.functional.normalize(q, dim=-1)
+    keys, labels = torch.tensor([5, 5, 6]), torch.tensor([0, 0, 1])
+    r = class_recall_at_k(q, g, keys, labels, ks=[1, 2])
+    assert r[1] == pytest.approx(2 / 3) and r[2] == 1.0
+    # Another recording of the right class is a hit too, where instance recall misses it.
+    other = torch.tensor([5, 7, 6])
+    assert class_recall_at_k(q, g, other, labels, ks=[1])[1] == pytest.approx(2 / 3)
+    assert recall_at_k(q, g, other, ks=[1])[1] == pytest.approx(1 / 3)

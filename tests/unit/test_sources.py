@@ -147,11 +147,11 @@ def test_the_config_names_each_source_once_and_not_beside_data_path():
             None,
             [
                 "data.path=elsewhere",
-                "data.sources=[{path: a/x}, {path: b/x, weight: 0}, {path: c, name: 'no spaces'}]",
+                "data.sources=[{path: a/x}, {path: b/x, weight: -1}, {path: c, name: 'no spaces'}]",
             ],
         )
     text = str(err.value)
-    assert "'data.sources[1].weight' must be > 0" in text
+    assert "'data.sources[1].weight' must be >= 0" in text
     assert "'data.sources[2].name'" in text
     with pytest.raises(ConfigError) as err:
         load_config(None, ["data.path=elsewhere", "data.sources=[{path: a/x}, {path: b/x}]"])
@@ -163,12 +163,14 @@ def test_inspect_lists_each_source_with_its_share_of_an_epoch(digits_dataset):
     from polymodal.data.inspect import inspect_sources
 
     sources = (
-        f"[{{path: {digits_dataset}, name: a}}, {{path: {digits_dataset}, name: b, weight: 2}}]"
+        f"[{{path: {digits_dataset}, name: a}}, {{path: {digits_dataset}, name: b, weight: 2}}, "
+        f"{{path: {digits_dataset}, name: heldout, weight: 0}}]"
     )
     text = inspect_sources(load_config(None, [f"data.sources={sources}"]))
     rows = read_manifest(digits_dataset).rows("train")
-    assert text.splitlines()[0] == f"2 sources, {3 * rows} rows an epoch:"
+    assert text.splitlines()[0] == f"3 sources, {3 * rows} rows an epoch:"
     assert "weight 1 = 33% of an epoch" in text and "weight 2 = 67% of an epoch" in text
+    assert "weight 0 = validation only" in text
     assert "image, text; 10 labels" in text
 
 

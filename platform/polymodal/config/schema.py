@@ -18,10 +18,12 @@ class SourceConfig(Section):
     path: str = Field(description="As data.path: an ingested dataset or webdataset tars.")
     weight: Float = Field(
         1.0,
-        gt=0,
+        ge=0,
         description="Upsampling factor: an epoch draws weight × its train rows from it (2: "
         "each row twice; 0.5: a different half each epoch), so its share of the samples is "
-        "weight × rows over the sum for all sources.",
+        "weight × rows over the sum for all sources. 0: validation only (its val split is "
+        "measured every epoch, its train split never read), e.g. held-out rows that pair "
+        "what no training source pairs.",
     )
     name: str = Field(
         "",

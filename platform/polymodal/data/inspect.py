@@ -53,8 +53,9 @@ def inspect_sources(cfg: Config) -> str:
     for s in sources:
         splits = ", ".join(f"{k} {s.manifest.rows(k)}" for k in s.manifest.splits)
         labels = f"{len(s.manifest.label_names)} labels" if s.manifest.label_names else "no labels"
+        share = f"{epoch[s.name] / total:.0%} of an epoch" if s.weight else "validation only"
         lines.append(
             f"  {s.name}: {s.path}\n    {', '.join(s.manifest.modalities)}; {labels}; rows: "
-            f"{splits}; weight {s.weight:g} = {epoch[s.name] / total:.0%} of an epoch"
+            f"{splits}; weight {s.weight:g} = {share}"
         )
     return "\n".join(lines)

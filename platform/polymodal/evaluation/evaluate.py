@@ -19,10 +19,11 @@ from polymodal.config import Config
 from polymodal.data.dataset import iter_tables
 from polymodal.data.decode import decode_columns
 from polymodal.data.format import Manifest, read_columns, read_manifest
-from polymodal.evaluation.retrieval import recall_at_k
+from polymodal.evaluation.retrieval import class_recall_at_k, recall_at_k
 from polymodal.modalities import Preprocessing
 from polymodal.modalities.text import encode_text
 from polymodal.models.joint import JointModel
+from polymodal.objectives.classification import classified
 from polymodal.objectives.contrastive import matryoshka_dims
 from polymodal.objectives.gather import single_process
 from polymodal.objectives.joint import joint_loss
@@ -145,10 +146,24 @@ def evaluate(
                 metrics.update(
                     {f"{prefix}recall@{k}/{a}->{b}{suffix}": r for k, r in recalls.items()}
                 )
+            # The class's hit: what binding is judged by where a class is one recording.
+            classed = both & (label >= 0)
+            if classed.any():
+                recalls = class_recall_at_k(
+                    emb[a][classed],
+                    emb[b][classed],
+                    hashes[b][classed],
+                    label[classed],
+                    eval_cfg.recall_ks,
+                )
+                metrics.update(
+                    {f"{prefix}class_recall@{k}/{a}->{b}": r for k, r in recalls.items()}
+                )
 
     labelled = label >= 0
-    if preds and labelled.any():
-        correct = torch.cat(preds)[labelled] == label[labelled]
+    rows = classified(label, present, model.classify_modalities) if preds else labelled
+    if preds and rows.any():
+        correct = torch.cat(preds)[rows] == label[rows]
         metrics["val/accuracy"] = float(correct.float().mean())
     if label_names and templates and "text" in model.modalities and "image" in model.modalities:
         rows = labelled & (present["image"] > 0)

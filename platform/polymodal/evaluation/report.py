@@ -23,9 +23,10 @@ import yaml  # noqa: E402
 from polymodal import storage  # noqa: E402
 from polymodal.batch import Batch  # noqa: E402
 from polymodal.checkpoint import fetch_checkpoint, load_model  # noqa: E402
-from polymodal.data.dataset import (
-    dataset_manifest,  # noqa: E402
-    iter_tables,  # noqa: E402
+from polymodal.data.dataset import (  # noqa: E402
+    data_sources,
+    dataset_manifest,
+    iter_tables,
 )
 from polymodal.data.decode import decode_columns  # noqa: E402
 from polymodal.data.format import read_columns, read_manifest  # noqa: E402
@@ -72,13 +73,59 @@ def _sample(model, prep: Preprocessing, dataset: str, manifest, rows: int) -> Sa
     return Sample(raw, batch.inputs, present, embeddings, batch.label.numpy())
 
 
+def _emergent(metrics: dict[str, float], direction: str) -> bool:
+    """No training row held both modalities of `direction` (train/paired/<a>-<b> is 0)."""
+    pair = "-".join(sorted(direction.split("->")))
+    return metrics.get(f"train/paired/{pair}", 1.0) == 0
+
+
+def _datasets(cfg, first: str) -> str:
+    given = cfg.data.sources
+    if len(given) > 1:
+        return "sources " + ", ".join(f"{s.named()} ({s.path}, weight {s.weight:g})" for s in given)
+    return f"dataset {first}"
+
+
+def _sources_sample(model, meta, rows: int) -> Sample:
+    """`rows` val rows shared among the run's datasets (each source's first ones)."""
+    cfg, prep = meta.run_config(), meta.prep
+    if len(cfg.data.sources) > 1:
+        sources = data_sources(cfg)
+        share = max(rows // len(sources), 1)
+        parts = [_sample(model, prep, s.path, s.manifest, share) for s in sources]
+        return Sample(
+            raw={m: [v for p in parts for v in p.raw[m]] for m in prep.modalities},
+            inputs={m: torch.cat([p.inputs[m] for p in parts]) for m in prep.modalities},
+            present={m: np.concatenate([p.present[m] for p in parts]) for m in prep.modalities},
+            embeddings={
+                m: np.concatenate([p.embeddings[m] for p in parts]) for m in prep.modalities
+            },
+            labels=np.concatenate([p.labels for p in parts]),
+        )
+    dataset = meta.dataset  # absolute, or s3://
+    if is_webdataset_path(dataset):  # tars read in place: their manifest is made up
+        manifest = dataset_manifest(cfg)
+    else:
+        manifest = read_manifest(dataset)
+    return _sample(model, prep, dataset, manifest, rows)
+
+
 def _metrics_table(metrics: dict[str, float]) -> str:
     pairs = sorted({k.split("/", 2)[2] for k in metrics if k.startswith("val/recall@")})
-    ks = sorted({int(k.split("@")[1].split("/")[0]) for k in metrics if "recall@" in k})
-    head = "".join(f"<th>R@{k}</th>" for k in ks)
+    ks = sorted({int(k.split("@")[1].split("/")[0]) for k in metrics if "val/recall@" in k})
+    kinds = [("recall", "R")]  # instance hits, then class hits where the rows have labels
+    if any(k.startswith("val/class_recall@") for k in metrics):
+        kinds.append(("class_recall", "class R"))
+    head = "".join(f"<th>{short}@{k}</th>" for _, short in kinds for k in ks)
     rows = [
-        f"<tr><td>{html.escape(p.replace('->', ' → '))}</td>"
-        + "".join(f"<td>{metrics.get(f'val/recall@{k}/{p}', float('nan')):.3f}</td>" for k in ks)
+        f"<tr><td>{html.escape(p.replace('->', ' → '))}"
+        + (" <b>(emergent: never paired in training)</b>" if _emergent(metrics, p) else "")
+        + "</td>"
+        + "".join(
+            f"<td>{metrics.get(f'val/{kind}@{k}/{p}', float('nan')):.3f}</td>"
+            for kind, _ in kinds
+            for k in ks
+        )
         + "</tr>"
         for p in pairs
     ]
@@ -183,12 +230,7 @@ def write_report(run_dir: str, rows: int = 1000) -> str:
     model, meta = load_model(fetch_checkpoint(summary["checkpoint"]))
     cfg, prep = meta.run_config(), meta.prep
     out = storage.join(run_dir, REPORT_DIR)
-    dataset = meta.dataset  # absolute, or s3://
-    if is_webdataset_path(dataset):  # tars read in place: their manifest is made up
-        manifest = dataset_manifest(cfg)
-    else:
-        manifest = read_manifest(dataset)
-    sample = _sample(model, prep, dataset, manifest, rows)
+    sample = _sources_sample(model, meta, rows)
     images = {
         "loss_curves.png": plot_loss_curves(meta.history, storage.join(out, "loss_curves.png")),
         "projection.png": _projection(
@@ -213,7 +255,7 @@ def write_report(run_dir: str, rows: int = 1000) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>polymodal run {name}</title>"
         f"<style>{STYLE}</style></head><body><h1>Run {name}</h1>"
         f"<p>checkpoint {html.escape(summary['checkpoint'])}, epoch {summary['epoch']}, "
-        f"step {summary['step']}; dataset {html.escape(meta.dataset)} "
+        f"step {summary['step']}; {html.escape(_datasets(cfg, meta.dataset))} "
         f"({len(sample.labels)} val rows shown)</p>"
         f"<h2>Validation metrics</h2>{_metrics_table(summary)}"
         f"<h2>Figures</h2>{figures}<h2>Retrieval examples</h2>{pairs or '<p>none</p>'}"

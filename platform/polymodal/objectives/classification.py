@@ -18,18 +18,34 @@ NAME = "classification"
 
 
 def classification_loss(
-    logits: torch.Tensor, labels: torch.Tensor, count: torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    count: torch.Tensor | None = None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over labelled rows; `count` overrides the denominator (for the gradient cache).
+    """Mean over `rows` (default: the labelled ones); `count` overrides the denominator (for
+    the gradient cache).
 
     An unlabelled batch gives 0 while keeping the graph (DDP needs every parameter used).
     """
     import torch.nn.functional as F
 
+    rows = labels.ge(0) if rows is None else rows
     total = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
-    total = (total * labels.ge(0)).sum()
-    denom = labels.ge(0).sum() if count is None else count
+    total = (total * rows).sum()
+    denom = rows.sum() if count is None else count
     return total / denom.clamp(min=1)
+
+
+def classified(
+    labels: torch.Tensor, present: dict[str, torch.Tensor], modalities: list[str]
+) -> torch.Tensor:
+    """Rows with a label and one of the classified modalities: a source that lacks them all
+    (data.sources) gives the head nothing to read, so nothing to learn from."""
+    import torch
+
+    held = torch.stack([present[m] > 0 for m in modalities]).any(dim=0)
+    return labels.ge(0) & held
 
 
 def loss(
@@ -37,7 +53,8 @@ def loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     # An active classification term gives the model its head (model_parts).
     assert outputs.class_logits is not None, "the model has no classifier head"
-    return classification_loss(outputs.class_logits, batch.label, counts), {}
+    rows = classified(batch.label, outputs.present, section.modalities or list(outputs.present))
+    return classification_loss(outputs.class_logits, batch.label, counts, rows), {}
 
 
 def model_parts(cfg: Config, prep: Any, num_classes: int) -> dict[str, Any]:
@@ -62,7 +79,9 @@ CLASSIFICATION: Term[ClassificationSettings] = Term(
     section=ClassificationSettings,
     scope="rows",
     loss=loss,
-    count=lambda batch, section, modalities: batch.label.ge(0).sum(),
+    count=lambda batch, section, modalities: classified(
+        batch.label, batch.present, section.modalities or modalities
+    ).sum(),
     model_parts=model_parts,
     data_needs=lambda section: frozenset({"labels"}),
     modalities=lambda cfg: list(CLASSIFICATION.settings(cfg).modalities or cfg.model.modalities),

@@ -245,6 +245,7 @@ class Recipe:
                 self.bad_rows.check(min_rows=cfg.data.decode_batch_size)
             source = self.source_names[int(batch.source[0])] if self.source_names else ""
             stats.add(loss, logs, batch.size, source)
+            stats.pairs(batch.present)
             self.live.count(batch.size)
             if log_step:
                 self.log(epoch, stats.take_window())

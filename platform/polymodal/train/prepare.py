@@ -43,10 +43,13 @@ def check_run(cfg: Config) -> tuple[list[DataSource], Preprocessing]:
     time."""
     sources = data_sources(cfg)
     for s in sources:
-        for split in ("train", "val"):
+        for split in ("train", "val") if s.weight > 0 else ("val",):
             if s.manifest.rows(split) == 0:
                 raise ValueError(f"{s.path}: split '{split}' is empty")
-    check_modalities(cfg.model.modalities, sources)
+    if not any(s.weight > 0 for s in sources):
+        raise ValueError("data.sources: every weight is 0 (validation only): nothing to train on")
+    # A validation-only source (weight 0) binds nothing: training never reads it.
+    check_modalities(cfg.model.modalities, [s for s in sources if s.weight > 0])
     if cfg.data.mix == "batches" and len(sources) > 1:
         check_batches(cfg, sources)
     if len(sources) > 1 and cached_modalities(cfg):
@@ -105,6 +108,8 @@ def check_batches(cfg: Config, sources: list[DataSource]) -> None:
     per_rank = cfg.train.batch_size // world
     for k, s in enumerate(sources):
         where = f"data.sources[{k}] '{s.name}'"
+        if s.weight == 0:  # validation only: no batches to plan
+            continue
         if is_webdataset(s.manifest):
             raise ValueError(
                 f"{where}: data.mix=batches plans whole batches from row counts, which "

@@ -54,6 +54,8 @@ class EpochStats:
     # data.mix: batches — each source's loss sums and steps, in the epoch and the window
     source_sums: dict[str, list[float]] = field(default_factory=dict)
     source_window: dict[str, list[float]] = field(default_factory=dict)
+    # "a-b" -> rows holding both (tensors: no device sync per step)
+    paired: dict[str, Any] = field(default_factory=lambda: defaultdict(float))
     steps: int = 0
     samples: int = 0
     wait_s: float = 0.0
@@ -82,6 +84,14 @@ class EpochStats:
             total[0] += loss
             total[1] += 1
 
+    def pairs(self, present: dict[str, torch.Tensor]) -> None:
+        """Count the rows that hold each pair of modalities: a pair no training row holds is
+        bound only through others (data.sources), which the report says of its recalls."""
+        names = sorted(present)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                self.paired[f"{a}-{b}"] += ((present[a] > 0) & (present[b] > 0)).sum()
+
     def take_window(self) -> LogWindow:
         """The log window's values; the next window starts empty."""
         n = self.log_every
@@ -107,6 +117,8 @@ class EpochStats:
         metrics["train/data_wait_fraction"] = self.wait_s / max(self.seconds, 1e-9)
         # Every rank drew the same sources (one order for all), so has the same keys.
         metrics |= {f"train/loss/{k}": total / n for k, (total, n) in self.source_sums.items()}
+        rows = max(self.samples, 1)
+        metrics |= {f"train/paired/{k}": float(v) / rows for k, v in self.paired.items()}
         metrics = all_mean(metrics, device)
         metrics["train/samples_per_s"] = self.samples * world / max(self.seconds, 1e-9)
         return metrics
