@@ -374,21 +374,23 @@ def case_ray_overhead(path: str, extra: tuple) -> dict:
 def case_sources(path: str, extra: tuple) -> dict:
     """The mixture's cost: `polymodal train` on the dataset as one source (data.path) against
     the same dataset as two sources of weight 0.5 (data.sources: each epoch reads half of
-    each one's row groups, as many rows as one pass), alternated twice against the host's
-    drift."""
+    each one's row groups, as many rows as one pass), mixed in every batch (data.mix: rows)
+    and a source per batch (data.mix: batches: a stream per source in each worker),
+    alternated twice against the host's drift."""
     batch = _fashion(path, *extra)[0].train.batch_size
     halves = ", ".join(f"{{path: {path}, name: {n}, weight: 0.5}}" for n in "ab")
     two = f"data.sources=[{halves}]"
-    one_source, two_sources = [], []
+    runs: dict[str, list] = {"one_source": [], "two_sources": [], "two_sources_batches": []}
     for _ in range(2):
-        one_source.append(_polymodal(path, extra, batch))
-        two_sources.append(_polymodal(path, extra, batch, two))
-    best = [max(r["samples_per_s"] for r in runs) for runs in (one_source, two_sources)]
+        runs["one_source"].append(_polymodal(path, extra, batch))
+        runs["two_sources"].append(_polymodal(path, extra, batch, two))
+        runs["two_sources_batches"].append(_polymodal(path, extra, batch, two, "data.mix=batches"))
+    best = {k: max(r["samples_per_s"] for r in v) for k, v in runs.items()}
     return {
         "case": "sources",
-        "one_source": one_source,
-        "two_sources": two_sources,
-        "ratio_two_vs_one": round(best[1] / best[0], 3),
+        **runs,
+        "ratio_two_vs_one": round(best["two_sources"] / best["one_source"], 3),
+        "ratio_batches_vs_one": round(best["two_sources_batches"] / best["one_source"], 3),
         "target": "within noise of 1.0",
     }
 

@@ -1,5 +1,6 @@
 """A real two-node Ray cluster (`ray start --head` + a second `ray start` on 127.0.0.1):
-job submission, training spread over both nodes with storage on S3, live metrics."""
+job submission, training on two sources (digit images, spoken digits; each global batch from
+one) spread over both nodes with storage on S3, live metrics."""
 
 from __future__ import annotations
 
@@ -165,6 +166,11 @@ def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
 
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="cluster")
     ingest("builtin:digits", "s3://cluster/digits", rows_per_shard=500, progress=False)
+    ingest("builtin:digits-spoken", "s3://cluster/spoken", limit=300, progress=False)
+    sources = (
+        "data.sources=[{path: s3://cluster/digits, name: images}, "
+        "{path: s3://cluster/spoken, name: speech}]"
+    )
     env, address = two_nodes["env"], two_nodes["address"]
 
     # A typo in an override fails here, before anything is uploaded.
@@ -182,8 +188,8 @@ def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
     # full one would block the streamed logs.
     with tempfile.TemporaryFile("w+") as log:
         with subprocess.Popen(
-            [BIN / "polymodal", "submit", "train", "jobs/configs/digits.yaml"]
-            + ["data.path=s3://cluster/digits", "train.storage_path=s3://cluster/runs"]
+            [BIN / "polymodal", "submit", "train", "jobs/configs/digits-bind.yaml", sources]
+            + ["data.mix=batches", "train.storage_path=s3://cluster/runs"]
             + [f"train.name={RUN}", "train.num_workers=2", "train.placement_strategy=SPREAD"]
             + ["train.epochs=2", "train.log_every_steps=5", "--address", address],
             cwd=REPO,
@@ -215,6 +221,10 @@ def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
     evaluated = evaluate_checkpoint(checkpoint)
     assert evaluated["val/accuracy"] == pytest.approx(recorded.metrics["val/accuracy"])
     assert evaluated["val/accuracy"] > 0.5  # 10 classes: chance is 0.1
+    # Each source's own train loss and val recalls.
+    assert recorded.metrics["train/loss/images"] > 0 and recorded.metrics["train/loss/speech"] > 0
+    assert 0 <= recorded.metrics["val/speech/recall@5/text->audio"] <= 1
+    assert recorded.metrics["train/paired/audio-image"] == 0
 
     # Training metrics, scraped live from the node where each rank ran.
     assert set(live) == names

@@ -15,6 +15,11 @@ from polymodal.run_meta import Position
 from polymodal.train.prepare import LoopInputs
 
 
+def by_source(inputs: LoopInputs, cfg: Config) -> bool:
+    """Whether a rank reads a stream per source (data.mix: batches, several sources)."""
+    return cfg.data.mix == "batches" and len(inputs.train_pieces) > 1
+
+
 class EpochData:
     """This rank's batches of an epoch; `next` holds its next position in each stream, as of
     the last batch handed out (what a mid-epoch checkpoint records)."""
@@ -22,8 +27,9 @@ class EpochData:
     def __init__(self, inputs: LoopInputs, cfg: Config, rank: int, world: int, batch: int):
         self.inputs, self.cfg = inputs, cfg
         self.rank, self.world, self.batch = rank, world, batch
-        self.by_source = cfg.data.mix == "batches" and len(inputs.train_pieces) > 1
+        self.by_source = by_source(inputs, cfg)
         self.next: list[int] = []
+        self.source = 0  # the stream of the last batch handed out
 
     def batches(
         self, epoch: int, position: Position | None, device: torch.device
@@ -72,5 +78,5 @@ class EpochData:
             raw = next(streams[k], None)
             if raw is None:
                 return
-            self.next[k] = int(raw["position"][-1]) + 1
+            self.next[k], self.source = int(raw["position"][-1]) + 1, k
             yield raw

@@ -19,7 +19,7 @@ from polymodal.data.pipeline import configure_ray_data
 from polymodal.models.build import build_model, recompute_activations, unlock_towers
 from polymodal.models.joint import JointModel
 from polymodal.train.bad_rows import BadRowCheck
-from polymodal.train.epoch_data import EpochData
+from polymodal.train.epoch_data import EpochData, by_source
 from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
@@ -79,9 +79,12 @@ class Recipe:
             self.history = self.resumed.meta.history
             self.position = self.resumed.position
             self.meta = self.meta.model_copy(update={"calibration": self.resumed.meta.calibration})
-            if self.position and self.position.world != self.world:
-                # train.resume: force with another worker count (the driver refuses it
-                # otherwise): the interrupted epoch starts again from its beginning.
+            streams = len(inputs.train_pieces) if by_source(inputs, cfg) else 1
+            if self.position and (
+                self.position.world != self.world or len(self.position.streams_of(0)) != streams
+            ):
+                # train.resume: force with another worker count, data.mix or sources (the
+                # driver refuses them otherwise): the interrupted epoch starts again whole.
                 self.step -= self.position.steps
                 self.position = None
         elif cfg.train.init_from:
@@ -243,7 +246,7 @@ class Recipe:
             log_step = self.step % cfg.train.log_every_steps == 0
             if log_step:  # fail early, not at the end
                 self.bad_rows.check(min_rows=cfg.data.decode_batch_size)
-            source = self.source_names[int(batch.source[0])] if self.source_names else ""
+            source = self.source_names[self.data.source] if self.source_names else ""
             stats.add(loss, logs, batch.size, source)
             stats.pairs(batch.present)
             self.live.count(batch.size)
