@@ -26,10 +26,38 @@ def full(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.float() if t is not None and t.dtype in HALF else t
 
 
+def direction(anchor: str, modality: str) -> str:
+    """The key of explicit negatives: rows of `anchor` scored against extra `modality` ones."""
+    return f"{anchor}->{modality}"
+
+
+def split_direction(key: str) -> tuple[str, str]:
+    """(anchor, the negatives' modality) of a direction key."""
+    anchor, sep, modality = key.partition("->")
+    if not (sep and anchor and modality):
+        raise ValueError(f"negatives are keyed 'anchor->modality', got {key!r}")
+    return anchor, modality
+
+
+def negatives_key(key: str) -> str:
+    """The decoded-batch keys of a direction's negatives' inputs and presence flags: they
+    never have a `_present` twin, so from_dict takes neither for a modality."""
+    return f"negatives/{key}"
+
+
+def negatives_present_key(key: str) -> str:
+    return f"negatives_present/{key}"
+
+
 @dataclass(kw_only=True)
 class Batch:
     """Rows of a step: model inputs, presence flags and (for evaluation and text positives)
-    content hashes per modality, labels (-1: none) and, when logged, the rows' sample keys."""
+    content hashes per modality, labels (-1: none) and, when logged, the rows' sample keys.
+
+    Explicit (mined hard) negatives, keyed by direction ("text->image"): each row's K extra
+    inputs of the modality after the arrow [B, K, ...its inputs' shape], and which of them
+    exist [B, K] (rows may hold fewer than K). objectives.pairwise.info_nce shares them.
+    """
 
     inputs: dict[str, torch.Tensor]
     present: dict[str, torch.Tensor]
@@ -37,13 +65,17 @@ class Batch:
     label: torch.Tensor
     sample: torch.Tensor | None = None
     source: torch.Tensor | None = None  # each row's source (data.sources), when read so
+    negatives: dict[str, torch.Tensor] = field(default_factory=dict)
+    negatives_present: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, torch.Tensor]) -> Batch:
         """From the decoded-batch dict: `m`, `m_present`, optional `m_hash`, `label`, and an
-        optional `sample` and `source`; the modalities are the keys that have a `_present`
-        twin."""
+        optional `sample` and `source`, and negatives (negatives_key, negatives_present_key);
+        the modalities are the keys that have a `_present` twin."""
         mods = [m for m in d if present_key(m) in d]
+        prefix = negatives_key("")
+        directions = [k[len(prefix) :] for k in d if k.startswith(prefix)]
         return cls(
             inputs={m: d[m] for m in mods},
             present={m: d[present_key(m)] for m in mods},
@@ -51,6 +83,8 @@ class Batch:
             label=d["label"],
             sample=d.get("sample"),
             source=d.get("source"),
+            negatives={k: d[negatives_key(k)] for k in directions},
+            negatives_present={k: d[negatives_present_key(k)] for k in directions},
         )
 
     @property
@@ -76,6 +110,8 @@ class Batch:
             label=fn(self.label),
             sample=None if self.sample is None else fn(self.sample),
             source=None if self.source is None else fn(self.source),
+            negatives={k: fn(t) for k, t in self.negatives.items()},
+            negatives_present={k: fn(t) for k, t in self.negatives_present.items()},
         )
 
 
@@ -83,7 +119,8 @@ class Batch:
 class ModelOutput:
     """What JointModel.forward gives the objective: L2-normalised embeddings and the presence
     flags they go with, the contrastive scale (exp'd) and bias, the learned loss log-variances,
-    the decoders' reconstructions and the classifier's logits (None without a classifier)."""
+    the decoders' reconstructions, the classifier's logits (None without a classifier) and the
+    batch's explicit negatives, embedded (direction -> [B, K, D], zeros where absent)."""
 
     embeddings: dict[str, torch.Tensor]
     present: dict[str, torch.Tensor]
@@ -92,6 +129,7 @@ class ModelOutput:
     loss_log_vars: dict[str, torch.Tensor] = field(default_factory=dict)
     reconstructions: dict[str, torch.Tensor] = field(default_factory=dict)
     class_logits: torch.Tensor | None = None
+    negatives: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def full_precision(self) -> ModelOutput:
         """The outputs of an autocast forward with half-precision tensors in float32, so
@@ -101,6 +139,7 @@ class ModelOutput:
             embeddings={m: full(v) for m, v in self.embeddings.items()},
             reconstructions={m: full(v) for m, v in self.reconstructions.items()},
             class_logits=full(self.class_logits),
+            negatives={k: full(v) for k, v in self.negatives.items()},
         )
 
 

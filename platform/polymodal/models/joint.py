@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polymodal.batch import Batch, ModelOutput
+from polymodal.batch import Batch, ModelOutput, split_direction
 
 
 class JointModel(nn.Module):
@@ -131,10 +131,34 @@ class JointModel(nn.Module):
         z = self.project(modality, x[rows])
         return z.new_zeros((x.shape[0], z.shape[1])).index_copy(0, rows, z)
 
+    def encode_with_negatives(
+        self, modality: str, batch: Batch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Raw embeddings of a modality's rows and of the batch's explicit negatives of that
+        modality (direction -> [B, K, D]). Rows and negatives go through the tower in one
+        call: a BatchNorm's statistics then cannot tell negatives from positives."""
+        x, present = batch.inputs[modality], batch.present[modality]
+        keys = [k for k in batch.negatives if split_direction(k)[1] == modality]
+        if not keys:
+            return self.project_present(modality, x, present), {}
+        if modality in self.precomputed:
+            raise ValueError(f"explicit negatives of {modality} need its tower, not features")
+        negatives = [batch.negatives[k].flatten(0, 1) for k in keys]
+        flags = [batch.negatives_present[k].flatten().to(present.dtype) for k in keys]
+        z = self.project_present(modality, torch.cat([x, *negatives]), torch.cat([present, *flags]))
+        own, *parts = z.split([x.shape[0]] + [n.shape[0] for n in negatives])
+        return own, {k: p.unflatten(0, batch.negatives[k].shape[:2]) for k, p in zip(keys, parts)}
+
     def forward(self, batch: Batch) -> ModelOutput:
-        raw = {
-            m: self.project_present(m, batch.inputs[m], batch.present[m]) for m in self.modalities
-        }
+        unknown = [
+            k for k in batch.negatives if not set(split_direction(k)) <= set(self.modalities)
+        ]
+        if unknown:
+            raise ValueError(f"negatives {unknown} name a modality the model lacks")
+        raw, negatives = {}, {}
+        for m in self.modalities:
+            raw[m], mine = self.encode_with_negatives(m, batch)
+            negatives.update({k: F.normalize(z, dim=-1) for k, z in mine.items()})
         emb = {m: F.normalize(z, dim=-1) for m, z in raw.items()}
         present = {m: batch.present[m] for m in self.modalities}
         return ModelOutput(
@@ -145,6 +169,7 @@ class JointModel(nn.Module):
             loss_log_vars=dict(self.loss_log_vars),
             reconstructions={m: dec(raw[m]) for m, dec in self.decoders.items()},
             class_logits=self.classify(emb, present) if self.classifier is not None else None,
+            negatives=negatives,
         )
 
 

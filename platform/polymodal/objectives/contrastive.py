@@ -73,9 +73,10 @@ def loss(
     import torch
     import torch.nn.functional as F
 
+    from polymodal.objectives.negatives import Negatives
     from polymodal.objectives.pairwise import multi_contrastive
 
-    def loss_of(embeddings: dict[str, torch.Tensor]):
+    def loss_of(embeddings: dict[str, torch.Tensor], negatives: dict[str, torch.Tensor]):
         return multi_contrastive(
             embeddings,
             outputs.logit_scale,
@@ -86,15 +87,19 @@ def loss(
             keys=keys(batch, c.positives),
             logit_bias=outputs.logit_bias,
             chunk_size=c.chunk_size,
+            negatives={
+                k: Negatives(n, batch.negatives_present[k] > 0) for k, n in negatives.items()
+            },
         )
 
-    total, pairs = loss_of(outputs.embeddings)
+    total, pairs = loss_of(outputs.embeddings, outputs.negatives)
     logs = dict(pairs)
     if c.matryoshka_dims:
         losses = [total]
         for d in c.matryoshka_dims:
             prefixes = {m: F.normalize(e[:, :d], dim=-1) for m, e in outputs.embeddings.items()}
-            losses.append(loss_of(prefixes)[0])
+            negatives = {k: F.normalize(n[..., :d], dim=-1) for k, n in outputs.negatives.items()}
+            losses.append(loss_of(prefixes, negatives)[0])
             logs[f"dim{d}"] = losses[-1].detach()
         total = torch.stack(losses).mean()
     return total, logs

@@ -57,6 +57,8 @@ def grad_cache_backward(
     weights = {name: term.weight_of(cfg) for name, term in active_terms(cfg).items()}
     if cfg.objective.weighting != "static":
         raise ValueError("the gradient cache supports objective.weighting: static")
+    if batch.negatives:  # step 1 caches the rows' embeddings only: negatives would be lost
+        raise ValueError("the gradient cache does not take explicit negatives yet")
     n = batch.size
     device = batch.label.device
     chunks = [slice(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]

@@ -2,7 +2,8 @@
 
 Both are exact across ranks: with W ranks of equal B_local, after DDP averages gradients they
 give the gradients of the single-process loss over all W·B_local rows (temperature and bias
-included). Rows lacking a modality drop out of that pair; `keys` make same-key rows positives.
+included). Rows lacking a modality drop out of that pair; `keys` make same-key rows positives;
+explicit negatives (negatives.py) add columns that every row scores and none counts positive.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from polymodal.batch import direction
 from polymodal.objectives.gather import check_equal_batch, gather_no_grad, gather_with_grad, world
+from polymodal.objectives.negatives import Negatives, negative_columns, pack, unpack, with_negatives
 
 GATHER_MODES = ("local", "full", "none")
 POSITIVES = ("diagonal", "label", "text")
@@ -38,12 +41,14 @@ def positive_mask(
 class Gathered:
     """Every rank's rows of one pair (rank order), gathered once per step by multi_contrastive:
     features a, b [B_global, D] with gradients back to their owners, which rows have both
-    modalities, and the keys (None without keys)."""
+    modalities, the keys (None without keys) and the explicit negatives of either modality."""
 
     a: torch.Tensor
     b: torch.Tensor
     valid: torch.Tensor
     keys: torch.Tensor | None = None
+    negatives_a: Negatives | None = None
+    negatives_b: Negatives | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,10 @@ def _span(gather: str, batch: int, device: torch.device):
     return world_size, torch.arange(batch, device=device) + rank * batch, False
 
 
+def _spans_ranks(gather: str) -> bool:
+    return gather != "none" and world()[1] > 1
+
+
 def _gather_pair(a, b, valid, keys) -> Gathered:
     check_equal_batch(a.shape[0])
     a_all, b_all, valid_all = gather_with_grad(a), gather_with_grad(b), gather_no_grad(valid)
@@ -124,7 +133,9 @@ def pair_layout(
         mask = PairMask(col_ids, col_ids, valid_all, valid_all, g.keys, g.keys)
         return PairLayout(g.a, g.b, g.a, g.b, mask, valid_all.sum())
     mask = PairMask(row_ids, col_ids, valid, valid_all, keys, g.keys)
-    return PairLayout(a, b, g.a, g.b, mask, valid_all.sum() / world_size)
+    # In float64 too, not the default float32: count / 3 is inexact in either, 1e-8 apart.
+    count = valid_all.sum().to(torch.promote_types(a.dtype, torch.float32))
+    return PairLayout(a, b, g.a, g.b, mask, count / world_size)
 
 
 def _soft_ce_sum(logits, pos, valid_rows, valid_cols) -> torch.Tensor:
@@ -145,6 +156,8 @@ def info_nce(
     valid: torch.Tensor | None = None,
     keys: torch.Tensor | None = None,
     gathered: Gathered | None = None,
+    negatives_b: Negatives | None = None,
+    negatives_a: Negatives | None = None,
 ) -> torch.Tensor:
     """½·(CE(a→b) + CE(b→a)), each averaged over rows, positives on the diagonal.
 
@@ -156,12 +169,27 @@ def info_nce(
     valid: [B_local] rows that have both modalities; the others drop out of rows and columns.
     keys: [B_local] int64; rows with equal keys >= 0 are positives too (multi-positive).
     gathered: every rank's a, b, valid (and keys), already gathered (saves collectives).
+    negatives_b: explicit negatives of modality b (negatives.Negatives: [B_local, K, D] and
+    which exist): extra columns of CE(a→b) for every row of the global batch, gathered like
+    the in-batch ones, never positives; absent ones drop out (none: the loss without).
+    negatives_a: the same for CE(b→a). Rows' validity and the normaliser ignore them.
     """
     p = pair_layout(a, b, gather, valid, keys, gathered)
     pos, vr, vc = p.mask.positives(), p.mask.row_valid, p.mask.col_valid
-    loss_ab = _soft_ce_sum(logit_scale * p.rows_a @ p.cols_b.t(), pos, vr, vc)
-    loss_ba = _soft_ce_sum(logit_scale * p.rows_b @ p.cols_a.t(), pos, vr, vc)
+    spans = _spans_ranks(gather)
+    extra_b = negative_columns(negatives_b, gathered.negatives_b if gathered else None, spans)
+    extra_a = negative_columns(negatives_a, gathered.negatives_a if gathered else None, spans)
+    loss_ab = _ce_direction(logit_scale * p.rows_a, p.cols_b, pos, vr, vc, extra_b)
+    loss_ba = _ce_direction(logit_scale * p.rows_b, p.cols_a, pos, vr, vc, extra_a)
     return 0.5 * (loss_ab + loss_ba) / p.norm.clamp(min=1e-6)  # the sum is 0 when no row is valid
+
+
+def _ce_direction(rows, cols, pos, valid_rows, valid_cols, extra) -> torch.Tensor:
+    """One direction's summed CE; rows are already scaled."""
+    logits = rows @ cols.t()
+    if extra is not None:
+        logits, pos, valid_cols = with_negatives(logits, rows, pos, valid_cols, extra)
+    return _soft_ce_sum(logits, pos, valid_rows, valid_cols)
 
 
 class _ChunkedSigmoid(torch.autograd.Function):
@@ -220,25 +248,37 @@ def sigmoid_loss(
     keys: torch.Tensor | None = None,
     gathered: Gathered | None = None,
     chunk_size: int = 4096,
+    negatives_b: Negatives | None = None,
+    negatives_a: Negatives | None = None,
 ) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss, summed over columns and averaged over rows.
 
     Same arguments as info_nce plus the learnable logit_bias; computed in column chunks of
-    chunk_size that are recomputed in backward.
+    chunk_size that are recomputed in backward. Explicit negatives are extra columns with
+    z = −1 for every valid row: negatives_b (every rank's, as info_nce's) against the a
+    rows, negatives_a against the b rows, each in chunks of their own.
     """
     p = pair_layout(a, b, gather, valid, keys, gathered)
-    rows, cols = p.rows_a, p.cols_b
+    chunk = max(int(chunk_size), 1)
+    total = _sigmoid_sum(p.rows_a, p.cols_b, logit_scale, logit_bias, p.mask, chunk)
+    spans = _spans_ranks(gather)
+    for rows, negatives, got in (
+        (p.rows_a, negatives_b, gathered.negatives_b if gathered else None),
+        (p.rows_b, negatives_a, gathered.negatives_a if gathered else None),
+    ):
+        extra = negative_columns(negatives, got, spans)
+        if extra is not None:
+            # Column ids -1 and no keys: no row's id matches, so every z is −1.
+            ids = torch.full_like(extra[1], -1, dtype=torch.long)
+            mask = PairMask(p.mask.row_ids, ids, p.mask.row_valid, extra[1])
+            total = total + _sigmoid_sum(rows, extra[0], logit_scale, logit_bias, mask, chunk)
+    return total / p.norm.clamp(min=1e-6)  # the sum is 0 when no row is valid
+
+
+def _sigmoid_sum(rows, cols, scale, bias, mask: PairMask, chunk: int) -> torch.Tensor:
     if rows.dtype in (torch.float16, torch.bfloat16):  # the pairwise sums stay in float32
         rows, cols = rows.float(), cols.float()
-    total = _ChunkedSigmoid.apply(
-        rows,
-        cols,
-        logit_scale.to(rows.dtype),
-        logit_bias.to(rows.dtype),
-        p.mask,
-        max(int(chunk_size), 1),
-    )
-    return total / p.norm.clamp(min=1e-6)  # the sum is 0 when no row is valid
+    return _ChunkedSigmoid.apply(rows, cols, scale.to(rows.dtype), bias.to(rows.dtype), mask, chunk)
 
 
 def pair_name(a: str, b: str) -> str:
@@ -259,19 +299,27 @@ def multi_contrastive(
     keys: torch.Tensor | None = None,
     logit_bias: torch.Tensor | None = None,
     chunk_size: int = 4096,
+    negatives: dict[str, Negatives] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of a pair loss over every modality pair.
 
+    negatives: explicit negatives by direction (batch.direction: "text->image" holds image
+    negatives for the text rows), passed to the pair of those two modalities.
     Under torch.distributed, one collective gathers every modality's features together with
-    the presence flags (plus one for keys and one tiny batch-size check): per step, not per pair.
+    the presence flags and the negatives (plus one for keys and one tiny batch-size check):
+    per step, not per pair.
     """
     if kind not in CONTRASTIVE_KINDS:
         raise ValueError(f"contrastive kind must be one of {sorted(CONTRASTIVE_KINDS)}")
     pair_weights = pair_weights or {}
     mods = list(embeddings)
+    negatives = negatives or {}
+    pairs = {direction(a, b) for a in mods for b in mods if a != b}
+    if unknown := sorted(set(negatives) - pairs):
+        raise ValueError(f"negatives {unknown} name no pair of the modalities {mods}")
     step = None
-    if gather != "none" and world()[1] > 1:
-        step = _gather_step(embeddings, present, keys)
+    if _spans_ranks(gather):
+        step = _gather_step(embeddings, present, keys, negatives)
     total = None
     per_pair = {}
     for a, b in itertools.combinations(mods, 2):
@@ -282,7 +330,7 @@ def multi_contrastive(
             valid = (present[a] > 0) & (present[b] > 0)
         gathered = None
         if step is not None:
-            features_all, present_all, keys_all = step
+            features_all, present_all, keys_all, negatives_all = step
             valid_all = (
                 present_all[a] & present_all[b]
                 if present_all is not None
@@ -290,7 +338,10 @@ def multi_contrastive(
                     features_all[a].shape[0], dtype=torch.bool, device=features_all[a].device
                 )
             )
-            gathered = Gathered(features_all[a], features_all[b], valid_all, keys_all)
+            negatives_ab = negatives_all.get(direction(b, a)), negatives_all.get(direction(a, b))
+            gathered = Gathered(
+                features_all[a], features_all[b], valid_all, keys_all, *negatives_ab
+            )
         extra = {"logit_bias": logit_bias, "chunk_size": chunk_size} if kind == "sigmoid" else {}
         loss = CONTRASTIVE_KINDS[kind](
             embeddings[a],
@@ -300,6 +351,8 @@ def multi_contrastive(
             valid=valid,
             keys=keys,
             gathered=gathered,
+            negatives_b=negatives.get(direction(a, b)),
+            negatives_a=negatives.get(direction(b, a)),
             **extra,
         )
         per_pair[name] = loss.detach()
@@ -312,15 +365,24 @@ def _gather_step(
     embeddings: dict[str, torch.Tensor],
     present: dict[str, torch.Tensor] | None,
     keys: torch.Tensor | None,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, torch.Tensor | None]:
+    negatives: dict[str, Negatives],
+) -> tuple[
+    dict[str, torch.Tensor],
+    dict[str, torch.Tensor] | None,
+    torch.Tensor | None,
+    dict[str, Negatives],
+]:
     """Every rank's features and presence flags of every modality in one collective (flags
-    ride along as extra feature columns), keys in a second: (features, present, keys)."""
+    ride along as extra feature columns, then the negatives), keys in a second:
+    (features, present, keys, negatives)."""
     mods = list(embeddings)
     check_equal_batch(embeddings[mods[0]].shape[0])
     columns = [embeddings[m] for m in mods]
     if present is not None:
         flags = torch.stack([present[m] for m in mods], 1)
         columns.append(flags.to(columns[0].dtype))
+    end = sum(c.shape[1] for c in columns)  # the negatives' columns start here
+    columns += [c.to(columns[0].dtype) for c in pack(negatives)]
     packed = gather_with_grad(torch.cat(columns, 1))
     features_all, offset = {}, 0
     for m in mods:
@@ -329,7 +391,7 @@ def _gather_step(
         offset += width
     present_all = None
     if present is not None:
-        flags_all = packed[:, offset:].detach() > 0
+        flags_all = packed[:, offset:end].detach() > 0
         present_all = {m: flags_all[:, j] for j, m in enumerate(mods)}
     keys_all = gather_no_grad(keys) if keys is not None else None
-    return features_all, present_all, keys_all
+    return features_all, present_all, keys_all, unpack(packed, end, negatives)
