@@ -192,3 +192,30 @@ def test_bad_rows_are_counted_per_source_too():
     single = BadRows()
     single.add("train", 10, [("x", "empty text")])
     assert "sources" not in single.totals()  # one dataset: as before
+
+
+def test_webdataset_sources_name_their_own_val_tars_and_labels(tmp_path):
+    from polymodal.data.dataset import data_sources
+    from polymodal.data.sources.builtin import FASHION_LABELS, digits, fashion_mnist
+    from tests.conftest import write_tars
+
+    for name, rows in (("fashion", list(fashion_mnist(limit=20).rows)), ("digits", [])):
+        rows = rows or list(digits(limit=20).rows)
+        write_tars(tmp_path / name / "train", rows[:12], per_tar=12)
+        write_tars(tmp_path / name / "val", rows[12:], per_tar=8)
+    tars = {
+        n: (f"{tmp_path / n}/train/00000.tar", f"{tmp_path / n}/val/00000.tar")
+        for n in ("fashion", "digits")
+    }
+    sources = (
+        f"[{{path: '{tars['fashion'][0]}', name: fashion, val_path: '{tars['fashion'][1]}', "
+        f"label_names: {list(FASHION_LABELS)}}}, "
+        f"{{path: '{tars['digits'][0]}', name: digits}}]"
+    )
+    cfg = load_config(None, [f"data.sources={sources}", f"data.val_path={tars['digits'][1]}"])
+    fashion, digit = data_sources(cfg)
+    assert fashion.manifest.splits["val"]["shards"][0]["path"].endswith("fashion/val/00000.tar")
+    assert digit.manifest.splits["val"]["shards"][0]["path"].endswith("digits/val/00000.tar")
+    assert fashion.manifest.label_names == list(FASHION_LABELS)
+    assert digit.manifest.label_names is None  # no data.label_names: its .cls stay unnamed
+    assert fashion.manifest.rows("val") == digit.manifest.rows("val") == 8

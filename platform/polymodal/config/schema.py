@@ -30,6 +30,11 @@ class SourceConfig(Section):
         pattern=r"^[A-Za-z0-9_.-]*$",
         description="What its metrics are called (default: the path's last part).",
     )
+    val_path: str = Field("", description="webdataset only: its val tars (default data.val_path).")
+    label_names: list[str] = Field(
+        default_factory=list,
+        description="webdataset only: the names of its .cls ids (default data.label_names).",
+    )
 
     def named(self) -> str:
         """Its name, or its path's last part (a tar pattern's folder)."""

@@ -36,11 +36,14 @@ class DataSource:
     manifest: Manifest
 
 
-def open_dataset(cfg: Config, path: str) -> Manifest:
-    """The manifest of a dataset: written by ingest, or made up for webdataset tars."""
-    if is_webdataset_path(path):
-        return webdataset_manifest(absolute(path), cfg.data.val_path, tuple(cfg.data.label_names))
-    return read_manifest(path)
+def open_dataset(cfg: Config, source: SourceConfig) -> Manifest:
+    """The manifest of a dataset: written by ingest, or made up for webdataset tars (whose
+    val tars and label names a source may give, else data.val_path and data.label_names)."""
+    if is_webdataset_path(source.path):
+        val = source.val_path or cfg.data.val_path
+        labels = source.label_names or cfg.data.label_names
+        return webdataset_manifest(absolute(source.path), val, tuple(labels))
+    return read_manifest(source.path)
 
 
 def absolute(path: str) -> str:
@@ -50,9 +53,7 @@ def absolute(path: str) -> str:
 def data_sources(cfg: Config) -> list[DataSource]:
     """cfg's datasets, each with its manifest: data.sources, or data.path alone (weight 1)."""
     given = cfg.data.sources or [SourceConfig(path=cfg.data.path)]
-    return [
-        DataSource(s.named(), absolute(s.path), s.weight, open_dataset(cfg, s.path)) for s in given
-    ]
+    return [DataSource(s.named(), absolute(s.path), s.weight, open_dataset(cfg, s)) for s in given]
 
 
 def dataset_manifest(cfg: Config) -> Manifest:
