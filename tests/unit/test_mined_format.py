@@ -1,5 +1,6 @@
 """Mined negatives on disk: a dataset whose rows carry their negatives by value decodes into
-negatives/<direction> [B, K, ...] and flags [B, K], missing and broken negatives absent."""
+negatives/<direction> [B, K, ...] and flags [B, K], missing and broken negatives absent; the
+rank window and filters of `polymodal mine`."""
 
 import io
 
@@ -86,3 +87,24 @@ def test_piece_reader_reads_negatives_and_val_without_them(tmp_path):
         assert batch[f"negatives_present/{KEY}"].shape == (rows, 3)
         assert batch[f"negatives_present/{KEY}"].sum() == flags
         assert batch[f"negatives/{KEY}"].shape[:2] == (rows, 3)
+
+
+def test_pick_window_skips_own_and_same_content_then_filters():
+    from polymodal.inference.mine import MineSettings, _pick
+
+    # candidates by rank: 0 is the row itself, 1 has its content, then 2..6
+    rows = np.array([0, 1, 2, 3, 4, 5, 6])
+    scores = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5], dtype=np.float32)
+    hashes = np.array([7, 7, 1, 2, 3, 4, 5])
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+
+    def pick(pos=1.0, **kw):
+        return _pick(rows, scores, 0, hashes, labels, MineSettings("text", "image", **kw), pos)
+
+    assert pick(num_negatives=2) == [2, 3]  # ranks 0, 1 once own and same-content are out
+    assert pick(num_negatives=2, range_min=1) == [3, 4]
+    assert pick(num_negatives=5, range_min=1, range_max=3) == [3, 4]  # the window caps it
+    assert pick(num_negatives=2, max_score=0.75) == [4, 5]
+    assert pick(num_negatives=2, margin=0.25, pos=1.0) == [4, 5]  # < 0.75
+    assert pick(num_negatives=2, exclude_same_label=True) == [3, 4]
+    assert pick(num_negatives=2, margin=0.1, pos=float("nan")) == []  # no positive to compare
