@@ -1,5 +1,5 @@
 """The `polymodal` command: data ingest|inspect|validate, validate (a config), train, eval, tune,
-serve, embed, index, report, submit and jobs (Ray jobs on a cluster).
+serve, embed, index, mine, report, submit and jobs (Ray jobs on a cluster).
 
 This file builds the parser and dispatches; commands.py holds what each subcommand does.
 """
@@ -261,6 +261,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_address(ix)
     ix.set_defaults(func=commands.cmd_index)
+    mn = sub.add_parser(
+        "mine",
+        help="mine hard negatives with a checkpoint into a copy of a dataset",
+        description="Embed the train split, search exactly, write OUT (local or s3://): "
+        "DATASET's rows plus negatives.<anchor>-><candidates>, each train row's K negatives by "
+        "value (val: none; manifest: extra.negatives), which training reads. Of "
+        "sentence-transformers' mine_hard_negatives: range_min, range_max, max_score, "
+        "absolute_margin (--margin); not relative_margin, sampling_strategy or faiss.",
+    )
+    for name in ("checkpoint", "dataset", "out"):
+        mn.add_argument(name)
+    mn.add_argument("--anchor", required=True, help="the rows' modality that is scored")
+    mn.add_argument("--candidates", required=True, help="the negatives' modality")
+    mn.add_argument("--num-negatives", type=int, default=3, help="K per row (default 3)")
+    mn.add_argument("--range-min", type=int, default=0, help="skip the best ranks (own excluded)")
+    mn.add_argument("--range-max", type=int, default=100, help="take ranks below this")
+    mn.add_argument("--max-score", type=float, help="drop candidates scoring above this")
+    mn.add_argument("--margin", type=float, help="keep scores < the positive's - margin")
+    mn.add_argument("--exclude-same-label", action="store_true", help="drop the row's label")
+    mn.add_argument("--batch-size", type=number(int, 1), default=256)
+    mn.add_argument("--overwrite", action="store_true", help="replace a dataset at OUT")
+    _add_address(mn)
+    mn.set_defaults(func=commands.cmd_mine)
 
     sv = sub.add_parser(
         "serve",

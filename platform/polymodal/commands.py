@@ -292,6 +292,41 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mine(args: argparse.Namespace) -> int:
+    from polymodal.inference.mine import MineSettings, check_mine_inputs, mine
+
+    settings = MineSettings(
+        anchor=args.anchor,
+        candidates=args.candidates,
+        num_negatives=args.num_negatives,
+        range_min=args.range_min,
+        range_max=args.range_max,
+        max_score=args.max_score,
+        margin=args.margin,
+        exclude_same_label=args.exclude_same_label,
+    )
+    check_mine_inputs(args.checkpoint, args.dataset, args.out, settings, args.overwrite)
+    from polymodal.cluster import ensure_ray
+
+    ensure_ray(args.address)
+    r = mine(
+        args.checkpoint,
+        args.dataset,
+        args.out,
+        settings,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+    )
+    per_row = r.negatives / r.rows if r.rows else 0.0
+    print(
+        f"mined {r.mined}/{r.rows} train rows ({args.anchor}->{args.candidates}) into {r.out}: "
+        f"{per_row:.2f} negatives per row, mean positive score {r.positive_score:.3f}, mean "
+        f"negative score {r.negative_score:.3f}, {r.seconds:.1f}s "
+        f"({r.rows / max(r.seconds, 1e-9):.0f} rows/s)"
+    )
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from polymodal.run_meta import check_run_dir
 

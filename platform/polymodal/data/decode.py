@@ -51,6 +51,7 @@ def decode_columns(
     with_hashes: bool = False,
     num_labels: int | None = None,
     augment: dict[str, Any] | None = None,
+    negatives: dict[str, int] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
     """Raw columns (lists of values, None for missing) → arrays for the model, and the rows
     that were dropped as (row index, reason).
@@ -60,6 +61,9 @@ def decode_columns(
     A row whose value does not decode, whose label is out of range, or that has none of the
     modalities is dropped rather than failing the batch. `augment`: per modality, what its
     decode takes to change values randomly (Modality.augmentation), for training.
+    `negatives`: mined directions ("text->image") -> K, read from their columns
+    (format.negatives_column) into `negatives/<key>` [n, K, ...] and `negatives_present/<key>`
+    [n, K] (decode_negatives).
     """
     augment = augment or {}
     rng = np.random.default_rng() if augment else None
@@ -99,4 +103,43 @@ def decode_columns(
                 dtype=np.int64,
             )
     out["label"] = label_out[rows]
+    for key, k in (negatives or {}).items():
+        column = columns.get(NEGATIVES_PREFIX + key) or [None] * n
+        lists = [column[i] for i in keep]
+        # batch.negatives_key's and negatives_present_key's names (batch.py imports torch)
+        out[f"negatives/{key}"], out[f"negatives_present/{key}"] = decode_negatives(
+            lists, key.partition("->")[2], k, prep, augment, rng
+        )
     return out, bad
+
+
+# + a direction "text->image": format.negatives_column, the Parquet column of its negatives
+NEGATIVES_PREFIX = "negatives."
+
+
+def decode_negatives(
+    lists: list[list[Any] | None],
+    modality: str,
+    k: int,
+    prep: Preprocessing,
+    augment: dict[str, Any] | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's mined negatives (raw values of `modality`, None for none) → [n, K, ...]
+    inputs decoded as that modality's rows are, and [n, K] flags: 1.0 where a negative is.
+    Past K, or missing, or undecodable: absent (zeros), never a bad row, since the row itself
+    is sound and the loss masks absent negatives."""
+    shape, dtype = MODALITIES[modality].input_shape(prep)
+    decode = MODALITIES[modality].decode
+    inputs = np.zeros((len(lists), k, *shape), dtype=dtype)
+    present = np.zeros((len(lists), k), dtype=np.float32)
+    for i, values in enumerate(lists):
+        for j, value in enumerate((values or [])[:k]):
+            if value is None:
+                continue
+            try:
+                inputs[i, j] = decode(value, prep, (augment or {}).get(modality), rng)
+            except DecodeError:
+                continue
+            present[i, j] = 1.0
+    return inputs, present

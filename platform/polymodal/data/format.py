@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from polymodal import storage
+from polymodal.data.decode import NEGATIVES_PREFIX
 from polymodal.modalities import MODALITIES
 
 SCHEMA_VERSION = 1
@@ -53,13 +54,36 @@ class Manifest:
         return len(self.label_names) if self.label_names else None
 
 
-def arrow_schema(modalities: list[str], labelled: bool) -> pa.Schema:
+def negatives_column(key: str) -> str:
+    """The Parquet column of a direction's mined negatives: each row's candidates' raw values
+    (by value, so they never dangle), a list of the negatives' modality's column type."""
+    return NEGATIVES_PREFIX + key
+
+
+def mined(manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """The dataset's mined directions ("text->image") -> {anchor, modality, num_negatives, ...}
+    (extra["negatives"], written by `polymodal mine`); {} for an ordinary dataset."""
+    return dict(manifest.extra.get("negatives") or {})
+
+
+def arrow_schema(
+    modalities: list[str], labelled: bool, negatives: dict[str, str] | None = None
+) -> pa.Schema:
+    """The shards' schema; negatives: each mined direction -> the negatives' modality."""
     fields = [pa.field("id", pa.string(), nullable=False)]
     # Each modality's column type: docs/architecture.md, "Dataset on disk".
     fields += [pa.field(m, MODALITIES[m].arrow_type) for m in modalities]
     if labelled:
         fields.append(pa.field("label", pa.int64()))
+    for key, modality in (negatives or {}).items():
+        fields.append(pa.field(negatives_column(key), pa.list_(MODALITIES[modality].arrow_type)))
     return pa.schema(fields)
+
+
+def manifest_schema(manifest: Manifest) -> pa.Schema:
+    """The schema every shard of the dataset has (mined negatives' columns included)."""
+    negatives = {k: d["modality"] for k, d in mined(manifest).items()}
+    return arrow_schema(list(manifest.modalities), manifest.label_names is not None, negatives)
 
 
 def split_of(row_id: str, val_fraction: float) -> str:
@@ -123,7 +147,7 @@ def row_groups(path: str | Path, manifest: Manifest, split: str) -> list[tuple[s
     """(shard, rows of each row group) for each of the split's shards, from their footers
     (not their rows). Fails on the first shard that is missing or whose schema disagrees with the
     manifest, naming it: before training, not hours into it."""
-    expected = arrow_schema(list(manifest.modalities), manifest.label_names is not None)
+    expected = manifest_schema(manifest)
     uris = shard_paths(path, manifest, split)
 
     def footer(uri: str) -> tuple[str | None, list[int]]:
@@ -196,6 +220,7 @@ class DatasetWriter:
         labelled: bool,
         rows_per_shard: int = 10_000,
         overwrite: bool = False,
+        negatives: dict[str, str] | None = None,
     ):
         self.remote = storage.is_remote(out)
         if self.remote:
@@ -215,7 +240,7 @@ class DatasetWriter:
         self.modalities = modalities
         self.encodings = encodings
         self.label_names = label_names
-        self.schema = arrow_schema(modalities, labelled)
+        self.schema = arrow_schema(modalities, labelled, negatives)
         self.rows_per_shard = rows_per_shard
         self.shards: dict[str, list[dict[str, Any]]] = {}
         self.rows = self.shard_writer()
@@ -274,13 +299,29 @@ class DatasetWriter:
 
 def read_columns(path: str | Path, manifest: Manifest, modalities: list[str]) -> list[str]:
     """The columns a model over `modalities` reads: those of them the dataset holds (a source
-    of a mixture holds some only; the others read as missing), plus label if any."""
+    of a mixture holds some only; the others read as missing), plus label if any, plus the
+    mined negatives of each direction whose anchor and modality the model both has."""
     held = [m for m in modalities if m in manifest.modalities]
     if not held:
         raise DatasetError(
             f"{path}: dataset has none of {list(modalities)} (has {list(manifest.modalities)})"
         )
-    return held + (["label"] if manifest.label_names is not None else [])
+    negatives = [
+        negatives_column(k)
+        for k, d in mined(manifest).items()
+        if d["anchor"] in modalities and d["modality"] in modalities
+    ]
+    return held + (["label"] if manifest.label_names is not None else []) + negatives
+
+
+def negatives_sizes(manifest: Manifest, modalities: list[str]) -> dict[str, int]:
+    """K of each mined direction a model over `modalities` reads (read_columns' negatives):
+    every decoded block pads its rows' negatives to it, so blocks stack."""
+    return {
+        k: int(d["num_negatives"])
+        for k, d in mined(manifest).items()
+        if d["anchor"] in modalities and d["modality"] in modalities
+    }
 
 
 def is_webdataset(manifest: Manifest) -> bool:

@@ -22,6 +22,7 @@ from polymodal.data.decode import decode_columns
 from polymodal.data.format import (
     Manifest,
     is_webdataset,
+    negatives_sizes,
     open_shard,
     read_columns,
     read_manifest,
@@ -88,12 +89,16 @@ def decode_table(
     with_samples: bool = False,
     positions: np.ndarray | None = None,
     source: str = "",
+    negatives: dict[str, int] | None = None,
 ) -> dict:
     """One block of raw rows → decoded (and, with augment, randomly changed) arrays, with
     `sample` the rows' sample_key if with_samples and `position` the rows' stream positions
-    if given; undecodable rows are dropped and, with a BadRows actor, counted."""
+    if given; undecodable rows are dropped and, with a BadRows actor, counted; negatives: the
+    mined directions read, with their K (format.negatives_sizes)."""
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    out, bad = decode_columns(columns, Preprocessing(**prep), with_hashes, num_labels, augment)
+    out, bad = decode_columns(
+        columns, Preprocessing(**prep), with_hashes, num_labels, augment, negatives
+    )
     ids = columns.get("id") or [str(i) for i in range(table.num_rows)]
     kept = np.ones(table.num_rows, dtype=bool)
     kept[[i for i, _ in bad]] = False
@@ -249,6 +254,7 @@ def piece_reader(
         augment=augment or None,
         with_samples=with_samples,
         source=source,
+        negatives=negatives_sizes(manifest, prep.modalities) or None,
     )
     columns = ["id", *read_columns(path, manifest, prep.modalities)]
     return PieceReader(columns, decode_batch_size, decode, ordered)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from polymodal import storage
 from polymodal.data.decode import decode_columns
-from polymodal.data.format import arrow_schema, read_manifest, schema_difference, shard_paths
+from polymodal.data.format import manifest_schema, read_manifest, schema_difference, shard_paths
 from polymodal.modalities import Preprocessing
 
 EXAMPLES = 10
@@ -42,7 +42,7 @@ class ValidationReport:
 def check_shards(path: str, report: ValidationReport) -> list[str]:
     """Shard-level checks; returns the shards that can be read for the row check."""
     manifest = read_manifest(path)
-    expected = arrow_schema(list(manifest.modalities), manifest.label_names is not None)
+    expected = manifest_schema(manifest)
     readable = []
     for split, info in manifest.splits.items():
         for shard, uri in zip(info["shards"], shard_paths(path, manifest, split)):
