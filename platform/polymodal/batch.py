@@ -49,6 +49,17 @@ def negatives_present_key(key: str) -> str:
     return f"negatives_present/{key}"
 
 
+def negatives_hash_key(key: str) -> str:
+    """Content hashes of a direction's negatives [n, K] (decoded with the rows' hashes)."""
+    return f"negatives_hash/{key}"
+
+
+def reference_key(role: str, name: str) -> str:
+    """Batch.reference's key of a frozen reference model's embeddings (role "teacher" or
+    "guide") of a modality's rows, or of a direction's negatives."""
+    return f"{role}/{name}"
+
+
 @dataclass(kw_only=True)
 class Batch:
     """Rows of a step: model inputs, presence flags and (for evaluation and text positives)
@@ -57,6 +68,10 @@ class Batch:
     Explicit (mined hard) negatives, keyed by direction ("text->image"): each row's K extra
     inputs of the modality after the arrow [B, K, ...its inputs' shape], and which of them
     exist [B, K] (rows may hold fewer than K). objectives.pairwise.info_nce shares them.
+
+    Reference embeddings (train/references.py), keyed reference_key(role, modality or
+    direction): a frozen model's embeddings of the rows [B, D_ref] (of the negatives
+    [B, K, D_ref]) and which exist, for the terms that read them (distill, the guide).
     """
 
     inputs: dict[str, torch.Tensor]
@@ -67,6 +82,9 @@ class Batch:
     source: torch.Tensor | None = None  # each row's source (data.sources), when read so
     negatives: dict[str, torch.Tensor] = field(default_factory=dict)
     negatives_present: dict[str, torch.Tensor] = field(default_factory=dict)
+    negatives_hashes: dict[str, torch.Tensor] = field(default_factory=dict)
+    reference: dict[str, torch.Tensor] = field(default_factory=dict)
+    reference_present: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, torch.Tensor]) -> Batch:
@@ -85,6 +103,9 @@ class Batch:
             source=d.get("source"),
             negatives={k: d[negatives_key(k)] for k in directions},
             negatives_present={k: d[negatives_present_key(k)] for k in directions},
+            negatives_hashes={
+                k: d[negatives_hash_key(k)] for k in directions if negatives_hash_key(k) in d
+            },
         )
 
     @property
@@ -112,6 +133,9 @@ class Batch:
             source=None if self.source is None else fn(self.source),
             negatives={k: fn(t) for k, t in self.negatives.items()},
             negatives_present={k: fn(t) for k, t in self.negatives_present.items()},
+            negatives_hashes={k: fn(t) for k, t in self.negatives_hashes.items()},
+            reference={k: fn(t) for k, t in self.reference.items()},
+            reference_present={k: fn(t) for k, t in self.reference_present.items()},
         )
 
 

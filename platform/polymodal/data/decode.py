@@ -63,7 +63,7 @@ def decode_columns(
     decode takes to change values randomly (Modality.augmentation), for training.
     `negatives`: mined directions ("text->image") -> K, read from their columns
     (format.negatives_column) into `negatives/<key>` [n, K, ...] and `negatives_present/<key>`
-    [n, K] (decode_negatives).
+    [n, K] (decode_negatives), with `negatives_hash/<key>` [n, K] when with_hashes.
     """
     augment = augment or {}
     rng = np.random.default_rng() if augment else None
@@ -110,7 +110,19 @@ def decode_columns(
         out[f"negatives/{key}"], out[f"negatives_present/{key}"] = decode_negatives(
             lists, key.partition("->")[2], k, prep, augment, rng
         )
+        if with_hashes:  # batch.negatives_hash_key's name
+            out[f"negatives_hash/{key}"] = negatives_hashes(lists, k)
     return out, bad
+
+
+def negatives_hashes(lists: list[list[Any] | None], k: int) -> np.ndarray:
+    """[n, K] content_hash of each row's first K negatives (0 where none)."""
+    out = np.zeros((len(lists), k), dtype=np.int64)
+    for i, values in enumerate(lists):
+        for j, value in enumerate((values or [])[:k]):
+            if value is not None:
+                out[i, j] = content_hash(value)
+    return out
 
 
 # + a direction "text->image": format.negatives_column, the Parquet column of its negatives

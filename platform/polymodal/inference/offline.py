@@ -13,6 +13,7 @@ import pyarrow as pa
 import ray
 
 from polymodal import storage
+from polymodal.data.decode import content_hash
 from polymodal.data.format import DatasetError, open_shard, read_manifest
 from polymodal.data.pipeline import pieces
 from polymodal.inference.model import LoadedModel, model_card
@@ -39,11 +40,13 @@ def vector_column(vectors: np.ndarray, present: np.ndarray) -> pa.Array:
 
 
 class EmbedBatch:
-    """A Ray Data actor: loads the checkpoint once, embeds every batch it is given."""
+    """A Ray Data actor: loads the checkpoint once, embeds every batch it is given; with
+    hashes, also each raw value's content_hash (`{m}_hash`, 0 where none)."""
 
-    def __init__(self, checkpoint: str, modalities: list[str] | None = None):
+    def __init__(self, checkpoint: str, modalities: list[str] | None = None, hashes: bool = False):
         self.model = LoadedModel.load(str(checkpoint))
         self.modalities = modalities or self.model.model.modalities
+        self.hashes = hashes
 
     def __call__(self, table: pa.Table) -> pa.Table:
         out = {"id": table.column("id")}
@@ -58,6 +61,10 @@ class EmbedBatch:
             if present.any():
                 emb = self.model.embed(m, [v for v in values if v is not None])
             out[f"{m}_embedding"] = vector_column(emb.astype(np.float32), present)
+            if self.hashes:
+                out[f"{m}_hash"] = pa.array(
+                    [content_hash(v) if v is not None else 0 for v in values], pa.int64()
+                )
         return pa.table(out)
 
 
@@ -69,9 +76,10 @@ def embedded_split(
     batch_size: int = 256,
     num_cpus: float = 1.0,
     actors: int = 1,
+    hashes: bool = False,
 ) -> ray.data.Dataset:
     """A lazy Dataset of id, label (when labelled) and `{m}_embedding` per modality, null
-    where a row has no such value."""
+    where a row has no such value (and `{m}_hash` with hashes, see EmbedBatch)."""
     manifest = read_manifest(dataset)
     columns = None
     if modalities:
@@ -93,7 +101,11 @@ def embedded_split(
     )
     return ds.map_batches(
         EmbedBatch,
-        fn_constructor_kwargs={"checkpoint": checkpoint, "modalities": modalities},
+        fn_constructor_kwargs={
+            "checkpoint": checkpoint,
+            "modalities": modalities,
+            "hashes": hashes,
+        },
         batch_format="pyarrow",
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors),

@@ -1,5 +1,6 @@
 """The objective-term registry: TERMS maps each name to its Term (one file each: contrastive,
-reconstruction, classification), in the order their weights are listed. No torch at import."""
+reconstruction, classification, distill), in the order their weights are listed. No torch
+at import."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from typing import Any
 from polymodal.objectives.base import Term
 from polymodal.objectives.classification import CLASSIFICATION
 from polymodal.objectives.contrastive import CONTRASTIVE
+from polymodal.objectives.distill import DISTILL
 from polymodal.objectives.reconstruction import RECONSTRUCTION
 
-TERMS: dict[str, Term[Any]] = {t.name: t for t in (CONTRASTIVE, RECONSTRUCTION, CLASSIFICATION)}
+TERMS: dict[str, Term[Any]] = {
+    t.name: t for t in (CONTRASTIVE, RECONSTRUCTION, CLASSIFICATION, DISTILL)
+}
 
 
 def register(term: Term[Any]) -> None:

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 DataNeed = Literal["labels", "hashes"]
 
 # (model outputs, batch, the term's section, whole-batch denominators or None) →
-# (the term's loss, {log name: detached value}); see Term.scope.
+# (the term's loss, {log name: detached value}); see Term.scope. A loss of None: the term
+# cannot be measured on this batch (distill without its teacher's embeddings, in evaluation).
 Loss = Callable[["ModelOutput", "Batch", Any, Any], tuple[Any, dict[str, Any]]]
 
 
@@ -71,6 +72,10 @@ class Term(Generic[S]):
     identity: Callable[[Config], dict[str, Any]] = lambda cfg: {}
     # Cross-field checks: messages that each start with the dotted key at fault.
     check: Callable[[Config], list[str]] = no_problems
+    # Frozen reference models it reads (train/references.py): role -> (the dotted setting
+    # that names it, its checkpoint, the modalities it must embed); their embeddings come
+    # in Batch.reference.
+    references: Callable[[Config], dict[str, tuple[str, str, list[str]]]] = lambda cfg: {}
 
     def settings(self, cfg: Config) -> S:
         """objective.<name> of cfg; None for a term without a section (whose loss and

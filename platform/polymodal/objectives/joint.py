@@ -56,7 +56,10 @@ def term_losses(
         if scope is not None and term.scope != scope:
             continue
         count = counts[name] if counts is not None else None
-        terms[name], parts = term.loss(outputs, batch, term.settings(cfg), count)
+        loss, parts = term.loss(outputs, batch, term.settings(cfg), count)
+        if loss is None:  # not measurable on this batch (distill outside training)
+            continue
+        terms[name] = loss
         logs.update({f"{name}/{part}": value for part, value in parts.items()})
     return terms, logs
 

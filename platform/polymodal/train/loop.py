@@ -24,6 +24,7 @@ from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.prepare import LoopInputs
+from polymodal.train.references import References
 from polymodal.train.resume import resume
 from polymodal.train.same_run import trained_strategy
 from polymodal.train.sample_log import SampleLog
@@ -89,6 +90,7 @@ class Recipe:
                 self.position = None
         elif cfg.train.init_from:
             init_weights(model, cfg.train.init_from)
+        self.references = References(inputs.references) if inputs.references else None
         cached = cached_modalities(cfg)
         self.frozen = (
             FrozenFeatures(model, cached, cfg, self.prep, self.meta.dataset) if cached else None
@@ -136,7 +138,9 @@ class Recipe:
         self.val = None  # rank 0 validates; val is not split across workers
         if self.rank == 0:
             keep = inputs.val_rows <= cfg.data.cache_val_rows
-            self.val = ValBatches(ray.train.get_dataset_shard("val"), cfg.eval.batch_size, keep)
+            self.val = ValBatches(
+                ray.train.get_dataset_shard("val"), cfg.eval.batch_size, keep, self.references
+            )
         self.bad_rows = BadRowCheck(inputs.bad_rows, cfg.data.max_bad_fraction, self.meta.dataset)
         self.live = live_metrics(cfg.train.name, self.rank)
         self.every_steps = cfg.train.checkpoint_every_steps
@@ -236,6 +240,8 @@ class Recipe:
         frozen = set(self.frozen.tables) if self.frozen else set()
         for raw, due in self.agreed(stats.timed(batches)):
             batch = Batch.from_dict(raw)
+            if self.references:
+                batch = self.references(batch)
             if self.frozen:
                 batch = self.frozen(batch)
             with self.raw_model.using_features(frozen):

@@ -25,6 +25,7 @@ from polymodal.modalities import Preprocessing, augmentations
 from polymodal.models.build import build_model
 from polymodal.objectives import TERMS, active_terms
 from polymodal.train.features import cached_modalities
+from polymodal.train.references import check_references, embed_references, reference_checkpoints
 
 
 def run_dir_of(cfg: Config) -> str:
@@ -57,6 +58,7 @@ def check_run(cfg: Config) -> tuple[list[DataSource], Preprocessing]:
             "data.sources: frozen towers' feature tables (train.cache_frozen_features) read one "
             "dataset; train several without them"
         )
+    check_references(cfg, sources)
     manifest = mixed_manifest(sources)
     for name, term in active_terms(cfg).items():
         if "labels" in term.data_needs(term.settings(cfg)) and not manifest.label_names:
@@ -156,6 +158,8 @@ class LoopInputs:
     train_reader: Any  # data.pipeline.SourceReaders: decodes a rank's pieces
     val_rows: int
     bad_rows: Any  # the BadRows actor counting rows that decoding dropped
+    # role -> object ref of a frozen reference model's embeddings (train/references.py)
+    references: dict[str, Any] = field(default_factory=dict)
     sweep: str = ""  # the Tune sweep whose trial this is (trackers group by it)
     tracking_env: dict[str, str] = field(default_factory=dict)  # trackers' settings
 
@@ -226,8 +230,9 @@ def prepare_inputs(cfg: Config, sources: list[DataSource], prep: Preprocessing) 
     weights = [s.weight for s in sources]
     train_reader = readers(
         "train",
-        # Content hashes travel with training batches only when a term reads them.
-        with_hashes="hashes" in needs,
+        # Content hashes travel with training batches only when a term or a reference
+        # model (looked up by them) reads them.
+        with_hashes="hashes" in needs or bool(reference_checkpoints(cfg)),
         augment=augmentations(cfg),
         # Row keys for the sample log and for the frozen towers' feature tables.
         with_samples=bool(cfg.train.sample_log_dir or cached_modalities(cfg)),
@@ -241,6 +246,7 @@ def prepare_inputs(cfg: Config, sources: list[DataSource], prep: Preprocessing) 
         train_reader=train_reader,
         val_rows=sum(s.manifest.rows("val") for s in sources),
         bad_rows=bad_rows,
+        references=embed_references(cfg, sources, actors=max(1, int(ray_cpus()) - 1)),
     )
     return RunInputs(loop, datasets)
 

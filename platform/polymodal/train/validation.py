@@ -4,7 +4,7 @@ val-loss rows of the loss-curve history."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -22,15 +22,18 @@ from polymodal.retrieval.vectors import trained_sizes
 class ValBatches:
     """Rank 0's val split, decoded again each epoch, or once and kept when it is small."""
 
-    def __init__(self, shard, batch_size: int, keep: bool):
+    def __init__(self, shard, batch_size: int, keep: bool, attach: Callable | None = None):
         self.shard, self.batch_size, self.keep = shard, batch_size, keep
         self.kept: list[Batch] | None = None
+        self.attach = attach  # adds the reference models' embeddings (references.py)
 
     def batches(self) -> Iterable[Batch]:
         if self.kept is not None:
             return self.kept
         raw = self.shard.iter_torch_batches(batch_size=self.batch_size)
         batches: Iterable[Batch] = map(Batch.from_dict, raw)
+        if self.attach is not None:
+            batches = map(self.attach, batches)
         if self.keep:
             self.kept = batches = list(batches)
         return batches
