@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from polymodal.config import Config
 
 NAME = "contrastive"
+GUIDE = "guide"  # the guide's role among the run's reference models (train/references.py)
 
 
 class ContrastiveSettings(Section):
@@ -52,6 +53,18 @@ class ContrastiveSettings(Section):
         description='Weight per modality pair, e.g. {"image-text": 1.0}; pairs not named '
         "weigh 1.0.",
     )
+    guide: str = Field(
+        "",
+        description="A guide checkpoint (GISTEmbed): in-batch and explicit negatives that it "
+        "scores above the row's own pair minus guide_margin are masked out, being likely "
+        "false negatives (same captions, near-identical items). Frozen; it embeds every "
+        "train and val row once, with its own preprocessing, before training. Empty: off.",
+    )
+    guide_margin: Float = Field(
+        0.0,
+        description="Absolute margin of the guide: a candidate stays a negative only while "
+        "its guide score is below the row's own pair's score minus this.",
+    )
     matryoshka_dims: list[int] = Field(
         default_factory=list,
         description="Matryoshka sizes: the loss is also taken over these prefixes of the "
@@ -73,8 +86,14 @@ def loss(
     import torch
     import torch.nn.functional as F
 
+    from polymodal.batch import reference_key
     from polymodal.objectives.negatives import Negatives
     from polymodal.objectives.pairwise import multi_contrastive
+
+    guide = None
+    if c.guide and batch.reference:  # without references: evaluation outside training
+        names = [*outputs.embeddings, *outputs.negatives]
+        guide = {n: batch.reference[reference_key(GUIDE, n)] for n in names}
 
     def loss_of(embeddings: dict[str, torch.Tensor], negatives: dict[str, torch.Tensor]):
         return multi_contrastive(
@@ -90,6 +109,8 @@ def loss(
             negatives={
                 k: Negatives(n, batch.negatives_present[k] > 0) for k, n in negatives.items()
             },
+            guide=guide,
+            guide_margin=c.guide_margin,
         )
 
     total, pairs = loss_of(outputs.embeddings, outputs.negatives)
@@ -149,4 +170,9 @@ CONTRASTIVE: Term[ContrastiveSettings] = Term(
     # The logit bias exists only for the sigmoid loss.
     identity=lambda cfg: {f"objective.{NAME}.kind": CONTRASTIVE.settings(cfg).kind},
     check=check,
+    references=lambda cfg: (
+        {GUIDE: (f"objective.{NAME}.guide", c.guide, list(cfg.model.modalities))}
+        if (c := CONTRASTIVE.settings(cfg)).guide
+        else {}
+    ),
 )

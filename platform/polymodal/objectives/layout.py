@@ -45,7 +45,8 @@ class Gathered:
 @dataclass(frozen=True)
 class PairMask:
     """Which cells of one pair's logits count and which are positives: the rows' and columns'
-    global ids (same id: same sample), validity (both modalities present) and keys."""
+    global ids (same id: same sample), validity (both modalities present), keys, and the
+    cells a guide masks out (guide.ignored; [rows, columns] bool)."""
 
     row_ids: torch.Tensor
     col_ids: torch.Tensor
@@ -53,6 +54,7 @@ class PairMask:
     col_valid: torch.Tensor
     row_keys: torch.Tensor | None = None
     col_keys: torch.Tensor | None = None
+    ignore: torch.Tensor | None = None
 
     def positives(self, start: int = 0, end: int | None = None) -> torch.Tensor:
         """[rows, columns start:end] bool, see positive_mask."""
@@ -127,3 +129,10 @@ def pair_layout(
     # In float64 too, not the default float32: count / 3 is inexact in either, 1e-8 apart.
     count = valid_all.sum().to(torch.promote_types(a.dtype, torch.float32))
     return PairLayout(a, b, g.a, g.b, mask, count / world_size)
+
+
+def guide_layout(gather: str) -> str:
+    """guide.ignored's layout of a pair's logits under a gather mode."""
+    if not spans_ranks(gather):
+        return "own"
+    return "full" if gather == "full" else "local"

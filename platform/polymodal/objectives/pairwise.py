@@ -8,6 +8,7 @@ explicit negatives (negatives.py) add columns that every row scores and none cou
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 
@@ -16,9 +17,11 @@ import torch.nn.functional as F
 
 from polymodal.batch import direction
 from polymodal.objectives.gather import check_equal_batch, gather_no_grad, gather_with_grad
+from polymodal.objectives.guide import Guide, gather_all, ignored
 from polymodal.objectives.layout import (  # noqa: F401 (GATHER_MODES: config's choices)
     GATHER_MODES,
     Gathered,
+    guide_layout,
     pair_layout,
     spans_ranks,
 )
@@ -48,6 +51,7 @@ def info_nce(
     gathered: Gathered | None = None,
     negatives_b: Negatives | None = None,
     negatives_a: Negatives | None = None,
+    guide: Guide | None = None,
 ) -> torch.Tensor:
     """½·(CE(a→b) + CE(b→a)), each averaged over rows, positives on the diagonal.
 
@@ -63,22 +67,29 @@ def info_nce(
     which exist): extra columns of CE(a→b) for every row of the global batch, gathered like
     the in-batch ones, never positives; absent ones drop out (none: the loss without).
     negatives_a: the same for CE(b→a). Rows' validity and the normaliser ignore them.
+    guide: a frozen guide's embeddings (guide.Guide): the cells it scores within its margin
+    of the row's own pair leave the softmax (GISTEmbed), explicit negatives included.
     """
     p = pair_layout(a, b, gather, valid, keys, gathered)
     pos, vr, vc = p.mask.positives(), p.mask.row_valid, p.mask.col_valid
     spans = spans_ranks(gather)
     extra_b = negative_columns(negatives_b, gathered.negatives_b if gathered else None, spans)
     extra_a = negative_columns(negatives_a, gathered.negatives_a if gathered else None, spans)
-    loss_ab = _ce_direction(logit_scale * p.rows_a, p.cols_b, pos, vr, vc, extra_b)
-    loss_ba = _ce_direction(logit_scale * p.rows_b, p.cols_a, pos, vr, vc, extra_a)
+    ignore_ab = ignore_ba = None
+    if guide is not None:
+        ignore_ab, ignore_ba = ignored(guide, guide_layout(gather), pos)
+    loss_ab = _ce_direction(logit_scale * p.rows_a, p.cols_b, pos, vr, vc, extra_b, ignore_ab)
+    loss_ba = _ce_direction(logit_scale * p.rows_b, p.cols_a, pos, vr, vc, extra_a, ignore_ba)
     return 0.5 * (loss_ab + loss_ba) / p.norm.clamp(min=1e-6)  # the sum is 0 when no row is valid
 
 
-def _ce_direction(rows, cols, pos, valid_rows, valid_cols, extra) -> torch.Tensor:
-    """One direction's summed CE; rows are already scaled."""
+def _ce_direction(rows, cols, pos, valid_rows, valid_cols, extra, ignore=None) -> torch.Tensor:
+    """One direction's summed CE; rows are already scaled; `ignore`: cells left out."""
     logits = rows @ cols.t()
     if extra is not None:
         logits, pos, valid_cols = with_negatives(logits, rows, pos, valid_cols, extra)
+    if ignore is not None:
+        logits = logits.masked_fill(ignore, torch.finfo(logits.dtype).min)
     return _soft_ce_sum(logits, pos, valid_rows, valid_cols)
 
 
@@ -101,8 +112,14 @@ def multi_contrastive(
     logit_bias: torch.Tensor | None = None,
     chunk_size: int = 4096,
     negatives: dict[str, Negatives] | None = None,
+    guide: dict[str, torch.Tensor] | None = None,
+    guide_margin: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of a pair loss over every modality pair.
+
+    guide: a frozen guide model's embeddings by modality ([B, Dg]) and by direction of the
+    explicit negatives ([B, K, Dg]; one for each direction in `negatives`), gathered in one
+    more collective; see guide.Guide for guide_margin.
 
     negatives: explicit negatives by direction (batch.direction: "text->image" holds image
     negatives for the text rows), passed to the pair of those two modalities.
@@ -121,6 +138,9 @@ def multi_contrastive(
     step = None
     if spans_ranks(gather):
         step = _gather_step(embeddings, present, keys, negatives)
+    guide_all = None
+    if guide is not None and spans_ranks(gather):
+        guide_all = dict(zip(guide, gather_all(list(guide.values()))))
     total = None
     per_pair = {}
     for a, b in itertools.combinations(mods, 2):
@@ -144,6 +164,8 @@ def multi_contrastive(
                 features_all[a], features_all[b], valid_all, keys_all, *negatives_ab
             )
         extra = {"logit_bias": logit_bias, "chunk_size": chunk_size} if kind == "sigmoid" else {}
+        if guide is not None:
+            extra["guide"] = _pair_guide(guide, guide_all, a, b, negatives, guide_margin)
         loss = CONTRASTIVE_KINDS[kind](
             embeddings[a],
             embeddings[b],
@@ -196,3 +218,21 @@ def _gather_step(
         present_all = {m: flags_all[:, j] for j, m in enumerate(mods)}
     keys_all = gather_no_grad(keys) if keys is not None else None
     return features_all, present_all, keys_all, unpack(packed, end, negatives)
+
+
+def _pair_guide(
+    guide: dict[str, torch.Tensor],
+    everyone: dict[str, torch.Tensor] | None,
+    a: str,
+    b: str,
+    negatives: dict[str, Negatives],
+    margin: float,
+) -> Guide:
+    """The guide of pair (a, b): negatives' embeddings only for directions that have some."""
+
+    def of(g: dict[str, torch.Tensor]) -> Guide:
+        ab, ba = direction(a, b), direction(b, a)
+        neg_b, neg_a = (g[k] if k in negatives else None for k in (ab, ba))
+        return Guide(g[a], g[b], neg_b, neg_a, margin)
+
+    return dataclasses.replace(of(guide), everyone=of(everyone) if everyone else None)

@@ -3,10 +3,13 @@ in column chunks recomputed in backward so that memory stays O(rows x chunk)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
-from polymodal.objectives.layout import Gathered, PairMask, pair_layout, spans_ranks
+from polymodal.objectives.guide import Guide, ignored
+from polymodal.objectives.layout import Gathered, PairMask, guide_layout, pair_layout, spans_ranks
 from polymodal.objectives.negatives import Negatives, negative_columns
 
 
@@ -50,7 +53,10 @@ class _ChunkedSigmoid(torch.autograd.Function):
 def _sigmoid_chunk(rows, cols, scale, bias, mask: PairMask, start: int, chunk: int):
     end = start + chunk
     z = mask.positives(start, end).to(rows.dtype) * 2 - 1
-    w = (mask.row_valid[:, None] & mask.col_valid[None, start:end]).to(rows.dtype)
+    w = mask.row_valid[:, None] & mask.col_valid[None, start:end]
+    if mask.ignore is not None:
+        w = w & ~mask.ignore[:, start:end]
+    w = w.to(rows.dtype)
     logits = scale * rows @ cols[start:end].t() + bias
     return z, w, logits
 
@@ -68,27 +74,42 @@ def sigmoid_loss(
     chunk_size: int = 4096,
     negatives_b: Negatives | None = None,
     negatives_a: Negatives | None = None,
+    guide: Guide | None = None,
 ) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss, summed over columns and averaged over rows.
 
     Same arguments as info_nce plus the learnable logit_bias; computed in column chunks of
     chunk_size that are recomputed in backward. Explicit negatives are extra columns with
     z = −1 for every valid row: negatives_b (every rank's, as info_nce's) against the a
-    rows, negatives_a against the b rows, each in chunks of their own.
+    rows, negatives_a against the b rows, each in chunks of their own. A guide's masked
+    cells (guide.ignored; a→b's for the in-batch ones) weigh 0.
     """
     p = pair_layout(a, b, gather, valid, keys, gathered)
     chunk = max(int(chunk_size), 1)
-    total = _sigmoid_sum(p.rows_a, p.cols_b, logit_scale, logit_bias, p.mask, chunk)
+    ignore_ab = ignore_ba = None
+    columns = p.cols_b.shape[0]
+    if guide is not None:
+        ignore_ab, ignore_ba = ignored(guide, guide_layout(gather), p.mask.positives())
+    in_batch = p.mask
+    if ignore_ab is not None:
+        in_batch = dataclasses.replace(p.mask, ignore=ignore_ab[:, :columns])
+    total = _sigmoid_sum(p.rows_a, p.cols_b, logit_scale, logit_bias, in_batch, chunk)
     spans = spans_ranks(gather)
-    for rows, negatives, got in (
-        (p.rows_a, negatives_b, gathered.negatives_b if gathered else None),
-        (p.rows_b, negatives_a, gathered.negatives_a if gathered else None),
+    for rows, negatives, got, ignore in (
+        (p.rows_a, negatives_b, gathered.negatives_b if gathered else None, ignore_ab),
+        (p.rows_b, negatives_a, gathered.negatives_a if gathered else None, ignore_ba),
     ):
         extra = negative_columns(negatives, got, spans)
         if extra is not None:
             # Column ids -1 and no keys: no row's id matches, so every z is −1.
             ids = torch.full_like(extra[1], -1, dtype=torch.long)
-            mask = PairMask(p.mask.row_ids, ids, p.mask.row_valid, extra[1])
+            mask = PairMask(
+                p.mask.row_ids,
+                ids,
+                p.mask.row_valid,
+                extra[1],
+                ignore=None if ignore is None else ignore[:, columns:],
+            )
             total = total + _sigmoid_sum(rows, extra[0], logit_scale, logit_bias, mask, chunk)
     return total / p.norm.clamp(min=1e-6)  # the sum is 0 when no row is valid
 
