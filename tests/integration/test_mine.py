@@ -107,15 +107,27 @@ def test_mine_refusals(digits_dataset, checkpoint, tmp_path):
     assert proc.returncode == 2 and "OUT" in proc.stderr, proc.stderr
 
 
-def test_training_on_mined_digits_reads_the_negatives(mined_digits, tmp_path):
-    """Negatives from disk to the loss: one epoch on 2 workers, a finite loss."""
+def test_training_on_mined_digits_reads_the_negatives(mined_digits, checkpoint, tmp_path, capfd):
+    """Negatives from disk to the loss, guided and distilled (the checkpoint as guide and
+    teacher, with its own 8 px preprocessing): one epoch on 2 workers, finite losses."""
     out, _ = mined_digits
     overrides = [f"data.path={out}", f"train.storage_path={tmp_path}", "train.name=mined"]
     overrides += ["train.epochs=1", "train.num_workers=2", "train.cpus_per_worker=0.5"]
+    overrides += [
+        f"objective.contrastive.guide={checkpoint}",
+        "objective.contrastive.guide_margin=0.1",
+    ]
+    overrides += ["objective.weights.distill=0.5", f"objective.distill.teacher={checkpoint}"]
     result = fit(load_config(CONFIG, overrides))
     metrics = json.loads((Path(result.run_dir) / "metrics.json").read_text())
-    losses = {k: v for k, v in metrics.items() if k.endswith("loss") and isinstance(v, float)}
+    losses = {k: v for k, v in metrics.items() if "loss" in k and isinstance(v, float)}
     assert losses and all(math.isfinite(v) for v in losses.values()), metrics
+    for key in ("train/loss/distill", "val/loss/distill", "val/loss/distill/image-text"):
+        assert losses[key] > 0, key  # an untrained teacher and student disagree
+    printed = capfd.readouterr().out
+    rows = read_manifest(out).rows("train") + read_manifest(out).rows("val")
+    for setting in ("objective.contrastive.guide", "objective.distill.teacher"):
+        assert f"{setting}: embedding {rows:,} rows" in printed
     # What the run's workers read: each train row's 3 negatives, decoded with its preprocessing
     prep = read_meta(result.checkpoint).prep
     batch = split_dataset(str(out), "train", prep).take_batch(8)

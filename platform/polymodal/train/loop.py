@@ -90,7 +90,7 @@ class Recipe:
                 self.position = None
         elif cfg.train.init_from:
             init_weights(model, cfg.train.init_from)
-        self.references = References(inputs.references) if inputs.references else None
+        self.references = References.from_refs(inputs.references) if inputs.references else None
         cached = cached_modalities(cfg)
         self.frozen = (
             FrozenFeatures(model, cached, cfg, self.prep, self.meta.dataset) if cached else None

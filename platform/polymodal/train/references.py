@@ -18,7 +18,7 @@ from polymodal.data.dataset import DataSource
 from polymodal.data.format import is_webdataset, mined
 from polymodal.objectives import active_terms
 
-# role -> modality (or mined direction) -> (sorted content hashes [n], embeddings [n, D])
+# modality -> (its values' sorted content hashes [n], their embeddings [n, D]), per role
 Table = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
@@ -144,11 +144,15 @@ def _lookup(table: tuple[np.ndarray, np.ndarray], hashes: np.ndarray, present: n
 class References:
     """Attaches every reference model's embeddings of a batch's values (Batch.reference)."""
 
-    def __init__(self, refs: dict[str, Any]):
+    def __init__(self, tables: dict[str, Table]):
+        self.tables = tables
+
+    @classmethod
+    def from_refs(cls, refs: dict[str, Any]) -> References:
         import ray
 
         # Zero-copy from the node's object store: one copy per node, not per worker.
-        self.tables: dict[str, Table] = {role: ray.get(ref) for role, ref in refs.items()}
+        return cls({role: ray.get(ref) for role, ref in refs.items()})
 
     def __call__(self, batch: Batch) -> Batch:
         import torch
