@@ -1,6 +1,7 @@
 """train.strategy: fsdp on 2 and 4 real gloo processes: one step (gathered InfoNCE,
 reconstruction, classification, clipping, AdamW) moves the weights as DDP's does, with
-activation checkpointing too, and its full state saved and restored continues the same run."""
+activation checkpointing and with explicit negatives too, and its full state saved and
+restored continues the same run."""
 
 from __future__ import annotations
 
@@ -30,11 +31,16 @@ def _cfg(*extra: str):
     )
 
 
-def _batch(rank: int, step: int):
+def _batch(rank: int, step: int, negatives: bool = False):
     from polymodal.batch import Batch
 
     g = torch.Generator().manual_seed(100 * rank + step)  # different rows on each rank
+    extra = {}
+    if negatives:  # 2 mined image negatives per row, some absent
+        extra["negatives"] = {"text->image": torch.rand(N, 2, 1, 8, 8, generator=g)}
+        extra["negatives_present"] = {"text->image": (torch.rand(N, 2, generator=g) > 0.3).float()}
     return Batch(
+        **extra,
         inputs={
             "image": torch.rand(N, 1, 8, 8, generator=g),
             "text": torch.randint(1, 200, (N, 10), generator=g),
@@ -67,7 +73,7 @@ def _build(cfg, fsdp: bool):
     return raw, step
 
 
-def _compare(rank: int, world: int, extra: tuple[str, ...]) -> dict:
+def _compare(rank: int, world: int, extra: tuple[str, ...], negatives: bool) -> dict:
     from polymodal.train.sharding import (
         full_model_state,
         full_optimizer_state,
@@ -80,9 +86,9 @@ def _compare(rank: int, world: int, extra: tuple[str, ...]) -> dict:
     plain, ddp = _build(cfg, fsdp=False)
     sharded, fsdp = _build(cfg, fsdp=True)
     torch.manual_seed(rank)  # the same dropout masks for both
-    ddp_loss = ddp(_batch(rank, 0))[0]
+    ddp_loss = ddp(_batch(rank, 0, negatives))[0]
     torch.manual_seed(rank)
-    fsdp_loss = fsdp(_batch(rank, 0))[0]
+    fsdp_loss = fsdp(_batch(rank, 0, negatives))[0]
     ddp_weights = {k: v.clone() for k, v in plain.state_dict().items()}
     saved_model = full_model_state(sharded)  # what a checkpoint holds
     saved_optim = full_optimizer_state(sharded, fsdp.optimizer)
@@ -98,7 +104,7 @@ def _compare(rank: int, world: int, extra: tuple[str, ...]) -> dict:
     resumed_step.scheduler.load_state_dict(fsdp.scheduler.state_dict())
     for step in (fsdp, resumed_step):
         torch.manual_seed(rank)
-        step(_batch(rank, 1))
+        step(_batch(rank, 1, negatives))
     return {
         "losses": torch.tensor([ddp_loss, fsdp_loss]),
         "after_one": (ddp_weights, saved_model),
@@ -108,11 +114,15 @@ def _compare(rank: int, world: int, extra: tuple[str, ...]) -> dict:
 
 
 @pytest.mark.parametrize(
-    "world, extra",
-    [(2, ()), (4, ("model.text.activation_checkpointing=true", "model.dropout=0.1"))],
+    "world, extra, negatives",
+    [
+        (2, (), False),
+        (4, ("model.text.activation_checkpointing=true", "model.dropout=0.1"), False),
+        (2, (), True),  # explicit negatives, encoded by the sharded towers
+    ],
 )
-def test_fsdp_steps_as_ddp_and_resumes_from_its_full_state(world, extra):
-    out = run_on_ranks(world, _compare, extra)
+def test_fsdp_steps_as_ddp_and_resumes_from_its_full_state(world, extra, negatives):
+    out = run_on_ranks(world, _compare, extra, negatives)
     ddp_loss, fsdp_loss = out["losses"].tolist()
     assert fsdp_loss == pytest.approx(ddp_loss, rel=1e-6)
     plain, sharded = out["after_one"]

@@ -147,3 +147,13 @@ def test_check_negatives_names_the_row_whose_negative_is_gone(tmp_path):
     known = np.array([], dtype=np.int64)
     with pytest.raises(ReferenceError, match=r"row '.*': a mined negative of text->image"):
         check_negatives("objective.contrastive.guide", sources, {"image": (known, known)})
+
+
+def test_gradient_cache_with_mined_negatives_is_refused_before_ray(tmp_path):
+    from polymodal.train.prepare import check_run
+    from tests.unit.test_mined_format import _mined_dataset
+
+    path = _mined_dataset(tmp_path)
+    overrides = [f"data.path={path}", "train.batch_size=64", "train.grad_cache.chunk_size=8"]
+    with pytest.raises(ValueError, match=r"train.grad_cache.chunk_size=8: .*\['text->image'\]"):
+        check_run(load_config(None, overrides))

@@ -19,7 +19,7 @@ from polymodal.data.dataset import (
     mixed_manifest,
     sources_preprocessing,
 )
-from polymodal.data.format import is_webdataset
+from polymodal.data.format import is_webdataset, negatives_sizes
 from polymodal.data.order import mixture_rows
 from polymodal.modalities import Preprocessing, augmentations
 from polymodal.models.build import build_model
@@ -59,6 +59,14 @@ def check_run(cfg: Config) -> tuple[list[DataSource], Preprocessing]:
             "dataset; train several without them"
         )
     check_references(cfg, sources)
+    per_worker = cfg.train.batch_size // max(cfg.train.num_workers, 1)
+    mined = [k for s in sources for k in negatives_sizes(s.manifest, cfg.model.modalities)]
+    if mined and 0 < cfg.train.grad_cache.chunk_size < per_worker:
+        raise ValueError(
+            f"train.grad_cache.chunk_size={cfg.train.grad_cache.chunk_size}: the gradient cache "
+            f"does not take explicit negatives yet, and the data has mined {mined}; set it to 0 "
+            "(DDP or FSDP take them) or train on the dataset they were mined from"
+        )
     manifest = mixed_manifest(sources)
     for name, term in active_terms(cfg).items():
         if "labels" in term.data_needs(term.settings(cfg)) and not manifest.label_names:
