@@ -121,6 +121,22 @@ def newest_first(names: Iterable[str]) -> list[str]:
     return sorted(found, reverse=True)
 
 
+def newest_checkpoint(run_dir: str) -> str | None:
+    """The newest complete checkpoint (meta written) of a run directory, local or s3://."""
+    for name in newest_first(storage.list_dirs(run_dir)):
+        uri = storage.join(run_dir, name)
+        if storage.is_file(storage.join(uri, META)):
+            return uri
+    return None
+
+
+def checkpoint_or_newest(uri: str) -> str:
+    """uri when it is a checkpoint; a run directory's newest checkpoint when it is a run's."""
+    if storage.is_file(storage.join(uri, META)):
+        return uri
+    return newest_checkpoint(uri) or uri
+
+
 def fetch_checkpoint(uri: str | Path, files: tuple[str, ...] | None = None) -> Path:
     """A local directory holding the checkpoint's files: the path itself, or a cached copy
     of an s3:// checkpoint (only `files`; by default its meta and weights: serving and eval

@@ -74,3 +74,31 @@ def test_features_are_computed_once_and_equal_the_tower(tmp_path):
     assert other.stats()["computed"] == 6
     assert len(list(tmp_path.glob("image-*.sqlite"))) == 2
     assert np.isfinite(first.inputs["image"].numpy()).all()
+
+
+def test_mined_negatives_get_features_by_value_and_embed_as_from_pixels(tmp_path):
+    import dataclasses
+
+    cfg = _cfg(tmp_path)
+    model = build_model(cfg, PREP).eval()
+    frozen = FrozenFeatures(model, ["image"], cfg, PREP, "data/x")
+    rows = _batch(4)
+    # Row i's two negatives are rows i+1 and i+2's images (mined: values of the data).
+    at = torch.tensor([[(i + 1) % 4, (i + 2) % 4] for i in range(4)])
+    hashes = torch.arange(100, 104)
+    batch = dataclasses.replace(
+        rows,
+        hashes={"image": hashes},
+        negatives={"text->image": rows.inputs["image"][at]},
+        negatives_present={"text->image": torch.ones(4, 2)},
+        negatives_hashes={"text->image": hashes[at]},
+    )
+    out = frozen(batch)
+    # The rows' 4 features computed once; the 8 negatives found among them by value.
+    assert frozen.stats() == {"computed": 4, "read": 8}
+    assert out.negatives["text->image"].shape == (4, 2, out.inputs["image"].shape[1])
+    with torch.no_grad():
+        _, direct = model.encode_with_negatives("image", batch)
+        with model.using_features({"image"}):
+            _, cached = model.encode_with_negatives("image", out)
+    torch.testing.assert_close(cached["text->image"], direct["text->image"])

@@ -136,13 +136,12 @@ class JointModel(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Raw embeddings of a modality's rows and of the batch's explicit negatives of that
         modality (direction -> [B, K, D]). Rows and negatives go through the tower in one
-        call: a BatchNorm's statistics then cannot tell negatives from positives."""
+        call: a BatchNorm's statistics then cannot tell negatives from positives. With the
+        modality precomputed, rows and negatives alike are its tower's features."""
         x, present = batch.inputs[modality], batch.present[modality]
         keys = [k for k in batch.negatives if split_direction(k)[1] == modality]
         if not keys:
             return self.project_present(modality, x, present), {}
-        if modality in self.precomputed:
-            raise ValueError(f"explicit negatives of {modality} need its tower, not features")
         negatives = [batch.negatives[k].flatten(0, 1) for k in keys]
         flags = [batch.negatives_present[k].flatten().to(present.dtype) for k in keys]
         z = self.project_present(modality, torch.cat([x, *negatives]), torch.cat([present, *flags]))

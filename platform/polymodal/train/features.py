@@ -3,8 +3,9 @@
 
 A frozen tower (model.<m>.tuning: freeze) is a fixed function of its input, which is fixed per
 row unless augmentation changes it. The table's name is a digest of the tower's weights, the
-modality's preprocessing and the dataset; its rows are the rows' sample keys. Memory stays flat:
-the table lives on disk, and SQLite keeps a few MB of it in memory.
+modality's preprocessing and the dataset; its rows are the rows' sample keys. Mined negatives
+(by value, no sample key) go to a second table keyed by content hash, which the rows' features
+also fill. Memory stays flat: the tables live on disk; SQLite keeps a few MB of them in memory.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from polymodal.batch import Batch
+from polymodal.batch import Batch, split_direction
 from polymodal.config import Config
 from polymodal.modalities import MODALITIES, Preprocessing, augmentations
 from polymodal.models.joint import JointModel
@@ -95,33 +96,51 @@ class FrozenFeatures:
             cfg.train.feature_cache_dir or Path(tempfile.gettempdir()) / "polymodal-features"
         )
         self.model = model
-        self.tables = {
-            m: FeatureTable(
-                root / f"{m}-{tower_digest(model.encoders[m], m, prep, dataset)}.sqlite"
-            )
-            for m in modalities
-        }
+        digests = {m: tower_digest(model.encoders[m], m, prep, dataset) for m in modalities}
+        self.tables = {m: FeatureTable(root / f"{m}-{digests[m]}.sqlite") for m in modalities}
+        # Values by content hash (mined negatives'), created on the first batch that has some.
+        self.by_value = {m: root / f"{m}-{digests[m]}-values.sqlite" for m in modalities}
+        self.value_tables: dict[str, FeatureTable] = {}
         self.computed = self.read = 0
 
     def __call__(self, batch: Batch) -> Batch:
         if batch.sample is None:
             raise ValueError("frozen-feature cache needs the rows' sample keys in the batch")
-        keys = batch.sample.tolist()
-        inputs = dict(batch.inputs)
+        inputs, negatives = dict(batch.inputs), dict(batch.negatives)
         for m, table in self.tables.items():
-            have = table.get(keys)
-            todo = [i for i, k in enumerate(keys) if k not in have]
-            fresh: dict[int, np.ndarray] = {}
-            if todo:
-                with torch.no_grad():
-                    out = self.model.encoders[m](batch.inputs[m][todo]).float().cpu().numpy()
-                fresh = {keys[i]: row for i, row in zip(todo, out)}
-                table.put(fresh)
-            self.computed += len(todo)
-            self.read += len(keys) - len(todo)
-            rows = np.stack([have[k] if k in have else fresh[k] for k in keys])
-            inputs[m] = torch.from_numpy(rows).to(batch.inputs[m].device)
-        return dataclasses.replace(batch, inputs=inputs)
+            inputs[m] = self._features(m, table, batch.inputs[m], batch.sample.tolist())
+            directions = [k for k in batch.negatives if split_direction(k)[1] == m]
+            if not directions:
+                continue
+            if any(k not in batch.negatives_hashes for k in directions) or m not in batch.hashes:
+                raise ValueError("frozen features of mined negatives need the content hashes")
+            values = self.value_tables.get(m) or FeatureTable(self.by_value[m])
+            self.value_tables[m] = values
+            # The rows' features, by value too: most negatives are other rows' values.
+            hashes = batch.hashes[m].tolist()
+            values.put({h: f for h, f in zip(hashes, inputs[m].cpu().numpy()) if h})
+            for k in directions:
+                x = batch.negatives[k]
+                flat = self._features(
+                    m, values, x.flatten(0, 1), batch.negatives_hashes[k].flatten().tolist()
+                )
+                negatives[k] = flat.unflatten(0, x.shape[:2])
+        return dataclasses.replace(batch, inputs=inputs, negatives=negatives)
+
+    def _features(self, m: str, table: FeatureTable, x: torch.Tensor, keys: list[int]):
+        """The tower's features of inputs x, read from table by key or computed and stored."""
+        have = table.get(keys)
+        todo = [i for i, k in enumerate(keys) if k not in have]
+        fresh: dict[int, np.ndarray] = {}
+        if todo:
+            with torch.no_grad():
+                out = self.model.encoders[m](x[todo]).float().cpu().numpy()
+            fresh = {keys[i]: row for i, row in zip(todo, out)}
+            table.put(fresh)
+        self.computed += len(todo)
+        self.read += len(keys) - len(todo)
+        rows = np.stack([have[k] if k in have else fresh[k] for k in keys])
+        return torch.from_numpy(rows).to(x.device)
 
     def stats(self) -> dict[str, Any]:
         return {"computed": self.computed, "read": self.read}

@@ -235,12 +235,14 @@ def prepare_inputs(cfg: Config, sources: list[DataSource], prep: Preprocessing) 
     ]
     datasets = {"val": pieces_dataset(val_pieces, readers("val", with_hashes=True))}
     train_pieces = [pieces(s.path, s.manifest, "train") for s in sources]
+    mined = any(negatives_sizes(s.manifest, cfg.model.modalities) for s in sources)
+    cached_negatives = mined and bool(cached_modalities(cfg))
     weights = [s.weight for s in sources]
     train_reader = readers(
         "train",
-        # Content hashes travel with training batches only when a term or a reference
-        # model (looked up by them) reads them.
-        with_hashes="hashes" in needs or bool(reference_checkpoints(cfg)),
+        # Content hashes travel with training batches only when a term, a reference model
+        # or frozen features of mined negatives (both looked up by them) read them.
+        with_hashes="hashes" in needs or bool(reference_checkpoints(cfg)) or cached_negatives,
         augment=augmentations(cfg),
         # Row keys for the sample log and for the frozen towers' feature tables.
         with_samples=bool(cfg.train.sample_log_dir or cached_modalities(cfg)),

@@ -28,10 +28,13 @@ class ReferenceError(ValueError):
 
 def reference_checkpoints(cfg: Config) -> dict[str, tuple[str, str, list[str]]]:
     """role -> (the setting naming it, checkpoint, the modalities it must embed), of the
-    active terms."""
+    active terms; a run directory given as the checkpoint stands for its newest one."""
+    from polymodal.checkpoint import checkpoint_or_newest
+
     out: dict[str, tuple[str, str, list[str]]] = {}
     for term in active_terms(cfg).values():
-        out |= term.references(cfg)
+        for role, (setting, uri, modalities) in term.references(cfg).items():
+            out[role] = (setting, checkpoint_or_newest(uri), modalities)
     return out
 
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from polymodal import storage
-from polymodal.checkpoint import META, RunMeta, fetch_checkpoint, newest_first, read_meta
+from polymodal.checkpoint import META, RunMeta, fetch_checkpoint, newest_checkpoint, read_meta
 from polymodal.config import Config, ConfigError
 from polymodal.objectives import TERMS
 
@@ -59,14 +59,6 @@ def identity(meta: RunMeta) -> dict[str, Any]:
 def differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """key → (checkpoint's value, new value) where the two identities differ."""
     return {k: (old.get(k), new.get(k)) for k in sorted({*old, *new}) if old.get(k) != new.get(k)}
-
-
-def newest_checkpoint(run_dir: str) -> str | None:
-    for name in newest_first(storage.list_dirs(run_dir)):
-        uri = storage.join(run_dir, name)
-        if storage.is_file(storage.join(uri, META)):
-            return uri
-    return None
 
 
 def check_resume(cfg: Config, run_dir: str, new_meta: RunMeta) -> None:
