@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         "DATASET's rows plus negatives.<anchor>-><candidates>, each train row's K negatives by "
         "value (val: none; manifest: extra.negatives), which training reads. Of "
         "sentence-transformers' mine_hard_negatives: range_min, range_max, max_score, "
-        "absolute_margin (--margin); not relative_margin, sampling_strategy or faiss.",
+        "absolute_margin (--margin), relative_margin; not sampling_strategy or faiss.",
     )
     for name in ("checkpoint", "dataset", "out"):
         mn.add_argument(name)
@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     mn.add_argument("--range-max", type=int, default=100, help="take ranks below this")
     mn.add_argument("--max-score", type=float, help="drop candidates scoring above this")
     mn.add_argument("--margin", type=float, help="keep scores < the positive's - margin")
+    mn.add_argument(
+        "--relative-margin", type=float, help="keep scores < the positive's × (1 - this)"
+    )
     mn.add_argument("--exclude-same-label", action="store_true", help="drop the row's label")
     mn.add_argument("--batch-size", type=number(int, 1), default=256)
     mn.add_argument("--overwrite", action="store_true", help="replace a dataset at OUT")

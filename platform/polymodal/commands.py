@@ -303,6 +303,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
         range_max=args.range_max,
         max_score=args.max_score,
         margin=args.margin,
+        relative_margin=args.relative_margin,
         exclude_same_label=args.exclude_same_label,
     )
     check_mine_inputs(args.checkpoint, args.dataset, args.out, settings, args.overwrite)

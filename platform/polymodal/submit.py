@@ -22,6 +22,7 @@ ENTRYPOINTS = {
     "tune": "jobs/tune.py",
     "embed": "jobs/embed.py",
     "index": "jobs/index.py",
+    "mine": "jobs/mine.py",
 }
 # Kinds whose first argument is a config (validated here before anything is uploaded).
 CONFIG_KINDS = ("train", "tune")

@@ -160,7 +160,7 @@ def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
 
     from polymodal import storage
     from polymodal.checkpoint import fetch_checkpoint, read_meta
-    from polymodal.data.format import read_manifest
+    from polymodal.data.format import negatives_column, open_shard, read_manifest, shard_paths
     from polymodal.data.ingest import ingest
     from polymodal.evaluation.run import evaluate_checkpoint
 
@@ -271,6 +271,20 @@ def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
     fs, path = storage.resolve("s3://cluster/embeddings")
     embedded = pq.read_table(path, filesystem=fs)
     assert embedded.num_rows == read_manifest("s3://cluster/digits").splits["val"]["rows"]
+
+    # Hard negatives mined on the cluster, from S3 into S3, submitted as polymodal's job.
+    mined = _polymodal(
+        *("submit", "mine", checkpoint, "s3://cluster/digits", "s3://cluster/mined"),
+        *("--anchor", "text", "--candidates", "image", "--num-negatives", "2"),
+        *("--address", address),
+        env=env,
+    )
+    assert mined.returncode == 0, (mined.stdout + mined.stderr)[-3000:]
+    manifest = read_manifest("s3://cluster/mined")
+    assert manifest.extra["negatives"]["text->image"]["num_negatives"] == 2
+    uri = shard_paths("s3://cluster/mined", manifest, "train")[0]
+    lists = open_shard(uri).read(columns=[negatives_column("text->image")]).column(0)
+    assert all(len(v) == 2 for v in lists.to_pylist())
 
     # A job stopped while it runs (or before it starts) ends STOPPED.
     queued = _polymodal(

@@ -106,5 +106,6 @@ def test_pick_window_skips_own_and_same_content_then_filters():
     assert pick(num_negatives=5, range_min=1, range_max=3) == [3, 4]  # the window caps it
     assert pick(num_negatives=2, max_score=0.75) == [4, 5]
     assert pick(num_negatives=2, margin=0.25, pos=1.0) == [4, 5]  # < 0.75
+    assert pick(num_negatives=2, relative_margin=0.25, pos=0.9) == [5, 6]  # < 0.675
     assert pick(num_negatives=2, exclude_same_label=True) == [3, 4]
     assert pick(num_negatives=2, margin=0.1, pos=float("nan")) == []  # no positive to compare

@@ -37,7 +37,8 @@ QUERY_ROWS = 1024  # anchors searched at once: their scores per candidate chunk 
 class MineSettings:
     """Which negatives a row gets: ranks [range_min, range_max) of the candidates by score
     (0 the best; the row's own value and same-content ones are no candidates), then dropped
-    when above max_score, within margin of the positive's score, or of the row's label."""
+    when above max_score, within margin of the positive's score (absolute, or relative: at
+    or above positive × (1 − relative_margin)), or of the row's label."""
 
     anchor: str
     candidates: str
@@ -46,6 +47,7 @@ class MineSettings:
     range_max: int = 100
     max_score: float | None = None
     margin: float | None = None
+    relative_margin: float | None = None
     exclude_same_label: bool = False
 
 
@@ -70,6 +72,8 @@ def check_mine_inputs(
         raise ValueError(
             f"--range-min {s.range_min} --range-max {s.range_max}: need 0 <= min < max"
         )
+    if s.relative_margin is not None and not 0 <= s.relative_margin < 1:
+        raise ValueError(f"--relative-margin {s.relative_margin}: must be in [0, 1)")
     if s.anchor == s.candidates:
         raise ValueError(f"--anchor and --candidates are both {s.anchor}: give two modalities")
     card = model_card(checkpoint)
@@ -129,6 +133,10 @@ def _pick(
         if s.max_score is not None and sc > s.max_score:
             continue
         if s.margin is not None and not (np.isfinite(pos) and sc < pos - s.margin):
+            continue
+        if s.relative_margin is not None and not (
+            np.isfinite(pos) and sc < pos * (1 - s.relative_margin)
+        ):
             continue
         if s.exclude_same_label and labels[row] >= 0 and labels[c] == labels[row]:
             continue
@@ -250,7 +258,8 @@ def mine(
         settings = asdict(s)
         info = {"anchor": s.anchor, "modality": s.candidates, "num_negatives": s.num_negatives}
         info |= {"mined_from": str(dataset), "checkpoint": str(checkpoint), "split": "train"}
-        info |= {k: settings[k] for k in ("range_min", "range_max", "max_score", "margin")}
+        kept = ("range_min", "range_max", "max_score", "margin", "relative_margin")
+        info |= {k: settings[k] for k in kept}
         info["exclude_same_label"] = s.exclude_same_label
         extra = dict(manifest.extra) | {"negatives": mined(manifest) | {key: info}}
         writer.finish(manifest.source, extra, dict(manifest.rejected))
