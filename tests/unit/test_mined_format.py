@@ -109,3 +109,15 @@ def test_pick_window_skips_own_and_same_content_then_filters():
     assert pick(num_negatives=2, relative_margin=0.25, pos=0.9) == [5, 6]  # < 0.675
     assert pick(num_negatives=2, exclude_same_label=True) == [3, 4]
     assert pick(num_negatives=2, margin=0.1, pos=float("nan")) == []  # no positive to compare
+
+
+def test_mined_negatives_picture_shows_rows_with_negatives(tmp_path):
+    from polymodal.evaluation.mined_figure import mined_rows, mined_table, plot_mined_negatives
+
+    out = _mined_dataset(tmp_path)
+    found = mined_rows(str(out), KEY, rows=5)
+    assert [r["id"] for r in found] == ["r0", "r1", "r2"]  # r3 has none
+    png = plot_mined_negatives(str(out), KEY, str(tmp_path / "mined.png"), rows=5)
+    picture = Image.open(png)
+    assert picture.format == "PNG" and picture.size[0] > 4 * 100  # own + 3 negatives wide
+    assert mined_table(str(out), KEY) == ""  # image negatives: a picture, not a table
