@@ -3,6 +3,7 @@ would write instead (benchmarks/baselines/plain_app.py: uvicorn, model in-proces
 offline encoder (the limit), on the same checkpoint, all measured in this run.
 
 Run: .venv/bin/python benchmarks/serve.py [--quick] [--models demo,large] [--servers ...]
+     [--checkpoints teacher=CHECKPOINT,student=CHECKPOINT]
 Servers: plain (the baseline app), polymodal (as shipped: one hop from Serve's proxy), split
 (models in a deployment behind the gateway), direct (polymodal's app under Serve's
 throughput-optimized mode, reached at the ingress replica's own port: direct ingress).
@@ -240,6 +241,13 @@ def main() -> None:
     parser.add_argument(
         "--servers", default="plain,polymodal,direct", help="of plain,polymodal,split,direct"
     )
+    parser.add_argument(
+        "--checkpoints",
+        default="",
+        help="NAME=CHECKPOINT,... trained checkpoints served instead of --models' fresh ones; "
+        "with two, each load's items/s of the second over the first (a distilled student "
+        "over its teacher)",
+    )
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke check)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument(
@@ -258,8 +266,10 @@ def main() -> None:
     targets = {}
     direct = None
     port = _start_ray(direct=False)
-    for name in args.models.split(","):
-        checkpoint = _checkpoint(MODELS[name], tmp / name)
+    given = dict(x.split("=", 1) for x in args.checkpoints.split(",") if x)
+    every: dict[tuple, dict] = {}
+    for name in given or args.models.split(","):
+        checkpoint = Path(given[name]) if given else _checkpoint(MODELS[name], tmp / name)
         # The offline limit gets the threads one model replica gets.
         torch.set_num_threads(max(1, int(args.embedder_cpus)))
         limit = {
@@ -287,6 +297,7 @@ def main() -> None:
                             _load(url, checkpoint.name, values[modality], load, secs, warm)
                         )
                         results[(server, modality, load)] = r
+                        every[(name, server, modality, load)] = r
                         row = {"model": name, "server": server, "route": modality}
                         row |= {"concurrency": load[0], "items_per_request": load[1]}
                         row |= {k: round(v, 2) for k, v in r.items()}
@@ -320,6 +331,13 @@ def main() -> None:
                     at8["p99_ms"] / at8["p50_ms"]
                 )
     _stop_ray()
+    if len(given) == 2:  # the second model's speed over the first's, load by load
+        first, second = given
+        for (name, server, m, load), r in every.items():
+            if name == second:
+                base = every[(first, server, m, load)]["items_per_s"]
+                key = f"{second} / {first} {m} {server} c={load[0]} x{load[1]}: items/s"
+                targets[key] = r["items_per_s"] / base
     for target, ratio in targets.items():
         print(json.dumps({"target": target, "ratio": round(ratio, 3)}))
 
