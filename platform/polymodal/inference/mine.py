@@ -26,7 +26,7 @@ from polymodal.data.format import (
     shard_paths,
 )
 from polymodal.inference.model import model_card
-from polymodal.inference.offline import embedded_split
+from polymodal.inference.offline import column_vectors, embedded_split
 from polymodal.retrieval.index import Index, Shard
 from polymodal.retrieval.search import search_rows
 
@@ -102,15 +102,6 @@ def check_mine_inputs(
     return manifest
 
 
-def _vectors(table: pa.Table, column: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """[n, dim] float32 (zeros where null) and the rows' presence, of a list<float> column."""
-    col = table.column(column).combine_chunks()
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    out = np.zeros((table.num_rows, dim), dtype=np.float32)
-    out[valid] = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-    return out, valid
-
-
 def _train_columns(dataset: str, manifest: Manifest, columns: list[str]):
     """The train split's tables of `columns`, a row group at a time (bounded memory)."""
     for uri in shard_paths(dataset, manifest, "train"):
@@ -170,8 +161,8 @@ def mine_negatives(
         label = table.column("label").fill_null(-1) if "label" in table.column_names else None
         labels = label.to_numpy() if label is not None else np.full(table.num_rows, -1)
         parts.append(
-            (*_vectors(table, f"{s.anchor}_embedding", dim), labels)
-            + _vectors(table, f"{s.candidates}_embedding", dim)
+            (*column_vectors(table, f"{s.anchor}_embedding", dim), labels)
+            + column_vectors(table, f"{s.candidates}_embedding", dim)
         )
     order = np.argsort(np.array(ids, dtype=object), kind="stable")
     ids = [ids[i] for i in order]

@@ -39,6 +39,15 @@ def vector_column(vectors: np.ndarray, present: np.ndarray) -> pa.Array:
     )
 
 
+def column_vectors(table: pa.Table, column: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """vector_column's inverse: [n, dim] float32 (zeros where null) and the rows' presence."""
+    col = table.column(column).combine_chunks()
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    out = np.zeros((table.num_rows, dim), dtype=np.float32)
+    out[valid] = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return out, valid
+
+
 class EmbedBatch:
     """A Ray Data actor: loads the checkpoint once, embeds every batch it is given; with
     hashes, also each raw value's content_hash (`{m}_hash`, 0 where none)."""

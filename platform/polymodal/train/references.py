@@ -10,7 +10,6 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from polymodal.batch import Batch, reference_key, split_direction
 from polymodal.config import Config
@@ -60,25 +59,17 @@ def check_references(cfg: Config, sources: list[DataSource]) -> None:
                 raise ValueError(f"{setting}: {s.path} is webdataset tars; ingest it first")
 
 
-def _collect(table: pa.Table, m: str, parts: dict[str, list[tuple[np.ndarray, np.ndarray]]]):
-    emb = table.column(f"{m}_embedding").combine_chunks()
-    present = emb.is_valid().to_numpy(zero_copy_only=False)
-    if not present.any():
-        return
-    hashes = table.column(f"{m}_hash").to_numpy()[present]
-    vectors = emb.flatten().to_numpy(zero_copy_only=False).reshape(int(present.sum()), -1)
-    parts[m].append((hashes, vectors.astype(np.float32)))
-
-
 def embed_references(cfg: Config, sources: list[DataSource], actors: int = 1) -> dict[str, Any]:
     """role -> object ref of its Table over every source's train and val values."""
     import ray
 
-    from polymodal.inference.offline import embedded_split
+    from polymodal.inference.model import model_card
+    from polymodal.inference.offline import column_vectors, embedded_split
 
     refs: dict[str, Any] = {}
     for role, (setting, checkpoint, modalities) in reference_checkpoints(cfg).items():
         parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {m: [] for m in modalities}
+        dim = model_card(checkpoint)["dimension"]
         rows = sum(s.manifest.rows(sp) for s in sources for sp in ("train", "val"))
         print(f"{setting}: embedding {rows:,} rows with {checkpoint}", flush=True)
         for s in sources:
@@ -89,8 +80,10 @@ def embed_references(cfg: Config, sources: list[DataSource], actors: int = 1) ->
                 ds = embedded_split(checkpoint, s.path, split, held, actors=actors, hashes=True)
                 for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                     for m in held:
-                        _collect(table, m, parts)
-        table = {m: _table(p) for m, p in parts.items() if p}
+                        vectors, present = column_vectors(table, f"{m}_embedding", dim)
+                        hashes = table.column(f"{m}_hash").to_numpy()
+                        parts[m].append((hashes[present], vectors[present]))
+        table = {m: _table(p) for m, p in parts.items() if sum(len(h) for h, _ in p)}
         check_negatives(setting, sources, table)
         refs[role] = ray.put(table)
     return refs
