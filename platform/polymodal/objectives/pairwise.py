@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -163,7 +164,9 @@ def multi_contrastive(
             gathered = Gathered(
                 features_all[a], features_all[b], valid_all, keys_all, *negatives_ab
             )
-        extra = {"logit_bias": logit_bias, "chunk_size": chunk_size} if kind == "sigmoid" else {}
+        extra: dict[str, Any] = (
+            {"logit_bias": logit_bias, "chunk_size": chunk_size} if kind == "sigmoid" else {}
+        )
         if guide is not None:
             extra["guide"] = _pair_guide(guide, guide_all, a, b, negatives, guide_margin)
         loss = CONTRASTIVE_KINDS[kind](

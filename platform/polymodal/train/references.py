@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from polymodal.batch import Batch, reference_key, split_direction
 from polymodal.config import Config
@@ -78,10 +79,11 @@ def embed_references(cfg: Config, sources: list[DataSource], actors: int = 1) ->
                 if not held or not s.manifest.rows(split):
                     continue
                 ds = embedded_split(checkpoint, s.path, split, held, actors=actors, hashes=True)
-                for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    assert isinstance(batch, pa.Table)  # Ray types a batch as any format
                     for m in held:
-                        vectors, present = column_vectors(table, f"{m}_embedding", dim)
-                        hashes = table.column(f"{m}_hash").to_numpy()
+                        vectors, present = column_vectors(batch, f"{m}_embedding", dim)
+                        hashes = batch.column(f"{m}_hash").to_numpy()
                         parts[m].append((hashes[present], vectors[present]))
         table = {m: _table(p) for m, p in parts.items() if sum(len(h) for h, _ in p)}
         check_negatives(setting, sources, table)
