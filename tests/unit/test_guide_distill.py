@@ -157,3 +157,29 @@ def test_gradient_cache_with_mined_negatives_is_refused_before_ray(tmp_path):
     overrides = [f"data.path={path}", "train.batch_size=64", "train.grad_cache.chunk_size=8"]
     with pytest.raises(ValueError, match=r"train.grad_cache.chunk_size=8: .*\['text->image'\]"):
         check_run(load_config(None, overrides))
+
+
+def test_evaluation_without_a_teacher_reports_no_distill_loss():
+    """`polymodal eval` of a distilled checkpoint: no reference embeddings, so the distill
+    term is left out of val/loss instead of failing or reading as 0; the guide likewise."""
+    from polymodal.evaluation.evaluate import evaluate
+
+    prep = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=10)
+    overrides = ["model.embed_dim=8", "model.image.width=8", "model.text.width=16"]
+    overrides += ["objective.weights.distill=1", "objective.distill.teacher=somewhere"]
+    overrides += ["objective.contrastive.guide=somewhere"]
+    cfg = load_config(None, overrides)
+    model = build_model(cfg, prep, num_classes=0)
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(
+        inputs={
+            "image": torch.rand(6, 1, 8, 8, generator=g),
+            "text": torch.randint(1, 99, (6, 10)),
+        },
+        present={"image": torch.ones(6), "text": torch.ones(6)},
+        hashes={"image": torch.arange(6), "text": torch.arange(6)},
+        label=torch.full((6,), -1),
+    )
+    metrics = evaluate(model, [batch], prep, cfg)
+    assert "val/loss/contrastive" in metrics and "val/loss/distill" not in metrics
+    assert metrics["val/loss"] == pytest.approx(metrics["val/loss/contrastive"])
