@@ -33,3 +33,19 @@ def run_on_ranks(world: int, fn: Callable, *args):
         out = os.path.join(tmp, "result.pt")
         mp.spawn(_entry, args=(world, os.path.join(tmp, "init"), fn, out, args), nprocs=world)
         return torch.load(out, weights_only=False)  # written by our own test process
+
+
+def as_ddp(loss: torch.Tensor, grads: list[torch.Tensor], rows: int, world: int):
+    """(loss, gradients) of one rank as DDP leaves them, comparable with one process over the
+    global batch: the loss and shared tensors' gradients (grads[rows:]) averaged over ranks;
+    the first `rows` gradients belong to this rank's rows, so each rank's share (1/W) is laid
+    side by side in rank order."""
+    for t in [loss, *grads[rows:]]:
+        dist.all_reduce(t)
+        t /= world
+    laid = []
+    for g in grads[:rows]:
+        parts = [torch.empty_like(g) for _ in range(world)]
+        dist.all_gather(parts, g / world)
+        laid.append(torch.cat(parts))
+    return loss, laid + grads[rows:]

@@ -7,7 +7,6 @@ import itertools
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from polymodal.objectives.gather import RankMismatchError
@@ -56,15 +55,12 @@ def _loss(case, rows: slice, gather: str):
 
 
 def _on_rank(rank: int, world: int):
-    results = []
+    from tests.distributed.helpers import as_ddp
+
     b = N // world
-    for case in CASES:
-        loss, grads = _loss(case, slice(rank * b, (rank + 1) * b), case[1])
-        for t in [loss, *grads]:  # DDP averages gradients; we average the loss alike
-            dist.all_reduce(t)
-            t /= world
-        results.append((loss, grads))
-    return results
+    rows = slice(rank * b, (rank + 1) * b)
+    # The model's parameters are shared: DDP averages their gradients, we average the loss alike.
+    return [as_ddp(*_loss(case, rows, case[1]), rows=0, world=world) for case in CASES]
 
 
 def _expected(case, world: int):

@@ -7,7 +7,6 @@ import itertools
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from polymodal.objectives.negatives import Negatives
@@ -69,22 +68,11 @@ def _loss(case, rows: slice, gather: str):
 
 
 def _on_rank(rank: int, world: int):
-    results = []
+    from tests.distributed.helpers import as_ddp
+
     b = N // world
-    for case in CASES:
-        loss, grads = _loss(case, slice(rank * b, (rank + 1) * b), case[1])
-        # DDP averages over ranks: the loss and the shared scale and bias alike; a rank's rows'
-        # features and negatives get their share (1/W) and are laid side by side in rank order.
-        for t in [loss, *grads[4:]]:
-            dist.all_reduce(t)
-            t /= world
-        rows = []
-        for g in grads[:4]:
-            parts = [torch.empty_like(g) for _ in range(world)]
-            dist.all_gather(parts, g / world)
-            rows.append(torch.cat(parts))
-        results.append((loss, rows + grads[4:]))
-    return results
+    rows = slice(rank * b, (rank + 1) * b)
+    return [as_ddp(*_loss(case, rows, case[1]), rows=4, world=world) for case in CASES]
 
 
 @pytest.mark.distributed

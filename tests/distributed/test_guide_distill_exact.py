@@ -7,7 +7,6 @@ import itertools
 
 import pytest
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from polymodal.objectives.distill import pair_kl
@@ -81,20 +80,11 @@ def _loss(case, rows: slice, gather: str, guided: bool = True):
 
 
 def _on_rank(rank: int, world: int):
-    results = []
+    from tests.distributed.helpers import as_ddp
+
     b = N // world
-    for case in CASES:
-        loss, grads = _loss(case, slice(rank * b, (rank + 1) * b), case[1])
-        for t in [loss, *grads[4:]]:  # DDP averages the loss and the shared scalars
-            dist.all_reduce(t)
-            t /= world
-        rows = []
-        for g in grads[:4]:
-            parts = [torch.empty_like(g) for _ in range(world)]
-            dist.all_gather(parts, g / world)
-            rows.append(torch.cat(parts))
-        results.append((loss, rows + grads[4:]))
-    return results
+    rows = slice(rank * b, (rank + 1) * b)
+    return [as_ddp(*_loss(case, rows, case[1]), rows=4, world=world) for case in CASES]
 
 
 @pytest.mark.distributed
