@@ -27,6 +27,8 @@ from polymodal.config import Config
 from polymodal.modalities import MODALITIES, Preprocessing, augmentations
 from polymodal.models.joint import JointModel
 
+CHUNK = 64  # rows a frozen tower embeds at once: its activations stay bounded
+
 
 def cached_modalities(cfg: Config) -> list[str]:
     """The modalities whose frozen tower's features can be kept: not those that augmentation
@@ -133,8 +135,13 @@ class FrozenFeatures:
         todo = [i for i, k in enumerate(keys) if k not in have]
         fresh: dict[int, np.ndarray] = {}
         if todo:
-            with torch.no_grad():
-                out = self.model.encoders[m](x[todo]).float().cpu().numpy()
+            with torch.no_grad():  # in chunks: a batch and its negatives at once ran out of memory
+                out = np.concatenate(
+                    [
+                        self.model.encoders[m](x[todo[lo : lo + CHUNK]]).float().cpu().numpy()
+                        for lo in range(0, len(todo), CHUNK)
+                    ]
+                )
             fresh = {keys[i]: row for i, row in zip(todo, out)}
             table.put(fresh)
         self.computed += len(todo)
