@@ -297,10 +297,12 @@ class DatasetWriter:
             shutil.rmtree(self.stage, ignore_errors=True)
 
 
-def read_columns(path: str | Path, manifest: Manifest, modalities: list[str]) -> list[str]:
+def read_columns(
+    path: str | Path, manifest: Manifest, modalities: list[str], with_negatives: bool = True
+) -> list[str]:
     """The columns a model over `modalities` reads: those of them the dataset holds (a source
-    of a mixture holds some only; the others read as missing), plus label if any, plus the
-    mined negatives of each direction whose anchor and modality the model both has."""
+    of a mixture holds some only; the others read as missing), plus label if any, plus (with
+    negatives) the mined negatives of each direction whose anchor and modality it has."""
     held = [m for m in modalities if m in manifest.modalities]
     if not held:
         raise DatasetError(
@@ -309,7 +311,7 @@ def read_columns(path: str | Path, manifest: Manifest, modalities: list[str]) ->
     negatives = [
         negatives_column(k)
         for k, d in mined(manifest).items()
-        if d["anchor"] in modalities and d["modality"] in modalities
+        if with_negatives and d["anchor"] in modalities and d["modality"] in modalities
     ]
     return held + (["label"] if manifest.label_names is not None else []) + negatives
 

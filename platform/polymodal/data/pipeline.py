@@ -246,7 +246,8 @@ def piece_reader(
     decode into 1 + K inputs each: a block then holds decode_batch_size / (1 + K) rows, so
     that its bytes stay those of a block without (LiT at 224 px and K = 3: 0.6, not 2.4 GB)."""
     manifest = manifest or read_manifest(path)
-    negatives = negatives_sizes(manifest, prep.modalities)
+    # Mined negatives are train rows' (mine writes none for val): val's loss is in-batch.
+    negatives = negatives_sizes(manifest, prep.modalities) if split == "train" else {}
     decode_batch_size = max(1, decode_batch_size // (1 + sum(negatives.values())))
     decode = functools.partial(
         decode_table,
@@ -260,7 +261,7 @@ def piece_reader(
         source=source,
         negatives=negatives or None,
     )
-    columns = ["id", *read_columns(path, manifest, prep.modalities)]
+    columns = ["id", *read_columns(path, manifest, prep.modalities, with_negatives=bool(negatives))]
     return PieceReader(columns, decode_batch_size, decode, ordered)
 
 
