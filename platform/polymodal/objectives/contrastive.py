@@ -55,7 +55,8 @@ class ContrastiveSettings(Section):
     )
     guide: str = Field(
         "",
-        description="A guide checkpoint (GISTEmbed): in-batch and explicit negatives that it "
+        description="A guide checkpoint or run directory (GISTEmbed): in-batch and explicit "
+        "negatives that it "
         "scores above the row's own pair minus guide_margin are masked out, being likely "
         "false negatives (same captions, near-identical items). Frozen; it embeds every "
         "train and val row once, with its own preprocessing, before training. Empty: off.",

@@ -31,9 +31,9 @@ class DistillSettings(Section):
 
     teacher: str = Field(
         "",
-        description="The teacher: a checkpoint directory (polymodal.json beside its weights), "
-        "local or s3://. It embeds every train and val row once, with its own preprocessing, "
-        "before training starts.",
+        description="The teacher: a checkpoint directory (polymodal.json beside its weights) "
+        "or a run directory (its newest checkpoint), local or s3://. It embeds every train "
+        "and val row once, with its own preprocessing, before training starts.",
     )
     temperature: Float = Field(
         0.05, gt=0, description="Both models' similarities are divided by it before softmax."
