@@ -183,3 +183,18 @@ def test_evaluation_without_a_teacher_reports_no_distill_loss():
     metrics = evaluate(model, [batch], prep, cfg)
     assert "val/loss/contrastive" in metrics and "val/loss/distill" not in metrics
     assert metrics["val/loss"] == pytest.approx(metrics["val/loss/contrastive"])
+
+
+def test_a_run_directory_stands_for_its_newest_checkpoint(tmp_path):
+    from polymodal.checkpoint import checkpoint_or_newest
+
+    run = tmp_path / "run"
+    older = _checkpoint(run / "checkpoint_2026-12-01_10-00-00.000000")
+    newer = _checkpoint(run / "checkpoint_2026-12-02_10-00-00.000000")
+    (run / "checkpoint_2026-12-03_10-00-00.000000").mkdir()  # being written: no meta yet
+    assert checkpoint_or_newest(str(run)) == newer
+    assert checkpoint_or_newest(older) == older
+    cfg = load_config(None, ["objective.weights.distill=1", f"objective.distill.teacher={run}"])
+    from polymodal.train.references import reference_checkpoints
+
+    assert reference_checkpoints(cfg)["teacher"][1] == newer
