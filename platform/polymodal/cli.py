@@ -279,9 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     mn.add_argument("--range-max", type=int, default=100, help="take ranks below this")
     mn.add_argument("--max-score", type=float, help="drop candidates scoring above this")
     mn.add_argument("--margin", type=float, help="keep scores < the positive's - margin")
-    mn.add_argument(
-        "--relative-margin", type=float, help="keep scores < the positive's × (1 - this)"
-    )
+    mn.add_argument("--relative-margin", type=float, help="keep scores < positive × (1 - it)")
     mn.add_argument("--exclude-same-label", action="store_true", help="drop the row's label")
     mn.add_argument("--batch-size", type=number(int, 1), default=256)
     mn.add_argument("--overwrite", action="store_true", help="replace a dataset at OUT")

@@ -308,11 +308,8 @@ def read_columns(
         raise DatasetError(
             f"{path}: dataset has none of {list(modalities)} (has {list(manifest.modalities)})"
         )
-    negatives = [
-        negatives_column(k)
-        for k, d in mined(manifest).items()
-        if with_negatives and d["anchor"] in modalities and d["modality"] in modalities
-    ]
+    directions = negatives_sizes(manifest, modalities) if with_negatives else {}
+    negatives = [negatives_column(k) for k in directions]
     return held + (["label"] if manifest.label_names is not None else []) + negatives
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow as pa
 
 from polymodal.batch import direction
-from polymodal.data.decode import content_hash
 from polymodal.data.format import (
     MANIFEST,
     DatasetError,
@@ -150,8 +149,9 @@ def mine_negatives(
     scores). Rows sorted by id, so ranks and ties do not depend on Ray's order."""
     manifest = manifest or read_manifest(dataset)
     dim = model_card(checkpoint)["dimension"]
+    # With the candidates' content hashes (same content: no negative), from the same read.
     ds = embedded_split(
-        checkpoint, dataset, "train", [s.anchor, s.candidates], batch_size, num_cpus, actors
+        checkpoint, dataset, "train", [s.anchor, s.candidates], batch_size, num_cpus, actors, True
     )
     ids: list[str] = []
     parts: list[tuple] = []
@@ -163,16 +163,13 @@ def mine_negatives(
         parts.append(
             (*column_vectors(table, f"{s.anchor}_embedding", dim), labels)
             + column_vectors(table, f"{s.candidates}_embedding", dim)
+            + (table.column(f"{s.candidates}_hash").to_numpy(),)
         )
     order = np.argsort(np.array(ids, dtype=object), kind="stable")
     ids = [ids[i] for i in order]
-    anchors, has_anchor, labels, cands, has_cand = (np.concatenate(p)[order] for p in zip(*parts))
-    at = {row_id: i for i, row_id in enumerate(ids)}
-    hashes = np.zeros(len(ids), dtype=np.int64)  # the candidates' raw values: same content
-    for table in _train_columns(dataset, manifest, ["id", s.candidates]):
-        for row_id, value in zip(table.column("id").to_pylist(), table.column(1).to_pylist()):
-            if value is not None and row_id in at:
-                hashes[at[row_id]] = content_hash(value)
+    anchors, has_anchor, labels, cands, has_cand, hashes = (
+        np.concatenate(p)[order] for p in zip(*parts)
+    )
     cand_rows = np.flatnonzero(has_cand)
     positive = np.where(has_anchor & has_cand, (anchors * cands).sum(axis=1), np.nan)
     chosen: dict[str, list[int]] = {}
