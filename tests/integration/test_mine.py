@@ -124,6 +124,12 @@ def test_training_on_mined_digits_reads_the_negatives(mined_digits, checkpoint, 
     assert losses and all(math.isfinite(v) for v in losses.values()), metrics
     for key in ("train/loss/distill", "val/loss/distill", "val/loss/distill/image-text"):
         assert losses[key] > 0, key  # an untrained teacher and student disagree
+    # The run's report shows what was mined: a picture of the image negatives.
+    from polymodal.evaluation.report import write_report
+
+    page = Path(write_report(result.run_dir))
+    assert "mined-text-image.png" in page.read_text()
+    assert (page.parent / "mined-text-image.png").stat().st_size > 0
     printed = capfd.readouterr().out
     rows = read_manifest(out).rows("train") + read_manifest(out).rows("val")
     for setting in ("objective.contrastive.guide", "objective.distill.teacher"):

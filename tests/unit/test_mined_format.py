@@ -120,7 +120,7 @@ def test_mined_negatives_picture_shows_rows_with_negatives(tmp_path):
     out = _mined_dataset(tmp_path)
     found = mined_rows(str(out), KEY, rows=5)
     assert [r["id"] for r in found] == ["r0", "r1", "r2"]  # r3 has none
-    png = plot_mined_negatives(str(out), KEY, str(tmp_path / "mined.png"), rows=5)
+    png = plot_mined_negatives(found, KEY, str(tmp_path / "mined.png"))
     picture = Image.open(png)
     assert picture.format == "PNG" and picture.size[0] > 4 * 100  # own + 3 negatives wide
-    assert mined_table(str(out), KEY) == ""  # image negatives: a picture, not a table
+    assert mined_table(found, KEY) == ""  # image negatives: a picture, not a table

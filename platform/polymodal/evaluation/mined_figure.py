@@ -15,7 +15,6 @@ from PIL import Image  # noqa: E402
 
 from polymodal.batch import split_direction  # noqa: E402
 from polymodal.data.format import (  # noqa: E402
-    mined,
     negatives_column,
     open_shard,
     read_manifest,
@@ -24,7 +23,7 @@ from polymodal.data.format import (  # noqa: E402
 from polymodal.evaluation.plots import _save  # noqa: E402
 
 
-def mined_rows(dataset: str, key: str, rows: int) -> list[dict[str, Any]]:
+def mined_rows(dataset: str, key: str, rows: int = 5) -> list[dict[str, Any]]:
     """The first `rows` train rows (of the first shard) that hold negatives of `key`."""
     manifest = read_manifest(dataset)
     anchor, modality = split_direction(key)
@@ -42,11 +41,10 @@ def _pixels(value: bytes | None):
         return None
 
 
-def plot_mined_negatives(dataset: str, key: str, out: str, rows: int = 5) -> str | None:
-    """Image negatives: each row's anchor (the label), its own image (green frame), then its
-    negatives in rank order (red frames). None when the direction's negatives are no images."""
+def plot_mined_negatives(found: list[dict[str, Any]], key: str, out: str) -> str | None:
+    """Image negatives of mined_rows: each row's anchor (the label), its own image (green
+    frame), then its negatives in rank order (red frames). None unless they are images."""
     anchor, modality = split_direction(key)
-    found = mined_rows(dataset, key, rows)
     if modality != "image" or not found:
         return None
     k = max(len(r[negatives_column(key)]) for r in found)
@@ -73,10 +71,10 @@ def plot_mined_negatives(dataset: str, key: str, out: str, rows: int = 5) -> str
     return _save(fig, out)
 
 
-def mined_table(dataset: str, key: str, rows: int = 5) -> str:
-    """Text negatives as an HTML table: anchor (text, or the row id), own text, negatives."""
+def mined_table(found: list[dict[str, Any]], key: str) -> str:
+    """Text negatives of mined_rows as an HTML table: anchor (text, or the row id), own text,
+    negatives. Empty unless they are texts."""
     anchor, modality = split_direction(key)
-    found = mined_rows(dataset, key, rows)
     if modality != "text" or not found:
         return ""
 
@@ -89,7 +87,3 @@ def mined_table(dataset: str, key: str, rows: int = 5) -> str:
         negatives = "<br>".join(shown(v) for v in row[negatives_column(key)] if v is not None)
         lines.append(f"<tr><td>{who}</td><td>{shown(row[modality])}</td><td>{negatives}</td></tr>")
     return f"<h3>mined {key} negatives</h3><table>{''.join(lines)}</table>"
-
-
-def mined_directions(dataset: str) -> list[str]:
-    return list(mined(read_manifest(dataset)))

@@ -29,10 +29,10 @@ from polymodal.data.dataset import (  # noqa: E402
     iter_tables,
 )
 from polymodal.data.decode import decode_columns  # noqa: E402
-from polymodal.data.format import read_columns, read_manifest  # noqa: E402
+from polymodal.data.format import mined, read_columns, read_manifest  # noqa: E402
 from polymodal.data.tars import is_webdataset_path  # noqa: E402
 from polymodal.evaluation.mined_figure import (  # noqa: E402
-    mined_directions,
+    mined_rows,
     mined_table,
     plot_mined_negatives,
 )
@@ -248,10 +248,11 @@ def write_report(run_dir: str, rows: int = 1000) -> str:
         "projection.png": "Validation embeddings, first two principal components",
         "gallery.png": "Text queries (val captions) → the five closest val images, with scores",
     }
-    mined = mined_directions(meta.dataset)
-    for key in mined:  # what `polymodal mine` chose, when the run trained on mined data
+    # What `polymodal mine` chose, when the run trained on mined data: a few rows each.
+    found = {key: mined_rows(meta.dataset, key) for key in mined(read_manifest(meta.dataset))}
+    for key, shown in found.items():
         name = f"mined-{key.replace('->', '-')}.png"
-        images[name] = plot_mined_negatives(meta.dataset, key, storage.join(out, name))
+        images[name] = plot_mined_negatives(shown, key, storage.join(out, name))
         captions[name] = f"Mined {key} negatives of a few train rows: own (green), mined (red)"
     figures = "".join(
         f"<figure><img src='{name}' alt='{captions[name]}'><figcaption>{captions[name]}"
@@ -260,7 +261,7 @@ def write_report(run_dir: str, rows: int = 1000) -> str:
         if path
     )
     pairs = "".join(_pairs_table(sample, m) for m in prep.modalities if m not in ("image",))
-    pairs += "".join(mined_table(meta.dataset, key) for key in mined)
+    pairs += "".join(mined_table(shown, key) for key, shown in found.items())
     name = html.escape(cfg.train.name)
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>polymodal run {name}</title>"

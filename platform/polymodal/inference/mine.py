@@ -143,11 +143,9 @@ def mine_negatives(
     batch_size: int = 256,
     num_cpus: float = 1.0,
     actors: int = 1,
-    manifest: Manifest | None = None,
 ) -> tuple[list[str], dict[str, list[int]], np.ndarray, list[float]]:
     """(train ids sorted, id -> its negatives' positions in them, positive scores, negative
     scores). Rows sorted by id, so ranks and ties do not depend on Ray's order."""
-    manifest = manifest or read_manifest(dataset)
     dim = model_card(checkpoint)["dimension"]
     # With the candidates' content hashes (same content: no negative), from the same read.
     ds = embedded_split(
@@ -227,7 +225,7 @@ def mine(
     )
     try:
         ids, chosen, positive, negative_scores = mine_negatives(
-            checkpoint, dataset, s, batch_size, num_cpus, actors, manifest
+            checkpoint, dataset, s, batch_size, num_cpus, actors
         )
         # The chosen candidates' raw values, read once: only those, never the whole split.
         wanted = {ids[c] for picked in chosen.values() for c in picked}
@@ -243,12 +241,9 @@ def mine(
                     picked = chosen.get(row["id"]) if split == "train" else None
                     row[column] = [values[ids[c]] for c in picked] if picked else None
                     writer.add(split, row)
-        settings = asdict(s)
-        info = {"anchor": s.anchor, "modality": s.candidates, "num_negatives": s.num_negatives}
+        info = asdict(s)  # every setting, the candidates' modality under its manifest name
+        info["modality"] = info.pop("candidates")
         info |= {"mined_from": str(dataset), "checkpoint": str(checkpoint), "split": "train"}
-        kept = ("range_min", "range_max", "max_score", "margin", "relative_margin")
-        info |= {k: settings[k] for k in kept}
-        info["exclude_same_label"] = s.exclude_same_label
         extra = dict(manifest.extra) | {"negatives": mined(manifest) | {key: info}}
         writer.finish(manifest.source, extra, dict(manifest.rejected))
     except BaseException:
