@@ -1,18 +1,25 @@
 """Closed-loop load on the embedding service through real HTTP, side by side with what a user
-would write instead (benchmarks/baselines/plain_app.py: uvicorn, model in-process) and the
-offline encoder (the limit), on the same checkpoint, all measured in this run.
+would pick instead (the plain uvicorn app of benchmarks/baselines/plain_app.py; infinity-emb, the
+embedding server people deploy) and the offline encoder (the limit), on the same checkpoint, all
+measured in this run.
 
-Run: .venv/bin/python benchmarks/serve.py [--quick] [--models demo,large] [--servers ...]
-     [--checkpoints teacher=CHECKPOINT,student=CHECKPOINT]
-Servers: plain (the baseline app), polymodal (as shipped: one hop from Serve's proxy), split
-(models in a deployment behind the gateway), direct (polymodal's app under Serve's
-throughput-optimized mode, reached at the ingress replica's own port: direct ingress).
-Prints one JSON line per (model, server, route, load), one per offline limit, then one line per
-target with its ratio. Models: the demo's architecture (jobs/configs/fashion.yaml) and a larger
-one (ResNet-18 images, 4-layer text), with fresh weights (speed does not depend on training).
-Loads: one item per request at concurrency 1, 8 and 32 (online callers), and 32 items per
-request at concurrency 8 (bulk). cpu_ms_per_request is the host's CPU time over the level (all
-server processes; the client's own time subtracted) per answered request.
+Run: .venv/bin/python benchmarks/serve.py [--quick] [--models demo,large,minilm] [--servers ...]
+     [--rounds N] [--checkpoints teacher=CHECKPOINT,student=CHECKPOINT]
+e.g. the peer comparison: benchmarks/serve.py --models minilm --servers peer,polymodal --rounds 3
+Servers: plain (the baseline app), polymodal (`polymodal serve` as shipped, spawned as a user
+runs it), peer (infinity-emb 0.0.78 in its own virtualenv, made on first use, serving the same
+all-MiniLM-L6-v2: only for checkpoints whose text tower is `minilm`), split (models in a
+deployment behind the gateway), direct (polymodal's app under Serve's throughput-optimized mode,
+reached at the ingress replica's own port: direct ingress). Spawned servers (plain, polymodal,
+peer) also report seconds from spawn to the first embedding and their memory.
+Prints one JSON line per (model, round, server, route, load), one per offline limit, then one
+line per target with its ratio (medians over rounds; servers alternate within each round).
+Models: the demo's architecture (jobs/configs/fashion.yaml), a larger one (ResNet-18 images,
+4-layer text), and minilm (the demo with all-MiniLM-L6-v2 as its frozen text tower, fed 2,000
+real English sentences; its limit is also bare transformers'), with fresh projections (speed does
+not depend on training). Loads: one item per request at concurrency 1, 8 and 32 (online
+callers), and 32 items per request at concurrency 8 (bulk). cpu_ms_per_request is the host's CPU
+time over the level (all server processes; the client's own time subtracted) per answered request.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +43,10 @@ import numpy as np
 from PIL import Image
 
 from polymodal.ports import free_port
+from polymodal.pretrained import pretrained_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.peer import bare_limit, english, spawn_peer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "jobs" / "configs" / "fashion.yaml"
@@ -41,7 +54,9 @@ LOADS = [(1, 1), (8, 1), (32, 1), (8, 32)]  # (concurrency, items per request)
 MODELS = {
     "demo": [],
     "large": ["model.image.encoder=resnet18", "model.text.width=256", "model.text.layers=4"],
+    "minilm": ["model.text.encoder=minilm", "model.text.tuning=freeze", "data.text_max_len=128"],
 }
+SPAWNED = {"plain", "polymodal", "peer"}  # servers in processes of their own
 
 
 def _checkpoint(overrides: list[str], out: Path) -> Path:
@@ -49,15 +64,14 @@ def _checkpoint(overrides: list[str], out: Path) -> Path:
 
     from polymodal.checkpoint import RunMeta, save_checkpoint
     from polymodal.config import load_config
-    from polymodal.modalities import Preprocessing
+    from polymodal.modalities import MODALITIES, Preprocessing
     from polymodal.models.build import build_model
 
-    cfg = load_config(str(CONFIG), overrides)
-    prep = Preprocessing(
-        list(cfg.model.modalities),
-        image_size=cfg.data.image_size,
-        text_max_len=cfg.data.text_max_len,
-    )
+    cfg = load_config(str(CONFIG), [*overrides, "data.image_channels=1"])  # Fashion-MNIST's
+    settings: dict = {}  # each modality's, as training sets them (no dataset statistics here)
+    for m in cfg.model.modalities:
+        settings |= MODALITIES[m].settings(cfg, None, None)
+    prep = Preprocessing(list(cfg.model.modalities), **settings)
     torch.manual_seed(0)
     model = build_model(cfg, prep, num_classes=10).eval()
     meta = RunMeta(
@@ -148,34 +162,6 @@ async def _load(
     }
 
 
-def _plain_app(checkpoint: Path, port: int, max_batch: int) -> subprocess.Popen:
-    """benchmarks/baselines/plain_app.py in its own uvicorn process, once it answers."""
-    import urllib.request
-
-    env = {**os.environ, "PLAIN_CHECKPOINT": str(checkpoint), "PLAIN_MAX_BATCH": str(max_batch)}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "benchmarks.baselines.plain_app:app",
-        "--port",
-        str(port),
-    ]
-    proc = subprocess.Popen(
-        [*cmd, "--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"], env=env
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/docs", timeout=2).close()
-            return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("the plain app did not start within 120 s")
-
-
 def _start_ray(direct: bool) -> int:
     """A local Ray cluster with Serve's HTTP proxy on a free port → that port. `direct`: Serve's
     throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED, read when the cluster starts),
@@ -183,9 +169,9 @@ def _start_ray(direct: bool) -> int:
     import ray
     from ray import serve
 
-    from polymodal.cluster import RAY_ENV
+    from polymodal.cluster import RAY_ENV, SERVE_ENV
 
-    for key, value in RAY_ENV.items():  # the settings polymodal's own clusters start with
+    for key, value in (RAY_ENV | SERVE_ENV).items():  # as polymodal serve starts its cluster
         os.environ.setdefault(key, value)
     if direct:
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
@@ -219,7 +205,7 @@ def _serve(checkpoint: Path, server: str, args, port: int) -> str:
         str(checkpoint),
         max_batch_size=args.max_batch_size,
         max_queued_requests=1024,  # measure queueing, not load shedding
-        num_cpus=args.embedder_cpus,
+        num_cpus=args.threads,
         batch_wait_timeout_s=args.batch_wait_ms / 1000,
         access_log=args.access_log,
         split=server == "split",
@@ -235,11 +221,151 @@ def _serve(checkpoint: Path, server: str, args, port: int) -> str:
     return f"http://127.0.0.1:{port}/v1/embeddings"
 
 
+def _wait_first(url: str, model: str, text: str, proc: subprocess.Popen, limit: float) -> float:
+    """Seconds from now until `url` answers a one-text embedding request with 200."""
+    import urllib.request
+
+    body = json.dumps({"model": model, "input": text}).encode()
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode}")
+        request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60):
+                return time.perf_counter() - start
+        except OSError:  # not listening yet, or 404/503 while the app deploys
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"no embedding from {url} within {limit:.0f} s")
+
+
+def _spawn(server: str, checkpoint: Path, args) -> tuple[subprocess.Popen, str]:
+    """A server in processes of its own, started as a user starts it → (process, URL)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/embeddings"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    for key in ("RAY_ADDRESS", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "OMP_NUM_THREADS"):
+        env.pop(key, None)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+    if server == "peer":
+        return spawn_peer(pretrained_dir("minilm"), checkpoint.name, port, args.threads), url
+    if server == "plain":
+        env |= {"PLAIN_CHECKPOINT": str(checkpoint), "PLAIN_MAX_BATCH": str(args.max_batch_size)}
+        cmd = [sys.executable, "-m", "uvicorn", "benchmarks.baselines.plain_app:app"]
+        cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        return subprocess.Popen([*cmd, "--no-access-log"], env=env, cwd=REPO, **quiet), url
+    cmd = [sys.executable, "-m", "polymodal.cli", "serve", str(checkpoint), "--port", str(port)]
+    cmd += ["--metrics-port", str(free_port()), "--max-batch-size", str(args.max_batch_size)]
+    cmd += ["--num-cpus", str(args.threads)]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, **quiet), url
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (polymodal serve shuts Serve and Ray down), then the whole process group."""
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _mib_in_use() -> float:
+    """The whole machine's memory in use (MemTotal - MemAvailable), MiB."""
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return (int(info["MemTotal"].split()[0]) - int(info["MemAvailable"].split()[0])) / 1024
+
+
+def _footprint(pid: int, before_mib: float) -> dict[str, float]:
+    """What a server holds: the machine's memory in use over `before_mib`, and the PSS of its
+    processes, split into the model's process (Serve's replica; the server itself otherwise)
+    and the rest (for polymodal: Ray's)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    pss, model = 0.0, 0.0
+    for p in tree:
+        with contextlib.suppress(OSError):
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+            mib = int(rollup.split("Pss:")[1].split()[0]) / 1024
+            pss += mib
+            title = Path(f"/proc/{p}/cmdline").read_bytes()
+            if b"ServeReplica" in title or p == pid and len(tree) < 3:
+                model += mib
+    return {
+        "memory_in_use_mib": _mib_in_use() - before_mib,
+        "pss_mib": pss,
+        "model_process_mib": model,
+        "processes": len(tree),
+    }
+
+
+def _text_tower(checkpoint: Path) -> str:
+    return json.loads((checkpoint / "polymodal.json").read_text())["config"]["model"]["text"][
+        "encoder"
+    ]
+
+
+def _median(rows: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
+def _targets(name: str, servers: list[str], routes, limit, bare, res, starts) -> dict[str, float]:
+    """Each target's ratio, from the medians over rounds."""
+    out: dict[str, float] = {}
+    for m in routes:
+        for server in servers:
+            if server in ("plain", "peer") or (server, m, LOADS[0]) not in res:
+                continue
+            ours = {load: res[(server, m, load)] for load in LOADS}
+            key = f"{name} {m} {server}"
+            for base, aim in (("plain", (0.5, 2, 0.9)), ("peer", (1.0, 1.0, 1.0))):
+                if (base, m, LOADS[0]) not in res:
+                    continue
+                theirs = {load: res[(base, m, load)] for load in LOADS}
+                out[f"{key}: single items c=32 / {base} (>= {aim[0]})"] = (
+                    ours[(32, 1)]["items_per_s"] / theirs[(32, 1)]["items_per_s"]
+                )
+                out[f"{key}: lone request p50 / {base} (<= {aim[1]})"] = (
+                    ours[(1, 1)]["p50_ms"] / theirs[(1, 1)]["p50_ms"]
+                )
+                out[f"{key}: bulk 32 items c=8 / {base} (>= {aim[2]})"] = (
+                    ours[(8, 32)]["items_per_s"] / theirs[(8, 32)]["items_per_s"]
+                )
+                if (name, server) in starts and (name, base) in starts:
+                    out[f"{key}: time to first embedding / {base} (<= 1)"] = (
+                        starts[(name, server)]["first_embedding_s"]
+                        / starts[(name, base)]["first_embedding_s"]
+                    )
+            out[f"{key}: bulk / offline limit (>= 0.7 large)"] = (
+                ours[(8, 32)]["items_per_s"] / limit[m]
+            )
+            if bare and m == "text":
+                out[f"{key}: bulk / bare transformers (>= 0.95)"] = (
+                    ours[(8, 32)]["items_per_s"] / bare
+                )
+            at8 = ours[(8, 1)]
+            out[f"{key}: p99 / p50 at c=8 (<= 2)"] = at8["p99_ms"] / at8["p50_ms"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,large", help=f"of {sorted(MODELS)}")
     parser.add_argument(
-        "--servers", default="plain,polymodal,direct", help="of plain,polymodal,split,direct"
+        "--servers", default="plain,polymodal,direct", help="of plain,polymodal,split,direct,peer"
     )
     parser.add_argument(
         "--checkpoints",
@@ -249,9 +375,13 @@ def main() -> None:
         "over its teacher)",
     )
     parser.add_argument("--quick", action="store_true", help="short runs (a smoke check)")
+    parser.add_argument("--rounds", type=int, default=1, help="servers alternate, round by round")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument(
-        "--embedder-cpus", type=float, default=float(os.cpu_count() or 1), help="per replica"
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CPUs (torch threads) for each server's model and the offline limits",
     )
     parser.add_argument("--batch-wait-ms", type=float, default=2.0)
     parser.add_argument("--access-log", action="store_true", help="log every request")
@@ -262,81 +392,87 @@ def main() -> None:
     import torch
 
     tmp = Path(tempfile.mkdtemp(prefix="pm-serve-bench-"))
-    values = _inputs(size=28)
-    targets = {}
-    direct = None
-    port = _start_ray(direct=False)
     given = dict(x.split("=", 1) for x in args.checkpoints.split(",") if x)
     every: dict[tuple, dict] = {}
+    targets = {}
     for name in given or args.models.split(","):
         checkpoint = Path(given[name]) if given else _checkpoint(MODELS[name], tmp / name)
-        # The offline limit gets the threads one model replica gets.
-        torch.set_num_threads(max(1, int(args.embedder_cpus)))
-        limit = {
-            m: offline_limit(checkpoint, values[m], m, args.max_batch_size, secs) for m in values
-        }
-        torch.set_num_threads(os.cpu_count() or 1)
-        print(json.dumps({"model": name, "offline_items_per_s": limit}), flush=True)
-        results = {}
-        for server in servers:
-            plain = None
-            if server == "plain":
-                plain_port = free_port()
-                plain = _plain_app(checkpoint, plain_port, args.max_batch_size)
-                url = f"http://127.0.0.1:{plain_port}/v1/embeddings"
-            else:
-                if (server == "direct") != direct:
-                    _stop_ray()
-                    direct = server == "direct"
-                    port = _start_ray(direct)
-                url = _serve(checkpoint, server, args, port)
-            try:
-                for modality in values:
-                    for load in LOADS:
-                        r = asyncio.run(
-                            _load(url, checkpoint.name, values[modality], load, secs, warm)
-                        )
-                        results[(server, modality, load)] = r
-                        every[(name, server, modality, load)] = r
-                        row = {"model": name, "server": server, "route": modality}
-                        row |= {"concurrency": load[0], "items_per_request": load[1]}
-                        row |= {k: round(v, 2) for k, v in r.items()}
-                        print(json.dumps(row), flush=True)
-            finally:
-                if plain is not None:
-                    plain.terminate()
-                    plain.wait()
-                else:
-                    from ray import serve
-
-                    serve.delete("bench")
-        for m in values:
-            for server in servers:
-                if server == "plain":
-                    continue
-                ours = {load: results[(server, m, load)] for load in LOADS}
-                if "plain" in servers:
-                    base = {load: results[("plain", m, load)] for load in LOADS}
-                    single = ours[(32, 1)]["items_per_s"] / base[(32, 1)]["items_per_s"]
-                    lone = ours[(1, 1)]["p50_ms"] / base[(1, 1)]["p50_ms"]
-                    bulk = ours[(8, 32)]["items_per_s"] / base[(8, 32)]["items_per_s"]
-                    key = f"{name} {m} {server}"
-                    targets[f"{key}: single items c=32 / plain app (>= 0.5, goal 1.0)"] = single
-                    targets[f"{key}: lone request p50 / plain app (<= 2)"] = lone
-                    targets[f"{key}: bulk 32 items c=8 / plain app (>= 0.9)"] = bulk
-                at8 = ours[(8, 1)]
-                bulk_limit = ours[(8, 32)]["items_per_s"] / limit[m]
-                targets[f"{name} {m} {server}: bulk / offline limit (>= 0.7 large)"] = bulk_limit
-                targets[f"{name} {m} {server}: p99 / p50 at c=8 (<= 2)"] = (
-                    at8["p99_ms"] / at8["p50_ms"]
+        minilm = _text_tower(checkpoint) == "minilm"
+        # MiniLM is fed real English (infinity's ground); the others distinct captions/images.
+        values = {"text": english()} if minilm else _inputs(size=28)
+        runs: dict[tuple, list[dict]] = {}
+        starts: dict[tuple, list[dict]] = {}
+        limits, bares = [], []
+        for rnd in range(args.rounds):
+            torch.set_num_threads(args.threads)  # the offline limits get a server's threads
+            limits.append(
+                {
+                    m: offline_limit(checkpoint, values[m], m, args.max_batch_size, secs)
+                    for m in values
+                }
+            )
+            if minilm:
+                bares.append(
+                    bare_limit(pretrained_dir("minilm"), values["text"], args.max_batch_size, secs)
                 )
-    _stop_ray()
+            torch.set_num_threads(os.cpu_count() or 1)
+            row = {"model": name, "round": rnd, "offline_items_per_s": limits[-1]}
+            print(
+                json.dumps(row | ({"bare_transformers_texts_per_s": bares[-1]} if bares else {})),
+                flush=True,
+            )
+            for server in servers:
+                if server == "peer" and not minilm:
+                    continue
+                proc = None
+                if server in SPAWNED:
+                    before = _mib_in_use()
+                    proc, url = _spawn(server, checkpoint, args)
+                    first = _wait_first(url, checkpoint.name, values["text"][0], proc, 600)
+                else:
+                    port = _start_ray(direct=server == "direct")
+                    url = _serve(checkpoint, server, args, port)
+                try:
+                    for modality in values:
+                        for load in LOADS:
+                            r = asyncio.run(
+                                _load(url, checkpoint.name, values[modality], load, secs, warm)
+                            )
+                            runs.setdefault((server, modality, load), []).append(r)
+                            row = {"model": name, "round": rnd, "server": server, "route": modality}
+                            row |= {"concurrency": load[0], "items_per_request": load[1]}
+                            row |= {k: round(v, 2) for k, v in r.items()}
+                            print(json.dumps(row), flush=True)
+                    if proc is not None:
+                        start = {"first_embedding_s": first} | _footprint(proc.pid, before)
+                        starts.setdefault((name, server), []).append(start)
+                        row = {"model": name, "round": rnd, "server": server}
+                        print(
+                            json.dumps(row | {k: round(v, 2) for k, v in start.items()}), flush=True
+                        )
+                finally:
+                    if proc is not None:
+                        _stop(proc)
+                    else:
+                        _stop_ray()
+        res = {key: _median(rows) for key, rows in runs.items()}
+        every |= {(name, *key): r for key, r in res.items()}
+        limit = _median(limits)
+        targets |= _targets(
+            name,
+            servers,
+            values,
+            limit,
+            statistics.median(bares) if bares else None,
+            res,
+            {key: _median(rows) for key, rows in starts.items()},
+        )
     if len(given) == 2:  # the second model's speed over the first's, load by load
-        first, second = given
+        first_name, second = given
         for (name, server, m, load), r in every.items():
             if name == second:
-                base = every[(first, server, m, load)]["items_per_s"]
-                key = f"{second} / {first} {m} {server} c={load[0]} x{load[1]}: items/s"
+                base = every[(first_name, server, m, load)]["items_per_s"]
+                key = f"{second} / {first_name} {m} {server} c={load[0]} x{load[1]}: items/s"
                 targets[key] = r["items_per_s"] / base
     for target, ratio in targets.items():
         print(json.dumps({"target": target, "ratio": round(ratio, 3)}))

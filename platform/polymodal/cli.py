@@ -224,18 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("out", help="index directory (local or s3://); a rebuild replaces it")
     ix.add_argument("--modality", default="image", help="what the index holds (default image)")
     ix.add_argument("--split", default="val")
-    ix.add_argument(
-        "--shard-rows", type=number(int, 1), default=100_000, help="rows per shard file"
-    )
-    ix.add_argument(
-        "--batch-size", type=number(int, 1), default=256, help="rows per embedding batch"
-    )
-    ix.add_argument(
-        "--num-cpus",
-        type=number(float, 0, above=True),
-        default=1.0,
-        help="CPUs per embedding actor",
-    )
+    ix.add_argument("--shard-rows", type=number(int, 1), default=100_000, help="rows a shard")
+    ix.add_argument("--batch-size", type=number(int, 1), default=256, help="rows a batch")
+    ix.add_argument("--num-cpus", type=number(float, 0, above=True), default=1.0, help="per actor")
     ix.add_argument("--actors", type=number(int, 1), default=1, help="embedding actors")
     ix.add_argument(
         "--model", help="model name searches use (default: the checkpoint directory's name)"
@@ -298,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch-size", type=int, default=32)
     sv.add_argument("--max-models", type=int, default=4, help="checkpoints loaded per replica")
     sv.add_argument("--num-gpus", type=float, default=0, help="GPUs per model replica")
+    sv.add_argument(
+        "--num-cpus",
+        type=number(float, 0, above=True),
+        help="CPUs per model replica (default: this machine's, unless --address: 0.5)",
+    )
+    sv.add_argument("--threads", type=number(int, 1), help="torch threads (default: CPUs)")
     sv.add_argument("--replicas", type=int, default=1, help="model replicas")
     sv.add_argument(
         "--index-dir",

@@ -16,6 +16,9 @@ RAY_ENV = {
     # (benchmarks/serve.py). Read when the cluster starts, so set before ray.init.
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
 }
+# A serving cluster's workers run at the priority of any server: Ray's default (nice 15) let
+# a busy neighbour take the model replica's CPU.
+SERVE_ENV = {"RAY_worker_niceness": "0"}
 
 
 def ensure_ray(

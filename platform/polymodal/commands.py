@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -177,7 +178,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from polymodal.serving import preflight
 
-    # Every flag checked before Ray starts (seconds, and pages of logs, later).
+    # Every flag checked before Ray starts (seconds, and pages of logs, later). An embedded
+    # cluster is this machine's alone: its model replica gets every CPU, as a server would.
+    cpus = args.num_cpus or (None if args.address else float(os.cpu_count() or 1))
     settings = preflight.serve_args(
         args.model_dir,
         max_batch_size=args.max_batch_size,
@@ -185,6 +188,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         num_gpus=args.num_gpus,
         index_dir=args.index_dir,
         replicas=args.replicas,
+        threads=args.threads,
+        **({"num_cpus": cpus} if cpus else {}),
     )
     preflight.check_model_dir(args.model_dir)
     if args.index_dir:
@@ -195,9 +200,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if args.metrics_port == args.port:
                 raise ValueError(f"--metrics-port {args.metrics_port}: the same as --port")
             preflight.check_port("--metrics-port", args.host, args.metrics_port)
-    from polymodal.cluster import ensure_ray, require
+    from polymodal.cluster import SERVE_ENV, ensure_ray, require
 
-    ensure_ray(args.address, metrics_port=args.metrics_port)
+    for key, value in SERVE_ENV.items():  # read when the embedded cluster starts
+        os.environ.setdefault(key, value)
+    # The replicas' CPUs, and the searcher's (half a replica's) beside them.
+    need = settings.num_cpus * (settings.replicas + 0.5 * bool(args.index_dir))
+    ensure_ray(args.address, min_cpus=need, metrics_port=args.metrics_port)
     if args.num_gpus:
         require(
             [{"GPU": args.num_gpus}] * args.replicas,
@@ -209,7 +218,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from polymodal.serving.app import build_app
 
-    app = build_app(**settings.model_dump())
+    app = build_app(**settings.model_dump(), access_log=not os.environ.get("XNOLOG"))
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, route_prefix="/")
     print(f"serving {args.model_dir} at http://{args.host}:{args.port} (docs: /docs); Ctrl-C stops")

@@ -51,6 +51,13 @@ class LoadedModel:
         return torch.from_numpy(arr).to(self.device)
 
     @torch.no_grad()
+    def warm_up(self) -> None:
+        """A full-size forward per modality: the first request pays no one-off set-up."""
+        for m in self.prep.modalities:
+            shape, dtype = MODALITIES[m].input_shape(self.prep)
+            self.model.embed(m, torch.from_numpy(np.ones((2, *shape), dtype)).to(self.device))
+
+    @torch.no_grad()
     def embed(self, modality: str, values: list) -> np.ndarray:
         return self.model.embed(modality, self.inputs(modality, values)).float().cpu().numpy()
 

@@ -13,7 +13,7 @@ from polymodal.serving.embedder import Embedder, EmbedderDeployment, ModelServer
 from polymodal.serving.gateway import GatewayDeployment
 from polymodal.serving.remote import RemoteEmbedder
 from polymodal.serving.searcher import SearcherDeployment
-from polymodal.serving.settings import ServeArgs, limits
+from polymodal.serving.settings import ServeArgs, limits, torch_threads
 
 
 def build_app(
@@ -43,6 +43,8 @@ def build_app(
         "max_batch_size": args.max_batch_size,
         "batch_wait_timeout_s": args.batch_wait_timeout_s,
     }
+    loading = {"max_models": args.max_models, "threads": torch_threads(args)}
+    loading["preload"] = args.preload
     model_server: Callable[[], ModelServer]
     gateway: dict[str, Any]
     # The one place that chooses where the models run. The gateway makes its model server in
@@ -58,16 +60,14 @@ def build_app(
             model_dir=model_dir,
             max_batch_size=args.max_batch_size,
             batch_wait_timeout_s=0.0,  # the gateway has gathered the batch already
-            max_models=args.max_models,
+            **loading,
         )
         # Serve hands the gateway a handle where the bound deployment stands.
         handle = cast(DeploymentHandle, embedder)
         model_server = partial(RemoteEmbedder, embedder=handle, **batching)
         gateway = {"ray_actor_options": {"num_cpus": args.num_cpus / 2}}
     else:
-        model_server = partial(
-            Embedder, model_dir=model_dir, max_models=args.max_models, **batching
-        )
+        model_server = partial(Embedder, model_dir=model_dir, **loading, **batching)
         gateway = {"ray_actor_options": models, "num_replicas": args.replicas}
     return GatewayDeployment.options(
         max_ongoing_requests=lim.gateway_ongoing,

@@ -7,6 +7,7 @@ from collections import defaultdict
 from typing import Protocol
 
 import numpy as np
+import torch
 from ray import serve
 from ray.serve import Deployment
 
@@ -33,18 +34,34 @@ class Embedder:
     image counts as many)."""
 
     def __init__(
-        self, *, model_dir: str, max_batch_size: int, batch_wait_timeout_s: float, max_models: int
+        self,
+        *,
+        model_dir: str,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+        max_models: int,
+        threads: int = 1,
+        preload: list[str] | None = None,
     ):
+        # Ray sets OMP_NUM_THREADS from the replica's CPUs: one thread below 2.
+        torch.set_num_threads(threads)
         self.paths = list_models(model_dir)
         self.metrics = embedder_metrics()
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.pending = 0
 
+        # Loaded and warmed before the replica takes requests: the first one waits for
+        # nothing. Handed to the multiplexed loader on their first use.
+        names = list(self.paths)[:max_models] if preload is None else preload
+        self.ready = {name: self._load_warm(name) for name in names}
+
         # The LRU limit comes from config, so the multiplexed loader is made per instance
         # (from a plain function: Serve keeps its cache as an attribute of it).
         async def load(model_id: str) -> LoadedModel:
+            if model_id in self.ready:
+                return self.ready.pop(model_id)
             start = time.perf_counter()
-            model = await asyncio.to_thread(LoadedModel.load, self.paths[model_id])
+            model = await asyncio.to_thread(self._load_warm, model_id)
             seconds = time.perf_counter() - start
             self.metrics.model_load.observe(seconds, tags={"model": model_id})
             return model
@@ -53,6 +70,13 @@ class Embedder:
         self.batcher = Batcher(
             self._forward, max_batch_size, float(max_batch_size), batch_wait_timeout_s
         )
+
+    def _load_warm(self, model_id: str) -> LoadedModel:
+        if model_id not in self.paths:
+            raise ValueError(f"preload: no checkpoint '{model_id}' (have {sorted(self.paths)})")
+        model = LoadedModel.load(self.paths[model_id])
+        model.warm_up()
+        return model
 
     async def _forward(self, key: tuple[str, str], values: list) -> list[np.ndarray]:
         model_id, modality = key

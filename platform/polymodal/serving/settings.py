@@ -1,6 +1,7 @@
 """The service's settings (ServeArgs: build_app's arguments, serve/config.yaml's `args`) and the
 request limits each deployment's replicas get from them (limits)."""
 
+import math
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +50,17 @@ class ServeArgs(BaseModel):
         description="CPUs per model replica (the gateway's and searcher's: half, when apart)",
     )
     num_gpus: float = Field(0, ge=0, description="GPUs per model replica")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads per model replica (default: num_cpus rounded up; Ray alone "
+        "would give a replica of under 2 CPUs one thread)",
+    )
+    preload: list[str] | None = Field(
+        None,
+        description="checkpoints (names in model_dir) each replica loads and warms up before it "
+        "takes requests; default: the first max_models of them. The rest load on first use",
+    )
     index_dir: str | None = Field(
         None,
         description="a directory of `polymodal index` outputs (local or s3://), searched at "
@@ -63,6 +75,10 @@ class ServeArgs(BaseModel):
         "a second hop per batch, for model replicas that scale apart (GPUs) and a resend of "
         "calls whose replica died",
     )
+
+
+def torch_threads(args: ServeArgs) -> int:
+    return args.threads or max(1, math.ceil(args.num_cpus))
 
 
 # Every field's default, read by the deployments' decorators (model_dir has none: never read).
