@@ -200,10 +200,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if args.metrics_port == args.port:
                 raise ValueError(f"--metrics-port {args.metrics_port}: the same as --port")
             preflight.check_port("--metrics-port", args.host, args.metrics_port)
-    from polymodal.cluster import SERVE_ENV, ensure_ray, require
+    from polymodal.cluster import SERVE_ENV, direct_ingress_env, ensure_ray, require
 
+    # One replica on this machine answers at --port itself; more share Serve's proxy there.
+    direct = not args.address and settings.replicas == 1
     for key, value in SERVE_ENV.items():  # read when the embedded cluster starts
         os.environ.setdefault(key, value)
+    if direct:
+        os.environ.update(direct_ingress_env(args.port))
     # The replicas' CPUs, and the searcher's (half a replica's) beside them.
     need = settings.num_cpus * (settings.replicas + 0.5 * bool(args.index_dir))
     ensure_ray(args.address, min_cpus=need, metrics_port=args.metrics_port)
@@ -218,8 +222,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from polymodal.serving.app import build_app
 
-    app = build_app(**settings.model_dump(), access_log=not os.environ.get("XNOLOG"))
-    serve.start(http_options={"host": args.host, "port": args.port})
+    app = build_app(**settings.model_dump())
+    from polymodal.ports import free_port
+
+    # Direct ingress keeps a proxy on the head node; it gets a port of its own.
+    serve.start(http_options={"host": args.host, "port": free_port() if direct else args.port})
     serve.run(app, route_prefix="/")
     print(f"serving {args.model_dir} at http://{args.host}:{args.port} (docs: /docs); Ctrl-C stops")
     if args.metrics_port and not args.address:
