@@ -36,10 +36,14 @@ def direct_ingress_env(port: int) -> dict[str, str]:
 
 
 def ensure_ray(
-    address: str | None = None, min_cpus: float = 1, metrics_port: int | None = None
+    address: str | None = None,
+    min_cpus: float = 1,
+    metrics_port: int | None = None,
+    dashboard: bool = True,
 ) -> None:
     """Connect to `address` / RAY_ADDRESS, or start an embedded local cluster (with
-    Prometheus /metrics on metrics_port, when given)."""
+    Prometheus /metrics on metrics_port, when given; without Ray's dashboard when not
+    `dashboard`: its head and modules are 11 processes and ~300 MB)."""
     import ray  # here: importing ray takes seconds, and commands check their inputs first
 
     for key, value in RAY_ENV.items():
@@ -61,6 +65,7 @@ def ensure_ray(
     ray.init(
         num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
         runtime_env={"env_vars": RAY_ENV},
+        include_dashboard=dashboard,
         _metrics_export_port=metrics_port,
     )
 

@@ -210,7 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ.update(direct_ingress_env(args.port))
     # The replicas' CPUs, and the searcher's (half a replica's) beside them.
     need = settings.num_cpus * (settings.replicas + 0.5 * bool(args.index_dir))
-    ensure_ray(args.address, min_cpus=need, metrics_port=args.metrics_port)
+    ensure_ray(args.address, min_cpus=need, metrics_port=args.metrics_port, dashboard=False)
     if args.num_gpus:
         require(
             [{"GPU": args.num_gpus}] * args.replicas,

@@ -75,6 +75,11 @@ def test_costs_count_tokens_and_pixels():
     prep = Preprocessing(["image", "text"], image_size=28, text_max_len=48)
     assert MODALITIES["text"].cost("a" * 12, prep) == 0.25
     assert MODALITIES["text"].cost("a" * 500, prep) == 1.0  # truncated at text_max_len
+    # Word pieces are counted, not bytes: [CLS] the cat sat [SEP] is 5 of 48 tokens.
+    pieces = Preprocessing(["text"], text_max_len=48, text_tokenizer="minilm")
+    assert MODALITIES["text"].cost("the cat sat", pieces) == 5 / 48
+    long = "an uncharacteristically long sentence " * 9
+    assert MODALITIES["text"].cost(long, pieces) == 1.0  # truncated at text_max_len
     png = io.BytesIO()
     Image.new("L", (280, 56)).save(png, "PNG")
     assert MODALITIES["image"].cost(png.getvalue(), prep) == 20.0  # 280x56 = 20 of 28x28

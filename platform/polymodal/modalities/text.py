@@ -194,9 +194,13 @@ def check_request(value: str, prep, param: str) -> int:
 
 
 def cost(value: str, prep) -> float:
-    """Tokens over text_max_len (UTF-8 bytes, exact for the byte tokenizer and an upper
-    bound for word pieces): what the text tower runs over once padding is trimmed."""
-    return min(len(value.encode("utf-8")), prep.text_max_len) / prep.text_max_len
+    """Tokens over text_max_len: what the text tower runs over once padding is trimmed, and
+    what serving's batches sort by, so that texts of a length run together (the byte
+    tokenizer's tokens are the UTF-8 bytes; a word-piece tokenizer is run: tens of us)."""
+    if prep.text_tokenizer == "bytes":
+        return min(len(value.encode("utf-8")), prep.text_max_len) / prep.text_max_len
+    ids = encode_text(value, prep.text_max_len, prep.text_tokenizer)
+    return float(np.count_nonzero(ids)) / prep.text_max_len
 
 
 TEXT = Modality(

@@ -12,7 +12,6 @@ from ray import serve
 from ray.serve import Deployment
 from ray.serve.handle import DeploymentHandle
 
-from polymodal.inference.model import model_card
 from polymodal.modalities.base import InputError
 from polymodal.retrieval.quantize import FORMATS, quantize, unit_ranges
 from polymodal.retrieval.vectors import truncate
@@ -76,6 +75,8 @@ class Gateway:
         self.searcher = searcher
         self.api_key = api_key  # never logged; compared in constant time
         self.capacity = capacity
+        from polymodal.inference.model import model_card  # torch: in the replica, not the driver
+
         self.cards = {name: model_card(path) for name, path in list_models(model_dir).items()}
 
     def __serve_build_asgi_app__(self) -> FastAPI:
