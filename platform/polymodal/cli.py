@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("model_dir", help="a checkpoint directory, or a directory of them")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--grpc-port", type=int, help="also serve embeddings.proto's gRPC there")
     sv.add_argument("--max-batch-size", type=int, default=32)
     sv.add_argument("--max-models", type=int, default=4, help="checkpoints loaded per replica")
     sv.add_argument("--num-gpus", type=float, default=0, help="GPUs per model replica")

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from polymodal.config import Config
@@ -196,6 +196,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         preflight.check_index_dir(args.index_dir)
     if not args.address:  # an embedded cluster listens here; a cluster's head, not here
         preflight.check_port("--port", args.host, args.port)
+        if args.grpc_port:
+            preflight.check_port("--grpc-port", args.host, args.grpc_port)
         if args.metrics_port:
             if args.metrics_port == args.port:
                 raise ValueError(f"--metrics-port {args.metrics_port}: the same as --port")
@@ -207,7 +209,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for key, value in SERVE_ENV.items():  # read when the embedded cluster starts
         os.environ.setdefault(key, value)
     if direct:
-        os.environ.update(direct_ingress_env(args.port))
+        os.environ.update(direct_ingress_env(args.port, args.grpc_port))
     # The replicas' CPUs, and the searcher's (half a replica's) beside them.
     need = settings.num_cpus * (settings.replicas + 0.5 * bool(args.index_dir))
     ensure_ray(args.address, min_cpus=need, metrics_port=args.metrics_port, dashboard=False)
@@ -223,19 +225,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from polymodal.serving.app import build_app
 
     app = build_app(**settings.model_dump())
+    # Before serve.run: a direct-ingress replica answers before serve.run returns, and a
+    # SIGTERM then must still shut Serve and Ray down (Ray's own handler just exits).
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     from polymodal.ports import free_port
 
-    # Direct ingress keeps a proxy on the head node; it gets a port of its own.
-    serve.start(http_options={"host": args.host, "port": free_port() if direct else args.port})
+    # Direct ingress keeps a proxy on the head node; it gets ports of its own.
+    grpc: dict[str, Any] = {}
+    if args.grpc_port:
+        from polymodal.serving.grpc_ingress import SERVICERS
+
+        port = free_port() if direct else args.grpc_port
+        grpc = {"grpc_options": {"port": port, "grpc_servicer_functions": SERVICERS}}
+    serve.start(
+        http_options={"host": args.host, "port": free_port() if direct else args.port}, **grpc
+    )
     serve.run(app, route_prefix="/")
     print(f"serving {args.model_dir} at http://{args.host}:{args.port} (docs: /docs); Ctrl-C stops")
     if args.metrics_port and not args.address:
         print(f"Prometheus metrics: http://{args.host}:{args.metrics_port}/metrics")
     if args.index_dir:
         print(f"search: POST /v1/search over the indexes in {args.index_dir}")
+    if args.grpc_port:
+        print(f"gRPC: {args.host}:{args.grpc_port} (polymodal/serving/embeddings.proto)")
     sys.stdout.flush()  # to a log file too, before the wait that a SIGTERM ends
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stop.wait()
     except KeyboardInterrupt:

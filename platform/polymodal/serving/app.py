@@ -43,7 +43,7 @@ def build_app(
         "max_batch_size": args.max_batch_size,
         "batch_wait_timeout_s": args.batch_wait_timeout_s,
     }
-    loading = {"max_models": args.max_models, "threads": torch_threads(args)}
+    loading: dict[str, Any] = {"max_models": args.max_models, "threads": torch_threads(args)}
     loading["preload"] = args.preload
     model_server: Callable[[], ModelServer]
     gateway: dict[str, Any]

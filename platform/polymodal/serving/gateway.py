@@ -4,18 +4,22 @@ them with its model server's embeddings and classes and the searcher's hits."""
 import base64
 import hmac
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Deployment
+from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
 from polymodal.modalities.base import InputError
 from polymodal.retrieval.quantize import FORMATS, quantize, unit_ranges
 from polymodal.retrieval.vectors import truncate
 from polymodal.run_meta import list_models
+from polymodal.serving import embeddings_pb2 as pb
+from polymodal.serving import grpc_ingress
 from polymodal.serving.asgi import api, error
 from polymodal.serving.embedder import ModelServer
 from polymodal.serving.inputs import (
@@ -123,9 +127,11 @@ class Gateway:
         return app
 
     def _authorize(self, request: Request) -> None:
+        self._check_key(request.headers.get("authorization", ""))
+
+    def _check_key(self, given: str) -> None:
         if not self.api_key:
             return
-        given = request.headers.get("authorization", "")
         token = given[7:] if given.lower().startswith("bearer ") else ""
         if not hmac.compare_digest(token.encode(), self.api_key.encode()):
             raise InputError("missing or wrong API key (Authorization: Bearer ...)", None, 401)
@@ -162,12 +168,39 @@ class Gateway:
         modality the model has no encoder for (before its data is decoded), an empty or blank
         text, an image or WAV that does not decode, each a 400 naming the item (input[i])."""
         self._authorize(request)
+        vectors, tokens, span = await self._embed(body, "input")
+        data = [
+            {"object": "embedding", "index": i, "embedding": encode(v, body.encoding_format, span)}
+            for i, v in enumerate(vectors)
+        ]
+        # EmbeddingResponse's shape, written directly: validating thousands of numbers we just
+        # produced cost 5% of a replica's time on 32-item requests.
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse({"object": "list", "data": data, "model": body.model, "usage": usage})
+
+    async def Embed(  # noqa: N802 (the RPC's name in embeddings.proto, which Serve calls)
+        self, request: pb.EmbedRequest, grpc_context: RayServegRPCContext
+    ) -> pb.EmbedResponse:
+        """/v1/embeddings over gRPC (Serve's gRPC ingress): the same checks; a client's
+        mistake is a status code and the message naming the field (items[i])."""
+        try:
+            self._check_key(dict(grpc_context.invocation_metadata()).get("authorization", ""))
+            body = grpc_ingress.embedding_request(request)
+            vectors, tokens, _ = await self._embed(body, "items")
+        except InputError as exc:
+            grpc_ingress.refuse(grpc_context, exc)
+            return pb.EmbedResponse()
+        return grpc_ingress.embed_response(body.model, vectors, tokens)
+
+    async def _embed(self, body: EmbeddingRequest, field: str) -> tuple[np.ndarray, int, Any]:
+        """The request's embeddings (truncated to its dimensions), its tokens and the int8
+        ranges of its size; InputError names `field` (input, or gRPC's items) and the item."""
         card = self._card(body.model)
         one = isinstance(body.input, str)  # a lone text is `input`, not input[0]
         items = [body.input] if one else body.input
-        params = ["input"] if one else [f"input[{i}]" for i in range(len(items))]
+        params = [field] if one else [f"{field}[{i}]" for i in range(len(items))]
         if len(items) > MAX_ITEMS:
-            raise InputError(f"at most {MAX_ITEMS} items per request", "input", 413)
+            raise InputError(f"at most {MAX_ITEMS} items per request", field, 413)
         if body.dimensions is not None and body.dimensions not in card["dimensions"]:
             raise InputError(
                 f"model '{body.model}' was not trained for {body.dimensions} dimensions "
@@ -186,14 +219,7 @@ class Gateway:
         span = card["calibration"].get(size)
         if span is None and body.encoding_format in ("int8", "uint8"):
             span = unit_ranges(size)  # an uncalibrated checkpoint (trained before, imported)
-        data = [
-            {"object": "embedding", "index": i, "embedding": encode(v, body.encoding_format, span)}
-            for i, v in enumerate(truncate(np.stack(vectors), body.dimensions))
-        ]
-        # EmbeddingResponse's shape, written directly: validating thousands of numbers we just
-        # produced cost 5% of a replica's time on 32-item requests.
-        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return JSONResponse({"object": "list", "data": data, "model": body.model, "usage": usage})
+        return truncate(np.stack(vectors), body.dimensions), tokens, span
 
     async def classify(self, body: ClassifyRequest, request: Request) -> ClassifyResponse:
         """The class probabilities of one example: a value per modality, only the model's own,
