@@ -180,7 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # Every flag checked before Ray starts (seconds, and pages of logs, later). An embedded
     # cluster is this machine's alone: its model replica gets every CPU, as a server would.
-    cpus = args.num_cpus or (None if args.address else float(os.cpu_count() or 1))
+    embedded = not (args.address or os.environ.get("RAY_ADDRESS"))
+    cpus = args.num_cpus or (float(os.cpu_count() or 1) if embedded else None)
     settings = preflight.serve_args(
         args.model_dir,
         max_batch_size=args.max_batch_size,
@@ -194,7 +195,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     preflight.check_model_dir(args.model_dir)
     if args.index_dir:
         preflight.check_index_dir(args.index_dir)
-    if not args.address:  # an embedded cluster listens here; a cluster's head, not here
+    if embedded:  # an embedded cluster listens here; a cluster's head, not here
         preflight.check_port("--port", args.host, args.port)
         if args.grpc_port:
             preflight.check_port("--grpc-port", args.host, args.grpc_port)
@@ -205,7 +206,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from polymodal.cluster import SERVE_ENV, direct_ingress_env, ensure_ray, require
 
     # One replica on this machine answers at --port itself; more share Serve's proxy there.
-    direct = not args.address and settings.replicas == 1
+    direct = embedded and settings.replicas == 1
     for key, value in SERVE_ENV.items():  # read when the embedded cluster starts
         os.environ.setdefault(key, value)
     if direct:

@@ -67,11 +67,7 @@ class Embedder:
         async def load(model_id: str) -> LoadedModel:
             if model_id in self.ready:
                 return self.ready.pop(model_id)
-            start = time.perf_counter()
-            model = await asyncio.to_thread(self._load_warm, model_id)
-            seconds = time.perf_counter() - start
-            self.metrics.model_load.observe(seconds, tags={"model": model_id})
-            return model
+            return await asyncio.to_thread(self._load_warm, model_id)
 
         self.get_model = serve.multiplexed(max_num_models_per_replica=max_models)(load)
         self.batcher = Batcher(
@@ -83,8 +79,11 @@ class Embedder:
             raise ValueError(f"preload: no checkpoint '{model_id}' (have {sorted(self.paths)})")
         from polymodal.inference.model import LoadedModel
 
+        start = time.perf_counter()
         model = LoadedModel.load(self.paths[model_id])
         model.warm_up()
+        seconds = time.perf_counter() - start
+        self.metrics.model_load.observe(seconds, tags={"model": model_id})
         return model
 
     async def _forward(self, key: tuple[str, str], values: list) -> list[np.ndarray]:

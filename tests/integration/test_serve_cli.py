@@ -1,0 +1,110 @@
+"""`polymodal serve` as a user starts it, on an embedded cluster of its own: one replica
+answers HTTP and gRPC at the given ports itself (direct ingress), with the offline encoder's
+embeddings and the HTTP route's errors, at the priority of any server, and stops on SIGTERM."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from polymodal.ports import free_port
+from polymodal.serving import embeddings_pb2 as pb
+from polymodal.serving import embeddings_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+CHECKPOINT = REPO / "tests" / "fixtures" / "checkpoint-v1"
+TEXTS = ["a red shirt", "sneakers with white soles"]
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _replica_nice(root: int) -> int:
+    """The niceness of the Serve replica among root's descendants (the test cluster may run
+    replicas of its own)."""
+    parents, stats = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)], stats[int(stat.parent.name)] = int(fields[1]), fields
+    for pid, fields in stats.items():
+        ancestor = pid
+        while ancestor not in (root, 0, 1) and ancestor in parents:
+            ancestor = parents[ancestor]
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if ancestor == root and cmdline.exists() and b"ServeReplica" in cmdline.read_bytes():
+            return int(fields[16])
+    raise AssertionError("no Serve replica process under polymodal serve")
+
+
+@pytest.fixture(scope="module")
+def served():
+    port, grpc_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own cluster
+    cmd = [sys.executable, "-m", "polymodal.cli", "serve", str(CHECKPOINT), "--port", str(port)]
+    cmd += ["--grpc-port", str(grpc_port), "--metrics-port", str(free_port()), "--threads", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1/embeddings"
+    deadline = time.monotonic() + 240
+    while True:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        try:
+            _post(url, {"model": CHECKPOINT.name, "input": "warm"})
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "polymodal serve did not answer in 240 s"
+            time.sleep(0.2)
+    yield proc, url, f"127.0.0.1:{grpc_port}"
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_http_and_grpc_answer_at_their_ports_with_the_offline_embeddings(served):
+    from polymodal.inference.model import LoadedModel
+
+    _, url, target = served
+    offline = LoadedModel.load(str(CHECKPOINT)).embed("text", TEXTS)
+    http = np.array(
+        [d["embedding"] for d in _post(url, {"model": CHECKPOINT.name, "input": TEXTS})["data"]]
+    )
+    np.testing.assert_allclose(http, offline, atol=1e-5)
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.EmbeddingsStub(channel)
+        items = [pb.Item(text=t) for t in TEXTS]
+        reply = stub.Embed(pb.EmbedRequest(model=CHECKPOINT.name, items=items), timeout=30)
+        np.testing.assert_allclose([list(e.values) for e in reply.data], offline, atol=1e-5)
+        assert reply.prompt_tokens == sum(len(t.encode()) for t in TEXTS)
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.Embed(pb.EmbedRequest(model="nope", items=items), timeout=30)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "unknown model 'nope'" in unknown.value.details()
+        blank = [pb.Item(text="ok"), pb.Item(text="  ")]
+        with pytest.raises(grpc.RpcError) as empty:
+            stub.Embed(pb.EmbedRequest(model=CHECKPOINT.name, items=blank), timeout=30)
+        assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert empty.value.details().startswith("items[1]: empty text")
+
+
+def test_the_model_runs_at_normal_priority_and_sigterm_stops_everything(served):
+    proc, url, _ = served
+    assert _replica_nice(proc.pid) == 0  # Ray's default for workers is 15
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(90) == 0
+    with pytest.raises(OSError):
+        _post(url, {"model": CHECKPOINT.name, "input": "gone"})
