@@ -11,8 +11,12 @@ polymodal's hf tower) and a 12-layer, 512-wide text tower, trained one device, o
                  train` (1 worker on the device, its second epoch): samples/s and the ratio;
                  then the checkpoint served by a replica with num_gpus=1, answering image
                  embedding requests at concurrency 8 (items/s, median latency)
+  serve          the ViT image tower and the real MiniLM text tower served by `polymodal
+                 serve --num-gpus 1` under benchmarks/serve.py's loads (1 item at
+                 concurrency 1, 8, 32; 32 items at 8), items/s over the offline encoder on
+                 the same device, and seconds to the first embedding
 
-Run: .venv/bin/python benchmarks/gpu.py [--cases precision,largest_batch,train_serve]
+Run: .venv/bin/python benchmarks/gpu.py [--cases precision,largest_batch,train_serve,serve]
      [--dry-run] [--data DIR]
 Prints one JSON line per case. Without a CUDA device it refuses, except with --dry-run:
 tiny towers on the CPU, a check (run by the tests) that the script still works.
@@ -275,6 +279,41 @@ def _served(checkpoint: str, device: torch.device, requests: int) -> dict:
     }
 
 
+def case_serve(sizes: dict, vit_dir: Path, device: torch.device, secs: float) -> list[dict]:
+    """The ViT image tower and the real MiniLM text tower in one checkpoint behind `polymodal
+    serve` (its replica on the device), under benchmarks/serve.py's loads, against the offline
+    encoder on the same device: items/s per load and their ratio to the offline limit."""
+    import asyncio
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import serve as bench
+    from benchmarks.peer import english
+
+    with tempfile.TemporaryDirectory() as tmp:
+        frozen = ["model.text.encoder=minilm", "model.text.tuning=freeze"]
+        cfg = _config(sizes, vit_dir, *frozen, "data.text_max_len=128")
+        checkpoint = bench.fresh_checkpoint(cfg, Path(tmp))
+        values = {"image": bench._inputs(sizes["vit"]["image_size"])["image"], "text": english()}
+        limit = {m: bench.offline_limit(checkpoint, v, m, 32, secs) for m, v in values.items()}
+        gpus = 1 if device.type == "cuda" else 0
+        args = SimpleNamespace(max_batch_size=32, threads=2, num_gpus=gpus)
+        proc, url, _ = bench._spawn("polymodal", checkpoint, args)
+        try:
+            first = bench._wait_first(url, checkpoint.name, values["text"][0], proc, 600)
+            rows = []
+            for m, v in values.items():
+                for load in bench.LOADS:
+                    r = asyncio.run(bench._load(url, checkpoint.name, v, load, secs, secs / 4))
+                    row = {"case": "serve", "num_gpus": gpus, "route": m, "load": load}
+                    row |= {k: round(x, 2) for k, x in r.items()}
+                    rows.append(row | {"over_offline": round(r["items_per_s"] / limit[m], 3)})
+        finally:
+            bench._stop(proc)
+    head = {"case": "serve", "first_embedding_s": round(first, 2)}
+    return [head | {"offline_items_per_s": {m: round(x, 1) for m, x in limit.items()}}, *rows]
+
+
 def case_train_serve(sizes: dict, vit_dir: Path, device: torch.device, data: str) -> dict:
     from polymodal.data.ingest import ingest
     from polymodal.train.run import fit
@@ -312,7 +351,7 @@ def case_train_serve(sizes: dict, vit_dir: Path, device: torch.device, data: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="precision,largest_batch,train_serve")
+    parser.add_argument("--cases", default="precision,largest_batch,train_serve,serve")
     parser.add_argument("--data", default="", help="train_serve's dataset (default: digits)")
     parser.add_argument("--dry-run", action="store_true", help="tiny towers on the CPU")
     parser.add_argument("--steps", type=int, default=10)
@@ -339,6 +378,9 @@ def main() -> None:
             print(json.dumps(case_largest_batch(sizes, vit_dir, device)), flush=True)
         if "train_serve" in cases:
             print(json.dumps(case_train_serve(sizes, vit_dir, device, args.data)), flush=True)
+        if "serve" in cases:
+            for row in case_serve(sizes, vit_dir, device, 0.5 if args.dry_run else 6.0):
+                print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ Run: .venv/bin/python benchmarks/serve.py [--quick] [--models demo,large,minilm]
      [--rounds N] [--checkpoints teacher=CHECKPOINT,student=CHECKPOINT]
 e.g. the peer comparison: benchmarks/serve.py --models minilm --servers peer,polymodal --rounds 3
 Servers: plain (the baseline app), polymodal (`polymodal serve` as shipped, spawned as a user
-runs it), peer (infinity-emb 0.0.78 in its own virtualenv, made on first use, serving the same
-all-MiniLM-L6-v2: only for checkpoints whose text tower is `minilm`), split (models in a
-deployment behind the gateway), direct (polymodal's app under Serve's throughput-optimized mode,
-reached at the ingress replica's own port: direct ingress). Spawned servers (plain, polymodal,
-peer) also report seconds from spawn to the first embedding and their memory.
+runs it: one replica answers at its port itself, Serve's direct ingress), grpc (the same, called
+through its gRPC ingress, embeddings.proto), peer (infinity-emb 0.0.78 in its own virtualenv,
+made on first use, serving the same all-MiniLM-L6-v2: only for checkpoints whose text tower is
+`minilm`), split (models in a deployment behind the gateway, through Serve's proxy), direct
+(the app under Serve's throughput-optimized mode, in-process). Spawned servers (plain,
+polymodal, grpc, peer) also report seconds from spawn to the first embedding and their memory.
 Prints one JSON line per (model, round, server, route, load), one per offline limit, then one
 line per target with its ratio (medians over rounds; servers alternate within each round).
 Models: the demo's architecture (jobs/configs/fashion.yaml), a larger one (ResNet-18 images,
@@ -56,18 +57,23 @@ MODELS = {
     "large": ["model.image.encoder=resnet18", "model.text.width=256", "model.text.layers=4"],
     "minilm": ["model.text.encoder=minilm", "model.text.tuning=freeze", "data.text_max_len=128"],
 }
-SPAWNED = {"plain", "polymodal", "peer"}  # servers in processes of their own
+SPAWNED = {"plain", "polymodal", "grpc", "peer"}  # servers in processes of their own
 
 
 def _checkpoint(overrides: list[str], out: Path) -> Path:
+    from polymodal.config import load_config
+
+    return fresh_checkpoint(load_config(str(CONFIG), [*overrides, "data.image_channels=1"]), out)
+
+
+def fresh_checkpoint(cfg, out: Path) -> Path:
+    """cfg's model with fresh weights (pretrained towers: theirs) saved as out/bench."""
     import torch
 
     from polymodal.checkpoint import RunMeta, save_checkpoint
-    from polymodal.config import load_config
     from polymodal.modalities import MODALITIES, Preprocessing
     from polymodal.models.build import build_model
 
-    cfg = load_config(str(CONFIG), [*overrides, "data.image_channels=1"])  # Fashion-MNIST's
     settings: dict = {}  # each modality's, as training sets them (no dataset statistics here)
     for m in cfg.model.modalities:
         settings |= MODALITIES[m].settings(cfg, None, None)
@@ -118,11 +124,9 @@ def _host_cpu_s() -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-async def _load(
-    url: str, model: str, values: list, load: tuple[int, int], secs: float, warm: float
-):
-    import aiohttp
-
+async def _closed_loop(call, values: list, load: tuple[int, int], secs: float, warm: float):
+    """`concurrency` clients, each sending its next request as soon as the last is answered;
+    call(items) → whether it succeeded. Latencies and the host's CPU from `warm` on."""
     concurrency, per_request = load
     latencies: list[float] = []
     errors = 0
@@ -130,26 +134,19 @@ async def _load(
     record_from = time.perf_counter() + warm
     cpu: dict[str, float] = {}
 
-    async def client(session, k: int) -> None:
+    async def client(k: int) -> None:
         nonlocal errors
         i = k
         while (now := time.perf_counter()) < stop_at:
             if now >= record_from and not cpu:
                 cpu["host"], cpu["self"] = _host_cpu_s(), time.process_time()
-            chunk = [values[(i + j) % len(values)] for j in range(per_request)]
-            body = {"model": model, "input": chunk[0] if per_request == 1 else chunk}
-            async with session.post(url, json=body) as resp:
-                await resp.read()
-                ok = resp.status == 200
+            ok = await call([values[(i + j) % len(values)] for j in range(per_request)])
             if now >= record_from:
                 latencies.append(time.perf_counter() - now) if ok else None
                 errors += not ok
             i += concurrency * per_request
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await asyncio.gather(*[client(session, k) for k in range(concurrency)])
+    await asyncio.gather(*[client(k) for k in range(concurrency)])
     server_cpu = (_host_cpu_s() - cpu["host"]) - (time.process_time() - cpu["self"])
     lat = sorted(latencies)
     return {
@@ -160,6 +157,52 @@ async def _load(
         "cpu_ms_per_request": 1000 * server_cpu / max(1, len(lat)),
         "errors": errors,
     }
+
+
+async def _load(
+    url: str, model: str, values: list, load: tuple[int, int], secs: float, warm: float
+):
+    """The closed loop over HTTP: POST /v1/embeddings (a lone item as `input` itself)."""
+    import aiohttp
+
+    async def call(chunk: list) -> bool:
+        body = {"model": model, "input": chunk[0] if len(chunk) == 1 else chunk}
+        async with session.post(url, json=body) as resp:
+            await resp.read()
+            return resp.status == 200
+
+    connector = aiohttp.TCPConnector(limit=load[0])
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        return await _closed_loop(call, values, load, secs, warm)
+
+
+async def _load_grpc(
+    target: str, model: str, values: list, load: tuple[int, int], secs: float, warm: float
+):
+    """The closed loop over gRPC: Embeddings.Embed (embeddings.proto), one channel."""
+    import grpc
+
+    from polymodal.serving import embeddings_pb2 as pb
+    from polymodal.serving import embeddings_pb2_grpc as pb_grpc
+
+    def item(value: str):
+        if value.startswith("data:image/"):
+            return pb.Item(modality="image", data=base64.b64decode(value.split(",", 1)[1]))
+        return pb.Item(text=value)
+
+    items = {v: item(v) for v in values}
+
+    async def call(chunk: list) -> bool:
+        try:
+            await stub.Embed(pb.EmbedRequest(model=model, items=[items[v] for v in chunk]))
+            return True
+        except grpc.aio.AioRpcError:
+            return False
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.EmbeddingsStub(channel)
+        return await _closed_loop(call, values, load, secs, warm)
 
 
 def _start_ray(direct: bool) -> int:
@@ -240,9 +283,10 @@ def _wait_first(url: str, model: str, text: str, proc: subprocess.Popen, limit: 
     raise RuntimeError(f"no embedding from {url} within {limit:.0f} s")
 
 
-def _spawn(server: str, checkpoint: Path, args) -> tuple[subprocess.Popen, str]:
-    """A server in processes of its own, started as a user starts it → (process, URL)."""
-    port = free_port()
+def _spawn(server: str, checkpoint: Path, args) -> tuple[subprocess.Popen, str, str]:
+    """A server in processes of its own, started as a user starts it → (process, its
+    embeddings URL, where `grpc` answers gRPC)."""
+    port, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}/v1/embeddings"
     env = {
         **os.environ,
@@ -252,16 +296,17 @@ def _spawn(server: str, checkpoint: Path, args) -> tuple[subprocess.Popen, str]:
         env.pop(key, None)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
     if server == "peer":
-        return spawn_peer(pretrained_dir("minilm"), checkpoint.name, port, args.threads), url
+        return spawn_peer(pretrained_dir("minilm"), checkpoint.name, port, args.threads), url, ""
     if server == "plain":
         env |= {"PLAIN_CHECKPOINT": str(checkpoint), "PLAIN_MAX_BATCH": str(args.max_batch_size)}
         cmd = [sys.executable, "-m", "uvicorn", "benchmarks.baselines.plain_app:app"]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-        return subprocess.Popen([*cmd, "--no-access-log"], env=env, cwd=REPO, **quiet), url
+        return subprocess.Popen([*cmd, "--no-access-log"], env=env, cwd=REPO, **quiet), url, ""
     cmd = [sys.executable, "-m", "polymodal.cli", "serve", str(checkpoint), "--port", str(port)]
     cmd += ["--metrics-port", str(free_port()), "--max-batch-size", str(args.max_batch_size)]
-    cmd += ["--num-cpus", str(args.threads)]
-    return subprocess.Popen(cmd, env=env, cwd=REPO, **quiet), url
+    cmd += ["--num-cpus", str(args.threads), "--num-gpus", str(args.num_gpus)]
+    cmd += ["--grpc-port", str(grpc_port)] if server == "grpc" else []
+    return subprocess.Popen(cmd, env=env, cwd=REPO, **quiet), url, f"127.0.0.1:{grpc_port}"
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -358,6 +403,12 @@ def _targets(name: str, servers: list[str], routes, limit, bare, res, starts) ->
                 )
             at8 = ours[(8, 1)]
             out[f"{key}: p99 / p50 at c=8 (<= 2)"] = at8["p99_ms"] / at8["p50_ms"]
+            if server == "grpc" and ("polymodal", m, LOADS[0]) in res:
+                for load in LOADS:
+                    http = res[("polymodal", m, load)]["items_per_s"]
+                    out[f"{key} c={load[0]} x{load[1]}: items/s / HTTP's"] = (
+                        ours[load]["items_per_s"] / http
+                    )
     return out
 
 
@@ -365,7 +416,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,large", help=f"of {sorted(MODELS)}")
     parser.add_argument(
-        "--servers", default="plain,polymodal,direct", help="of plain,polymodal,split,direct,peer"
+        "--servers",
+        default="plain,polymodal,direct",
+        help="of plain,polymodal,grpc,split,direct,peer",
     )
     parser.add_argument(
         "--checkpoints",
@@ -383,6 +436,7 @@ def main() -> None:
         default=os.cpu_count() or 1,
         help="CPUs (torch threads) for each server's model and the offline limits",
     )
+    parser.add_argument("--num-gpus", type=float, default=0, help="GPUs of polymodal's replica")
     parser.add_argument("--batch-wait-ms", type=float, default=2.0)
     parser.add_argument("--access-log", action="store_true", help="log every request")
     args = parser.parse_args()
@@ -427,7 +481,7 @@ def main() -> None:
                 proc = None
                 if server in SPAWNED:
                     before = _mib_in_use()
-                    proc, url = _spawn(server, checkpoint, args)
+                    proc, url, target = _spawn(server, checkpoint, args)
                     first = _wait_first(url, checkpoint.name, values["text"][0], proc, 600)
                 else:
                     port = _start_ray(direct=server == "direct")
@@ -435,8 +489,10 @@ def main() -> None:
                 try:
                     for modality in values:
                         for load in LOADS:
+                            go = _load_grpc if server == "grpc" else _load
+                            where = target if server == "grpc" else url
                             r = asyncio.run(
-                                _load(url, checkpoint.name, values[modality], load, secs, warm)
+                                go(where, checkpoint.name, values[modality], load, secs, warm)
                             )
                             runs.setdefault((server, modality, load), []).append(r)
                             row = {"model": name, "round": rnd, "server": server, "route": modality}

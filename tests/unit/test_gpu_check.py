@@ -23,7 +23,7 @@ def test_the_gpu_check_runs_dry_on_the_cpu():
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     cases = ["device", "precision", "precision", "largest_batch", "train_serve"]
-    assert [r["case"] for r in rows] == cases
+    assert [r["case"] for r in rows] == cases + ["serve"] * 9
     assert rows[0]["device"] == "cpu"
     assert {r["loss"] for r in rows[1:3]} == {"infonce", "sigmoid"}
     for row in rows[1:3]:
@@ -39,6 +39,15 @@ def test_the_gpu_check_runs_dry_on_the_cpu():
         and trained["samples_per_s"]["polymodal_train"] > 0
     )
     assert trained["serve"]["answered"] == 16  # every request got its one embedding
+    served = rows[5]  # polymodal serve with the MiniLM text tower, then 4 loads per route
+    assert served["first_embedding_s"] > 0 and set(served["offline_items_per_s"]) == {
+        "image",
+        "text",
+    }
+    assert [(r["route"], r["load"]) for r in rows[6:]] == [
+        (m, load) for m in ("image", "text") for load in ([1, 1], [8, 1], [32, 1], [8, 32])
+    ]
+    assert all(r["errors"] == 0 and r["items_per_s"] > 0 for r in rows[6:])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="here it runs the real check")
