@@ -27,7 +27,9 @@ def peer_venv() -> Path:
         print(f"installing {PEER} into {VENV.name} (once)", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
-        subprocess.run([*pip, PEER], check=True)
+        done = subprocess.run([*pip, PEER], capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"pip install {PEER} failed:\n{done.stderr[-3000:]}")
     return exe
 
 

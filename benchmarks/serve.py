@@ -483,6 +483,9 @@ def main() -> None:
                     before = _mib_in_use()
                     proc, url, target = _spawn(server, checkpoint, args)
                     first = _wait_first(url, checkpoint.name, values["text"][0], proc, 600)
+                    idle = _host_cpu_s()
+                    time.sleep(5)  # what the server burns with nothing to do
+                    idle = {"idle_cpu_pct": 100 * (_host_cpu_s() - idle) / 5}
                 else:
                     port = _start_ray(direct=server == "direct")
                     url = _serve(checkpoint, server, args, port)
@@ -500,7 +503,8 @@ def main() -> None:
                             row |= {k: round(v, 2) for k, v in r.items()}
                             print(json.dumps(row), flush=True)
                     if proc is not None:
-                        start = {"first_embedding_s": first} | _footprint(proc.pid, before)
+                        start = {"first_embedding_s": first} | idle
+                        start |= _footprint(proc.pid, before)
                         starts.setdefault((name, server), []).append(start)
                         row = {"model": name, "round": rnd, "server": server}
                         print(

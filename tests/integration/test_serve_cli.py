@@ -32,8 +32,8 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-def _replica_nice(root: int) -> int:
-    """The niceness of the Serve replica among root's descendants (the test cluster may run
+def _replica(root: int) -> tuple[int, int]:
+    """(pid, niceness) of the Serve replica among root's descendants (the test cluster may run
     replicas of its own)."""
     parents, stats = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -48,21 +48,22 @@ def _replica_nice(root: int) -> int:
             ancestor = parents[ancestor]
         cmdline = Path(f"/proc/{pid}/cmdline")
         if ancestor == root and cmdline.exists() and b"ServeReplica" in cmdline.read_bytes():
-            return int(fields[16])
+            return pid, int(fields[16])
     raise AssertionError("no Serve replica process under polymodal serve")
 
 
 @pytest.fixture(scope="module")
-def served():
+def served(tmp_path_factory):
     port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own cluster
     cmd = [sys.executable, "-m", "polymodal.cli", "serve", str(CHECKPOINT), "--port", str(port)]
     cmd += ["--grpc-port", str(grpc_port), "--metrics-port", str(free_port()), "--threads", "1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path_factory.mktemp("serve") / "serve.log"  # a file: a full pipe would block it
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1/embeddings"
     deadline = time.monotonic() + 240
     while True:
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert proc.poll() is None, log.read_text()[-3000:]
         try:
             _post(url, {"model": CHECKPOINT.name, "input": "warm"})
             break
@@ -101,9 +102,26 @@ def test_http_and_grpc_answer_at_their_ports_with_the_offline_embeddings(served)
         assert empty.value.details().startswith("items[1]: empty text")
 
 
+def test_a_killed_replica_is_replaced_at_the_same_port(served):
+    # Serve binds the replica's port without SO_REUSEADDR: the replacement binds once the dead
+    # one's connections leave TIME_WAIT (~60 s on Linux).
+    proc, url, _ = served
+    pid, _ = _replica(proc.pid)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 150
+    while True:  # refused while no replica listens, then answered by the new one
+        try:
+            reply = _post(url, {"model": CHECKPOINT.name, "input": TEXTS[0]})
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "no replica answered again within 150 s"
+            time.sleep(0.5)
+    assert len(reply["data"][0]["embedding"]) > 0 and _replica(proc.pid)[0] != pid
+
+
 def test_the_model_runs_at_normal_priority_and_sigterm_stops_everything(served):
     proc, url, _ = served
-    assert _replica_nice(proc.pid) == 0  # Ray's default for workers is 15
+    assert _replica(proc.pid)[1] == 0  # Ray's default for workers is 15
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(90) == 0
     with pytest.raises(OSError):
