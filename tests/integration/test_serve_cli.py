@@ -59,7 +59,8 @@ def served(tmp_path_factory):
     cmd = [sys.executable, "-m", "polymodal.cli", "serve", str(CHECKPOINT), "--port", str(port)]
     cmd += ["--grpc-port", str(grpc_port), "--metrics-port", str(free_port()), "--threads", "1"]
     log = tmp_path_factory.mktemp("serve") / "serve.log"  # a file: a full pipe would block it
-    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    out = {"stdout": log.open("w"), "stderr": subprocess.STDOUT, "start_new_session": True}
+    proc = subprocess.Popen(cmd, env=env, **out)
     url = f"http://127.0.0.1:{port}/v1/embeddings"
     deadline = time.monotonic() + 240
     while True:
@@ -71,8 +72,8 @@ def served(tmp_path_factory):
             assert time.monotonic() < deadline, "polymodal serve did not answer in 240 s"
             time.sleep(0.2)
     yield proc, url, f"127.0.0.1:{grpc_port}"
-    if proc.poll() is None:
-        proc.kill()
+    if proc.poll() is None:  # a test failed before SIGTERM: Ray's processes go too
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
