@@ -347,7 +347,7 @@ def _footprint(pid: int, before_mib: float) -> dict[str, float]:
             mib = int(rollup.split("Pss:")[1].split()[0]) / 1024
             pss += mib
             title = Path(f"/proc/{p}/cmdline").read_bytes()
-            if b"ServeReplica" in title or p == pid and len(tree) < 3:
+            if b"ServeReplica" in title or len(tree) == 1:  # a replica, or a lone server
                 model += mib
     return {
         "memory_in_use_mib": _mib_in_use() - before_mib,
@@ -483,9 +483,9 @@ def main() -> None:
                     before = _mib_in_use()
                     proc, url, target = _spawn(server, checkpoint, args)
                     first = _wait_first(url, checkpoint.name, values["text"][0], proc, 600)
-                    idle = _host_cpu_s()
+                    idle_from = _host_cpu_s()
                     time.sleep(5)  # what the server burns with nothing to do
-                    idle = {"idle_cpu_pct": 100 * (_host_cpu_s() - idle) / 5}
+                    idle = {"idle_cpu_pct": 100 * (_host_cpu_s() - idle_from) / 5}
                 else:
                     port = _start_ray(direct=server == "direct")
                     url = _serve(checkpoint, server, args, port)

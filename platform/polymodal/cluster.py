@@ -24,7 +24,7 @@ SERVE_ENV = {"RAY_worker_niceness": "0"}
 def direct_ingress_env(port: int, grpc_port: int | None = None) -> dict[str, str]:
     """Serve's direct ingress for a one-replica service on this machine: the replica answers
     HTTP on `port` itself, with no proxy hop (the proxy fetches every request body with a
-    second call to it: 1.5x the throughput without it, benchmarks/serve.py). A replaced
+    second call to it: 1.5-2.5x the throughput without it, benchmarks/RESULTS.md). A replaced
     replica takes the same port at once: no quarantine, no draining (no load balancer to tell).
     With grpc_port, its gRPC server answers there."""
     env = {
