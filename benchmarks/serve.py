@@ -212,7 +212,8 @@ def _start_ray(direct: bool) -> int:
     import ray
     from ray import serve
 
-    from polymodal.cluster import RAY_ENV, SERVE_ENV
+    from polymodal.cluster import RAY_ENV
+    from polymodal.serving.launch import SERVE_ENV
 
     for key, value in (RAY_ENV | SERVE_ENV).items():  # as polymodal serve starts its cluster
         os.environ.setdefault(key, value)

@@ -16,28 +16,6 @@ RAY_ENV = {
     # (benchmarks/serve.py). Read when the cluster starts, so set before ray.init.
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
 }
-# A serving cluster's workers run at the priority of any server: Ray's default (nice 15) let
-# a busy neighbour take the model replica's CPU.
-SERVE_ENV = {"RAY_worker_niceness": "0"}
-
-
-def direct_ingress_env(port: int, grpc_port: int | None = None) -> dict[str, str]:
-    """Serve's direct ingress for a one-replica service on this machine: the replica answers
-    HTTP on `port` itself, with no proxy hop (the proxy fetches every request body with a
-    second call to it: 1.5-2.5x the throughput without it, benchmarks/RESULTS.md). A replaced
-    replica takes the same port at once: no quarantine, no draining (no load balancer to tell).
-    With grpc_port, its gRPC server answers there."""
-    env = {
-        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
-        "RAY_SERVE_PORT_QUARANTINE_S": "0",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
-    }
-    if grpc_port:
-        env["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"] = str(grpc_port)
-        env["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"] = str(grpc_port + 1)
-    return env
 
 
 def ensure_ray(

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from polymodal.config import Config
@@ -196,21 +196,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.index_dir:
         preflight.check_index_dir(args.index_dir)
     if embedded:  # an embedded cluster listens here; a cluster's head, not here
-        preflight.check_port("--port", args.host, args.port)
-        if args.grpc_port:
-            preflight.check_port("--grpc-port", args.host, args.grpc_port)
-        if args.metrics_port:
-            if args.metrics_port == args.port:
-                raise ValueError(f"--metrics-port {args.metrics_port}: the same as --port")
-            preflight.check_port("--metrics-port", args.host, args.metrics_port)
-    from polymodal.cluster import SERVE_ENV, direct_ingress_env, ensure_ray, require
+        ports = {"--port": args.port, "--grpc-port": args.grpc_port}
+        preflight.check_ports(args.host, ports | {"--metrics-port": args.metrics_port or None})
+    from polymodal.cluster import ensure_ray, require
+    from polymodal.serving import launch
 
     # One replica on this machine answers at --port itself; more share Serve's proxy there.
     direct = embedded and settings.replicas == 1
-    for key, value in SERVE_ENV.items():  # read when the embedded cluster starts
-        os.environ.setdefault(key, value)
-    if direct:
-        os.environ.update(direct_ingress_env(args.port, args.grpc_port))
+    launch.set_cluster_env(direct, args.port, args.grpc_port)
     # The replicas' CPUs, and the searcher's (half a replica's) beside them.
     need = settings.num_cpus * (settings.replicas + 0.5 * bool(args.index_dir))
     ensure_ray(args.address, min_cpus=need, metrics_port=args.metrics_port, dashboard=False)
@@ -221,28 +214,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "Serve on CPUs (--num-gpus 0), fewer replicas, or add GPU nodes.",
             wait_s=args.resources_wait_s,
         )
-    from ray import serve
-
-    from polymodal.serving.app import build_app
-
-    app = build_app(**settings.model_dump())
-    # Before serve.run: a direct-ingress replica answers before serve.run returns, and a
+    # Before deploying: a direct-ingress replica answers before serve.run returns, and a
     # SIGTERM then must still shut Serve and Ray down (Ray's own handler just exits).
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    from polymodal.ports import free_port
-
-    # Direct ingress keeps a proxy on the head node; it gets ports of its own.
-    grpc: dict[str, Any] = {}
-    if args.grpc_port:
-        from polymodal.serving.grpc_ingress import SERVICERS
-
-        port = free_port() if direct else args.grpc_port
-        grpc = {"grpc_options": {"port": port, "grpc_servicer_functions": SERVICERS}}
-    serve.start(
-        http_options={"host": args.host, "port": free_port() if direct else args.port}, **grpc
-    )
-    serve.run(app, route_prefix="/")
+    launch.deploy(settings, args.host, args.port, args.grpc_port, direct)
     print(f"serving {args.model_dir} at http://{args.host}:{args.port} (docs: /docs); Ctrl-C stops")
     if args.metrics_port and not args.address:
         print(f"Prometheus metrics: http://{args.host}:{args.metrics_port}/metrics")
@@ -255,6 +231,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop.wait()
     except KeyboardInterrupt:
         pass
+    from ray import serve
+
     serve.shutdown()
     return 0
 

@@ -28,6 +28,16 @@ def serve_args(model_dir: str, **settings: Any) -> ServeArgs:
         raise ValueError("; ".join(problems)) from None
 
 
+def check_ports(host: str, ports: dict[str, int | None]) -> None:
+    """The given ports (flag → port; None: not used), each free here and none the same."""
+    given = [(flag, port) for flag, port in ports.items() if port is not None]
+    for i, (flag, port) in enumerate(given):
+        for other, taken in given[:i]:
+            if port == taken:
+                raise ValueError(f"{flag} {port}: the same as {other}")
+        check_port(flag, host, port)
+
+
 def check_port(name: str, host: str, port: int) -> None:
     """A port the server can listen on: in range and not taken on this machine."""
     if not 1 <= port <= 65535:
