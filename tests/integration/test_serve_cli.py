@@ -46,8 +46,11 @@ def _replica(root: int) -> tuple[int, int]:
         ancestor = pid
         while ancestor not in (root, 0, 1) and ancestor in parents:
             ancestor = parents[ancestor]
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        if ancestor == root and cmdline.exists() and b"ServeReplica" in cmdline.read_bytes():
+        try:  # a process may end while we look
+            replica = b"ServeReplica" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if ancestor == root and replica:
             return pid, int(fields[16])
     raise AssertionError("no Serve replica process under polymodal serve")
 
