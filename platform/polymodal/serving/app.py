@@ -43,8 +43,11 @@ def build_app(
         "max_batch_size": args.max_batch_size,
         "batch_wait_timeout_s": args.batch_wait_timeout_s,
     }
-    loading: dict[str, Any] = {"max_models": args.max_models, "threads": torch_threads(args)}
-    loading["preload"] = args.preload
+    loading: dict[str, Any] = {
+        "max_models": args.max_models,
+        "threads": torch_threads(args),
+        "preload": args.preload,
+    }
     model_server: Callable[[], ModelServer]
     gateway: dict[str, Any]
     # The one place that chooses where the models run. The gateway makes its model server in
