@@ -11,6 +11,8 @@ import sys
 
 from polymodal import commands
 from polymodal.cli_errors import report
+from polymodal.cli_types import add_address, number
+from polymodal.data_cli import add_data_parser
 from polymodal.retrieval.ann import KINDS
 from polymodal.retrieval.index import PRECISIONS
 
@@ -25,30 +27,6 @@ EXAMPLES = """examples:
 """
 
 
-def number(kind: type, low: float, high: float | None = None, above: bool = False):
-    """An argparse type: an int or float in [low, high) ((low, high) with above), so that a
-    count of 0 is refused at once, naming the flag, and not by Ray minutes later."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
-            ) from None
-        if value < low or (above and value == low) or (high is not None and value >= high):
-            bound = f"> {low:g}" if above else f">= {low:g}"
-            bound += f" and < {high:g}" if high is not None else ""
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        return value
-
-    return parse
-
-
-def _add_address(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polymodal",
@@ -61,68 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="ingest and inspect datasets")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    ing = data_sub.add_parser(
-        "ingest",
-        help="write a source as a polymodal dataset (manifest + Parquet shards)",
-        description="SOURCE is builtin:digits, builtin:fashion-mnist, builtin:digits-trimodal, "
-        "builtin:digits-spoken, "
-        "builtin:asterisk, builtin:emoji, builtin:emoji-spoken, builtin:emoji-bind-image, "
-        "builtin:emoji-bind-speech; webdataset tars "
-        "('shards/{00000..00099}.tar', local or s3://: key.jpg|png|webp, key.txt|json, key.cls); "
-        "a Parquet or CSV file or directory with --map; or a folder holding index.csv or "
-        "index.jsonl "
-        "(columns: image (file path), text, label, optional id, split). Sources of several "
-        "shards are read in parallel by Ray Data tasks.",
-    )
-    ing.add_argument("source")
-    ing.add_argument("out", help="output dataset directory")
-    ing.add_argument("--strict", action="store_true", help="fail on the first bad row")
-    ing.add_argument(
-        "--val-fraction",
-        type=number(float, 0, 1),
-        default=0.1,
-        help="share of ids in val when the source has no split (default 0.1)",
-    )
-    ing.add_argument("--rows-per-shard", type=number(int, 1), default=10_000)
-    ing.add_argument(
-        "--map",
-        nargs="+",
-        metavar="FIELD=COLUMN",
-        help="SOURCE is a Parquet or CSV table: its columns for image, text, vector, label, id "
-        "(e.g. --map image=jpg text=caption; vector=COL for a list column or "
-        "vector=C1,C2,... for numeric columns)",
-    )
-    ing.add_argument(
-        "--limit", type=number(int, 1), default=None, help="read at most N rows (per split)"
-    )
-    ing.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace OUT (only once the new dataset is complete)",
-    )
-    ing.set_defaults(func=commands.cmd_ingest)
-    ins = data_sub.add_parser(
-        "inspect",
-        help="print schema, counts per split and a few rows",
-        description="Print a dataset's schema, row counts per split and its first rows; "
-        "given a YAML config, its datasets (data.path or data.sources): each one's rows per "
-        "split, modalities, labels, weight and share of an epoch.",
-    )
-    ins.add_argument("dataset", help="a dataset, or a config (CONFIG [key=value ...])")
-    ins.add_argument("overrides", nargs="*", help="a config's key=value overrides")
-    ins.add_argument("--rows", type=number(int, 0), default=5)
-    ins.set_defaults(func=commands.cmd_inspect)
-    val = data_sub.add_parser(
-        "validate",
-        help="check shards against the manifest and decode every row (exit 1 on problems)",
-        description="Check every shard (present, row count, schema, checksum) and decode "
-        "every row in parallel with Ray Data; print problems and bad rows by reason.",
-    )
-    val.add_argument("dataset")
-    _add_address(val)
-    val.set_defaults(func=commands.cmd_validate)
+    add_data_parser(sub)
 
     check = sub.add_parser(
         "validate",
@@ -144,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("config", help="YAML config, e.g. jobs/configs/fashion.yaml")
     train.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=3")
-    _add_address(train)
+    add_address(train)
     train.set_defaults(func=commands.cmd_train)
 
     tu = sub.add_parser(
@@ -157,15 +74,37 @@ def build_parser() -> argparse.ArgumentParser:
         "config", help="YAML config with a tune: section, e.g. jobs/configs/tune-digits.yaml"
     )
     tu.add_argument("overrides", nargs="*", help="key=value, e.g. tune.num_samples=8")
-    _add_address(tu)
+    add_address(tu)
     tu.set_defaults(func=commands.cmd_tune)
 
-    ev = sub.add_parser("eval", help="recall@K, accuracy and zero-shot accuracy of a checkpoint")
+    ev = sub.add_parser(
+        "eval",
+        help="recall@K, accuracy and zero-shot accuracy of a checkpoint; mteb, CLIP_benchmark",
+    )
     ev.add_argument("checkpoint", help="checkpoint directory (holds polymodal.json)")
     ev.add_argument("dataset", nargs="?", help="dataset (default: the one it was trained on)")
     ev.add_argument("--split", default="val")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("--out", help="also write the metrics as JSON to this file")
+    ev.add_argument(
+        "--mteb",
+        metavar="TASK[,TASK...]",
+        help="run mteb's evaluation instead: mteb task names (data from the Hugging Face hub "
+        "or its cache) or tasks built from DATASET's --split: retrieval:A->B, "
+        "classification:M (mteb's linear probe, fitted on train), zeroshot:M",
+    )
+    ev.add_argument(
+        "--mteb-output",
+        default="mteb-results",
+        help="mteb's result files: DIR/results/<model>/<revision>/<task>.json (default "
+        "mteb-results)",
+    )
+    ev.add_argument(
+        "--clip-benchmark",
+        metavar="ROOT",
+        help="zero-shot classification or retrieval on a CLIP_benchmark webdataset directory "
+        "(local or s3://), printed (and --out written) as clip_benchmark's result JSON",
+    )
     ev.set_defaults(func=commands.cmd_eval)
     em = sub.add_parser(
         "embed",
@@ -176,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("dataset")
     em.add_argument("out", help="output directory of Parquet files")
     em.add_argument("--split", default="val")
-    _add_address(em)
+    add_address(em)
     em.set_defaults(func=commands.cmd_embed)
     ex = sub.add_parser(
         "export",
@@ -250,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exact search, or approximate with FAISS (hnsw: a graph, ivf: k-means cells), one "
         "per shard; needs the 'search' extra",
     )
-    _add_address(ix)
+    add_address(ix)
     ix.set_defaults(func=commands.cmd_index)
     mn = sub.add_parser(
         "mine",
@@ -274,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     mn.add_argument("--exclude-same-label", action="store_true", help="drop the row's label")
     mn.add_argument("--batch-size", type=number(int, 1), default=256)
     mn.add_argument("--overwrite", action="store_true", help="replace a dataset at OUT")
-    _add_address(mn)
+    add_address(mn)
     mn.set_defaults(func=commands.cmd_mine)
 
     sv = sub.add_parser(
@@ -311,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="on an autoscaling cluster, how long to wait for the replicas' GPUs (a fixed "
         "cluster without them fails at once)",
     )
-    _add_address(sv)
+    add_address(sv)
     sv.set_defaults(func=commands.cmd_serve)
 
     rp = sub.add_parser(

@@ -15,55 +15,6 @@ if TYPE_CHECKING:
     from polymodal.config import Config
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from polymodal.data.ingest import ingest
-
-    report = ingest(
-        args.source,
-        args.out,
-        strict=args.strict,
-        val_fraction=args.val_fraction,
-        rows_per_shard=args.rows_per_shard,
-        limit=args.limit,
-        overwrite=args.overwrite,
-        mapping=args.map,
-    )
-    counts = ", ".join(f"{s}={i['rows']}" for s, i in report.manifest.splits.items())
-    tasks = f", {report.parallel_tasks} parallel tasks" if report.parallel_tasks else ""
-    print(
-        f"wrote {report.rows_written} rows to {args.out} ({counts}), "
-        f"{report.bytes_written / 1e6:.1f} MB in {report.seconds:.1f}s{tasks}"
-    )
-    rejected = sum(report.rejected.values())
-    print(f"rejected {rejected} rows" + (f": {dict(report.rejected)}" if rejected else ""))
-    for line in report.examples:
-        print(f"  {line}")
-    return 0
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    if args.dataset.endswith((".yaml", ".yml")):  # a config: the datasets it trains on
-        from polymodal.config import load_config
-        from polymodal.data.inspect import inspect_sources
-
-        print(inspect_sources(load_config(args.dataset, args.overrides)))
-        return 0
-    from polymodal.data.inspect import inspect_dataset
-
-    print(inspect_dataset(args.dataset, rows=args.rows))
-    return 0
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    from polymodal.cluster import ensure_ray
-    from polymodal.data.validate import validate_dataset
-
-    ensure_ray(args.address)
-    report = validate_dataset(args.dataset)
-    print(report.format())
-    return 0 if report.ok else 1
-
-
 def cmd_check_config(args: argparse.Namespace) -> int:
     from polymodal.config import ConfigError, load_config
     from polymodal.train.init_from import with_init_model
@@ -136,19 +87,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     # Before torch (seconds): the checkpoint (not its run directory), the dataset, --out.
     meta = meta_of(args.checkpoint)
-    read_manifest(args.dataset or meta.dataset)
+    if not args.clip_benchmark:
+        read_manifest(args.dataset or meta.dataset)
     if args.out and Path(args.out).is_dir():
         raise IsADirectoryError(f"--out {args.out}: is a directory; give a file for the JSON")
-    from polymodal.evaluation.run import evaluate_checkpoint
-
-    metrics = evaluate_checkpoint(args.checkpoint, args.dataset, split=args.split)
-    if args.json:
-        print(json.dumps(metrics, indent=2))
+    if args.mteb or args.clip_benchmark:
+        result = _harness_eval(args, meta)
+        print(json.dumps(result, indent=2))
     else:
-        print(format_metrics(metrics, f"eval {args.checkpoint} on {args.split}"))
+        from polymodal.evaluation.run import evaluate_checkpoint
+
+        result = evaluate_checkpoint(args.checkpoint, args.dataset, split=args.split)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(format_metrics(result, f"eval {args.checkpoint} on {args.split}"))
     if args.out:
-        Path(args.out).write_text(json.dumps(metrics, indent=2))
+        Path(args.out).write_text(json.dumps(result, indent=2))
     return 0
+
+
+def _harness_eval(args: argparse.Namespace, meta) -> dict:
+    """`polymodal eval --mteb | --clip-benchmark`: the harness's scores of the checkpoint."""
+    from polymodal.inference.model import LoadedModel
+
+    model = LoadedModel.load(args.checkpoint)
+    name = Path(str(args.checkpoint).rstrip("/")).name
+    if args.clip_benchmark:
+        from polymodal.integrations.clip_benchmark import evaluate_layout
+
+        return evaluate_layout(model, args.clip_benchmark, label=name)
+    from polymodal.integrations.mteb import evaluate_mteb, tasks_for
+
+    ev = meta.run_config(checked=False).eval
+    specs = [t.strip() for t in args.mteb.split(",") if t.strip()]
+    tasks = tasks_for(specs, args.dataset or meta.dataset, args.split, meta.zero_shot_templates)
+    prompts = {"query": ev.query_prompt, "document": ev.document_prompt}
+    return evaluate_mteb(model, name, f"step{meta.step}", tasks, prompts, args.mteb_output)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

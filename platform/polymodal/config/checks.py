@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from polymodal.config.errors import suggest
 from polymodal.config.schema import Config
+from polymodal.config.suites import check_suites
 from polymodal.modalities import MODALITIES
 from polymodal.objectives import TERMS
 from polymodal.pretrained import PRETRAINED, check_hf_model, check_open_clip, pretrained_file
@@ -128,6 +129,7 @@ CHECKS: list[tuple[Callable[[Config], list[str]], bool]] = [
     (term_modalities, True),
     (pretrained_towers, True),
     (training, False),
+    (check_suites, False),
 ]
 
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from polymodal import storage
+from polymodal.config.suites import SuiteConfig
 from polymodal.sections import Float, PretrainedSettings, Section, TowerSettings
 
 
@@ -291,6 +292,9 @@ class EvalConfig(Section):
         description='Prompts for zero-shot; "{}" becomes the label name. Empty: the dataset\'s '
         "caption templates.",
     )
+    query_prompt: str = Field("", description="Put before query texts under mteb.")
+    document_prompt: str = Field("", description="Put before document texts under mteb.")
+    suites: list[SuiteConfig] = Field(default_factory=list, description=SuiteConfig.__doc__)
 
 
 class TuneConfig(Section):

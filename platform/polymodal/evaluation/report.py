@@ -138,7 +138,7 @@ def _metrics_table(metrics: dict[str, float]) -> str:
     others = [
         f"<tr><td>{k}</td><td>{v:.4f}</td></tr>"
         for k, v in sorted(metrics.items())
-        if k in ("val/accuracy", "val/zero_shot_accuracy", "val/loss")
+        if k in ("val/accuracy", "val/zero_shot_accuracy", "val/loss") or k.startswith("suite/")
     ]
     return table + (f"<table>{''.join(others)}</table>" if others else "")
 

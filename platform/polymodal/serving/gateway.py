@@ -23,6 +23,7 @@ from polymodal.serving import grpc_ingress
 from polymodal.serving.asgi import api, error
 from polymodal.serving.embedder import ModelServer
 from polymodal.serving.inputs import (
+    chat_items,
     check_item,
     modality_of,
     parse_item,
@@ -196,9 +197,17 @@ class Gateway:
         """The request's embeddings (truncated to its dimensions), its tokens and the int8
         ranges of its size; InputError names `field` (input, or gRPC's items) and the item."""
         card = self._card(body.model)
-        one = isinstance(body.input, str)  # a lone text is `input`, not input[0]
-        items = [body.input] if one else body.input
-        params = [field] if one else [f"{field}[{i}]" for i in range(len(items))]
+        if (body.input is None) == (body.messages is None):
+            raise InputError("give `input` or `messages` (the chat form), one of them", field)
+        owners = None
+        items: list[Any]
+        if body.messages is not None:
+            items, params, owners = chat_items(body.messages)
+        elif isinstance(body.input, str):  # a lone text is `input`, not input[0]
+            items, params = [body.input], [field]
+        else:
+            items = list(body.input or [])
+            params = [f"{field}[{i}]" for i in range(len(items))]
         if len(items) > MAX_ITEMS:
             raise InputError(f"at most {MAX_ITEMS} items per request", field, 413)
         if body.dimensions is not None and body.dimensions not in card["dimensions"]:
@@ -214,12 +223,16 @@ class Gateway:
         tokens = sum(
             check_item(body.model, prep, m, v, param) for (m, v), param in zip(parsed, params)
         )
-        vectors = await self.model_server.embed(body.model, parsed)
+        vectors = np.stack(await self.model_server.embed(body.model, parsed))
+        if owners is not None and len(set(owners)) < len(owners):  # a conversation's parts
+            summed = np.zeros((owners[-1] + 1, vectors.shape[1]), vectors.dtype)
+            np.add.at(summed, owners, vectors)
+            vectors = summed / np.linalg.norm(summed, axis=1, keepdims=True)
         size = body.dimensions or card["dimension"]
         span = card["calibration"].get(size)
         if span is None and body.encoding_format in ("int8", "uint8"):
             span = unit_ranges(size)  # an uncalibrated checkpoint (trained before, imported)
-        return truncate(np.stack(vectors), body.dimensions), tokens, span
+        return truncate(vectors, body.dimensions), tokens, span
 
     async def classify(self, body: ClassifyRequest, request: Request) -> ClassifyResponse:
         """The class probabilities of one example: a value per modality, only the model's own,

@@ -48,3 +48,44 @@ def check_item(model: str, prep: Preprocessing, modality: str, value: Any, param
     item's tokens for usage (UTF-8 bytes of a text), or InputError."""
     require_modality(model, prep, modality, param)
     return MODALITIES[modality].check_request(value, prep, param)
+
+
+def chat_items(messages: list) -> tuple[list[str], list[str], list[int]]:
+    """vLLM's chat form → (`input` entries, the param naming each, the conversation each
+    belongs to). A conversation's texts (every message's, in order) are one text; each image
+    and audio part is an entry of its own. Only data URIs: the service fetches no URL."""
+    conversations = [messages] if hasattr(messages[0], "role") else messages
+    one = conversations is not messages  # a lone conversation is `messages`, not messages[0]
+    items: list[str] = []
+    params: list[str] = []
+    owners: list[int] = []
+    for i, conversation in enumerate(conversations):
+        where = "messages" if one else f"messages[{i}]"
+        texts, start = [], len(items)
+        for k, message in enumerate(conversation):
+            parts = message.content
+            if isinstance(parts, str):
+                texts.append(parts)
+                continue
+            for j, part in enumerate(parts):
+                param = f"{where}[{k}].content[{j}]"
+                value = getattr(part, part.type)
+                if value is None:
+                    raise InputError(f"a {part.type} part has no '{part.type}' field", param)
+                if part.type == "text":
+                    texts.append(value)
+                    continue
+                uri = value.url if part.type != "input_audio" else None
+                if uri is None:
+                    uri = f"data:audio/{value.format};base64,{value.data}"
+                if not uri.startswith("data:"):
+                    raise InputError(f"{part.type}: only data URIs (data:...;base64,...)", param)
+                items.append(uri)
+                params.append(param)
+        if texts:
+            items.append(" ".join(texts))
+            params.append(where)
+        if len(items) == start:
+            raise InputError("a conversation with no text, image or audio", where)
+        owners += [i] * (len(items) - start)
+    return items, params, owners

@@ -42,12 +42,48 @@ class TypedItem(Request):
     )
 
 
+class URLRef(Request):
+    url: str = Field(description="a data URI: data:image/png;base64,... or data:audio/wav;...")
+    detail: str | None = Field(None, description="accepted and ignored (OpenAI's image detail)")
+
+
+class InputAudio(Request):
+    data: str = Field(description="base64 WAV bytes")
+    format: Literal["wav"] = "wav"
+
+
+class ContentPart(Request):
+    """A part of a chat message, as OpenAI and vLLM write them."""
+
+    type: Literal["text", "image_url", "audio_url", "input_audio"]
+    text: str | None = None
+    image_url: URLRef | None = None
+    audio_url: URLRef | None = None
+    input_audio: InputAudio | None = None
+
+
+class ChatMessage(Request):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+
+
+Conversation = Annotated[list[ChatMessage], Field(min_length=1)]
+
+
 class EmbeddingRequest(Request):
     model: str
-    input: str | Annotated[list[str | TypedItem], Field(min_length=1)] = Field(
+    input: str | Annotated[list[str | TypedItem], Field(min_length=1)] | None = Field(
+        None,
         description="text, a list of texts, data URIs (data:image/png;base64,...) or typed "
         "items; an empty or blank text is refused (400, as OpenAI does), as is an item of a "
-        "modality the model has no encoder for"
+        "modality the model has no encoder for. Give `input` or `messages`.",
+    )
+    messages: Conversation | Annotated[list[Conversation], Field(min_length=1)] | None = Field(
+        None,
+        description="vLLM's chat form (what mteb's OpenAIAPIEncodeWrapper sends for images "
+        "and audio): one conversation, or a list of them, one embedding each. A conversation's "
+        "content parts (text, image_url, audio_url, input_audio) are embedded and, when there "
+        "are several, their normalised sum is its embedding.",
     )
     encoding_format: Literal["float", "base64", "int8", "uint8", "binary", "ubinary"] = Field(
         "float",

@@ -35,6 +35,7 @@ from polymodal.train.sharding import (
 )
 from polymodal.train.stats import EpochStats, LogWindow, all_ranks, any_rank
 from polymodal.train.step import NonFiniteLoss, compile_towers, step_strategy
+from polymodal.train.suites import run_suites
 from polymodal.train.tracking import Trackers
 from polymodal.train.validation import ValBatches, val_losses, validate
 
@@ -310,6 +311,9 @@ class Recipe:
 
     def validate_and_save(self, epoch: int, seconds: float, metrics: dict[str, Any]) -> None:
         metrics.update(self.validate())
+        metrics.update(
+            run_suites(self.eval_model, self.meta, self.cfg, epoch, self.device, metrics)
+        )
         # The time training stood still for this epoch's earlier (mid-epoch) checkpoints.
         metrics["train/checkpoint_pause_s"], self.pause_s = self.pause_s, 0.0
         self.bad_rows.check()  # the val split's rows count too
