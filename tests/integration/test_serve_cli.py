@@ -106,6 +106,55 @@ def test_http_and_grpc_answer_at_their_ports_with_the_offline_embeddings(served)
         assert empty.value.details().startswith("items[1]: empty text")
 
 
+def test_mteb_openai_wrapper_gets_the_offline_embeddings(served, digits_dataset):
+    """mteb's OpenAIAPIEncodeWrapper sends images (and, with its chat template, texts) in
+    vLLM's chat `messages` form: the served embeddings and scores are the offline ones."""
+    import mteb
+    from mteb._create_dataloaders import create_dataloader
+    from mteb.models import OpenAIAPIEncodeWrapper
+
+    from polymodal.inference.model import LoadedModel
+    from polymodal.integrations.mteb import Encoder, dataset_task
+
+    _, url, _ = served
+    loaded = LoadedModel.load(str(CHECKPOINT))
+    wrapper = OpenAIAPIEncodeWrapper(url.rsplit("/v1/", 1)[0], CHECKPOINT.name)
+    offline = Encoder(loaded, CHECKPOINT.name, "v1", {})
+    task = dataset_task("zeroshot:image", str(digits_dataset), "val", ["a photo of {}"])
+    task.load_data()
+    where = {"task_metadata": task.metadata, "hf_split": "val", "hf_subset": "default"}
+    embedded = [
+        model.encode(
+            create_dataloader(task.dataset["val"], task_metadata=task.metadata, batch_size=16),
+            **where,
+        )
+        for model in (wrapper, offline)
+    ]
+    assert embedded[0].shape == (len(task.dataset["val"]), loaded.model.embed_dim)
+    np.testing.assert_allclose(embedded[0], embedded[1], atol=1e-5)
+    scores = [mteb.evaluate(m, [task], cache=None).task_results[0] for m in (wrapper, offline)]
+    assert scores[0].get_score() == pytest.approx(scores[1].get_score(), abs=1e-6)
+    # Texts and a two-part conversation (the normalised sum of its parts' embeddings).
+    image = task.dataset["val"][0]["image"]
+    import base64
+    import io
+
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    uri = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    conversations = [
+        [{"role": "user", "content": [{"type": "text", "text": TEXTS[0]}]}],
+        [{"role": "user", "content": TEXTS[1]}],
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}},
+                                      {"type": "text", "text": TEXTS[0]}]}],
+    ]  # fmt: skip
+    reply = _post(url, {"model": CHECKPOINT.name, "messages": conversations})
+    got = np.array([d["embedding"] for d in reply["data"]])
+    text = loaded.embed("text", TEXTS)
+    both = text[0] + loaded.embed("image", [png.getvalue()])[0]
+    np.testing.assert_allclose(got, [*text, both / np.linalg.norm(both)], atol=1e-5)
+
+
 def test_a_killed_replica_is_replaced_at_the_same_port(served):
     # Serve binds the replica's port without SO_REUSEADDR: the replacement binds once the dead
     # one's connections leave TIME_WAIT (~60 s on Linux).

@@ -57,6 +57,26 @@ def search(query, **extra) -> dict:
     return {"model": MODEL, "query": query, **extra}
 
 
+def part(kind: str, value) -> dict:
+    """A chat content part; image_url and audio_url take {"url": ...}."""
+    return {"type": kind, kind: {"url": value} if kind.endswith("_url") else value}
+
+
+def chat(*conversations, **extra) -> dict:
+    """One conversation per argument: a text, a content part, or a list of texts (several)."""
+    if len(conversations) == 1 and not isinstance(conversations[0], list):
+        (c,) = conversations
+        return {"model": MODEL, "messages": [message(c)], **extra}
+    return {"model": MODEL, "messages": [[message(c)] for c in conversations], **extra}
+
+
+def message(content) -> dict:
+    if isinstance(content, list):
+        content = content[0]
+    return {"role": "user", "content": content if isinstance(content, str) else [content]}
+
+
+PART = "messages[0].content[0]"
 E, C, S = "/v1/embeddings", "/v1/classify", "/v1/search"
 # (route, JSON body or raw bytes, status, phrases the message holds, param)
 MISTAKES = [
@@ -124,6 +144,15 @@ MISTAKES = [
     (S, search("a", k=0), 400, ["k: should be greater than or equal to 1"], "k"),
     (S, search("a", k="ten"), 400, ["k: should be an integer, not a string"], "k"),
     (S, search("a", modality="audio"), 404, ["modality: ", "no audio encoder"], "modality"),
+    # the chat form (mteb's OpenAIAPIEncodeWrapper, vLLM)
+    (E, chat("a", input="a"), 400, ["messages: give `input` or `messages`, not both"], "messages"),
+    (E, {"model": MODEL, "messages": []}, 400, ["messages: "], "messages"),
+    (E, chat(" "), 400, ["messages: empty text"], "messages"),
+    (E, chat("a", [" "]), 400, ["messages[1]: empty text"], "messages[1]"),
+    (E, chat(part("image_url", "http://example.com/a.png")), 400, ["only data URIs"], PART),
+    (E, chat(part("input_audio", {"data": WAV_HEADER})), 400, [NO_AUDIO], PART),
+    (E, chat(part("image_url", f"data:image/png;base64,{GARBAGE}")), 400, [NOT_IMAGE], PART),
+    (E, chat({"type": "image_url"}), 400, ["has no 'image_url' field"], PART),
 ]
 
 

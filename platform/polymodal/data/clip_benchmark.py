@@ -46,9 +46,9 @@ class Layout:
 
     def splits(self) -> list[str]:
         return [
-            d.rstrip("/").rsplit("/", 1)[-1]
+            d
             for d in storage.list_dirs(self.root)
-            if storage.is_file(storage.join(d, "nshards.txt"))
+            if storage.is_file(storage.join(self.root, d, "nshards.txt"))
         ]
 
     def shards(self, split: str) -> list[str]:
@@ -62,21 +62,24 @@ class Layout:
         return [storage.join(self.root, split, f"{i}.tar") for i in range(int(text))]
 
     def samples(self, split: str) -> Iterator[Sample]:
-        """The split's samples in shard order; DatasetError naming the shard and key of a bad
-        one."""
+        """The split's samples in shard order."""
         for uri in self.shards(split):
-            for key, files in iter_samples(uri):
-                ext = next((e for e in IMAGE_EXTS if e in files), None)
-                if ext is None:
-                    raise DatasetError(f"{uri}: sample {key!r} has no image ({sorted(files)})")
-                sample = Sample(key, files[ext], ext)
-                if self.kind == "retrieval":
-                    if "txt" not in files:
-                        raise DatasetError(f"{uri}: retrieval sample {key!r} has no .txt")
-                    sample.captions = files["txt"].decode("utf-8").splitlines()
-                else:
-                    sample.label = _label(files.get("cls"), len(self.classnames), uri, key)
-                yield sample
+            yield from self.shard_samples(uri)
+
+    def shard_samples(self, uri: str) -> Iterator[Sample]:
+        """One tar's samples; DatasetError naming the shard and key of a bad one."""
+        for key, files in iter_samples(uri):
+            ext = next((e for e in IMAGE_EXTS if e in files), None)
+            if ext is None:
+                raise DatasetError(f"{uri}: sample {key!r} has no image ({sorted(files)})")
+            sample = Sample(key, files[ext], ext)
+            if self.kind == "retrieval":
+                if "txt" not in files:
+                    raise DatasetError(f"{uri}: retrieval sample {key!r} has no .txt")
+                sample.captions = files["txt"].decode("utf-8").splitlines()
+            else:
+                sample.label = _label(files.get("cls"), len(self.classnames), uri, key)
+            yield sample
 
 
 def _label(data: bytes | None, classes: int, uri: str, key: str) -> int:

@@ -197,8 +197,10 @@ class Gateway:
         """The request's embeddings (truncated to its dimensions), its tokens and the int8
         ranges of its size; InputError names `field` (input, or gRPC's items) and the item."""
         card = self._card(body.model)
-        if (body.input is None) == (body.messages is None):
-            raise InputError("give `input` or `messages` (the chat form), one of them", field)
+        if body.input is None and body.messages is None:
+            raise InputError("missing: give `input` (or `messages`, the chat form)", field)
+        if body.input is not None and body.messages is not None:
+            raise InputError("give `input` or `messages`, not both", "messages")
         owners = None
         items: list[Any]
         if body.messages is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from polymodal import storage
+from polymodal.data.clip_benchmark import is_layout
 from polymodal.data.sources.base import RawRow, Source
 from polymodal.data.sources.builtin import (
     asterisk,
@@ -15,6 +16,7 @@ from polymodal.data.sources.builtin import (
     emoji_images,
     fashion_mnist,
 )
+from polymodal.data.sources.clip_benchmark import clip_benchmark
 from polymodal.data.sources.folder import folder
 from polymodal.data.sources.speech import emoji_bind_image, emoji_bind_speech, emoji_spoken
 from polymodal.data.sources.table import parse_mapping, table
@@ -46,6 +48,8 @@ def open_source(spec: str, limit: int | None = None, mapping: list[str] | None =
         raise FileNotFoundError(f"SOURCE {spec}: no such file or directory")
     if mapping:
         return table(spec, parse_mapping(mapping), limit=limit)
+    if is_layout(spec):
+        return clip_benchmark(spec, limit=limit)
     if spec.endswith((".parquet", ".csv")):
         raise ValueError(f"{spec}: a table source needs --map, e.g. --map image=jpg text=txt")
     return folder(spec, limit=limit)
