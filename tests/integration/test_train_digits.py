@@ -15,12 +15,14 @@ from PIL import Image
 
 from polymodal.checkpoint import load_train_state, read_meta
 from polymodal.config import load_config
+from polymodal.data.clip_benchmark import export_dataset
 from polymodal.evaluation.report import screenshot, write_report
 from polymodal.evaluation.run import evaluate_checkpoint
 from polymodal.train.run import fit
 from tests.integration.conftest import BAD_ROWS
 
 CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "digits.yaml"
+MTEB_TASKS = ["zeroshot:image", "classification:image", "retrieval:text->image"]
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +30,17 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def first_run(ray_cluster, damaged_digits, tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
+    # Suites during training: mteb tasks (the last epoch), CLIP_benchmark's layout of the val
+    # rows and a val metric (every epoch).
+    layout = tmp_path_factory.mktemp("cb") / "digits"
+    export_dataset(str(damaged_digits[0]), str(layout))
+    suites = (
+        f"eval.suites=[{{name: mteb, kind: mteb, tasks: [{','.join(MTEB_TASKS)}], "
+        f"every_epochs: 2}}, {{name: cb, kind: clip_benchmark, path: '{layout}'}}, "
+        "{name: val, kind: val, tasks: [val/recall@5/image->text]}]"
+    )
     overrides = [
+        suites,
         f"data.path={damaged_digits[0]}",
         f"train.storage_path={storage}",
         "train.name=digits-it",
@@ -150,6 +162,34 @@ def test_eval_command_prints_the_same_metrics(first_run, digits_dataset):
     )
     metrics = json.loads(proc.stdout)
     assert metrics["val/accuracy"] == pytest.approx(result.metrics["val/accuracy"], abs=1e-6)
+
+
+def test_suites_score_as_their_harnesses_score_the_checkpoint(first_run, tmp_path, capsys):
+    from polymodal.cli import main
+
+    result, overrides = first_run
+    run_dir = Path(result.run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # val: the val metric itself
+    assert metrics["suite/val/main_score"] == metrics["val/recall@5/image->text"]
+    # clip_benchmark: zero-shot acc1 on the layout of the val rows = polymodal's zero-shot
+    assert metrics["suite/cb/wds/digits"] == pytest.approx(metrics["val/zero_shot_accuracy"])
+    assert metrics["suite/cb/main_score"] == metrics["suite/cb/wds/digits"]
+    # mteb: every task's main score, their mean, and `polymodal eval --mteb`'s same numbers
+    argv = ["eval", result.checkpoint, "--mteb", ",".join(MTEB_TASKS)]
+    assert main([*argv, "--mteb-output", str(tmp_path)]) == 0
+    offline = json.loads(capsys.readouterr().out)
+    scores = {task: metrics[f"suite/mteb/{task}"] for task in offline}
+    assert len(scores) == 3 and all(s > 0 for s in scores.values())
+    for task, score in scores.items():
+        assert score == pytest.approx(offline[task]["main_score"], abs=1e-6), task
+    assert metrics["suite/mteb/main_score"] == pytest.approx(np.mean(list(scores.values())))
+    assert scores["digits-classification-image"] > 0.5  # the linear probe; chance is 0.1
+    assert metrics["suite/mteb/seconds"] > 0
+    # every_epochs: 2: epoch 1's checkpoint has the every-epoch suites only
+    epoch1 = read_meta(sorted(run_dir.glob("checkpoint_*"))[0]).metrics
+    assert "suite/cb/main_score" in epoch1 and "suite/mteb/main_score" not in epoch1
+    assert "suite/mteb/main_score" in (run_dir / "report" / "index.html").read_text()
 
 
 def test_same_run_name_resumes_from_the_newest_intact_checkpoint(first_run):

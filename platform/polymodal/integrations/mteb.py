@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from polymodal.data.dataset import iter_tables
 from polymodal.data.format import read_columns, read_manifest
 from polymodal.inference.model import LoadedModel
+from polymodal.modalities.image import open_image
 
 if TYPE_CHECKING:
     from mteb.abstasks import AbsTask
@@ -141,9 +142,26 @@ def _rows(path: str, split: str, columns: list[str]) -> list[dict]:
     if missing:
         raise ValueError(f"{path}: no {', '.join(missing)} column for this mteb task")
     rows = [r for t in iter_tables(path, split, columns, 1024, manifest) for r in t.to_pylist()]
+    classes = range(manifest.num_labels or 0)
+    # Rows training would drop as bad (no value, blank text, undecodable, label out of range)
+    # are left out here too.
+    rows = [
+        r
+        for r in rows
+        if all(_usable(c, r[c]) for c in columns if c != "label")
+        and ("label" not in columns or r["label"] in classes)
+    ]
     if not rows:
-        raise ValueError(f"{path}: split {split!r} has no rows")
+        raise ValueError(f"{path}: split {split!r} has no usable rows for {columns}")
     return rows
+
+
+def _usable(modality: str, raw) -> bool:
+    try:
+        value = _value(modality, raw)
+    except Exception:  # any decoder's failure: a bad row
+        return False
+    return value is not None and (modality != "text" or bool(value.strip()))
 
 
 def _value(modality: str, raw):
@@ -151,9 +169,7 @@ def _value(modality: str, raw):
     if raw is None or modality == "text":
         return raw
     if modality == "image":
-        from PIL import Image
-
-        return Image.open(io.BytesIO(raw))
+        return open_image(raw)  # pixels bounded before decoding
     import soundfile as sf
 
     array, rate = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
@@ -187,7 +203,7 @@ def dataset_task(spec: str, path: str, split: str, templates: list[str]) -> AbsT
     if kind == "retrieval":
         a, b = parts
         category = f"{CATEGORY[a]}2{CATEGORY[b]}"
-        rows = [r for r in _rows(path, split, [a, b]) if r[a] is not None and r[b] is not None]
+        rows = _rows(path, split, [a, b])
         queries = {f"q{i}": r[a] for i, r in enumerate(rows)}
         corpus = {_key(r[b]): r[b] for r in rows}
         relevant = {f"q{i}": {_key(r[b]): 1} for i, r in enumerate(rows)}
@@ -220,7 +236,7 @@ def dataset_task(spec: str, path: str, split: str, templates: list[str]) -> AbsT
 
             def load_data(self, num_proc=None, **kw) -> None:
                 def part(s: str) -> Dataset:
-                    rows = [r for r in _rows(path, s, [m, "label"]) if r[m] is not None]
+                    rows = _rows(path, s, [m, "label"])
                     return Dataset.from_dict(
                         {m: [_value(m, r[m]) for r in rows], "label": [r["label"] for r in rows]}
                     )
@@ -242,7 +258,7 @@ def dataset_task(spec: str, path: str, split: str, templates: list[str]) -> AbsT
             return [template.format(c) for c in labels]
 
         def load_data(self, num_proc=None, **kw) -> None:
-            rows = [r for r in _rows(path, split, [m, "label"]) if r[m] is not None]
+            rows = _rows(path, split, [m, "label"])
             self.dataset = DatasetDict(
                 {
                     split: Dataset.from_dict(
