@@ -17,11 +17,11 @@ import pytest
 
 from polymodal import storage
 from polymodal.config import load_config
-from polymodal.evaluation.run import evaluate_checkpoint
 from polymodal.run_meta import meta_of
 from polymodal.tune.sweep import run_sweep
 
 CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "tune-digits.yaml"
+SUITE = "eval.suites=[{name: mteb, kind: mteb, tasks: ['zeroshot:image']}]"
 pytestmark = pytest.mark.integration
 
 
@@ -49,7 +49,9 @@ def test_sweep_on_s3_stops_weak_trials_and_writes_results(ray_cluster, s3_endpoi
         # two trials side by side on 2 CPUs, one CPU left for their data
         + ["train.cpus_per_worker=0.45"]
         # mid-epoch checkpoints: their reports carry no val metric, and reach Train only
-        + ["train.checkpoint_every_steps=8"],
+        + ["train.checkpoint_every_steps=8"]
+        # the metric: an mteb suite's score (mteb's zero-shot on the val rows, every epoch)
+        + [SUITE, "tune.metric=suite/mteb/main_score"],
     )
     # Without the contrastive term text and images never align: zero-shot stays near
     # chance, so ASHA must stop those trials at the first rung once a good one is recorded.
@@ -64,7 +66,7 @@ def test_sweep_on_s3_stops_weak_trials_and_writes_results(ray_cluster, s3_endpoi
     reasons = [r["stop_reason"] for r in rows]
     assert "stopped early (asha)" in reasons and "completed" in reasons, rows
     assert all(r["epochs_run"] in (1, 2) for r in rows)
-    metric = "best val/zero_shot_accuracy"
+    metric = "best suite/mteb/main_score"
     good = [r[metric] for r in rows if r["objective.weights.contrastive"] == 1.0]
     bad = [r[metric] for r in rows if r["objective.weights.contrastive"] == 0.0]
     assert min(good) > max(bad), rows
@@ -84,8 +86,20 @@ def test_sweep_on_s3_stops_weak_trials_and_writes_results(ray_cluster, s3_endpoi
     assert result.best_checkpoint == best
     meta = meta_of(best)
     assert meta.run_config().objective.weights.contrastive == 1.0
-    metrics = evaluate_checkpoint(best, str(digits_dataset))  # polymodal eval s3://.../best
-    assert metrics["val/zero_shot_accuracy"] == pytest.approx(result.best[metric], abs=1e-6)
+    # ... and `polymodal eval s3://.../best --mteb zeroshot:image` scores it the same
+    scores = evaluate_mteb_checkpoint(best, str(digits_dataset))
+    assert scores["digits-zeroshot-image"]["main_score"] == pytest.approx(
+        result.best[metric], abs=1e-6
+    )
+
+
+def evaluate_mteb_checkpoint(checkpoint: str, dataset: str) -> dict:
+    from polymodal.inference.model import LoadedModel
+    from polymodal.integrations.mteb import evaluate_mteb, tasks_for
+
+    meta = meta_of(checkpoint)
+    tasks = tasks_for(["zeroshot:image"], dataset, "val", meta.zero_shot_templates)
+    return evaluate_mteb(LoadedModel.load(checkpoint), "best", "x", tasks, {})
 
 
 def _checkpoints(run_dir: Path) -> dict[str, int]:
