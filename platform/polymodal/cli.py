@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TASK[,TASK...]",
         help="run mteb's evaluation instead: mteb task names (data from the Hugging Face hub "
         "or its cache) or tasks built from DATASET's --split: retrieval:A->B, "
-        "classification:M (mteb's linear probe, fitted on train), zeroshot:M",
+        "probe:M (mteb's linear probe, fitted on train), zeroshot:M",
     )
     ev.add_argument(
         "--mteb-output",

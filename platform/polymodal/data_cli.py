@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from polymodal.cli_types import add_address, number
+from polymodal.data.clip_benchmark import KINDS
 
 
 def add_data_parser(sub) -> None:
@@ -76,16 +77,18 @@ def add_data_parser(sub) -> None:
         help="write a dataset split in another tool's layout (CLIP_benchmark's webdataset)",
         description="clip_benchmark: OUT/classnames.txt, zeroshot_classification_templates.txt "
         "(the dataset's caption templates, {c} for the class), OUT/test/nshards.txt and "
-        "OUT/test/N.tar (KEY.png|jpg|webp with KEY.cls); --task retrieval (the default for "
-        "unlabelled data) writes KEY.txt captions and dataset_type.txt instead. Evaluate it with "
-        "`clip_benchmark eval --dataset wds/NAME --dataset_root PARENT/{dataset}` or "
+        "OUT/test/N.tar (KEY.png|jpg|webp with KEY.cls); --task zeroshot_retrieval (the default "
+        "for unlabelled data) writes KEY.txt captions and dataset_type.txt instead. Evaluate it "
+        "with `clip_benchmark eval --dataset wds/NAME --dataset_root PARENT/{dataset}` or "
         "`polymodal eval CHECKPOINT --clip-benchmark OUT`.",
     )
     ex.add_argument("dataset")
     ex.add_argument("out", help="new or empty directory (local or s3://)")
     ex.add_argument("--format", required=True, choices=["clip_benchmark"])
     ex.add_argument("--split", default="val", help="the split written (as clip_benchmark's test)")
-    ex.add_argument("--task", choices=["auto", "classification", "retrieval"], default="auto")
+    ex.add_argument(
+        "--task", choices=["auto", *KINDS], default="auto", help="clip_benchmark's task"
+    )
     ex.set_defaults(func=cmd_export_data)
 
 

@@ -43,7 +43,7 @@ def ours(digits_dataset) -> dict[str, float]:
 
 
 def test_mteb_evaluates_built_tasks_as_polymodal_eval_does(digits_dataset, ours, tmp_path, capsys):
-    specs = "retrieval:text->image,retrieval:image->text,zeroshot:image,classification:image"
+    specs = "retrieval:text->image,retrieval:image->text,zeroshot:image,probe:image"
     out = tmp_path / "mteb"
     argv = ["eval", str(CHECKPOINT), str(digits_dataset), "--mteb", specs]
     assert main([*argv, "--mteb-output", str(out), "--out", str(tmp_path / "r.json")]) == 0
@@ -67,7 +67,7 @@ def test_mteb_evaluates_built_tasks_as_polymodal_eval_does(digits_dataset, ours,
     assert zero_shot == pytest.approx(ours["zero_shot_one_template"], abs=1e-5)
     # mteb's linear probe (8 train rows per class, 10 draws) on the image embeddings of a
     # checkpoint of 8 steps: above chance (0.1); a trained one's is in test_train_digits
-    probe = results["digits-classification-image"]["scores"]["val"][0]
+    probe = results["digits-probe-image"]["scores"]["val"][0]
     assert len(probe["scores_per_experiment"]) == 10 and probe["accuracy"] > 0.1
 
 
@@ -84,7 +84,9 @@ def test_clip_benchmark_layout_round_trip_and_scores(digits_dataset, ours, tmp_p
     cls, ret = tmp_path / "cb" / "digits", tmp_path / "cb" / "digits-ret"
     export = ["data", "export", str(digits_dataset)]
     assert main([*export, str(cls), "--format", "clip_benchmark"]) == 0
-    assert main([*export, str(ret), "--format", "clip_benchmark", "--task", "retrieval"]) == 0
+    assert (
+        main([*export, str(ret), "--format", "clip_benchmark", "--task", "zeroshot_retrieval"]) == 0
+    )
     capsys.readouterr()
     # Its layout, as clip_benchmark reads it
     names = read_manifest(digits_dataset).label_names

@@ -5,7 +5,11 @@ the result goes back to open_clip."""
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import open_clip
@@ -15,6 +19,7 @@ import torch.nn.functional as F
 
 from polymodal.checkpoint import load_model, read_meta
 from polymodal.config import load_config
+from polymodal.data.clip_benchmark import export_dataset
 from polymodal.export import export_checkpoint
 from polymodal.openclip import import_open_clip
 from polymodal.train.run import fit
@@ -64,3 +69,39 @@ def test_imported_open_clip_trains_on_two_workers(ray_cluster, digits_dataset, t
     with torch.no_grad():
         theirs = F.normalize(back.encode_text(ids), dim=-1)
         torch.testing.assert_close(after.embed("text", ids), theirs, atol=1e-5, rtol=0)
+    # clip_benchmark's own CLI evaluates the export on the val rows in its layout, as
+    # `polymodal eval --clip-benchmark` evaluates the checkpoint
+    clip_benchmark_agrees(result.checkpoint, out, digits_dataset, tmp_path)
+
+
+def clip_benchmark_agrees(checkpoint: str, exported: Path, dataset: Path, tmp_path: Path) -> None:
+    from polymodal.inference.model import LoadedModel
+    from polymodal.integrations.clip_benchmark import evaluate_layout
+
+    root = tmp_path / "cb"
+    export_dataset(str(dataset), str(root / "digits"))
+    export_dataset(str(dataset), str(root / "digits-ret"), kind="zeroshot_retrieval")
+    model = LoadedModel.load(checkpoint)
+    theirs = {}
+    for name, task in (("digits", "zeroshot_classification"), ("digits-ret", "zeroshot_retrieval")):
+        # Retrieval by the `clip_benchmark` command itself; its classification under numpy 2.4
+        # needs our entry point (clip_benchmark 1.6.2 calls float() on a 1-element array).
+        command = [str(Path(sys.executable).parent / "clip_benchmark")]
+        if task == "zeroshot_classification":
+            command = [sys.executable, "-m", "polymodal.integrations.clip_benchmark"]
+        command += ["eval", "--model", f"local-dir:{exported}", "--dataset", f"wds/{name}"]
+        command += ["--dataset_root", f"{root}/{{dataset}}", "--task", task, "--no_amp"]
+        command += ["--num_workers", "0", "--recall_k", "1", "5", "10"]
+        command += ["--output", str(tmp_path / f"{name}.json")]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        theirs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+        ours = evaluate_layout(model, str(root / name))
+        assert theirs[name]["task"] == ours["task"] == task
+        # The same numbers: open_clip's preprocessing (shortest side, bicubic, centre crop) is
+        # the imported model's; what is left is float error.
+        assert theirs[name]["metrics"] == pytest.approx(ours["metrics"], abs=1e-6), (
+            theirs[name]["metrics"],
+            ours["metrics"],
+        )

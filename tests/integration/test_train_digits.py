@@ -22,7 +22,7 @@ from polymodal.train.run import fit
 from tests.integration.conftest import BAD_ROWS
 
 CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "digits.yaml"
-MTEB_TASKS = ["zeroshot:image", "classification:image", "retrieval:text->image"]
+MTEB_TASKS = ["zeroshot:image", "probe:image", "retrieval:text->image"]
 
 pytestmark = pytest.mark.integration
 
@@ -184,7 +184,7 @@ def test_suites_score_as_their_harnesses_score_the_checkpoint(first_run, tmp_pat
     for task, score in scores.items():
         assert score == pytest.approx(offline[task]["main_score"], abs=1e-6), task
     assert metrics["suite/mteb/main_score"] == pytest.approx(np.mean(list(scores.values())))
-    assert scores["digits-classification-image"] > 0.5  # the linear probe; chance is 0.1
+    assert scores["digits-probe-image"] > 0.5  # the linear probe; chance is 0.1
     assert metrics["suite/mteb/seconds"] > 0
     # every_epochs: 2: epoch 1's checkpoint has the every-epoch suites only
     epoch1 = read_meta(sorted(run_dir.glob("checkpoint_*"))[0]).metrics

@@ -110,6 +110,14 @@ class OpenCLIPConfig(Section):
     )
     image_mean: list[float] = Field(default_factory=list, description="Its image mean.")
     image_std: list[float] = Field(default_factory=list, description="Its image std.")
+    image_resize: Literal["shortest", "squash"] = Field(
+        "shortest",
+        description="shortest: the shorter side to the image size, then the centre crop (its "
+        "preprocess_cfg's resize_mode); squash: both sides.",
+    )
+    image_interpolation: Literal["bicubic", "bilinear"] = Field(
+        "bicubic", description="Its preprocess_cfg's interpolation."
+    )
 
 
 class ModelConfig(Section):

@@ -23,7 +23,7 @@ class SuiteConfig(Section):
     tasks: list[str] = Field(
         default_factory=list,
         description="val: val metric names; mteb: task names, or tasks built from `path`'s "
-        "split: retrieval:A->B, classification:M, zeroshot:M.",
+        "split: retrieval:A->B, probe:M, zeroshot:M.",
     )
     path: str = Field(
         "",

@@ -20,7 +20,7 @@ from polymodal.data.tars import IMAGE_EXTS, iter_samples
 CLASSNAMES = "classnames.txt"
 TEMPLATES = "zeroshot_classification_templates.txt"
 KIND = "dataset_type.txt"
-KINDS = ("classification", "retrieval")
+KINDS = ("zeroshot_classification", "zeroshot_retrieval")
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Sample:
 @dataclass
 class Layout:
     root: str
-    kind: str  # classification | retrieval
+    kind: str  # one of KINDS, clip_benchmark's task
     classnames: list[str]
     templates: list[str]  # polymodal's form: "a photo of a {}."
 
@@ -73,7 +73,7 @@ class Layout:
             if ext is None:
                 raise DatasetError(f"{uri}: sample {key!r} has no image ({sorted(files)})")
             sample = Sample(key, files[ext], ext)
-            if self.kind == "retrieval":
+            if self.kind == "zeroshot_retrieval":
                 if "txt" not in files:
                     raise DatasetError(f"{uri}: retrieval sample {key!r} has no .txt")
                 sample.captions = files["txt"].decode("utf-8").splitlines()
@@ -104,14 +104,15 @@ def read_layout(root: str) -> Layout:
     root = str(root).rstrip("/")
     if not storage.exists(root):
         raise FileNotFoundError(f"{root}: no such CLIP_benchmark dataset directory")
-    kind = "classification"
+    kind = "zeroshot_classification"
     if storage.is_file(storage.join(root, KIND)):
-        kind = storage.read_bytes(storage.join(root, KIND)).decode().strip() or kind
-    if kind not in KINDS:
-        raise DatasetError(f"{storage.join(root, KIND)}: {kind!r}; polymodal reads {KINDS}")
+        text = storage.read_bytes(storage.join(root, KIND)).decode().strip()
+        if text not in ("", "retrieval"):  # multilabel: not read yet
+            raise DatasetError(f"{storage.join(root, KIND)}: {text!r}; polymodal reads retrieval")
+        kind = "zeroshot_retrieval" if text else kind
     classnames: list[str] = []
     templates: list[str] = []
-    if kind == "classification":
+    if kind == "zeroshot_classification":
         for file in (CLASSNAMES, TEMPLATES):
             if not storage.is_file(storage.join(root, file)):
                 raise DatasetError(f"{root}: no {file} (zero-shot classification needs it)")
@@ -140,7 +141,7 @@ def write_layout(
 ) -> int:
     """Write samples as a CLIP_benchmark dataset at out (local or s3://); nshards.txt last, so
     an interrupted export is no dataset. Returns the samples written."""
-    if kind == "classification":
+    if kind == "zeroshot_classification":
         storage.write_bytes(storage.join(out, CLASSNAMES), "\n".join(classnames or []).encode())
         lines = [t.replace("{}", "{c}") for t in templates or []]
         storage.write_bytes(storage.join(out, TEMPLATES), "\n".join(lines).encode())
@@ -163,7 +164,7 @@ def write_layout(
             tar = tarfile.open(fileobj=buf, mode="w")
         key = f"s{count:07d}"
         _tar_member(tar, f"{key}.{sample.image_ext}", sample.image)
-        if kind == "classification":
+        if kind == "zeroshot_classification":
             _tar_member(tar, f"{key}.cls", str(sample.label).encode())
         else:
             # One caption per line: a caption's own line breaks become spaces.
@@ -200,10 +201,10 @@ def export_dataset(
 
     manifest = read_manifest(dataset)
     if kind == "auto":
-        kind = "classification" if manifest.label_names else "retrieval"
-    need = ["image", "label"] if kind == "classification" else ["image", "text"]
+        kind = "zeroshot_classification" if manifest.label_names else "zeroshot_retrieval"
+    need = ["image", "label"] if kind == "zeroshot_classification" else ["image", "text"]
     missing = [c for c in need if c != "label" and c not in manifest.modalities]
-    if kind == "classification" and not manifest.label_names:
+    if kind == "zeroshot_classification" and not manifest.label_names:
         missing.append("named labels")
     if missing:
         raise DatasetError(f"{dataset}: a {kind} export needs {' and '.join(missing)}")
@@ -214,16 +215,16 @@ def export_dataset(
         nonlocal skipped
         for table in iter_tables(dataset, split, need, 1024, manifest):
             for row in table.to_pylist():
-                value = row.get("label") if kind == "classification" else row.get("text")
+                value = row.get("label") if kind == "zeroshot_classification" else row.get("text")
                 if (
                     row["image"] is None
                     or value is None
-                    or (kind == "classification" and value < 0)
+                    or (kind == "zeroshot_classification" and value < 0)
                 ):
                     skipped += 1
                     continue
                 image = bytes(row["image"])
-                if kind == "classification":
+                if kind == "zeroshot_classification":
                     yield Sample("", image, _image_ext(image), label=int(value))
                 else:
                     yield Sample("", image, _image_ext(image), captions=[value])

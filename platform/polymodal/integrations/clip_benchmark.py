@@ -106,16 +106,13 @@ def evaluate_layout(
     missing = {"image", "text"} - set(model.prep.modalities)
     if missing:
         raise ValueError(f"CLIP_benchmark needs image and text encoders; the model lacks {missing}")
-    if layout.kind == "classification":
-        task, metrics = "zeroshot_classification", classification(model, layout, split, batch_size)
-    else:
-        task, metrics = "zeroshot_retrieval", retrieval(model, layout, split, batch_size)
+    score = classification if layout.kind == "zeroshot_classification" else retrieval
     return {
         "dataset": layout.name,
         "model": label,
         "pretrained": label,
-        "task": task,
-        "metrics": metrics,
+        "task": layout.kind,
+        "metrics": score(model, layout, split, batch_size),
         "language": "en",
     }
 

@@ -3,8 +3,8 @@ batches them), mteb tasks built from a polymodal dataset's rows, and `mteb.evalu
 
 Task specs: an mteb task name (its data comes from the Hugging Face hub or its cache), or one
 built from a dataset split: `retrieval:A->B` (A's rows query B's, deduplicated by content),
-`classification:M` (mteb's logistic-regression probe on M's embeddings, fitted on the train
-split) and `zeroshot:M` (M against one prompt per class name).
+`probe:M` (mteb's Classification: a logistic-regression linear probe on M's embeddings,
+fitted on the train split) and `zeroshot:M` (M against one prompt per class name).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mteb.abstasks import AbsTask
 
 CATEGORY = {"text": "t", "image": "i", "audio": "a"}  # mteb's letters in "t2i", "i2c"
-KINDS = ("retrieval", "classification", "zeroshot")
+KINDS = ("retrieval", "probe", "zeroshot")
 
 
 def _wav(item: dict) -> bytes:
@@ -117,11 +117,11 @@ def _metadata(name: str, kind: str, category: str, modalities: list[str], split:
 
     types = {
         "retrieval": "Retrieval" if category == "t2t" else "Any2AnyRetrieval",
-        "classification": "Classification" if category == "t2c" else "ImageClassification",
+        "probe": "Classification" if category == "t2c" else "ImageClassification",
         "zeroshot": "ZeroShotClassification",
     }
-    if kind == "classification" and category == "a2c":
-        types["classification"] = "AudioClassification"
+    if kind == "probe" and category == "a2c":
+        types["probe"] = "AudioClassification"
     return TaskMetadata(
         name=name,
         description=f"{kind} on the {split} rows of {path} (polymodal dataset)",
@@ -228,7 +228,7 @@ def dataset_task(spec: str, path: str, split: str, templates: list[str]) -> AbsT
 
         return Task()
     (m,) = parts
-    if kind == "classification":
+    if kind == "probe":
 
         class Probe(AbsTaskClassification):
             metadata = _metadata(name, kind, f"{CATEGORY[m]}2c", [m], split, path)

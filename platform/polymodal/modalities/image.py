@@ -115,15 +115,35 @@ def random_crop_box(
     return 0, 0, width, height  # the whole image, as torchvision falls back to a center crop
 
 
+RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def resize(img: Image.Image, size: int, mode: str, interpolation: str) -> Image.Image:
+    """squash: to size x size; shortest: the shorter side to size, then the centre size x size
+    (torchvision's Resize(size) + CenterCrop(size), as open_clip and CLIP preprocess)."""
+    method = RESAMPLING[interpolation]
+    if mode == "squash":
+        return img.resize((size, size), method) if img.size != (size, size) else img
+    (w, h), short = img.size, min(img.size)
+    # torchvision's sizes: the long side truncated, the crop's corner rounded
+    new = (size, int(size * h / w)) if w == short else (int(size * w / h), size)
+    if new != img.size:
+        img = img.resize(new, method)
+    left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+    return img.crop((left, top, left + size, top + size)) if new != (size, size) else img
+
+
 def decode_image(
     data: bytes,
     size: int,
     channels: int,
     augment: Augment | None = None,
     rng: np.random.Generator | None = None,
+    mode: str = "squash",
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
-    """Image bytes → float32 [channels, size, size] in [0, 1], randomly cropped and flipped
-    when augment is given."""
+    """Image bytes → float32 [channels, size, size] in [0, 1] (resized by mode and
+    interpolation: see resize), randomly cropped and flipped when augment is given."""
     img = open_image(data).convert("L" if channels == 1 else "RGB")
     if augment is not None and augment.active:
         rng = rng or np.random.default_rng()
@@ -131,8 +151,7 @@ def decode_image(
             img = img.crop(random_crop_box(img.width, img.height, augment, rng))
         if rng.random() < augment.hflip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    img = resize(img, size, mode, interpolation)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
@@ -140,7 +159,10 @@ def decode_image(
 def decode(value: Any, prep, augment: Augment | None = None, rng=None) -> np.ndarray:
     if not isinstance(value, bytes | bytearray | memoryview):
         raise DecodeError("wrong type", f"image is {type(value).__name__}, expected bytes")
-    return decode_image(bytes(value), prep.image_size, prep.image_channels, augment, rng)
+    return decode_image(
+        bytes(value), prep.image_size, prep.image_channels, augment, rng,
+        prep.image_resize, prep.image_interpolation,
+    )  # fmt: skip
 
 
 def settings(cfg, manifest, train_column) -> dict[str, Any]:
@@ -163,6 +185,8 @@ def settings(cfg, manifest, train_column) -> dict[str, Any]:
             "image_channels": 3,
             "image_mean": oc.image_mean,
             "image_std": oc.image_std,
+            "image_resize": oc.image_resize,
+            "image_interpolation": oc.image_interpolation,
         }
     # Ingest records 3 channels once any image is in colour; data.image_channels overrides.
     channels = cfg.data.image_channels or manifest.extra.get("image_channels", 1)
@@ -231,13 +255,15 @@ IMAGE = Modality(
     name="image",
     arrow_type=pa.binary(),
     # image_mean/std: set only for Hugging Face and OpenCLIP towers (their values); image_model:
-    # the Hugging Face model.
+    # the Hugging Face model; image_resize, image_interpolation: OpenCLIP's way for its towers.
     defaults={
         "image_size": 28,
         "image_channels": 1,
         "image_mean": [],
         "image_std": [],
         "image_model": "",
+        "image_resize": "squash",
+        "image_interpolation": "bilinear",
     },
     settings=settings,
     decode=decode,

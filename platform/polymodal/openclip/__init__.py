@@ -54,6 +54,8 @@ def imported_config(arch: str, model_cfg: dict, preprocess: dict, bias: bool) ->
         "model_cfg": model_cfg,
         "image_mean": list(preprocess["mean"]),
         "image_std": list(preprocess["std"]),
+        "image_resize": preprocess.get("resize_mode", "shortest"),
+        "image_interpolation": preprocess.get("interpolation", "bicubic"),
     }
     return config_from_dict(
         {
@@ -146,7 +148,13 @@ def export_open_clip(
     oc = cfg.model.open_clip
     state = to_open_clip(model.state_dict(), is_custom_text(oc.model_cfg))
     out.mkdir(parents=True, exist_ok=True)
-    preprocess = {"size": prep.image_size, "mean": prep.image_mean, "std": prep.image_std}
+    preprocess = {
+        "size": prep.image_size,
+        "mean": prep.image_mean,
+        "std": prep.image_std,
+        "resize_mode": prep.image_resize,
+        "interpolation": prep.image_interpolation,
+    }
     config = {"model_cfg": oc.model_cfg, "preprocess_cfg": preprocess}
     (out / "open_clip_config.json").write_text(json.dumps(config, indent=2))
     save_file(

@@ -25,7 +25,7 @@ def shard_rows(uri: str, layout: Layout, splits: tuple[str, ...]) -> Iterator[Ra
     try:
         for sample in layout.shard_samples(uri):
             key = f"{split}/{sample.key}"
-            if layout.kind == "classification":
+            if layout.kind == "zeroshot_classification":
                 number += 1
                 name = layout.classnames[sample.label or 0]
                 values = {"image": sample.image, "text": caption(key, name, layout.templates)}
@@ -47,7 +47,7 @@ def clip_benchmark(root: str, limit: int | None = None) -> Source:
     uris = [u for s in splits for u in layout.shards(s)]
     rows_of = functools.partial(shard_rows, layout=layout, splits=splits)
     rows = itertools.chain.from_iterable(rows_of(u) for u in uris)
-    classification = layout.kind == "classification"
+    classification = layout.kind == "zeroshot_classification"
     return Source(
         name=f"clip_benchmark:{root}",
         modalities=["image", "text"],
