@@ -57,3 +57,15 @@ def test_trimodal_digits_train_and_evaluate_every_direction(ray_cluster, tmp_pat
     wav = (Path("/usr/share/asterisk/sounds/en_US_f_Allison/digits") / "7.wav").read_bytes()
     first, second = model.embed("audio", [wav, wav])
     assert first.shape == (cfg.model.embed_dim,) and (first == second).all()
+    # mteb (MAEB's way: audio as {"array", "sampling_rate"}) scores the audio rows as polymodal
+    # eval does: its recall@k of audio -> text is val/recall@k/audio->text
+    from polymodal.integrations.mteb import evaluate_mteb, tasks_for
+
+    tasks = tasks_for(["retrieval:audio->text", "zeroshot:audio"], str(data), "val", ["{}"])
+    scores = evaluate_mteb(model, "trimodal", "x", tasks, {})
+    retrieval = scores["digits-trimodal-retrieval-audio2text"]["val"]
+    for k in (1, 5, 10):
+        assert retrieval[f"recall_at_{k}"] == pytest.approx(
+            evaluated[f"val/recall@{k}/audio->text"], abs=1e-5
+        )
+    assert 0 < scores["digits-trimodal-zeroshot-audio"]["main_score"] <= 1
