@@ -257,19 +257,18 @@ def test_an_imported_open_clip_model_serves_open_clips_embeddings(service):
 
     url, model_dir = service
     src = Path(read_meta(model_dir / "clip").imported_from["open_clip"][len("local-dir:") :])
-    clip = open_clip.create_model(f"local-dir:{src}").eval()
+    clip, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{src}")
+    clip.eval()
     text = "a photo of the number three"
     image = _png(3)
     uri = "data:image/png;base64," + base64.b64encode(image).decode()
     status, body = _call(f"{url}/v1/embeddings", {"model": "clip", "input": [text, uri]})
     assert status == 200, body
-    prep = read_meta(model_dir / "clip").prep
-    pixels = torch.from_numpy(decode_image(image, prep.image_size, 3))[None]
-    mean = torch.tensor(prep.image_mean).view(1, 3, 1, 1)
-    std = torch.tensor(prep.image_std).view(1, 3, 1, 1)
+    # open_clip's own preprocessing (shorter side, bicubic, centre crop, its mean and std)
+    pixels = preprocess(Image.open(io.BytesIO(image)))[None]
     with torch.no_grad():
         theirs_text = F.normalize(clip.encode_text(open_clip.tokenize([text], 16)), dim=-1)[0]
-        theirs_image = F.normalize(clip.encode_image((pixels - mean) / std), dim=-1)[0]
+        theirs_image = F.normalize(clip.encode_image(pixels), dim=-1)[0]
     np.testing.assert_allclose(body["data"][0]["embedding"], theirs_text.numpy(), atol=1e-5)
     np.testing.assert_allclose(body["data"][1]["embedding"], theirs_image.numpy(), atol=1e-5)
 

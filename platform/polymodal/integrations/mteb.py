@@ -276,7 +276,10 @@ def tasks_for(specs: list[str], path: str, split: str, templates: list[str]) -> 
     import mteb
 
     named = [s for s in specs if ":" not in s]
-    tasks = list(mteb.get_tasks(tasks=named)) if named else []
+    try:
+        tasks = list(mteb.get_tasks(tasks=named)) if named else []
+    except KeyError as exc:  # its message names the task and the closest names
+        raise ValueError(f"--mteb: {exc.args[0] if exc.args else exc}") from None
     return tasks + [dataset_task(s, path, split, templates) for s in specs if ":" in s]
 
 
