@@ -154,6 +154,7 @@ class ModelOutput:
     reconstructions: dict[str, torch.Tensor] = field(default_factory=dict)
     class_logits: torch.Tensor | None = None
     negatives: dict[str, torch.Tensor] = field(default_factory=dict)
+    fusion_logits: torch.Tensor | None = None  # the fusion head's answers (towers/fusion.py)
 
     def full_precision(self) -> ModelOutput:
         """The outputs of an autocast forward with half-precision tensors in float32, so
@@ -163,6 +164,7 @@ class ModelOutput:
             embeddings={m: full(v) for m, v in self.embeddings.items()},
             reconstructions={m: full(v) for m, v in self.reconstructions.items()},
             class_logits=full(self.class_logits),
+            fusion_logits=full(self.fusion_logits),
             negatives={k: full(v) for k, v in self.negatives.items()},
         )
 

@@ -87,7 +87,7 @@ def evaluate(
     emb_parts: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
     present_parts: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
     hash_parts: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
-    labels, preds, sources = [], [], []
+    labels, preds, sources, answers, answerable = [], [], [], [], []
     loss_sums: dict[str, float] = defaultdict(float)
     n_batches = 0
     for batch in batches:
@@ -102,6 +102,10 @@ def evaluate(
             sources.append(batch.source.cpu())
         if out.class_logits is not None:
             preds.append(out.class_logits.argmax(-1).cpu())
+        if out.fusion_logits is not None and model.fusion is not None:
+            answers.append(out.fusion_logits.argmax(-1).cpu())
+            held = torch.stack([batch.present[m] > 0 for m in model.fusion.inputs]).all(0)
+            answerable.append(held.cpu())
         if losses:
             with single_process():
                 total, logs = joint_loss(out, batch, cfg)
@@ -165,6 +169,10 @@ def evaluate(
     if preds and rows.any():
         correct = torch.cat(preds)[rows] == label[rows]
         metrics["val/accuracy"] = float(correct.float().mean())
+    rows = labelled & torch.cat(answerable) if answers else labelled
+    if answers and rows.any():  # the fusion head's answers
+        correct = torch.cat(answers)[rows] == label[rows]
+        metrics["val/answer_accuracy"] = float(correct.float().mean())
     if label_names and templates and "text" in model.modalities and "image" in model.modalities:
         rows = labelled & (present["image"] > 0)
         if rows.any():

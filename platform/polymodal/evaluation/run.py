@@ -6,6 +6,7 @@ import torch
 
 from polymodal.checkpoint import fetch_checkpoint, load_model
 from polymodal.data.format import read_manifest
+from polymodal.evaluation.answers import accuracy_by_type, answered_rows
 from polymodal.evaluation.evaluate import decoded_batches, evaluate
 
 
@@ -24,7 +25,7 @@ def evaluate_checkpoint(
             f"{label_names[:3]}..."
         )
     batches = decoded_batches(dataset, split, prep, batch_size=cfg.eval.batch_size)
-    return evaluate(
+    metrics = evaluate(
         model,
         batches,
         prep,
@@ -33,3 +34,7 @@ def evaluate_checkpoint(
         templates=meta.zero_shot_templates,
         device=device,
     )
+    if model.fusion is not None and manifest.extra.get("question_types"):
+        rows = answered_rows(model, dataset, split, prep, manifest, device=device)
+        metrics |= accuracy_by_type(rows)
+    return metrics

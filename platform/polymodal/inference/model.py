@@ -12,6 +12,7 @@ from polymodal.checkpoint import META, fetch_checkpoint, load_model, read_meta
 from polymodal.modalities import MODALITIES, Preprocessing
 from polymodal.models.joint import JointModel
 from polymodal.objectives.contrastive import matryoshka_dims
+from polymodal.objectives.fusion import FUSION
 from polymodal.retrieval.vectors import trained_sizes
 
 
@@ -27,6 +28,8 @@ def model_card(uri: str) -> dict:
         "calibration": {int(d): np.asarray(r, np.float32) for d, r in meta.calibration.items()},
         "labels": meta.label_names or [],
         "prep": prep,  # what requests are checked against
+        # A fusion model answers from all of these at once (/v1/classify needs each).
+        "answers_from": FUSION.settings(cfg).modalities if FUSION.active(cfg) else [],
     }
 
 
@@ -63,6 +66,11 @@ class LoadedModel:
 
     @torch.no_grad()
     def classify(self, values: dict[str, object]) -> dict[str, float]:
+        """The class (or, for a fusion model, answer) probabilities of one example."""
+        if self.model.fusion is not None:
+            logits = self.model.answer({m: self.inputs(m, [values[m]]) for m in values})
+            probs = torch.softmax(logits, dim=-1)[0].float().cpu()
+            return {name: float(p) for name, p in zip(self.labels, probs)}
         emb = {m: self.model.embed(m, self.inputs(m, [v])) for m, v in values.items()}
         present = {
             m: torch.ones(1, device=self.device) if m in emb else torch.zeros(1, device=self.device)

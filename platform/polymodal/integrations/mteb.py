@@ -89,17 +89,18 @@ class Encoder:
         for batch in inputs:
             total = None
             for m in CATEGORY:
-                values = batch.get(m)
-                if not values or any(v is None for v in values):
+                values = list(batch.get(m) or [])
+                rows = [i for i, v in enumerate(values) if v is not None]
+                if not rows:
                     continue
                 if m not in self.model.prep.modalities:
                     raise ValueError(f"{task_metadata.name}: the model has no {m} encoder")
-                emb = torch.from_numpy(
-                    self.model.embed(m, self._values(m, list(values), prompt_type))
-                )
+                given = self._values(m, [values[i] for i in rows], prompt_type)
+                emb = torch.zeros(len(values), self.model.model.embed_dim)
+                emb[rows] = torch.from_numpy(self.model.embed(m, given))
                 total = emb if total is None else total + emb
-            if total is None:
-                raise ValueError(f"a batch of {task_metadata.name} has none of {list(CATEGORY)}")
+            if total is None or not total.norm(dim=-1).all():
+                raise ValueError(f"an item of {task_metadata.name} has none of {list(CATEGORY)}")
             out.append(F.normalize(total, dim=-1).numpy())
         return np.concatenate(out)
 

@@ -29,6 +29,7 @@ class JointModel(nn.Module):
         max_logit_scale: float = 100.0,
         logit_bias_init: float | None = None,
         learned_weight_terms: list[str] | None = None,
+        fusion: dict | None = None,
     ):
         super().__init__()
         self.modalities = list(encoders)
@@ -67,6 +68,13 @@ class JointModel(nn.Module):
                 nn.GELU(),
                 nn.Linear(classifier_hidden, num_classes),
             )
+        # The fusion head over its modalities' token sequences (objectives/fusion.py).
+        self.fusion = None
+        if fusion:
+            from polymodal.towers.fusion import FusionHead
+
+            mods = fusion.pop("modalities")
+            self.fusion = FusionHead({m: _width(encoders[m]) for m in mods}, **fusion)
 
     def logit_scale(self) -> torch.Tensor:
         """exp(learned log-scale), clamped at max_logit_scale (CLIP clamps at 100)."""
@@ -154,8 +162,13 @@ class JointModel(nn.Module):
         ]
         if unknown:
             raise ValueError(f"negatives {unknown} name a modality the model lacks")
-        raw, negatives = {}, {}
+        raw, negatives, tokens = {}, {}, {}
         for m in self.modalities:
+            if self.fusion is not None and m in self.fusion.inputs:
+                # One pass: the tokens for the fusion head, their pool for the embedding.
+                tokens[m] = _tokens(self.encoders[m], batch.inputs[m])
+                raw[m] = self.projections[m](_pool(self.encoders[m], tokens[m]))
+                continue
             raw[m], mine = self.encode_with_negatives(m, batch)
             negatives.update({k: F.normalize(z, dim=-1) for k, z in mine.items()})
         emb = {m: F.normalize(z, dim=-1) for m, z in raw.items()}
@@ -169,7 +182,25 @@ class JointModel(nn.Module):
             reconstructions={m: dec(raw[m]) for m, dec in self.decoders.items()},
             class_logits=self.classify(emb, present) if self.classifier is not None else None,
             negatives=negatives,
+            fusion_logits=self.fusion(tokens, present) if self.fusion is not None else None,
         )
+
+    def answer(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The fusion head's answer logits for inputs of each of its modalities."""
+        if self.fusion is None:
+            raise RuntimeError("this model has no fusion head")
+        tokens = {m: _tokens(self.encoders[m], inputs[m]) for m in self.fusion.inputs}
+        present = {m: t[0].new_ones(t[0].shape[0]) for m, t in tokens.items()}
+        return self.fusion(tokens, present)
+
+
+def _tokens(encoder: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tower's token sequence and mask (towers with a sequence: objectives/fusion.py)."""
+    return cast(tuple[torch.Tensor, torch.Tensor], encoder.tokens(x))  # type: ignore[operator]
+
+
+def _pool(encoder: nn.Module, tokens: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return cast(torch.Tensor, encoder.pool(*tokens))  # type: ignore[operator]
 
 
 def _width(encoder: nn.Module) -> int:

@@ -1,5 +1,5 @@
 """The objective-term registry: TERMS maps each name to its Term (one file each: contrastive,
-reconstruction, classification, distill), in the order their weights are listed. No torch
+reconstruction, classification, distill, fusion), in the order their weights are listed. No torch
 at import."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from polymodal.objectives.base import Term
 from polymodal.objectives.classification import CLASSIFICATION
 from polymodal.objectives.contrastive import CONTRASTIVE
 from polymodal.objectives.distill import DISTILL
+from polymodal.objectives.fusion import FUSION
 from polymodal.objectives.reconstruction import RECONSTRUCTION
 
 TERMS: dict[str, Term[Any]] = {
-    t.name: t for t in (CONTRASTIVE, RECONSTRUCTION, CLASSIFICATION, DISTILL)
+    t.name: t for t in (CONTRASTIVE, RECONSTRUCTION, CLASSIFICATION, DISTILL, FUSION)
 }
 
 

@@ -32,6 +32,7 @@ from polymodal.serving.inputs import (
 )
 from polymodal.serving.schemas import (
     MAX_ITEMS,
+    TOP,
     ClassifyRequest,
     ClassifyResponse,
     EmbeddingRequest,
@@ -245,6 +246,13 @@ class Gateway:
             raise InputError(f"model '{body.model}' has no classifier labels", "model")
         for modality in body.inputs:  # every modality before any value is decoded
             require_modality(body.model, card["prep"], modality, f"inputs.{modality}")
+        missing = [m for m in card["answers_from"] if m not in body.inputs]
+        if missing:  # a fusion model answers from all its modalities together
+            raise InputError(
+                f"missing: model '{body.model}' answers from {' and '.join(card['answers_from'])} "
+                "together",
+                f"inputs.{missing[0]}",
+            )
         values = {}
         for modality, value in body.inputs.items():
             param = f"inputs.{modality}"
@@ -254,8 +262,13 @@ class Gateway:
             probs = await self.model_server.classify(body.model, values)
         except RuntimeError as exc:  # the checkpoint has no classifier head
             raise InputError(str(exc), "model") from exc
-        label = max(probs, key=lambda name: probs[name])
-        return ClassifyResponse(model=body.model, label=label, probabilities=probs)
+        top = sorted(probs, key=lambda name: -probs[name])[:TOP]
+        return ClassifyResponse(
+            model=body.model,
+            label=top[0],
+            probabilities=probs,
+            top=[{"label": t, "probability": probs[t]} for t in top],
+        )
 
     async def search(self, body: SearchRequest, request: Request) -> SearchResponse:
         """The k rows of the (model, modality) index nearest the query (text or image) by

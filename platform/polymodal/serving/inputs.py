@@ -75,9 +75,10 @@ def chat_items(messages: list) -> tuple[list[str], list[str], list[int]]:
                 if part.type == "text":
                     texts.append(value)
                     continue
-                uri = value.url if part.type != "input_audio" else None
-                if uri is None:
+                if part.type == "input_audio":
                     uri = f"data:audio/{value.format};base64,{value.data}"
+                else:
+                    uri = value.url
                 if not uri.startswith("data:"):
                     raise InputError(f"{part.type}: only data URIs (data:...;base64,...)", param)
                 items.append(uri)

@@ -11,6 +11,7 @@ from polymodal.modalities import MODALITIES
 
 MAX_ITEMS = 256  # items per request
 MAX_K = 1000  # results per search
+TOP = 5  # classes a classification lists, best first
 
 
 def _whole(value):
@@ -126,10 +127,16 @@ class ClassifyRequest(Request):
     )
 
 
+class Scored(BaseModel):
+    label: str
+    probability: float
+
+
 class ClassifyResponse(BaseModel):
     model: str
-    label: str
+    label: str = Field(description="the most probable class (a fusion model's answer)")
     probabilities: dict[str, float]
+    top: list[Scored] = Field(description=f"the {TOP} most probable, best first")
 
 
 class ModelCard(BaseModel):

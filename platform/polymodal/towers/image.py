@@ -40,6 +40,16 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last feature map as patches [B, H*W, C] (row-major) and their mask, all True;
+        their mean is forward(x)."""
+        features = self.net[:4](x).flatten(2).transpose(1, 2)
+        return features, features.new_ones(features.shape[:2], dtype=torch.bool)
+
+    @staticmethod
+    def pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return tokens.mean(1)
+
 
 class ResNet18(nn.Module):
     """torchvision ResNet-18 with random init; a 3x3 stem keeps resolution for small images."""

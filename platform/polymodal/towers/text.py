@@ -36,6 +36,10 @@ class ByteTransformer(nn.Module):
         self.norm = nn.LayerNorm(width)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.pool(*self.tokens(ids))
+
+    def tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each byte's state [B, L, W] (L: the batch's longest text) and which are real."""
         # Trim to the longest text in the batch: short captions cost little.
         keep = ids.ne(self.pad_id)
         length = max(int(keep.sum(1).max()), 1)
@@ -46,7 +50,10 @@ class ByteTransformer(nn.Module):
         first = torch.arange(length, device=ids.device) == 0
         attend = keep | (first & ~keep.any(1, keepdim=True))
         x = self.encoder(x, src_key_padding_mask=~attend)
-        x = self.norm(x)
-        # Mean over real bytes; an empty text pools to zeros.
-        w = keep.unsqueeze(-1).to(x.dtype)
-        return (x * w).sum(1) / w.sum(1).clamp(min=1.0)
+        return self.norm(x), keep
+
+    @staticmethod
+    def pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean over real bytes; an empty text pools to zeros."""
+        w = mask.unsqueeze(-1).to(tokens.dtype)
+        return (tokens * w).sum(1) / w.sum(1).clamp(min=1.0)

@@ -20,3 +20,12 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A vector is one token."""
+        out = self.net(x)[:, None]
+        return out, out.new_ones(out.shape[:2], dtype=torch.bool)
+
+    @staticmethod
+    def pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 0]

@@ -39,7 +39,7 @@ from polymodal.train.suites import run_suites
 from polymodal.train.tracking import Trackers
 from polymodal.train.validation import ValBatches, val_losses, validate
 
-SHOWN = ("train/loss", "val/loss", "val/accuracy", "val/zero_shot_accuracy")  # per epoch
+SHOWN = ("train/loss", "val/loss", "val/accuracy", "val/answer_accuracy", "val/zero_shot_accuracy")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from polymodal.data.sources.builtin import (
 )
 from polymodal.data.sources.clip_benchmark import clip_benchmark
 from polymodal.data.sources.folder import folder
+from polymodal.data.sources.shapes_vqa import shapes_vqa
 from polymodal.data.sources.speech import emoji_bind_image, emoji_bind_speech, emoji_spoken
 from polymodal.data.sources.table import parse_mapping, table
 from polymodal.data.sources.webdataset import webdataset
@@ -33,6 +34,7 @@ BUILTIN_SOURCES: dict[str, Callable[..., Source]] = {
     "builtin:emoji-spoken": emoji_spoken,
     "builtin:emoji-bind-image": emoji_bind_image,
     "builtin:emoji-bind-speech": emoji_bind_speech,
+    "builtin:shapes-vqa": shapes_vqa,
 }
 
 
