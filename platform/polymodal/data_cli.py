@@ -18,10 +18,10 @@ def add_data_parser(sub) -> None:
         description="SOURCE is builtin:digits, builtin:fashion-mnist, builtin:digits-trimodal, "
         "builtin:digits-spoken, "
         "builtin:asterisk, builtin:emoji, builtin:emoji-spoken, builtin:emoji-bind-image, "
-        "builtin:emoji-bind-speech; webdataset tars "
+        "builtin:emoji-bind-speech, builtin:shapes-vqa, builtin:fashion-records; webdataset tars "
         "('shards/{00000..00099}.tar', local or s3://: key.jpg|png|webp, key.txt|json, key.cls); "
-        "a Parquet or CSV file or directory with --map; or a folder holding index.csv or "
-        "index.jsonl "
+        "a Parquet or CSV file or directory with --map; a CLIP_benchmark dataset directory "
+        "(classnames.txt, {split}/nshards.txt); or a folder holding index.csv or index.jsonl "
         "(columns: image (file path), text, label, optional id, split). Sources of several "
         "shards are read in parallel by Ray Data tasks.",
     )

@@ -1,4 +1,4 @@
-"""A fusion model's answer accuracy per question type (a dataset whose manifest lists
+"""A model's answer accuracy per question type (a dataset whose manifest lists
 `question_types`, its row ids ending with each row's type: builtin:shapes-vqa), and the rows
 with their predictions for the report's grid."""
 
@@ -21,8 +21,8 @@ def answered_rows(
     model: JointModel, path: str, split: str, prep: Preprocessing, manifest: Manifest,
     limit: int | None = None, device: torch.device | str = "cpu",
 ) -> list[dict]:  # fmt: skip
-    """{id, text, image (bytes), label, answer} of the split's rows (the first `limit`)."""
-    assert model.fusion is not None, "the model has no fusion head"
+    """{id, text, image (bytes), label, answer} of the split's rows (the first `limit`): the
+    fusion head's answer, or the classifier's in a model without one."""
     model.eval()
     columns = read_columns(path, manifest, prep.modalities, with_negatives=False)
     out: list[dict] = []
@@ -32,7 +32,10 @@ def answered_rows(
             {k: v for k, v in cols.items() if k != "id"}, prep, True, manifest.num_labels
         )
         batch = Batch.from_dict({k: torch.from_numpy(v) for k, v in arrays.items()}).to(device)
-        answers = model(batch).fusion_logits.argmax(-1).cpu().tolist()
+        out_ = model(batch)
+        logits = out_.fusion_logits if out_.fusion_logits is not None else out_.class_logits
+        assert logits is not None, "the model has neither a fusion nor a classifier head"
+        answers = logits.argmax(-1).cpu().tolist()
         bad = {i for i, _ in dropped}  # bad rows are left out, as evaluation leaves them
         kept = [i for i in range(len(cols["id"])) if i not in bad]
         for i, answer in zip(kept, answers):

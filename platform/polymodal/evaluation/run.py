@@ -34,7 +34,8 @@ def evaluate_checkpoint(
         templates=meta.zero_shot_templates,
         device=device,
     )
-    if model.fusion is not None and manifest.extra.get("question_types"):
+    answers = model.fusion is not None or model.classifier is not None
+    if answers and manifest.extra.get("question_types"):
         rows = answered_rows(model, dataset, split, prep, manifest, device=device)
         metrics |= accuracy_by_type(rows)
     return metrics

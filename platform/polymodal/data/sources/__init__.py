@@ -17,6 +17,7 @@ from polymodal.data.sources.builtin import (
     fashion_mnist,
 )
 from polymodal.data.sources.clip_benchmark import clip_benchmark
+from polymodal.data.sources.fashion_records import fashion_records
 from polymodal.data.sources.folder import folder
 from polymodal.data.sources.shapes_vqa import shapes_vqa
 from polymodal.data.sources.speech import emoji_bind_image, emoji_bind_speech, emoji_spoken
@@ -35,6 +36,7 @@ BUILTIN_SOURCES: dict[str, Callable[..., Source]] = {
     "builtin:emoji-bind-image": emoji_bind_image,
     "builtin:emoji-bind-speech": emoji_bind_speech,
     "builtin:shapes-vqa": shapes_vqa,
+    "builtin:fashion-records": fashion_records,
 }
 
 
