@@ -379,7 +379,7 @@ def main() -> None:
         if "train_serve" in cases:
             print(json.dumps(case_train_serve(sizes, vit_dir, device, args.data)), flush=True)
         if "serve" in cases:
-            for row in case_serve(sizes, vit_dir, device, 0.5 if args.dry_run else 6.0):
+            for row in case_serve(sizes, vit_dir, device, 1.5 if args.dry_run else 6.0):
                 print(json.dumps(row), flush=True)
 
 

@@ -31,6 +31,7 @@ import base64
 import contextlib
 import io
 import json
+import math
 import os
 import signal
 import statistics
@@ -126,7 +127,8 @@ def _host_cpu_s() -> float:
 
 async def _closed_loop(call, values: list, load: tuple[int, int], secs: float, warm: float):
     """`concurrency` clients, each sending its next request as soon as the last is answered;
-    call(items) → whether it succeeded. Latencies and the host's CPU from `warm` on."""
+    call(items) → whether it succeeded. The requests answered from `warm` on count: their
+    latencies, and the host's CPU over that window."""
     concurrency, per_request = load
     latencies: list[float] = []
     errors = 0
@@ -138,23 +140,26 @@ async def _closed_loop(call, values: list, load: tuple[int, int], secs: float, w
         nonlocal errors
         i = k
         while (now := time.perf_counter()) < stop_at:
-            if now >= record_from and not cpu:
-                cpu["host"], cpu["self"] = _host_cpu_s(), time.process_time()
             ok = await call([values[(i + j) % len(values)] for j in range(per_request)])
-            if now >= record_from:
-                latencies.append(time.perf_counter() - now) if ok else None
+            if record_from <= (done := time.perf_counter()) <= stop_at:  # answered in the window
+                latencies.append(done - now) if ok else None
                 errors += not ok
             i += concurrency * per_request
 
-    await asyncio.gather(*[client(k) for k in range(concurrency)])
+    async def mark() -> None:  # the window opens at record_from, requests in flight or not
+        await asyncio.sleep(max(0.0, record_from - time.perf_counter()))
+        cpu["host"], cpu["self"] = _host_cpu_s(), time.process_time()
+
+    await asyncio.gather(mark(), *[client(k) for k in range(concurrency)])
     server_cpu = (_host_cpu_s() - cpu["host"]) - (time.process_time() - cpu["self"])
-    lat = sorted(latencies)
+    # No request answered in a window shorter than one request (a loaded host, a dry run).
+    lat = sorted(latencies) or [math.nan]
     return {
-        "requests_per_s": len(lat) / secs,
-        "items_per_s": len(lat) * per_request / secs,
+        "requests_per_s": len(latencies) / secs,
+        "items_per_s": len(latencies) * per_request / secs,
         "p50_ms": 1000 * statistics.median(lat),
         "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
-        "cpu_ms_per_request": 1000 * server_cpu / max(1, len(lat)),
+        "cpu_ms_per_request": 1000 * server_cpu / max(1, len(latencies)),
         "errors": errors,
     }
 
