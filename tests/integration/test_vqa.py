@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from polymodal.config import load_config
 from polymodal.data.ingest import ingest
 from polymodal.data.sources.shapes_vqa import ANSWERS, QUESTION_TYPES, scene_rows
+from polymodal.evaluation.report import write_report
 from polymodal.evaluation.run import evaluate_checkpoint
 from polymodal.inference.model import LoadedModel
 from polymodal.train.run import fit
@@ -43,6 +44,11 @@ def test_a_fusion_model_trains_and_answers_per_question_type(vqa_run):
     assert evaluated["val/answer_accuracy"] == pytest.approx(metrics["val/answer_accuracy"])
     for kind in QUESTION_TYPES:
         assert 0 <= evaluated[f"val/answer_accuracy/{kind}"] <= 1, kind
+    # the run report's grid: val images with their question, the answer and the truth
+    page = Path(write_report(result.run_dir)).read_text()
+    assert "src='answers.png'" in page and "val/answer_accuracy" in page
+    png = Path(result.run_dir) / "report" / "answers.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 20_000
 
 
 def test_classify_answers_a_question_about_an_image(vqa_run):

@@ -69,3 +69,26 @@ def plot_reconstructions(model, batch: Batch, out: str | Path, n: int = 8) -> st
     axes[1][0].set_ylabel("decoded")
     fig.tight_layout()
     return _save(fig, out)
+
+
+def plot_answers(rows: list[dict], label_names: list[str], out: str | Path, cols: int = 4) -> str:
+    """A grid of val images, each with its question, the model's answer (green when right,
+    red when wrong) and the truth."""
+    from PIL import Image
+
+    n = len(rows)
+    grid = max(1, (n + cols - 1) // cols)
+    fig, axes = plt.subplots(grid, cols, figsize=(3.0 * cols, 3.3 * grid), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows):
+        ax.imshow(Image.open(io.BytesIO(row["image"])).convert("RGB"))
+        right = row["answer"] == row["label"]
+        truth = label_names[row["label"]] if row["label"] >= 0 else "?"
+        ax.set_title(
+            f"{row['text']}\n→ {label_names[row['answer']]} (truth: {truth})",
+            fontsize=8,
+            color="green" if right else "red",
+        )
+    fig.tight_layout()
+    return _save(fig, out)

@@ -31,12 +31,13 @@ from polymodal.data.dataset import (  # noqa: E402
 from polymodal.data.decode import decode_columns  # noqa: E402
 from polymodal.data.format import mined, read_columns, read_manifest  # noqa: E402
 from polymodal.data.tars import is_webdataset_path  # noqa: E402
+from polymodal.evaluation.answers import answered_rows  # noqa: E402
 from polymodal.evaluation.mined_figure import (  # noqa: E402
     mined_rows,
     mined_table,
     plot_mined_negatives,
 )
-from polymodal.evaluation.plots import _save, plot_loss_curves  # noqa: E402
+from polymodal.evaluation.plots import _save, plot_answers, plot_loss_curves  # noqa: E402
 from polymodal.modalities import Preprocessing  # noqa: E402
 
 REPORT_DIR = "report"
@@ -138,7 +139,8 @@ def _metrics_table(metrics: dict[str, float]) -> str:
     others = [
         f"<tr><td>{k}</td><td>{v:.4f}</td></tr>"
         for k, v in sorted(metrics.items())
-        if k in ("val/accuracy", "val/zero_shot_accuracy", "val/loss") or k.startswith("suite/")
+        if k in ("val/accuracy", "val/answer_accuracy", "val/zero_shot_accuracy", "val/loss")
+        or k.startswith("suite/")
     ]
     return table + (f"<table>{''.join(others)}</table>" if others else "")
 
@@ -248,8 +250,15 @@ def write_report(run_dir: str, rows: int = 1000) -> str:
         "projection.png": "Validation embeddings, first two principal components",
         "gallery.png": "Text queries (val captions) → the five closest val images, with scores",
     }
+    manifest = read_manifest(meta.dataset)
+    if model.fusion is not None and "image" in model.fusion.inputs and "text" in prep.modalities:
+        shown = answered_rows(model, meta.dataset, "val", prep, manifest, limit=12)
+        images["answers.png"] = plot_answers(
+            shown, meta.label_names or [], storage.join(out, "answers.png")
+        )
+        captions["answers.png"] = "Val questions: the model's answer (green: right) and the truth"
     # What `polymodal mine` chose, when the run trained on mined data: a few rows each.
-    found = {key: mined_rows(meta.dataset, key) for key in mined(read_manifest(meta.dataset))}
+    found = {key: mined_rows(meta.dataset, key) for key in mined(manifest)}
     for key, shown in found.items():
         name = f"mined-{key.replace('->', '-')}.png"
         images[name] = plot_mined_negatives(shown, key, storage.join(out, name))
