@@ -41,14 +41,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--only", nargs="*", help="variants to run (default: all)")
     args = parser.parse_args()
-    from polymodal.cluster import ensure_ray
     from polymodal.config import load_config
     from polymodal.data.ingest import ingest
     from polymodal.evaluation.run import evaluate_checkpoint
     from polymodal.train.run import fit
 
     config, source, (query, context) = TASKS[args.task]
-    ensure_ray(None, dashboard=False)
     out = {"task": args.task, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / args.task

@@ -104,8 +104,8 @@ def evaluate(
             preds.append(out.class_logits.argmax(-1).cpu())
         if out.fusion_logits is not None and model.fusion is not None:
             answers.append(out.fusion_logits.argmax(-1).cpu())
-            held = torch.stack([batch.present[m] > 0 for m in model.fusion.inputs]).all(0)
-            answerable.append(held.cpu())
+            fused = list(model.fusion.inputs)
+            answerable.append(classified(batch.label, batch.present, fused, every=True).cpu())
         if losses:
             with single_process():
                 total, logs = joint_loss(out, batch, cfg)
@@ -169,7 +169,7 @@ def evaluate(
     if preds and rows.any():
         correct = torch.cat(preds)[rows] == label[rows]
         metrics["val/accuracy"] = float(correct.float().mean())
-    rows = labelled & torch.cat(answerable) if answers else labelled
+    rows = torch.cat(answerable) if answers else labelled
     if answers and rows.any():  # the fusion head's answers
         correct = torch.cat(answers)[rows] == label[rows]
         metrics["val/answer_accuracy"] = float(correct.float().mean())

@@ -38,14 +38,18 @@ def classification_loss(
 
 
 def classified(
-    labels: torch.Tensor, present: dict[str, torch.Tensor], modalities: list[str]
+    labels: torch.Tensor,
+    present: dict[str, torch.Tensor],
+    modalities: list[str],
+    every: bool = False,
 ) -> torch.Tensor:
-    """Rows with a label and one of the classified modalities: a source that lacks them all
-    (data.sources) gives the head nothing to read, so nothing to learn from."""
+    """Rows with a label and one of the classified modalities (every one of them, for a head
+    that reads them together): a source that lacks them (data.sources) gives the head nothing
+    to read, so nothing to learn from."""
     import torch
 
-    held = torch.stack([present[m] > 0 for m in modalities]).any(dim=0)
-    return labels.ge(0) & held
+    held = torch.stack([present[m] > 0 for m in modalities])
+    return labels.ge(0) & (held.all(dim=0) if every else held.any(dim=0))
 
 
 def loss(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from polymodal.objectives.base import Term
-from polymodal.objectives.classification import classification_loss
+from polymodal.objectives.classification import classification_loss, classified
 from polymodal.sections import Section
 
 if TYPE_CHECKING:
@@ -38,19 +38,11 @@ class FusionSettings(Section):
     heads: int = Field(4, ge=1, description="Attention heads; they divide width.")
 
 
-def answered(labels: torch.Tensor, present: dict[str, torch.Tensor], mods: list[str]):
-    """Rows with a label and every fused modality."""
-    import torch
-
-    held = torch.stack([present[m] > 0 for m in mods]).all(dim=0)
-    return labels.ge(0) & held
-
-
 def loss(
     outputs: ModelOutput, batch: Batch, section: FusionSettings, counts: Any = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     assert outputs.fusion_logits is not None, "the model has no fusion head"
-    rows = answered(batch.label, outputs.present, section.modalities)
+    rows = classified(batch.label, outputs.present, section.modalities, every=True)
     value = classification_loss(outputs.fusion_logits, batch.label, counts, rows)
     # Trained alone, the head reads no embedding: their projections stay in the graph at
     # zero weight, as DDP needs every parameter used.
@@ -107,8 +99,8 @@ FUSION: Term[FusionSettings] = Term(
     section=FusionSettings,
     scope="rows",
     loss=loss,
-    count=lambda batch, section, modalities: answered(
-        batch.label, batch.present, section.modalities
+    count=lambda batch, section, modalities: classified(
+        batch.label, batch.present, section.modalities, every=True
     ).sum(),
     model_parts=model_parts,
     data_needs=lambda section: frozenset({"labels"}),
