@@ -142,27 +142,26 @@ def _rows(path: str, split: str, columns: list[str]) -> list[dict]:
     missing = [c for c in columns if c not in have]
     if missing:
         raise ValueError(f"{path}: no {', '.join(missing)} column for this mteb task")
-    rows = [r for t in iter_tables(path, split, columns, 1024, manifest) for r in t.to_pylist()]
     classes = range(manifest.num_labels or 0)
-    # Rows training would drop as bad (no value, blank text, undecodable, label out of range)
-    # are left out here too.
-    rows = [
-        r
-        for r in rows
-        if all(_usable(c, r[c]) for c in columns if c != "label")
-        and ("label" not in columns or r["label"] in classes)
-    ]
+    mods = [c for c in columns if c != "label"]
+    rows = []
+    for t in iter_tables(path, split, columns, 1024, manifest):
+        for raw in t.to_pylist():
+            # Rows training would drop as bad (no value, blank text, undecodable, label out of
+            # range) are left out here too.
+            if "label" in columns and raw["label"] not in classes:
+                continue
+            try:
+                values = {m: _value(m, raw[m]) for m in mods}
+            except Exception:  # any decoder's failure: a bad row
+                continue
+            if any(v is None or (m == "text" and not v.strip()) for m, v in values.items()):
+                continue
+            keys = {f"key:{m}": _key(raw[m]) for m in mods}
+            rows.append({**values, **keys, "label": raw.get("label")})
     if not rows:
         raise ValueError(f"{path}: split {split!r} has no usable rows for {columns}")
     return rows
-
-
-def _usable(modality: str, raw) -> bool:
-    try:
-        value = _value(modality, raw)
-    except Exception:  # any decoder's failure: a bad row
-        return False
-    return value is not None and (modality != "text" or bool(value.strip()))
 
 
 def _value(modality: str, raw):
@@ -206,15 +205,15 @@ def dataset_task(spec: str, path: str, split: str, templates: list[str]) -> AbsT
         category = f"{CATEGORY[a]}2{CATEGORY[b]}"
         rows = _rows(path, split, [a, b])
         queries = {f"q{i}": r[a] for i, r in enumerate(rows)}
-        corpus = {_key(r[b]): r[b] for r in rows}
-        relevant = {f"q{i}": {_key(r[b]): 1} for i, r in enumerate(rows)}
+        corpus = {r[f"key:{b}"]: r[b] for r in rows}  # each content once
+        relevant = {f"q{i}": {r[f"key:{b}"]: 1} for i, r in enumerate(rows)}
 
         class Task(AbsTaskRetrieval):
             metadata = _metadata(name, kind, category, sorted({a, b}), split, path)
 
             def load_data(self, num_proc=None, **kw) -> None:
-                q = {"id": list(queries), a: [_value(a, v) for v in queries.values()]}
-                c = {"id": list(corpus), b: [_value(b, v) for v in corpus.values()]}
+                q = {"id": list(queries), a: list(queries.values())}
+                c = {"id": list(corpus), b: list(corpus.values())}
                 self.dataset = {
                     "default": {
                         split: {
@@ -239,7 +238,7 @@ def dataset_task(spec: str, path: str, split: str, templates: list[str]) -> AbsT
                 def part(s: str) -> Dataset:
                     rows = _rows(path, s, [m, "label"])
                     return Dataset.from_dict(
-                        {m: [_value(m, r[m]) for r in rows], "label": [r["label"] for r in rows]}
+                        {m: [r[m] for r in rows], "label": [r["label"] for r in rows]}
                     )
 
                 self.dataset = DatasetDict({"train": part("train"), split: part(split)})
@@ -263,7 +262,7 @@ def dataset_task(spec: str, path: str, split: str, templates: list[str]) -> AbsT
             self.dataset = DatasetDict(
                 {
                     split: Dataset.from_dict(
-                        {m: [_value(m, r[m]) for r in rows], "label": [r["label"] for r in rows]}
+                        {m: [r[m] for r in rows], "label": [r["label"] for r in rows]}
                     )
                 }  # fmt: skip
             )
