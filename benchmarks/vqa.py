@@ -4,6 +4,7 @@ over the image alone, and the classifier over the rows' pooled embeddings. Print
 accuracy overall and per question type, seconds per run.
 
 .venv/bin/python benchmarks/vqa.py [--task shapes-vqa|fashion-records] [--rows N] [--epochs E]
+    [--only fused ...] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, help="rows ingested (default: the source's)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--only", nargs="*", help="variants to run (default: all)")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides, key=value")
     args = parser.parse_args()
     from polymodal.config import load_config
     from polymodal.data.ingest import ingest
@@ -58,7 +60,7 @@ def main() -> None:
             cfg = load_config(
                 REPO / "jobs" / "configs" / config,
                 [f"data.path={data}", f"train.storage_path={tmp}/runs"]
-                + [f"train.name={name.replace(' ', '-')}", *extra, *overrides],
+                + [f"train.name={name.replace(' ', '-')}", *extra, *args.set, *overrides],
             )
             start = time.perf_counter()
             result = fit(cfg)
