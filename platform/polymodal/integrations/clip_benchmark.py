@@ -69,10 +69,12 @@ def retrieval(
     images: list[torch.Tensor] = []
     texts: list[str] = []
     owner: list[int] = []
+    seen = 0  # samples before this batch: a caption's image is its sample's number
     for batch in _batches(layout.samples(split), batch_size):
-        for i, s in enumerate(batch):
-            owner += [sum(int(e.shape[0]) for e in images) + i] * len(s.captions or [])
-            texts += s.captions or []
+        for i, sample in enumerate(batch):
+            owner += [seen + i] * len(sample.captions or [])
+            texts += sample.captions or []
+        seen += len(batch)
         images.append(_image_embeddings(model, batch))
     image_emb = torch.cat(images)
     text_emb = torch.cat(

@@ -29,11 +29,12 @@ def run_suites(
     """suite/<name>/main_score and suite/<name>/<task> of the suites due after `epoch`, and
     suite/<name>/seconds (what the suite cost training)."""
     out: dict[str, float] = {}
-    if not due(cfg, epoch):
+    suites = due(cfg, epoch)
+    if not suites:
         return out
     model.eval()
     loaded = LoadedModel(model, meta.prep, meta.label_names or [], device)
-    for suite in due(cfg, epoch):
+    for suite in suites:
         start = time.monotonic()
         if suite.kind == "val":
             missing = [t for t in suite.tasks if t not in val_metrics]
