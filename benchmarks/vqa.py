@@ -67,11 +67,8 @@ def main() -> None:
             seconds = time.perf_counter() - start
             metrics = evaluate_checkpoint(result.checkpoint, str(data))
             overall = metrics.get("val/answer_accuracy", metrics.get("val/accuracy"))
-            by_type = {
-                k.rsplit("/", 1)[-1]: v
-                for k, v in metrics.items()
-                if k.startswith("val/answer_accuracy/")
-            }
+            prefix = "val/answer_accuracy/"  # <type>, <condition>, <condition>/<type>
+            by_type = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
             out["runs"][name] = {"accuracy": overall, "by_type": by_type, "seconds": seconds}
             print(json.dumps({name: out["runs"][name]}), flush=True)
     print(json.dumps(out, indent=2))

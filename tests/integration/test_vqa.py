@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from polymodal.config import load_config
 from polymodal.data.ingest import ingest
-from polymodal.data.sources.shapes_vqa import ANSWERS, QUESTION_TYPES, scene_rows
+from polymodal.data.sources.shapes_vqa import ANSWERS, CONDITIONS, QUESTION_TYPES, scene_rows
 from polymodal.evaluation.report import write_report
 from polymodal.evaluation.run import evaluate_checkpoint
 from polymodal.inference.model import LoadedModel
@@ -42,7 +42,11 @@ def test_a_fusion_model_trains_and_answers_per_question_type(vqa_run):
     assert 0 <= metrics["val/answer_accuracy"] <= 1 and "val/accuracy" not in metrics
     evaluated = evaluate_checkpoint(result.checkpoint, str(data))
     assert evaluated["val/answer_accuracy"] == pytest.approx(metrics["val/answer_accuracy"])
-    for kind in QUESTION_TYPES:
+    for kind in [
+        *QUESTION_TYPES,
+        *CONDITIONS,
+        *(f"{c}/{k}" for c in CONDITIONS for k in QUESTION_TYPES),
+    ]:
         assert 0 <= evaluated[f"val/answer_accuracy/{kind}"] <= 1, kind
     # the run report's grid: val images with their question, the answer and the truth
     page = Path(write_report(result.run_dir)).read_text()
@@ -64,7 +68,7 @@ def test_classify_answers_a_question_about_an_image(vqa_run):
         async def classify(self, model_id, values):
             return self.model.classify(values)
 
-    png, asked, _ = scene_rows(0)
+    png, asked, *_ = scene_rows(0)
     image = "data:image/png;base64," + base64.b64encode(png).decode()
     name = Path(result.checkpoint).name
     gateway = Gateway(model_dir=result.checkpoint, model_server=Models, searcher=None)

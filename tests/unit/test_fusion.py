@@ -14,14 +14,16 @@ from PIL import Image
 from polymodal.config import ConfigError, load_config
 from polymodal.data.sources.shapes_vqa import (
     ANSWERS,
+    CONDITIONS,
     HELD_OUT,
     QUESTION_TYPES,
+    condition,
     question_type,
     scene,
     scene_rows,
     shapes_vqa,
 )
-from polymodal.towers.fusion import FusionHead
+from polymodal.towers.fusion import FusionHead, grid_positions
 from polymodal.towers.image import SmallCNN
 from polymodal.towers.text import ByteTransformer
 from polymodal.towers.vector import MLP
@@ -38,7 +40,7 @@ from polymodal.towers.vector import MLP
 def test_a_towers_tokens_pool_to_its_embedding(tower, x):
     tower.eval()
     tokens, mask = tower.tokens(x)
-    assert tokens.shape[:2] == mask.shape and tokens.shape[-1] == tower.out_dim
+    assert tokens.shape[:-1] == mask.shape and tokens.shape[-1] == tower.out_dim
     assert torch.equal(tower.pool(tokens, mask), tower(x))
 
 
@@ -66,6 +68,23 @@ def test_the_question_attends_to_the_image():
     assert torch.isfinite(gone).all() and torch.allclose(gone[0], logits[0])
 
 
+def test_a_grid_of_patches_knows_left_from_right():
+    """A CNN's grid [B, H, W, C] gets 2-D positions: the same patches mirrored are another
+    scene; a sequence's learned positions cover what is not a grid."""
+    head, text = _head(), (torch.rand(2, 4, 6), torch.ones(2, 4, dtype=torch.bool))
+    present = {"image": torch.ones(2), "text": torch.ones(2)}
+    grid = torch.rand(2, 3, 3, 8)
+
+    def answer(g):
+        return head(
+            {"image": (g, torch.ones(g.shape[:3], dtype=torch.bool)), "text": text}, present
+        )
+
+    assert not torch.allclose(answer(grid), answer(grid.flip(2)), atol=1e-4)
+    where = grid_positions(3, 3, 16)  # row-major: patch 1 is (x 1, y 0), patch 3 (x 0, y 1)
+    assert where.shape == (9, 16) and not torch.allclose(where[1], where[3])
+
+
 def test_fusion_config_mistakes_are_named():
     base = ["objective.weights.fusion=1", "objective.weights.contrastive=0"]
     with pytest.raises(ConfigError) as found:
@@ -87,8 +106,9 @@ def test_fusion_config_mistakes_are_named():
 
 def test_shapes_vqa_is_deterministic_and_holds_out_pairs_from_train():
     first, again = scene_rows(5), scene_rows(5)
-    assert first == again and first[2] == "train"
-    assert scene_rows(6)[2] == "val"  # one scene in seven
+    assert first == again and first[2:] == ("train", "seen")
+    # one scene in seven is val; every other one holds a held-out pair
+    assert scene_rows(6)[2:] == ("val", "held_out") and scene_rows(13)[2:] == ("val", "seen")
     rng = np.random.default_rng(0)
     for val in (False, True):
         for _ in range(50):
@@ -96,6 +116,8 @@ def test_shapes_vqa_is_deterministic_and_holds_out_pairs_from_train():
             assert held == val
     rows = list(shapes_vqa(limit=600).rows)
     assert len(rows) == 600 and {r.split for r in rows} == {"train", "val"}
+    assert {condition(r.id) for r in rows if r.split == "train"} == {"seen"}
+    assert {condition(r.id) for r in rows if r.split == "val"} == set(CONDITIONS)
     types = Counter(question_type(r.id) for r in rows)
     assert set(types) == set(QUESTION_TYPES) and min(types.values()) > 60
     assert all(0 <= r.label < len(ANSWERS) for r in rows)

@@ -64,6 +64,12 @@ def pretrained_towers(cfg: Config) -> list[str]:
                     pretrained_file(encoder)
             except RuntimeError as exc:
                 problems.append(f"'model.{m}.encoder: {encoder}': {exc}")
+        tokenizer = getattr(section, "tokenizer", "bytes")
+        if encoder == "byte_transformer" and tokenizer != "bytes":
+            try:
+                pretrained_file(tokenizer)
+            except RuntimeError as exc:
+                problems.append(f"'model.{m}.tokenizer: {tokenizer}': {exc}")
         elif section.tuning != "finetune":
             pretrained = [e for e in MODALITIES[m].encoders if is_pretrained(e)]
             problems.append(

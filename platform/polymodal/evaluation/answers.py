@@ -5,6 +5,7 @@ with their predictions for the report's grid."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import torch
 
@@ -45,10 +46,16 @@ def answered_rows(
     return out
 
 
-def accuracy_by_type(rows: list[dict]) -> dict[str, float]:
-    """val/answer_accuracy/<type>: the share of each question type's rows answered right."""
+def accuracy_by_type(rows: list[dict], conditions: Sequence[str] = ()) -> dict[str, float]:
+    """val/answer_accuracy/<type>: the share of each question type's rows answered right; with
+    the manifest's `conditions` (ids ending `-<condition>-<type>`), also per condition and per
+    condition and type (CLEVR-CoGenT's seen / held_out)."""
     right: defaultdict[str, list[bool]] = defaultdict(list)
     for row in rows:
         if row.get("label") is not None and row["label"] >= 0:
-            right[row["id"].rsplit("-", 1)[-1]].append(row["answer"] == row["label"])
-    return {f"val/answer_accuracy/{t}": sum(r) / len(r) for t, r in sorted(right.items())}
+            *_, held, kind = row["id"].rsplit("-", 2)
+            ok = row["answer"] == row["label"]
+            keys = [kind, *((held, f"{held}/{kind}") if held in conditions else ())]
+            for key in keys:
+                right[key].append(ok)
+    return {f"val/answer_accuracy/{k}": sum(r) / len(r) for k, r in sorted(right.items())}

@@ -37,5 +37,5 @@ def evaluate_checkpoint(
     answers = model.fusion is not None or model.classifier is not None
     if answers and manifest.extra.get("question_types"):
         rows = answered_rows(model, dataset, split, prep, manifest, device=device)
-        metrics |= accuracy_by_type(rows)
+        metrics |= accuracy_by_type(rows, manifest.extra.get("conditions", []))
     return metrics

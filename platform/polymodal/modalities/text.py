@@ -19,7 +19,7 @@ TEXT_VOCAB = 257  # byte value + 1; 0 is padding
 MAX_TEXT_CHARS = 8_192  # per text in a request
 # The tokenizer each text encoder reads (Preprocessing.text_tokenizer); "hf" reads its own
 # model's, recorded as "hf:<directory or hub id>".
-TOKENIZERS: dict[str, str] = {"byte_transformer": "bytes", "minilm": "minilm"}
+TOKENIZERS: dict[str, str] = {"minilm": "minilm"}  # byte_transformer: its `tokenizer`
 HF = "hf:"
 OPEN_CLIP = "open_clip"  # open_clip's CLIP BPE tokenizer: [SOT] ... [EOT], padded with 0
 
@@ -34,6 +34,12 @@ class TextSettings(PretrainedSettings):
     width: int = Field(64, ge=1, description="byte_transformer: model width.")
     layers: int = Field(2, ge=1, description="byte_transformer: layers.")
     heads: int = Field(4, ge=1, description="byte_transformer: attention heads.")
+    tokenizer: Literal["bytes", "minilm"] = Field(
+        "bytes",
+        description="byte_transformer: its tokens, UTF-8 bytes (no vocabulary) | minilm "
+        "(all-MiniLM-L6-v2's WordPiece vocabulary from its pip package: a word is a token or "
+        "a few, so short texts are short sequences; their embeddings are learned from scratch).",
+    )
 
 
 class TextData(Section):
@@ -110,18 +116,20 @@ def settings(cfg, manifest, train_column) -> dict[str, Any]:
     if t.encoder == "open_clip":  # its context length: positions are learned up to it
         context = cfg.model.open_clip.model_cfg["text_cfg"].get("context_length", 77)
         return {"text_max_len": context, "text_tokenizer": OPEN_CLIP}
-    return {
-        "text_max_len": cfg.data.text_max_len,
-        "text_tokenizer": HF + t.hf_model if t.encoder == "hf" else TOKENIZERS[t.encoder],
-    }
+    if t.encoder == "hf":
+        tokenizer = HF + t.hf_model
+    else:
+        tokenizer = t.tokenizer if t.encoder == "byte_transformer" else TOKENIZERS[t.encoder]
+    return {"text_max_len": cfg.data.text_max_len, "text_tokenizer": tokenizer}
 
 
 def byte_transformer(cfg, prep):
     from polymodal.towers.text import ByteTransformer
 
     t = cfg.model.text
+    vocab = text_vocab_size(prep.text_tokenizer)
     return ByteTransformer(
-        prep.text_max_len, t.width, t.layers, t.heads, cfg.model.dropout, TEXT_VOCAB, TEXT_PAD
+        prep.text_max_len, t.width, t.layers, t.heads, cfg.model.dropout, vocab, TEXT_PAD
     )
 
 

@@ -36,6 +36,13 @@ class FusionSettings(Section):
     width: int = Field(128, ge=8, description="The head's width.")
     layers: int = Field(2, ge=1, description="Its cross-attention layers.")
     heads: int = Field(4, ge=1, description="Attention heads; they divide width.")
+    patch_pool: int = Field(
+        1,
+        ge=1,
+        description="A grid of patches (an image's or a spectrogram's CNN feature map) is "
+        "average-pooled by this factor first: fewer, larger patches, less attention (a 48 px "
+        "image's 12 x 12 become 3 x 3 at 4).",
+    )
 
 
 def loss(
@@ -61,6 +68,7 @@ def model_parts(cfg: Config, prep: Any, num_classes: int) -> dict[str, Any]:
             "width": s.width,
             "layers": s.layers,
             "heads": s.heads,
+            "patch_pool": s.patch_pool,
         }
     }
 

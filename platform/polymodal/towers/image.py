@@ -41,14 +41,14 @@ class SmallCNN(nn.Module):
         return self.net(x)
 
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last feature map as patches [B, H*W, C] (row-major) and their mask, all True;
+        """The last feature map as a grid of patches [B, H, W, C] and their mask, all True;
         their mean is forward(x)."""
-        features = self.net[:4](x).flatten(2).transpose(1, 2)
-        return features, features.new_ones(features.shape[:2], dtype=torch.bool)
+        features = self.net[:4](x).permute(0, 2, 3, 1)
+        return features, features.new_ones(features.shape[:3], dtype=torch.bool)
 
     @staticmethod
     def pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return tokens.mean(1)
+        return tokens.mean((1, 2))
 
 
 class ResNet18(nn.Module):

@@ -2,10 +2,11 @@
 shape, colour, size and place) and questions from templates of six types, answered from an
 answer vocabulary (VQA v2 / CLEVR framed as classification).
 
-CLEVR-CoGenT style: train scenes never hold the HELD_OUT shape-colour pairs, val scenes hold at
-least one, so val measures generalisation to new combinations. Deterministic: scene n comes
-from seed (SEED, n); `--limit` sets the number of rows (questions). A row's id ends with its
-question type (`shapes-000123-1-count`).
+CLEVR-CoGenT style: train scenes never hold the HELD_OUT shape-colour pairs; half the val
+scenes hold at least one (condition held_out: generalisation to new combinations), half none
+(condition seen: what was learned, on new scenes). Deterministic: scene n comes from seed
+(SEED, n); `--limit` sets the number of rows (questions). A row's id ends with its condition
+and question type (`shapes-000123-1-seen-count`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ HELD_OUT = {("circle", "red"), ("square", "green"), ("triangle", "blue")}
 QUESTION_TYPES = ["exists", "count", "query_colour", "query_shape", "compare", "spatial"]
 ANSWERS = ["no", "yes", *[str(n) for n in range(6)], *COLOURS, *SHAPES]
 QUESTIONS_PER_SCENE = 3
-VAL_EVERY = 7  # one scene in seven is a val scene (with a held-out pair)
+VAL_EVERY = 7  # one scene in seven is a val scene; every other val scene holds a held-out pair
+CONDITIONS = ["seen", "held_out"]
 
 
 @dataclass(frozen=True)
@@ -158,11 +160,12 @@ def question(kind: str, things: list[Thing], rng: np.random.Generator) -> tuple[
     )
 
 
-def scene_rows(n: int) -> tuple[bytes, list[tuple[str, str, str]], str]:
-    """Scene n: its PNG, its (type, question, answer) rows and its split."""
+def scene_rows(n: int) -> tuple[bytes, list[tuple[str, str, str]], str, str]:
+    """Scene n: its PNG, its (type, question, answer) rows, its split and its condition."""
     rng = np.random.default_rng([SEED, n])
     split = "val" if n % VAL_EVERY == VAL_EVERY - 1 else "train"
-    things = scene(rng, split == "val")
+    held = split == "val" and (n // VAL_EVERY) % 2 == 0
+    things = scene(rng, held)
     png = draw(things, rng)
     rows = []
     for k in range(QUESTIONS_PER_SCENE):
@@ -173,12 +176,17 @@ def scene_rows(n: int) -> tuple[bytes, list[tuple[str, str, str]], str]:
             if asked is not None:
                 rows.append((kind, *asked))
                 break
-    return png, rows, split
+    return png, rows, split, CONDITIONS[held]
 
 
 def question_type(row_id: str) -> str:
     """The question type a shapes-vqa row id ends with."""
     return row_id.rsplit("-", 1)[-1]
+
+
+def condition(row_id: str) -> str:
+    """seen | held_out: whether a row's scene holds a HELD_OUT pair."""
+    return row_id.rsplit("-", 2)[-2]
 
 
 def shapes_vqa(limit: int | None = None) -> Source:
@@ -187,10 +195,10 @@ def shapes_vqa(limit: int | None = None) -> Source:
     def rows() -> Iterator[RawRow]:
         number, n = 0, 0
         while number < total:
-            png, asked, split = scene_rows(n)
+            png, asked, split, held = scene_rows(n)
             for k, (kind, text, answer) in enumerate(asked):
                 number += 1
-                rid = f"shapes-{n:06d}-{k}-{kind}"
+                rid = f"shapes-{n:06d}-{k}-{held}-{kind}"
                 values = {"image": png, "text": text}
                 yield RawRow(number, rid, values, ANSWERS.index(answer), split, f"s{n}")
                 if number == total:
@@ -205,5 +213,9 @@ def shapes_vqa(limit: int | None = None) -> Source:
         labelled=True,
         rows=rows(),
         total=total,
-        extra={"question_types": QUESTION_TYPES, "held_out": sorted(map(list, HELD_OUT))},
+        extra={
+            "question_types": QUESTION_TYPES,
+            "conditions": CONDITIONS,
+            "held_out": sorted(map(list, HELD_OUT)),
+        },
     )
