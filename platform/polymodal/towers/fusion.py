@@ -56,13 +56,14 @@ class FusionHead(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A modality's tokens in the head's width with their positions, [B, T, width], and
         which it attends to, [B, T]: real tokens of rows that have the modality."""
-        where = 0.0
+        where: torch.Tensor | float = 0.0
         if tokens.dim() == 4:  # a grid of patches: pooled, flattened row-major, 2-D positions
             if self.patch_pool > 1:
                 tokens = F.avg_pool2d(tokens.permute(0, 3, 1, 2), self.patch_pool, ceil_mode=True)
                 tokens = tokens.permute(0, 2, 3, 1)
                 mask = F.max_pool2d(mask[:, None].float(), self.patch_pool, ceil_mode=True)[:, 0]
-            where = grid_positions(*tokens.shape[1:3], self.cls.shape[-1]).to(tokens)
+            h, w = tokens.shape[1:3]
+            where = grid_positions(h, w, self.cls.shape[-1]).to(tokens)
             tokens, mask = tokens.flatten(1, 2), mask.flatten(1) > 0
         if tokens.shape[1] > MAX_TOKENS:
             raise ValueError(f"{m}: {tokens.shape[1]} tokens; the fusion head takes {MAX_TOKENS}")
