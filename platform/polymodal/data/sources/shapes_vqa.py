@@ -168,10 +168,13 @@ def scene_rows(n: int) -> tuple[bytes, list[tuple[str, str, str]], str, str]:
     things = scene(rng, held)
     png = draw(things, rng)
     rows = []
+    # Consecutive types from a random first one: each type is asked as often as the others, in
+    # every split and condition (a rotation by n would tie types to n's residues, and so to
+    # the val scenes' condition).
+    first = int(rng.integers(len(QUESTION_TYPES)))
     for k in range(QUESTIONS_PER_SCENE):
-        # Types rotate over scenes, so each is asked about as often as the others.
         for shift in range(len(QUESTION_TYPES)):
-            kind = QUESTION_TYPES[(n * QUESTIONS_PER_SCENE + k + shift) % len(QUESTION_TYPES)]
+            kind = QUESTION_TYPES[(first + k + shift) % len(QUESTION_TYPES)]
             asked = question(kind, things, rng)
             if asked is not None:
                 rows.append((kind, *asked))
