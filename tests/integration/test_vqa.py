@@ -1,15 +1,19 @@
 """Visual question answering end to end: builtin:shapes-vqa → a fusion model trained on 2 Ray
 Train workers → its answers per question type in `polymodal eval` → /v1/classify answering an
-image and a question (top answers), and refusing a request without the question."""
+image and a question over HTTP to Serve (top answers), refusing a request without the question,
+while the official openai client still gets embeddings."""
 
 from __future__ import annotations
 
 import base64
 import json
+import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
-from starlette.testclient import TestClient
 
 from polymodal.config import load_config
 from polymodal.data.ingest import ingest
@@ -17,6 +21,7 @@ from polymodal.data.sources.shapes_vqa import ANSWERS, CONDITIONS, QUESTION_TYPE
 from polymodal.evaluation.report import write_report
 from polymodal.evaluation.run import evaluate_checkpoint
 from polymodal.inference.model import LoadedModel
+from polymodal.ports import free_port
 from polymodal.train.run import fit
 
 CONFIG = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "shapes-vqa.yaml"
@@ -55,31 +60,42 @@ def test_a_fusion_model_trains_and_answers_per_question_type(vqa_run):
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 20_000
 
 
-def test_classify_answers_a_question_about_an_image(vqa_run):
-    from polymodal.serving.gateway import Gateway
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
 
-    result, data = vqa_run
+
+def test_serve_answers_a_question_about_an_image(vqa_run, tmp_path):
+    """Real HTTP to Serve: /v1/classify answers an image and its question with the top answers
+    (the offline model's probabilities), refuses what cannot be answered, and the official
+    openai client still gets the fusion model's embeddings."""
+    import openai
+    from ray import serve
+
+    from polymodal.serving.app import build_app
+
+    result, _ = vqa_run
+    shutil.copytree(result.checkpoint, tmp_path / "vqa")
     model = LoadedModel.load(result.checkpoint)
-
-    class Models:  # the checkpoint's LoadedModel, as the gateway's Embedder would answer
-        def __init__(self):
-            self.model = model
-
-        async def classify(self, model_id, values):
-            return self.model.classify(values)
-
-    png, asked, *_ = scene_rows(0)
-    image = "data:image/png;base64," + base64.b64encode(png).decode()
-    name = Path(result.checkpoint).name
-    gateway = Gateway(model_dir=result.checkpoint, model_server=Models, searcher=None)
-    with TestClient(gateway.__serve_build_asgi_app__()) as client:
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(str(tmp_path), max_batch_size=8), route_prefix="/")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        png, asked, *_ = scene_rows(0)
+        image = "data:image/png;base64," + base64.b64encode(png).decode()
         question = asked[0][1]
-        body = {"model": name, "inputs": {"image": image, "text": question}}
-        got = client.post("/v1/classify", json=body)
-        assert got.status_code == 200, got.text
-        answer = got.json()
+        body = {"model": "vqa", "inputs": {"image": image, "text": question}}
+        status, answer = _post(f"{url}/v1/classify", body)
+        assert status == 200, answer
         offline = model.classify({"image": png, "text": question})
-        assert answer["probabilities"] == pytest.approx(offline)
+        assert answer["probabilities"] == pytest.approx(offline, abs=1e-5)
         top = [t["label"] for t in answer["top"]]
         assert top[0] == answer["label"] and len(top) == 5 and set(top) <= set(ANSWERS)
         probs = [t["probability"] for t in answer["top"]]
@@ -89,9 +105,21 @@ def test_classify_answers_a_question_about_an_image(vqa_run):
             ({"image": image}, "inputs.text", "answers from image and text together"),
             ({"image": image, "text": "how many?", "audio": "x"}, "inputs.audio", "no audio"),
         ):
-            refused = client.post("/v1/classify", json={"model": name, "inputs": inputs})
-            assert refused.status_code == 400, refused.text
-            error = refused.json()["error"]
+            status, refused = _post(f"{url}/v1/classify", {"model": "vqa", "inputs": inputs})
+            assert status == 400, refused
+            error = refused["error"]
             assert error["param"] == param and phrase in error["message"], error
-        schema = client.get("/openapi.json").json()["components"]["schemas"]
+        with urllib.request.urlopen(f"{url}/openapi.json", timeout=30) as response:
+            schema = json.loads(response.read())["components"]["schemas"]
         assert "top" in schema["ClassifyResponse"]["properties"]
+        # the official client, unchanged: its default base64 encoding, and floats
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        texts = [question, "is there a red circle?"]
+        want = model.embed("text", texts)
+        for encoding in ("base64", "float"):
+            got = client.embeddings.create(model="vqa", input=texts, encoding_format=encoding)
+            np.testing.assert_allclose([d.embedding for d in got.data], want, atol=1e-5)
+        with pytest.raises(openai.BadRequestError, match="empty text"):
+            client.embeddings.create(model="vqa", input=["  "])
+    finally:
+        serve.shutdown()

@@ -91,13 +91,14 @@ def test_fusion_config_mistakes_are_named():
         load_config(
             None,
             [*base, "objective.fusion.query=audio", "objective.fusion.heads=3"]
-            + ["model.text.encoder=minilm", "train.grad_cache.chunk_size=8"],
+            + ["model.image.encoder=resnet18", "train.grad_cache.chunk_size=8"],
         )
     text = str(found.value)
     for phrase in (
         "'objective.fusion.query': 'audio' is not one of its modalities",
         "'objective.fusion.heads': 3 does not divide width 128",
-        "'model.text.encoder': minilm gives no token sequence",
+        "'model.image.encoder': resnet18 gives no token sequence for objective.fusion "
+        "(one of ['small_cnn'])",
         "'objective.fusion' does not run under train.grad_cache",
     ):
         assert phrase in text, text

@@ -46,11 +46,13 @@ def _batch(n=4):
     )
 
 
-def _steps(model, cfg, n=2):
+def _steps(model, cfg, n=2, labels=None):
     opt = build_optimizer(model, cfg.optim)
     model.train()
     for _ in range(n):
         batch = _batch()
+        if labels is not None:
+            batch.label = labels
         loss, _ = joint_loss(model(batch), batch, cfg)
         opt.zero_grad()
         loss.backward()
@@ -88,6 +90,28 @@ def test_freeze_keeps_the_tower_and_trains_the_rest():
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not torch.equal(proj, model.projections["text"].weight)  # the head above it learns
     assert not model.encoders["text"].net.training  # dropout stays off in a locked tower
+
+
+def test_a_locked_pretrained_tower_feeds_the_fusion_head_beside_contrastive_and_reconstruction():
+    """The seed's weighted sum with fusion in it: MiniLM locked, its tokens read by the head;
+    every term's loss is logged, the head and the image tower learn, MiniLM stays."""
+    weights = {"fusion": 1, "contrastive": 1, "reconstruction": 0.5}
+    extra = {f"objective.weights.{k}": v for k, v in weights.items()}
+    cfg = _cfg("freeze", **extra, **{"train.cache_frozen_features": "false"})
+    model = build_model(cfg, PREP, num_classes=3)
+    before, head = _bert(model), model.fusion.answer.weight.clone()
+    cnn = model.encoders["image"].net[0][0].weight.clone()
+    batch = _batch()
+    batch.label = torch.tensor([0, 1, 2, 1])
+    _, logs = joint_loss(model(batch), batch, cfg)
+    assert set(weights) <= set(logs), logs
+    _steps(model, cfg, labels=batch.label)
+    after = _bert(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(head, model.fusion.answer.weight)
+    assert not torch.equal(cnn, model.encoders["image"].net[0][0].weight)
+    tokens, keep = model.encoders["text"].tokens(batch.inputs["text"])
+    assert tokens.shape[:2] == keep.shape and not tokens.requires_grad  # locked: no graph
 
 
 def test_lock_then_unlock_trains_the_tower_after_unlock_epoch_at_scaled_lr():
@@ -133,3 +157,18 @@ def test_checkpoint_round_trip_and_config_checks(tmp_path):
         load_config(None, ["model.text.tuning=freeze"])
     with pytest.raises(ConfigError, match="did you mean 'freeze'"):
         load_config(None, ["model.text.encoder=minilm", "model.text.tuning=freez"])
+
+
+def test_the_small_text_transformer_reads_minilm_word_pieces():
+    """model.text.tokenizer: minilm gives byte_transformer MiniLM's vocabulary, learned from
+    scratch: a question is a dozen tokens, not fifty bytes."""
+    from polymodal.modalities.text import settings
+
+    cfg = load_config(None, ["model.text.tokenizer=minilm", "data.text_max_len=16"])
+    assert settings(cfg, None, None) == {"text_max_len": 16, "text_tokenizer": "minilm"}
+    tower = build_model(cfg, PREP).encoders["text"]
+    assert type(tower).__name__ == "ByteTransformer" and tower.embed.num_embeddings == 30522
+    question = "is the purple triangle left of the yellow square?"
+    ids = encode_text(question, 16, "minilm")
+    assert 8 <= np.count_nonzero(ids) <= 12 < len(question.encode())
+    assert tower(torch.from_numpy(ids[None])).shape == (1, 64)

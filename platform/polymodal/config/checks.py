@@ -46,14 +46,20 @@ def is_pretrained(encoder: str) -> bool:
 
 
 def pretrained_towers(cfg: Config) -> list[str]:
-    """A pretrained tower's package or model is there; tuning other than finetune only for
-    pretrained towers."""
+    """A pretrained tower's package or model (or a byte_transformer's tokenizer) is there;
+    tuning other than finetune only for pretrained towers."""
     problems = []
     for m in cfg.model.modalities:
         section = cfg.model.section(m)
         if not isinstance(section, PretrainedSettings):
             continue
         encoder = section.encoder
+        tokenizer = getattr(section, "tokenizer", "bytes")
+        if encoder == "byte_transformer" and tokenizer != "bytes":
+            try:
+                pretrained_file(tokenizer)
+            except RuntimeError as exc:
+                problems.append(f"'model.{m}.tokenizer: {tokenizer}': {exc}")
         if is_pretrained(encoder):
             try:
                 if encoder == "hf":
@@ -64,12 +70,6 @@ def pretrained_towers(cfg: Config) -> list[str]:
                     pretrained_file(encoder)
             except RuntimeError as exc:
                 problems.append(f"'model.{m}.encoder: {encoder}': {exc}")
-        tokenizer = getattr(section, "tokenizer", "bytes")
-        if encoder == "byte_transformer" and tokenizer != "bytes":
-            try:
-                pretrained_file(tokenizer)
-            except RuntimeError as exc:
-                problems.append(f"'model.{m}.tokenizer: {tokenizer}': {exc}")
         elif section.tuning != "finetune":
             pretrained = [e for e in MODALITIES[m].encoders if is_pretrained(e)]
             problems.append(

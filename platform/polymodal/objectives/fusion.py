@@ -19,8 +19,14 @@ if TYPE_CHECKING:
     from polymodal.config import Config
 
 NAME = "fusion"
-# The towers whose token sequences the head reads (a `tokens` and a `pool` method each).
-SEQUENCE_ENCODERS = {"small_cnn", "byte_transformer", "mel_cnn", "mlp"}
+# The towers whose token sequences the head reads (a `tokens` and a `pool` method each), by
+# modality: pretrained text towers (minilm, hf) too, locked or not.
+SEQUENCE_ENCODERS = {
+    "image": {"small_cnn"},
+    "text": {"byte_transformer", "minilm", "hf"},
+    "audio": {"mel_cnn"},
+    "vector": {"mlp"},
+}
 
 
 class FusionSettings(Section):
@@ -86,10 +92,10 @@ def check(cfg: Config) -> list[str]:
         problems.append(f"{key}.heads': {s.heads} does not divide width {s.width}")
     for m in (m for m in s.modalities if m in mods):
         encoder = cfg.model.section(m).encoder
-        if encoder not in SEQUENCE_ENCODERS:
+        if encoder not in SEQUENCE_ENCODERS.get(m, ()):
             problems.append(
                 f"'model.{m}.encoder': {encoder} gives no token sequence for objective.{NAME} "
-                f"(one of {sorted(SEQUENCE_ENCODERS)})"
+                f"(one of {sorted(SEQUENCE_ENCODERS.get(m, ()))})"
             )
         if cfg.model.tuning(m) == "freeze" and cfg.train.cache_frozen_features:
             problems.append(

@@ -103,12 +103,19 @@ class HFText(Tunable):
         self.register_load_state_dict_pre_hook(_renamed_bert)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.pool(*self.tokens(ids))
+
+    def tokens(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last hidden states [B, L, W] (L: the batch's longest text) and which are real."""
         keep = ids.ne(0)
         length = max(int(keep.sum(1).max()), 1)  # trim to the longest text of the batch
         ids, keep = ids[:, :length], keep[:, :length]
         tokens = (ids - self.shift).clamp(min=0)
         with torch.set_grad_enabled(self.grad_enabled()):
             x = self.net(input_ids=tokens, attention_mask=keep.long()).last_hidden_state
+        return x, keep
+
+    def pool(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             return x[:, 0]
         w = keep.unsqueeze(-1).to(x.dtype)
