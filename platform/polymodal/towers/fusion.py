@@ -21,7 +21,7 @@ def grid_positions(h: int, w: int, width: int) -> torch.Tensor:
     freq = 1.0 / 100 ** (torch.arange(width // 4) / max(width // 4, 1))
     angles = [c.flatten()[:, None].float() * freq for c in (x, y)]
     out = torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], 1)
-    return nn.functional.pad(out, (0, width - out.shape[1]))
+    return F.pad(out, (0, width - out.shape[1]))
 
 
 class FusionHead(nn.Module):
