@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
@@ -55,3 +57,15 @@ def damaged_digits(digits_dataset, tmp_path_factory) -> tuple[Path, dict[str, li
             ids.setdefault(reason, []).append(row["id"])
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), shard)
     return data, ids
+
+
+def call_json(url: str, body=None, raw: bytes | None = None) -> tuple[int, dict]:
+    """(status, JSON body) of a GET, or a POST of `body` as JSON (or `raw` bytes), over HTTP;
+    an error status comes back, not raised."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())

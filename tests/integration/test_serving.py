@@ -31,7 +31,7 @@ from polymodal.models.build import build_model
 from polymodal.objectives.joint import joint_loss
 from polymodal.openclip import import_open_clip
 from polymodal.retrieval.quantize import FORMATS, calibration, quantize, unit_ranges
-from tests.integration.conftest import free_port
+from tests.integration.conftest import call_json, free_port
 from tests.open_clip_models import tiny_clip
 
 pytestmark = pytest.mark.integration
@@ -163,22 +163,12 @@ def service(ray_cluster, s3_endpoint, digits_dataset, tmp_path_factory):
     serve.shutdown()
 
 
-def _call(url: str, body=None, raw: bytes | None = None):
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 def test_health_and_models(service):
     url, _ = service
-    assert _call(f"{url}/healthz") == (200, {"status": "ok"})
-    status, ready = _call(f"{url}/readyz")
+    assert call_json(f"{url}/healthz") == (200, {"status": "ok"})
+    status, ready = call_json(f"{url}/readyz")
     assert status == 200 and ready["models"] == ["clip", "digits", "other", "small", "vec"]
-    status, models = _call(f"{url}/v1/models")
+    status, models = call_json(f"{url}/v1/models")
     cards = {m["id"]: m for m in models["data"]}
     assert cards["small"]["dimension"] == 16 and cards["other"]["dimension"] == 24
     assert cards["small"]["modalities"] == ["image", "text"]
@@ -191,7 +181,7 @@ def test_embeddings_equal_offline_encoder(service):
     texts = ["a handwritten digit two", "一只猫"]
     image = _png(3)
     uri = "data:image/png;base64," + base64.b64encode(image).decode()
-    status, body = _call(f"{url}/v1/embeddings", {"model": "small", "input": [*texts, uri]})
+    status, body = call_json(f"{url}/v1/embeddings", {"model": "small", "input": [*texts, uri]})
     assert status == 200, body
     assert [d["index"] for d in body["data"]] == [0, 1, 2]
     assert body["usage"]["prompt_tokens"] == sum(len(t.encode()) for t in texts)
@@ -203,23 +193,27 @@ def test_embeddings_equal_offline_encoder(service):
     np.testing.assert_allclose(body["data"][1]["embedding"], offline_text[1], atol=1e-5)
     np.testing.assert_allclose(body["data"][2]["embedding"], offline_image[0].numpy(), atol=1e-5)
     # base64 float32, and a single string input
-    status, b64 = _call(
+    status, b64 = call_json(
         f"{url}/v1/embeddings", {"model": "small", "input": texts[0], "encoding_format": "base64"}
     )
     vec = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(vec, offline_text[0], atol=1e-5)
     # Matryoshka: `dimensions` equals truncating offline and renormalising; a size the model
     # was not trained at is a 400 naming the sizes it was.
-    status, short = _call(
+    status, short = call_json(
         f"{url}/v1/embeddings", {"model": "small", "input": texts, "dimensions": 8}
     )
     assert status == 200, short
     want = offline_text[:, :8] / np.linalg.norm(offline_text[:, :8], axis=1, keepdims=True)
     np.testing.assert_allclose([d["embedding"] for d in short["data"]], want, atol=1e-5)
-    status, err = _call(f"{url}/v1/embeddings", {"model": "small", "input": "x", "dimensions": 4})
+    status, err = call_json(
+        f"{url}/v1/embeddings", {"model": "small", "input": "x", "dimensions": 4}
+    )
     assert status == 400 and err["error"]["param"] == "dimensions"
     assert "[8, 16]" in err["error"]["message"], err
-    status, err = _call(f"{url}/v1/embeddings", {"model": "other", "input": "x", "dimensions": 8})
+    status, err = call_json(
+        f"{url}/v1/embeddings", {"model": "other", "input": "x", "dimensions": 8}
+    )
     assert status == 400 and "[24]" in err["error"]["message"], err
 
 
@@ -230,21 +224,21 @@ def test_quantized_encodings_equal_quantizing_offline(service):
     texts = ["a handwritten digit two", "seven"]
     span = read_meta(model_dir / "small").calibration
     for size in (16, 8):
-        status, floats = _call(
+        status, floats = call_json(
             f"{url}/v1/embeddings", {"model": "small", "input": texts, "dimensions": size}
         )
         assert status == 200, floats
         vectors = np.array([d["embedding"] for d in floats["data"]], dtype=np.float32)
         for fmt in FORMATS:
             body = {"model": "small", "input": texts, "dimensions": size, "encoding_format": fmt}
-            status, out = _call(f"{url}/v1/embeddings", body)
+            status, out = call_json(f"{url}/v1/embeddings", body)
             assert status == 200, out
             got = np.array([d["embedding"] for d in out["data"]])
             want = quantize(vectors, fmt, np.asarray(span[str(size)], np.float32))
             assert got.shape == want.shape and (np.abs(got - want) <= 1).all(), fmt
             assert got.shape[1] == (size if "int8" in fmt else size // 8)
-    status, out = _call(f"{url}/v1/embeddings", {"model": "other", "input": texts[0]})
-    status, codes = _call(
+    status, out = call_json(f"{url}/v1/embeddings", {"model": "other", "input": texts[0]})
+    status, codes = call_json(
         f"{url}/v1/embeddings", {"model": "other", "input": texts[0], "encoding_format": "int8"}
     )
     vector = np.array(out["data"][0]["embedding"], np.float32)
@@ -262,7 +256,7 @@ def test_an_imported_open_clip_model_serves_open_clips_embeddings(service):
     text = "a photo of the number three"
     image = _png(3)
     uri = "data:image/png;base64," + base64.b64encode(image).decode()
-    status, body = _call(f"{url}/v1/embeddings", {"model": "clip", "input": [text, uri]})
+    status, body = call_json(f"{url}/v1/embeddings", {"model": "clip", "input": [text, uri]})
     assert status == 200, body
     # open_clip's own preprocessing (shorter side, bicubic, centre crop, its mean and std)
     pixels = preprocess(Image.open(io.BytesIO(image)))[None]
@@ -280,34 +274,34 @@ def test_vectors_embed_and_classify_as_json_arrays(service):
     model, _ = load_model(model_dir / "original" / "vec")
     vec = [3.0, 2.0, 1.0, 1.0]
     item = {"type": "vector", "data": vec}
-    status, body = _call(f"{url}/v1/embeddings", {"model": "vec", "input": [item, "seven"]})
+    status, body = call_json(f"{url}/v1/embeddings", {"model": "vec", "input": [item, "seven"]})
     assert status == 200, body
     standardised = (torch.tensor(vec) - torch.tensor([1.0, 2.0, 0.0, -1.0])) / 2.0
     with torch.no_grad():
         offline = model.embed("vector", standardised[None])[0].numpy()
     np.testing.assert_allclose(body["data"][0]["embedding"], offline, atol=1e-5)
-    status, body = _call(f"{url}/v1/classify", {"model": "vec", "inputs": {"vector": vec}})
+    status, body = call_json(f"{url}/v1/classify", {"model": "vec", "inputs": {"vector": vec}})
     assert status == 200 and set(body["probabilities"]) == set(LABELS), body
     for bad, message in (
         ([1.0, 2.0], "vector has 2 values; the model takes 4"),
         ([1.0, float("nan"), 0.0, 0.0], "NaN or infinite"),
         ("1,2,3,4", "a vector is a JSON array of numbers"),
     ):
-        status, err = _call(
+        status, err = call_json(
             f"{url}/v1/embeddings", {"model": "vec", "input": [{"type": "vector", "data": bad}]}
         )
         assert status == 400 and message in err["error"]["message"], err
         assert err["error"]["param"] == "input[0]"
-    status, err = _call(f"{url}/v1/classify", {"model": "vec", "inputs": {"vector": [1.0]}})
+    status, err = call_json(f"{url}/v1/classify", {"model": "vec", "inputs": {"vector": [1.0]}})
     assert status == 400 and err["error"]["param"] == "inputs.vector", err
-    status, err = _call(f"{url}/v1/embeddings", {"model": "small", "input": [item]})
+    status, err = call_json(f"{url}/v1/embeddings", {"model": "small", "input": [item]})
     assert status == 400 and "no vector encoder" in err["error"]["message"], err
 
 
 def test_two_models_are_multiplexed(service):
     url, _ = service
-    _, a = _call(f"{url}/v1/embeddings", {"model": "small", "input": "hello"})
-    _, b = _call(f"{url}/v1/embeddings", {"model": "other", "input": "hello"})
+    _, a = call_json(f"{url}/v1/embeddings", {"model": "small", "input": "hello"})
+    _, b = call_json(f"{url}/v1/embeddings", {"model": "other", "input": "hello"})
     assert len(a["data"][0]["embedding"]) == 16 and len(b["data"][0]["embedding"]) == 24
 
 
@@ -316,7 +310,7 @@ def test_classify_equals_offline_head(service):
     model, _ = load_model(model_dir / "small")
     image = _png(5)
     b64 = base64.b64encode(image).decode()
-    status, body = _call(f"{url}/v1/classify", {"model": "small", "inputs": {"image": b64}})
+    status, body = call_json(f"{url}/v1/classify", {"model": "small", "inputs": {"image": b64}})
     assert status == 200, body
     with torch.no_grad():
         emb = {
@@ -344,16 +338,16 @@ def test_classify_equals_offline_head(service):
 )
 def test_client_mistakes_are_4xx_with_openai_errors(service, body, status, param):
     url, _ = service
-    got, err = _call(f"{url}/v1/embeddings", body)
+    got, err = call_json(f"{url}/v1/embeddings", body)
     assert got == status, err
     assert err["error"]["param"] == param and err["error"]["type"] == "invalid_request_error"
 
 
 def test_malformed_json_and_bad_classify_inputs(service):
     url, _ = service
-    status, err = _call(f"{url}/v1/embeddings", raw=b"{not json")
+    status, err = call_json(f"{url}/v1/embeddings", raw=b"{not json")
     assert status == 400 and "error" in err
-    status, err = _call(f"{url}/v1/classify", {"model": "small", "inputs": {"audio": "x"}})
+    status, err = call_json(f"{url}/v1/classify", {"model": "small", "inputs": {"audio": "x"}})
     assert status == 400 and err["error"]["param"] == "inputs.audio"
 
 
@@ -373,7 +367,7 @@ def test_batch_embed_matches_the_service(service, digits_dataset, tmp_path):
     by_id = {r["id"]: r for r in source}
     first = table.slice(0, 1).to_pylist()[0]
     text = by_id[first["id"]]["text"]
-    _, served = _call(f"{url}/v1/embeddings", {"model": "small", "input": text})
+    _, served = call_json(f"{url}/v1/embeddings", {"model": "small", "input": text})
     np.testing.assert_allclose(first["text_embedding"], served["data"][0]["embedding"], atol=1e-5)
 
 
@@ -389,8 +383,8 @@ def test_api_key_is_required_when_set(service):
         route_prefix="/secure",
     )
     try:
-        assert _call(f"{url}/secure/healthz")[0] == 200  # probes stay open
-        status, err = _call(f"{url}/secure/v1/models")
+        assert call_json(f"{url}/secure/healthz")[0] == 200  # probes stay open
+        status, err = call_json(f"{url}/secure/v1/models")
         assert status == 401 and "API key" in err["error"]["message"]
         assert "s3cret" not in json.dumps(err)
         req = urllib.request.Request(
@@ -458,8 +452,8 @@ def _value(samples: dict, name: str, **labels) -> float:
 def test_prometheus_metrics(service, metrics_port):
     url, _ = service
     for _ in range(3):
-        assert _call(f"{url}/v1/embeddings", {"model": "small", "input": ["a", "b"]})[0] == 200
-    assert _call(f"{url}/v1/embeddings", {"model": "missing", "input": "a"})[0] == 404
+        assert call_json(f"{url}/v1/embeddings", {"model": "small", "input": ["a", "b"]})[0] == 200
+    assert call_json(f"{url}/v1/embeddings", {"model": "missing", "input": "a"})[0] == 404
 
     def ready(s):
         return (
@@ -471,7 +465,7 @@ def test_prometheus_metrics(service, metrics_port):
         )
 
     def poke():
-        _call(f"{url}/v1/embeddings", {"model": "small", "input": ["c"]})
+        call_json(f"{url}/v1/embeddings", {"model": "small", "input": ["c"]})
         time.sleep(0.5)
 
     samples = _scrape(f"http://127.0.0.1:{metrics_port}/metrics", ready, poke=poke)
@@ -517,7 +511,9 @@ def test_burst_beyond_capacity_gets_503_then_recovers(service):
         assert set(statuses) <= {200, 503}, statuses
         assert statuses.count(503) >= 1 and statuses.count(200) >= 1, statuses
         assert all(retry is not None and int(retry) >= 1 for s, retry in results if s == 503)
-        status, out = _call(f"{url}/tight/v1/embeddings", {"model": "small", "input": images[:2]})
+        status, out = call_json(
+            f"{url}/tight/v1/embeddings", {"model": "small", "input": images[:2]}
+        )
         assert status == 200 and len(out["data"]) == 2  # recovered
     finally:
         serve.delete("tight")
@@ -537,13 +533,13 @@ def test_models_from_s3_with_lru_limit(service, s3_endpoint, metrics_port, tmp_p
             s3.upload_file(str(file), "served-models", f"ckpts/{name}/{file.name}")
     serve.run(build_app("s3://served-models/ckpts", max_models=1), name="s3", route_prefix="/s3")
     try:
-        _, models = _call(f"{url}/s3/v1/models")
+        _, models = call_json(f"{url}/s3/v1/models")
         assert sorted(m["id"] for m in models["data"]) == ["alpha", "beta"]
         local, _ = load_model(model_dir / "small")
         with torch.no_grad():
             offline = local.embed("text", torch.from_numpy(encode_text("hello", 24))[None])
         for name in ["alpha", "beta", "alpha"]:  # one model per replica: alpha loads twice
-            status, out = _call(f"{url}/s3/v1/embeddings", {"model": name, "input": "hello"})
+            status, out = call_json(f"{url}/s3/v1/embeddings", {"model": name, "input": "hello"})
             assert status == 200, out
         np.testing.assert_allclose(out["data"][0]["embedding"], offline[0].numpy(), atol=1e-5)
 
@@ -588,7 +584,7 @@ def test_index_command_writes_shards_then_index_json(digits_index):
 
 
 def _search(url: str, **body):
-    return _call(f"{url}/v1/search", {"model": "digits", **body})
+    return call_json(f"{url}/v1/search", {"model": "digits", **body})
 
 
 def test_search_by_a_rows_own_image_returns_it_first(service, digits_index):
@@ -639,7 +635,7 @@ def test_search_by_a_class_caption_returns_mostly_that_class(service, digits_ind
 )
 def test_search_client_mistakes_are_4xx(service, digits_index, body, status, param):
     url, _ = service
-    got, err = _call(f"{url}/v1/search", {"model": "digits", "query": "a digit", **body})
+    got, err = call_json(f"{url}/v1/search", {"model": "digits", "query": "a digit", **body})
     assert got == status, err
     assert err["error"]["param"] == param and err["error"]["type"] == "invalid_request_error"
     assert "Traceback" not in err["error"]["message"]  # the searcher's NoIndex, not Ray's text
@@ -675,7 +671,9 @@ def test_an_index_of_another_models_vectors_is_a_500(service, digits_index, s3_e
         s3.put_object(Bucket=bucket, Key=key.replace("digits-image", "other-image"), Body=body)
     url, _ = service
     deadline = time.monotonic() + 30  # the searcher lists index_dir again within 2 s
-    while (answer := _call(f"{url}/v1/search", {"model": "other", "query": "a digit"}))[0] == 404:
+    while (answer := call_json(f"{url}/v1/search", {"model": "other", "query": "a digit"}))[
+        0
+    ] == 404:
         assert time.monotonic() < deadline, answer
         time.sleep(0.5)
     status, err = answer
