@@ -17,9 +17,8 @@ from polymodal.sections import PretrainedSettings, Section
 TEXT_PAD = 0  # also BERT's [PAD] id, so one padding rule serves every tokenizer
 TEXT_VOCAB = 257  # byte value + 1; 0 is padding
 MAX_TEXT_CHARS = 8_192  # per text in a request
-# The tokenizer each text encoder reads (Preprocessing.text_tokenizer); "hf" reads its own
-# model's, recorded as "hf:<directory or hub id>".
-TOKENIZERS: dict[str, str] = {"minilm": "minilm"}  # byte_transformer: its `tokenizer`
+# The tokenizer a text encoder reads (Preprocessing.text_tokenizer: settings below); "hf"
+# reads its own model's, recorded as "hf:<directory or hub id>".
 HF = "hf:"
 OPEN_CLIP = "open_clip"  # open_clip's CLIP BPE tokenizer: [SOT] ... [EOT], padded with 0
 
@@ -118,8 +117,10 @@ def settings(cfg, manifest, train_column) -> dict[str, Any]:
         return {"text_max_len": context, "text_tokenizer": OPEN_CLIP}
     if t.encoder == "hf":
         tokenizer = HF + t.hf_model
-    else:
-        tokenizer = t.tokenizer if t.encoder == "byte_transformer" else TOKENIZERS[t.encoder]
+    elif t.encoder == "byte_transformer":
+        tokenizer = t.tokenizer
+    else:  # minilm: its own WordPiece vocabulary, named as the tower
+        tokenizer = t.encoder
     return {"text_max_len": cfg.data.text_max_len, "text_tokenizer": tokenizer}
 
 
