@@ -131,19 +131,19 @@ async def _closed_loop(call, values: list, load: tuple[int, int], secs: float, w
     latencies, and the host's CPU over that window."""
     concurrency, per_request = load
     latencies: list[float] = []
-    errors = 0
+    errors = answered = 0  # over the whole run: every client finishes at least one request
     stop_at = time.perf_counter() + warm + secs
     record_from = time.perf_counter() + warm
     cpu: dict[str, float] = {}
 
     async def client(k: int) -> None:
-        nonlocal errors
+        nonlocal errors, answered
         i = k
         while (now := time.perf_counter()) < stop_at:
             ok = await call([values[(i + j) % len(values)] for j in range(per_request)])
-            if record_from <= (done := time.perf_counter()) <= stop_at:  # answered in the window
-                latencies.append(done - now) if ok else None
-                errors += not ok
+            errors, answered = errors + (not ok), answered + ok
+            if ok and record_from <= (done := time.perf_counter()) <= stop_at:  # in the window
+                latencies.append(done - now)
             i += concurrency * per_request
 
     async def mark() -> None:  # the window opens at record_from, requests in flight or not
@@ -161,6 +161,7 @@ async def _closed_loop(call, values: list, load: tuple[int, int], secs: float, w
         "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
         "cpu_ms_per_request": 1000 * server_cpu / max(1, len(latencies)),
         "errors": errors,
+        "answered": answered,
     }
 
 

@@ -47,7 +47,9 @@ def test_the_gpu_check_runs_dry_on_the_cpu():
     assert [(r["route"], r["load"]) for r in rows[6:]] == [
         (m, load) for m in ("image", "text") for load in ([1, 1], [8, 1], [32, 1], [8, 32])
     ]
-    assert all(r["errors"] == 0 and r["items_per_s"] > 0 for r in rows[6:])
+    # A loaded host may answer nothing inside a dry run's 1.5 s window, but every client's
+    # requests are answered, without error.
+    assert all(r["errors"] == 0 and r["answered"] >= r["load"][0] for r in rows[6:])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="here it runs the real check")
