@@ -5,6 +5,7 @@ disagrees with the manifest stops a run before training starts."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -39,10 +40,14 @@ def _config(data: Path, runs: Path, name: str, *extra: str):
 def test_too_many_bad_rows_fail_the_run(ray_cluster, damaged_digits, tmp_path):
     data, _ = damaged_digits
     cfg = _config(data, tmp_path, "strict", "data.max_bad_fraction=0.002")
-    with pytest.raises(BadDataError, match=r"10 of \d+ rows read .*image too large: 2"):
+    with pytest.raises(BadDataError, match=r"could not be used \(") as err:
         fit(cfg)
+    # As many as were read when a check saw the limit passed: all 10 when Ray Data decoded
+    # ahead of the step, fewer when the worker reads rows from the decoded cache as it goes.
+    bad, seen = map(int, re.search(r"(\d+) of (\d+) rows read", str(err.value)).groups())
+    assert 1 <= bad <= 10 and bad / seen > 0.002
     report = json.loads((tmp_path / "strict" / "bad_rows.json").read_text())
-    assert report["bad_rows"] == 10
+    assert report["bad_rows"] == bad
 
 
 def test_shard_with_another_schema_fails_before_training(ray_cluster, digits_dataset, tmp_path):

@@ -74,6 +74,18 @@ class DataConfig(Section):
     prefetch_batches: int = Field(
         4, ge=0, description="Batches each worker decodes ahead of the step."
     )
+    decode_cache_mb: int = Field(
+        2048,
+        ge=0,
+        description="Train row groups are decoded once and kept on each node's disk, "
+        "memory-mapped, when the decoded train split is at most this many MB (0: off; not "
+        "with image augmentation, whose random crop needs the raw picture). From the "
+        "second epoch on, workers read their rows there themselves instead of through Ray "
+        "Data's tasks: same rows, order and resume positions.",
+    )
+    decode_cache_dir: str = Field(
+        "", description='Where on each node the decoded cache lives ("": the temp dir).'
+    )
     cache_val_rows: int = Field(
         50_000, description="Rank 0 keeps a decoded val split this small in memory."
     )

@@ -30,6 +30,16 @@ def input_shapes(prep: Preprocessing) -> dict[str, tuple[tuple[int, ...], type]]
     return {m: MODALITIES[m].input_shape(prep) for m in prep.modalities}
 
 
+def decoded_row_bytes(prep: Preprocessing, negatives: dict[str, int] | None = None) -> int:
+    """A decoded row's bytes: its inputs, mined negatives, flags, hashes and label."""
+    shapes = input_shapes(prep)
+    size = {m: int(np.prod(s)) * np.dtype(t).itemsize for m, (s, t) in shapes.items()}
+    out = sum(size.values()) + 12 * len(size) + 16
+    for key, k in (negatives or {}).items():
+        out += k * (size[key.partition("->")[2]] + 12)
+    return out
+
+
 def check_label(value: Any, num_labels: int | None) -> int:
     if value is None:
         return -1

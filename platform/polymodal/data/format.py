@@ -143,27 +143,32 @@ def schema_difference(actual: pa.Schema, expected: pa.Schema) -> str | None:
     return "; ".join(diffs) or f"schema {actual} differs from {expected}"
 
 
-def row_groups(path: str | Path, manifest: Manifest, split: str) -> list[tuple[str, list[int]]]:
-    """(shard, rows of each row group) for each of the split's shards, from their footers
-    (not their rows). Fails on the first shard that is missing or whose schema disagrees with the
-    manifest, naming it: before training, not hours into it."""
+def row_groups(
+    path: str | Path, manifest: Manifest, split: str
+) -> list[tuple[str, list[int], str]]:
+    """(shard, rows of each row group, its footer's digest: a rewritten shard's differs) for
+    each of the split's shards, from their footers (not their rows). Fails on the first shard
+    that is missing or whose schema disagrees with the manifest, naming it: before training,
+    not hours into it."""
     expected = manifest_schema(manifest)
     uris = shard_paths(path, manifest, split)
 
-    def footer(uri: str) -> tuple[str | None, list[int]]:
+    def footer(uri: str) -> tuple[str | None, list[int], str]:
         try:
             file = open_shard(uri)
         except (OSError, pa.ArrowInvalid) as exc:
-            return f"cannot read it ({exc})", []
-        groups = [file.metadata.row_group(g).num_rows for g in range(file.metadata.num_row_groups)]
-        return schema_difference(file.schema_arrow, expected), groups
+            return f"cannot read it ({exc})", [], ""
+        meta = file.metadata
+        groups = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        version = hashlib.blake2b(repr(meta.to_dict()).encode(), digest_size=8).hexdigest()
+        return schema_difference(file.schema_arrow, expected), groups, version
 
     with ThreadPoolExecutor(max_workers=16) as pool:  # S3: one request per footer, in parallel
         footers = list(pool.map(footer, uris))
-    for uri, (problem, _) in zip(uris, footers):
+    for uri, (problem, _, _) in zip(uris, footers):
         if problem:
             raise DatasetError(f"shard {uri}: {problem} (manifest of {path})")
-    return [(uri, groups) for uri, (_, groups) in zip(uris, footers)]
+    return [(uri, groups, version) for uri, (_, groups, version) in zip(uris, footers)]
 
 
 class ShardWriter:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from ray.data.datasource import Datasource, ReadTask
 from polymodal import storage
 from polymodal.data import tars
 from polymodal.data.decode import decode_columns
+from polymodal.data.decoded_cache import CachedPiece, DecodedCache, cache_root
 from polymodal.data.format import (
     Manifest,
     is_webdataset,
@@ -78,38 +79,29 @@ def sample_key(row_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def decode_table(
+def decode_block(
     table: pa.Table,
     prep: dict[str, Any],
     with_hashes: bool = False,
     num_labels: int | None = None,
-    bad_rows: Any = None,
-    split: str = "",
     augment: dict[str, Any] | None = None,
     with_samples: bool = False,
-    positions: np.ndarray | None = None,
-    source: str = "",
     negatives: dict[str, int] | None = None,
-) -> dict:
-    """One block of raw rows → decoded (and, with augment, randomly changed) arrays, with
-    `sample` the rows' sample_key if with_samples and `position` the rows' stream positions
-    if given; undecodable rows are dropped and, with a BadRows actor, counted; negatives: the
-    mined directions read, with their K (format.negatives_sizes)."""
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[tuple[int, str, str]]]:
+    """One block of raw rows → the decoded (and, with augment, randomly changed) arrays of
+    the rows that decoded, with `sample` their sample_key if with_samples; which rows those
+    are; and the others as (row, id, reason). negatives: the mined directions read, with
+    their K (format.negatives_sizes)."""
     columns = {name: table.column(name).to_pylist() for name in table.column_names}
-    out, bad = decode_columns(
+    out, dropped = decode_columns(
         columns, Preprocessing(**prep), with_hashes, num_labels, augment, negatives
     )
     ids = columns.get("id") or [str(i) for i in range(table.num_rows)]
     kept = np.ones(table.num_rows, dtype=bool)
-    kept[[i for i, _ in bad]] = False
+    kept[[i for i, _ in dropped]] = False
     if with_samples:  # only for the sample log and frozen features: no hashing otherwise
         out["sample"] = np.array([sample_key(ids[i]) for i in np.flatnonzero(kept)], dtype=np.int64)
-    if positions is not None:
-        out["position"] = positions[kept]
-    if bad_rows is not None:  # fire and forget: the count must not slow decoding down
-        bad = [(ids[i], reason) for i, reason in bad]
-        bad_rows.add.remote(split, table.num_rows, bad, source)
-    return out
+    return out, kept, [(i, ids[i], reason) for i, reason in dropped]
 
 
 def read_shards(uris: list[str], **kwargs) -> ray.data.Dataset:
@@ -122,12 +114,32 @@ def read_shards(uris: list[str], **kwargs) -> ray.data.Dataset:
 @dataclass
 class PieceReader:
     """How a read task turns a piece into blocks: its columns, rows per decoded block, the
-    decoding; with `ordered`, rows shuffled by the piece's seed and tagged with positions."""
+    decoding (decode_block's settings); with `ordered`, rows shuffled by the piece's seed and
+    tagged with positions; with a BadRows actor, dropped rows counted under split (and a
+    mixture's source); with a cache, row groups decoded once per node (data/decoded_cache)."""
 
     columns: list[str]
     rows: int
-    decode: Callable[..., dict]
+    decoding: dict[str, Any]
     ordered: bool = False
+    bad_rows: Any = None
+    split: str = ""
+    source: str = ""
+    cache: DecodedCache | None = None
+
+    def count(self, seen: int, bad: list[tuple[int, str, str]]) -> None:
+        if self.bad_rows is not None:  # fire and forget: the count must not slow decoding
+            dropped = [(row_id, reason) for _, row_id, reason in bad]
+            self.bad_rows.add.remote(self.split, seen, dropped, self.source)
+
+    def decode(self, table: pa.Table, positions: np.ndarray | None = None) -> dict:
+        """Raw rows → decoded arrays, with `position` the kept rows' stream positions if
+        given; undecodable rows dropped and counted."""
+        out, kept, bad = decode_block(table, **self.decoding)
+        if positions is not None:
+            out["position"] = positions[kept]
+        self.count(table.num_rows, bad)
+        return out
 
     def tables(self, item: dict[str, Any]) -> Iterator[pa.Table]:
         """The piece's raw rows: a Parquet row group whole (group >= 0) or a webdataset tar
@@ -143,9 +155,17 @@ class PieceReader:
                 chunk = chunk.take(piece_rng(item["seed"], n).permutation(chunk.num_rows))
             yield chunk
 
+    def cached(self, item: dict[str, Any]) -> bool:
+        """Whether this node holds the piece decoded (so a worker can read it itself)."""
+        return self.cache is not None and self.cache.has(item)
+
     def __call__(self, item: dict[str, Any]) -> Iterator[Any]:
         """One read task: the piece decoded `rows` rows at a time into blocks, from row
         item["skip"] on (a resumed rank's first piece)."""
+        if self.cache is not None and item["group"] >= 0:
+            for out in self.blocks(item):
+                yield BlockAccessor.batch_to_block(out)
+            return
         start, skip = item.get("lo", 0), item.get("skip", 0)
         base = pack(item.get("ordinal", 0), 0)
         for chunk in self.tables(item):
@@ -162,6 +182,54 @@ class PieceReader:
                 if len(out["label"]):  # all rows bad: an empty block loses the tensor types
                     yield BlockAccessor.batch_to_block(out)
             start += chunk.num_rows
+
+    def blocks(self, item: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
+        """A row group's rows from the node's decoded cache (decoded and stored first if it
+        is not there), in the order, positions and blocks that decoding it would give, and
+        its dropped rows counted again as decoding would count them."""
+        assert self.cache is not None
+        piece = self.cache.load(item)
+        if piece is None:
+            piece = self.decode_piece(item)
+            self.cache.store(item, piece)
+        rows = np.arange(len(piece.kept))
+        if self.ordered:
+            rows = piece_rng(item["seed"], 0).permutation(len(rows))
+        start, skip = item.get("lo", 0), item.get("skip", 0)
+        rows = rows[start : item.get("hi", len(rows))]
+        base = pack(item.get("ordinal", 0), 0)
+        for lo in range(max(skip - start, 0), len(rows), self.rows):
+            block = rows[lo : lo + self.rows]
+            kept = piece.kept[block]
+            self.count(len(block), [(int(i), *piece.bad[int(i)]) for i in block[~kept]])
+            if not kept.any():
+                continue
+            take = block[kept]
+            out = {k: np.ascontiguousarray(v[take]) for k, v in piece.arrays.items()}
+            if self.ordered:
+                positions = base + start + lo + np.arange(len(block), dtype=np.int64)
+                out["position"] = positions[kept]
+            if "source" in item:
+                out["source"] = np.full(len(take), item["source"], dtype=np.int64)
+            yield out
+
+    def decode_piece(self, item: dict[str, Any]) -> CachedPiece:
+        """A row group decoded whole, in storage order, `rows` rows at a time (uncounted:
+        blocks() counts what each epoch reads)."""
+        table = open_shard(item["uri"]).read_row_group(item["group"], columns=self.columns)
+        kept = np.zeros(table.num_rows, dtype=bool)
+        arrays: dict[str, np.ndarray] = {}
+        bad: dict[int, tuple[str, str]] = {}
+        for lo in range(0, table.num_rows, self.rows):
+            out, ok, dropped = decode_block(table.slice(lo, self.rows), **self.decoding)
+            rows = lo + np.flatnonzero(ok)
+            kept[rows] = True
+            bad |= {lo + i: (row_id, reason) for i, row_id, reason in dropped}
+            for k, v in out.items():
+                if k not in arrays:
+                    arrays[k] = np.zeros((table.num_rows, *v.shape[1:]), dtype=v.dtype)
+                arrays[k][rows] = v
+        return CachedPiece(arrays, kept, bad)
 
 
 @dataclass
@@ -208,8 +276,8 @@ def pieces(path: str, manifest: Manifest, split: str) -> list[dict[str, Any]]:
     if is_webdataset(manifest):
         return [{"uri": u, "group": -1, "rows": 1} for u in shard_paths(path, manifest, split)]
     return [
-        {"uri": u, "group": g, "rows": n}
-        for u, groups in row_groups(path, manifest, split)
+        {"uri": u, "group": g, "rows": n, "version": version}
+        for u, groups, version in row_groups(path, manifest, split)
         for g, n in enumerate(groups)
     ]
 
@@ -240,29 +308,32 @@ def piece_reader(
     with_samples: bool = False,
     ordered: bool = False,
     source: str = "",
+    cache_dir: str | None = None,
 ) -> PieceReader:
     """The reader of one split's pieces; ordered for training (see PieceReader); source: a
-    mixture's source, which its bad rows are counted under too. Rows with K mined negatives
+    mixture's source, which its bad rows are counted under too; cache_dir: keep decoded row
+    groups there on each node ("" = the temp dir; not with augment). Rows with K mined negatives
     decode into 1 + K inputs each: a block then holds decode_batch_size / (1 + K) rows, so
     that its bytes stay those of a block without (LiT at 224 px and K = 3: 0.6, not 2.4 GB)."""
     manifest = manifest or read_manifest(path)
     # Mined negatives are train rows' (mine writes none for val): val's loss is in-batch.
     negatives = negatives_sizes(manifest, prep.modalities) if split == "train" else {}
     decode_batch_size = max(1, decode_batch_size // (1 + sum(negatives.values())))
-    decode = functools.partial(
-        decode_table,
-        prep=prep.to_dict(),
-        with_hashes=with_hashes,
-        num_labels=manifest.num_labels,
-        bad_rows=bad_rows,
-        split=split,
-        augment=augment or None,
-        with_samples=with_samples,
-        source=source,
-        negatives=negatives or None,
-    )
+    decoding = {
+        "prep": prep.to_dict(),
+        "with_hashes": with_hashes,
+        "num_labels": manifest.num_labels,
+        "augment": augment or None,
+        "with_samples": with_samples,
+        "negatives": negatives or None,
+    }
     columns = ["id", *read_columns(path, manifest, prep.modalities, with_negatives=bool(negatives))]
-    return PieceReader(columns, decode_batch_size, decode, ordered)
+    cache = None
+    if cache_dir is not None and not augment:  # a random crop works on the raw picture
+        cache = DecodedCache(cache_root(cache_dir, [path, split, decoding]))
+    return PieceReader(
+        columns, decode_batch_size, decoding, ordered, bad_rows, split, source, cache
+    )
 
 
 def pieces_dataset(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from polymodal.config import Config
@@ -30,6 +31,7 @@ class EpochData:
         self.by_source = by_source(inputs, cfg)
         self.next: list[int] = []
         self.source = 0  # the stream of the last batch handed out
+        self.from_cache = False  # whether this epoch's streams are read from the cache
 
     def batches(
         self, epoch: int, position: Position | None, device: torch.device
@@ -49,13 +51,22 @@ class EpochData:
             self.next, done = position.streams_of(self.rank), position.steps
             mine = [resume_plan(plan, at) for plan, at in zip(mine, self.next, strict=True)]
             order = order[done:]
+        self.from_cache = True
         streams = [self.stream(plan, device) for plan in mine]
         if not self.by_source:
             return self.positioned(streams[0], 0), done
         return self.interleaved(streams, order), done
 
     def stream(self, plan: list[dict[str, Any]], device: torch.device) -> Iterator[dict]:
-        data = self.cfg.data
+        """The plan's rows read here from the node's decoded cache when it holds them all
+        (the cache's first epoch has filled it), else decoded by Ray Data's tasks."""
+        data, readers = self.cfg.data, self.inputs.train_reader.readers
+        cached = not data.shuffle_buffer_rows and all(
+            readers[item.get("source", 0)].cached(item) for item in plan
+        )
+        self.from_cache &= cached
+        if cached:
+            return cached_batches(plan, readers, self.batch, device)
         return iter(
             pieces_dataset(plan, self.inputs.train_reader).iter_torch_batches(
                 batch_size=self.batch,
@@ -80,3 +91,32 @@ class EpochData:
                 return
             self.next[k], self.source = int(raw["position"][-1]) + 1, k
             yield raw
+
+
+def cached_batches(
+    plan: list[dict[str, Any]], readers: list[Any], batch: int, device: torch.device
+) -> Iterator[dict[str, torch.Tensor]]:
+    """A rank's batches cut from its pieces' cached rows in the worker itself: the batches
+    iter_torch_batches would give (rows, order, positions, drop_last), without read tasks,
+    the object store, Arrow or collate threads."""
+    held: list[dict[str, np.ndarray]] = []
+    n = 0
+    for item in plan:
+        for block in readers[item.get("source", 0)].blocks(item):
+            held.append(block)
+            n += len(block["label"])
+            while n >= batch:
+                rows = held[0] if len(held) == 1 else concatenate(held)
+                yield {k: to_device(v[:batch], device) for k, v in rows.items()}
+                held, n = [{k: v[batch:] for k, v in rows.items()}], n - batch
+
+
+def concatenate(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":  # a pinned page lets the copy overlap the step
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

@@ -295,6 +295,7 @@ class Recipe:
             "step": self.step,
             **stats.metrics(self.world, self.device),
             **self.bad_rows.epoch_metrics(),
+            "train/read_from_cache": float(self.data.from_cache),  # rank 0's
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/logit_scale": float(model.logit_scale().detach()),
             # learned loss weights exp(-s_i) (objective.weighting: uncertainty)

@@ -240,6 +240,7 @@ def prepare_inputs(cfg: Config, sources: list[DataSource], prep: Preprocessing) 
     weights = [s.weight for s in sources]
     train_reader = readers(
         "train",
+        cache_dir=decode_cache_dir(cfg, sources, prep),
         # Content hashes travel with training batches only when a term, a reference model
         # or frozen features of mined negatives (both looked up by them) read them.
         with_hashes="hashes" in needs or bool(reference_checkpoints(cfg)) or cached_negatives,
@@ -259,6 +260,20 @@ def prepare_inputs(cfg: Config, sources: list[DataSource], prep: Preprocessing) 
         references=embed_references(cfg, sources, actors=max(1, int(ray_cpus()) - 1)),
     )
     return RunInputs(loop, datasets)
+
+
+def decode_cache_dir(cfg: Config, sources: list[DataSource], prep: Preprocessing) -> str | None:
+    """data.decode_cache_dir when every source's decoded train rows fit data.decode_cache_mb
+    together, else None (decoded every epoch)."""
+    from polymodal.data.decode import decoded_row_bytes
+
+    size = sum(
+        s.manifest.rows("train")
+        * decoded_row_bytes(prep, negatives_sizes(s.manifest, prep.modalities))
+        for s in sources
+    )
+    fits = 0 < size <= cfg.data.decode_cache_mb * 2**20
+    return cfg.data.decode_cache_dir if fits else None
 
 
 def ray_cpus() -> float:
