@@ -16,7 +16,7 @@ from polymodal.data.order import epoch_plan, pack, resume_plan, unpack
 from polymodal.data.pipeline import BadRows, PieceReader, pieces
 from polymodal.modalities import Preprocessing
 from polymodal.modalities.text import decode_text
-from polymodal.train.epoch_data import cached_batches
+from polymodal.train.epoch_data import rebatched
 
 PIECES = [{"uri": f"s{i // 3}", "group": i % 3, "rows": 100 if i != 7 else 40} for i in range(10)]
 
@@ -153,7 +153,7 @@ def test_a_rewritten_shard_is_decoded_anew(tmp_path):
     assert cache.has(first[0]) and not cache.has(other[0])
 
 
-def test_a_worker_cuts_cached_rows_into_the_batches_ray_data_would(tmp_path):
+def test_a_worker_cuts_blocks_into_the_batches_ray_data_would(tmp_path):
     items = _row_groups(tmp_path)
     prep = Preprocessing(["text"], text_max_len=4)
     reader = PieceReader(
@@ -167,7 +167,8 @@ def test_a_worker_cuts_cached_rows_into_the_batches_ray_data_would(tmp_path):
     rows = [b.to_pydict() for it in plan for b in reader(it)]
     labels = [x for b in rows for x in b["label"]]
     positions = [x for b in rows for x in b["position"]]
-    batches = list(cached_batches(plan, [reader], 8, torch.device("cpu")))
+    blocks = (b for it in plan for b in reader.blocks(it))
+    batches = list(rebatched(blocks, 8, torch.device("cpu")))
     assert [len(b["label"]) for b in batches] == [8] * (len(labels) // 8)  # drop_last
     assert torch.cat([b["label"] for b in batches]).tolist() == labels[: 8 * len(batches)]
     assert torch.cat([b["position"] for b in batches]).tolist() == positions[: 8 * len(batches)]

@@ -3,7 +3,7 @@ pieces (data.mix: rows), or one stream per source taken in a drawn order (data.m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -59,23 +59,31 @@ class EpochData:
 
     def stream(self, plan: list[dict[str, Any]], device: torch.device) -> Iterator[dict]:
         """The plan's rows read here from the node's decoded cache when it holds them all
-        (the cache's first epoch has filled it), else decoded by Ray Data's tasks."""
+        (the cache's first epoch has filled it), else decoded by Ray Data's tasks; cut into
+        batches here either way (rebatched), unless a shuffle buffer mixes them."""
         data, readers = self.cfg.data, self.inputs.train_reader.readers
-        cached = not data.shuffle_buffer_rows and all(
-            readers[item.get("source", 0)].cached(item) for item in plan
-        )
-        self.from_cache &= cached
-        if cached:
-            return cached_batches(plan, readers, self.batch, device)
-        return iter(
-            pieces_dataset(plan, self.inputs.train_reader).iter_torch_batches(
-                batch_size=self.batch,
-                drop_last=True,
-                device=device,
-                prefetch_batches=data.prefetch_batches,
-                local_shuffle_buffer_size=data.shuffle_buffer_rows or None,
+        dataset = pieces_dataset(plan, self.inputs.train_reader)
+        if data.shuffle_buffer_rows:
+            self.from_cache = False
+            return iter(
+                dataset.iter_torch_batches(
+                    batch_size=self.batch,
+                    drop_last=True,
+                    device=device,
+                    prefetch_batches=data.prefetch_batches,
+                    local_shuffle_buffer_size=data.shuffle_buffer_rows,
+                )
             )
-        )
+        cached = all(readers[item.get("source", 0)].cached(item) for item in plan)
+        self.from_cache &= cached
+        blocks: Iterable[dict[str, np.ndarray]]
+        if cached:
+            blocks = (b for item in plan for b in readers[item.get("source", 0)].blocks(item))
+        else:  # the read tasks' blocks as they are: no Arrow concatenation, no collate
+            blocks = dataset.iter_batches(
+                batch_size=None, batch_format="numpy", prefetch_batches=data.prefetch_batches
+            )
+        return rebatched(blocks, self.batch, device)
 
     def positioned(self, stream: Iterator[dict], k: int) -> Iterator[dict]:
         for raw in stream:
@@ -93,22 +101,21 @@ class EpochData:
             yield raw
 
 
-def cached_batches(
-    plan: list[dict[str, Any]], readers: list[Any], batch: int, device: torch.device
+def rebatched(
+    blocks: Iterable[dict[str, np.ndarray]], batch: int, device: torch.device
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """A rank's batches cut from its pieces' cached rows in the worker itself: the batches
-    iter_torch_batches would give (rows, order, positions, drop_last), without read tasks,
-    the object store, Arrow or collate threads."""
+    """Blocks of rows cut into tensor batches of `batch` rows in order, the last partial one
+    dropped: what iter_torch_batches gives, as slices of the blocks (a copy only where a
+    batch spans two)."""
     held: list[dict[str, np.ndarray]] = []
     n = 0
-    for item in plan:
-        for block in readers[item.get("source", 0)].blocks(item):
-            held.append(block)
-            n += len(block["label"])
-            while n >= batch:
-                rows = held[0] if len(held) == 1 else concatenate(held)
-                yield {k: to_device(v[:batch], device) for k, v in rows.items()}
-                held, n = [{k: v[batch:] for k, v in rows.items()}], n - batch
+    for block in blocks:
+        held.append(block)
+        n += len(block["label"])
+        while n >= batch:
+            rows = held[0] if len(held) == 1 else concatenate(held)
+            yield {k: to_device(v[:batch], device) for k, v in rows.items()}
+            held, n = [{k: v[batch:] for k, v in rows.items()}], n - batch
 
 
 def concatenate(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -116,7 +123,8 @@ def concatenate(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    tensor = torch.from_numpy(array)
+    # Ray Data's arrays can be views of the object store's read-only memory
+    tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
     if device.type == "cuda":  # a pinned page lets the copy overlap the step
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
