@@ -72,7 +72,10 @@ class DataConfig(Section):
     )
     decode_batch_size: int = Field(1024, ge=1, description="Rows per Ray Data decoding task.")
     prefetch_batches: int = Field(
-        4, ge=0, description="Batches each worker decodes ahead of the step."
+        4,
+        ge=0,
+        description="Decoded blocks (data.decode_batch_size rows) each worker holds ahead of "
+        "the step (with data.shuffle_buffer_rows: batches).",
     )
     decode_cache_mb: int = Field(
         2048,
