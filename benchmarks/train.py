@@ -387,7 +387,7 @@ def _polymodal(path: str, extra: tuple, batch_size: int, *workers: str) -> dict:
 
 
 def _breakdown(run: dict, step_ms: float) -> dict[str, float]:
-    """A polymodal run's CPU ms per sample split: the step (as DDP without Ray spends it),
+    """A polymodal run's CPU ms per sample split: the step (as a baseline spends it),
     the hand-off in the workers (the rest of their CPU: batches from Ray Data or the cache,
     bookkeeping), decoding (Ray's tasks: read tasks, Train's controller) and Ray's daemons
     with the driver; `other`: the machine's busy CPU that no process of the run shows."""
@@ -428,7 +428,9 @@ def case_ray_overhead(path: str, extra: tuple) -> dict:
     for i, (name, run) in enumerate(runs.items()):
         beside = max(ddp[i : i + 2], key=lambda x: x["samples_per_s"])
         ratios[name] = round(run["samples_per_s"] / beside["samples_per_s"], 3)
-        breakdown[name] = _breakdown(run, beside["cpu_ms_per_sample"])
+        # the step as the baseline of the same shape spends it: one process, 2 threads for d
+        step = plain if name == "1_worker" else beside
+        breakdown[name] = _breakdown(run, step["cpu_ms_per_sample"])
     return {
         "case": "ray_overhead",
         "plain_loop": plain,

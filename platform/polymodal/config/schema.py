@@ -74,8 +74,7 @@ class DataConfig(Section):
     prefetch_batches: int = Field(
         4,
         ge=0,
-        description="Decoded blocks (data.decode_batch_size rows) each worker holds ahead of "
-        "the step (with data.shuffle_buffer_rows: batches).",
+        description="Batches each worker decodes ahead of the step.",
     )
     decode_cache_mb: int = Field(
         2048,

@@ -59,31 +59,26 @@ class EpochData:
 
     def stream(self, plan: list[dict[str, Any]], device: torch.device) -> Iterator[dict]:
         """The plan's rows read here from the node's decoded cache when it holds them all
-        (the cache's first epoch has filled it), else decoded by Ray Data's tasks; cut into
-        batches here either way (rebatched), unless a shuffle buffer mixes them."""
+        (the cache's first epoch has filled it), else decoded by Ray Data's tasks."""
         data, readers = self.cfg.data, self.inputs.train_reader.readers
-        dataset = pieces_dataset(plan, self.inputs.train_reader)
-        if data.shuffle_buffer_rows:
-            self.from_cache = False
-            return iter(
-                dataset.iter_torch_batches(
-                    batch_size=self.batch,
-                    drop_last=True,
-                    device=device,
-                    prefetch_batches=data.prefetch_batches,
-                    local_shuffle_buffer_size=data.shuffle_buffer_rows,
-                )
-            )
-        cached = all(readers[item.get("source", 0)].cached(item) for item in plan)
+        cached = not data.shuffle_buffer_rows and all(
+            readers[item.get("source", 0)].cached(item) for item in plan
+        )
         self.from_cache &= cached
-        blocks: Iterable[dict[str, np.ndarray]]
         if cached:
             blocks = (b for item in plan for b in readers[item.get("source", 0)].blocks(item))
-        else:  # the read tasks' blocks as they are: no Arrow concatenation, no collate
-            blocks = dataset.iter_batches(
-                batch_size=None, batch_format="numpy", prefetch_batches=data.prefetch_batches
+            return rebatched(blocks, self.batch, device)
+        # Ray Data's blocks as they are, cut here like the cache's, measured slower on
+        # median (benchmarks/RESULTS.md): its own batching stays.
+        return iter(
+            pieces_dataset(plan, self.inputs.train_reader).iter_torch_batches(
+                batch_size=self.batch,
+                drop_last=True,
+                device=device,
+                prefetch_batches=data.prefetch_batches,
+                local_shuffle_buffer_size=data.shuffle_buffer_rows or None,
             )
-        return rebatched(blocks, self.batch, device)
+        )
 
     def positioned(self, stream: Iterator[dict], k: int) -> Iterator[dict]:
         for raw in stream:
@@ -106,7 +101,7 @@ def rebatched(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Blocks of rows cut into tensor batches of `batch` rows in order, the last partial one
     dropped: what iter_torch_batches gives, as slices of the blocks (a copy only where a
-    batch spans two)."""
+    batch spans two), without read tasks, the object store, Arrow or collate threads."""
     held: list[dict[str, np.ndarray]] = []
     n = 0
     for block in blocks:
@@ -123,8 +118,7 @@ def concatenate(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    # Ray Data's arrays can be views of the object store's read-only memory
-    tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
+    tensor = torch.from_numpy(array)
     if device.type == "cuda":  # a pinned page lets the copy overlap the step
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
