@@ -15,6 +15,8 @@ RAY_ENV = {
     # Serve's proxy talks to replicas over gRPC: 6.5 instead of 9.4 ms of CPU per request
     # (benchmarks/serve.py). Read when the cluster starts, so set before ray.init.
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    # Train V2 sends a worker's print to its logger and to stdout both: every line twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 
 
