@@ -19,6 +19,7 @@ from polymodal.data.dataset import (
     mixed_manifest,
     sources_preprocessing,
 )
+from polymodal.data.decode import decoded_row_bytes
 from polymodal.data.format import is_webdataset, negatives_sizes
 from polymodal.data.order import mixture_rows
 from polymodal.modalities import Preprocessing, augmentations
@@ -265,8 +266,6 @@ def prepare_inputs(cfg: Config, sources: list[DataSource], prep: Preprocessing) 
 def decode_cache_dir(cfg: Config, sources: list[DataSource], prep: Preprocessing) -> str | None:
     """data.decode_cache_dir when every source's decoded train rows fit data.decode_cache_mb
     together, else None (decoded every epoch)."""
-    from polymodal.data.decode import decoded_row_bytes
-
     size = sum(
         s.manifest.rows("train")
         * decoded_row_bytes(prep, negatives_sizes(s.manifest, prep.modalities))
