@@ -9,14 +9,18 @@ import os
 
 from polymodal import storage
 
+# Read by the job's own workers, so set on any cluster (the job's runtime env).
+JOB_ENV = {
+    # Train V2 sends a worker's print to its logger and to stdout both: every line twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
 RAY_ENV = {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     # Serve's proxy talks to replicas over gRPC: 6.5 instead of 9.4 ms of CPU per request
     # (benchmarks/serve.py). Read when the cluster starts, so set before ray.init.
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-    # Train V2 sends a worker's print to its logger and to stdout both: every line twice.
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    **JOB_ENV,
 }
 
 
@@ -41,7 +45,8 @@ def ensure_ray(
         # submitted job, Ray refuses a variable that the job's runtime env already sets.
         job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
         job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
-        settings = {k: v for k, v in storage.public_settings().items() if k not in job_env}
+        wanted = JOB_ENV | storage.public_settings()
+        settings = {k: v for k, v in wanted.items() if k not in job_env}
         ray.init(address=address, runtime_env={"env_vars": settings} if settings else None)
         return
     # Logical CPUs: what the caller needs (training: one per worker plus one for Ray Data's
