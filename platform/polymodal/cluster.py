@@ -60,7 +60,7 @@ def ensure_ray(
     )
 
 
-def _can_grow() -> bool:
+def can_grow() -> bool:
     """Whether an autoscaler may add nodes: autoscaler v2, or v1 with node types of its own
     (without a provider, Ray's monitor reports each node as a read-only type of its own)."""
     try:
@@ -104,7 +104,7 @@ def require(
     if not missing:
         return
     has = f"{what} needs {_amounts(need)}; the cluster has {_amounts(missing)}"
-    if not _can_grow():
+    if not can_grow():
         raise ValueError(f"{has} and cannot add nodes. {fix}")
     if wait_s <= 0:
         raise ValueError(f"{has}. {fix}")

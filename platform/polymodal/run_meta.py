@@ -23,20 +23,37 @@ class CheckpointError(ValueError):
     pass
 
 
+class Segment(BaseModel):
+    """A part of an epoch trained on one worker count: the epoch's steps trained when it
+    ended, its world size, and each rank's next position in each of its streams."""
+
+    steps: int
+    world: int
+    streams: list[list[int]]
+
+
 class Position(BaseModel):
     """Where a mid-epoch checkpoint stopped: its epoch, the steps of it trained, the world
     size, and each rank's next packed (piece ordinal, row) stream position (data/order.py):
-    `next` in its one stream, or (data.mix: batches) `by_source` in each source's."""
+    `next` in its one stream, or (data.mix: batches) `by_source` in each source's.
+    `redealt`: the epoch's earlier parts on other worker counts, oldest first; after each,
+    the epoch's rest was dealt anew over the next part's ranks (elastic resume)."""
 
     epoch: int
     steps: int
     world: int
     next: list[int]
     by_source: list[list[int]] = Field(default_factory=list)
+    redealt: list[Segment] = Field(default_factory=list)
 
     def streams_of(self, rank: int) -> list[int]:
         """A rank's next position in each of its streams."""
         return self.by_source[rank] if self.by_source else [self.next[rank]]
+
+    def segment(self) -> Segment:
+        """This part of the epoch, as one that a resume on another worker count ends."""
+        streams = [self.streams_of(r) for r in range(self.world)]
+        return Segment(steps=self.steps, world=self.world, streams=streams)
 
 
 class FileSum(BaseModel):

@@ -57,16 +57,27 @@ def test_serve_asks_for_gpus_the_cluster_lacks(address):
 
 def test_an_autoscaling_cluster_gets_a_bounded_wait(ray_cluster, monkeypatch, capsys):
     from polymodal import cluster
+    from polymodal.config import load_config
+    from polymodal.train.prepare import check_resources
 
-    assert not cluster._can_grow()  # a local cluster reports its nodes as read-only types
+    assert not cluster.can_grow()  # a local cluster reports its nodes as read-only types
     # As if an autoscaler could add nodes (none will here): it is asked, then given up on.
-    monkeypatch.setattr(cluster, "_can_grow", lambda: True)
+    monkeypatch.setattr(cluster, "can_grow", lambda: True)
     start = time.monotonic()
     with pytest.raises(TimeoutError, match=r"after 2 s the cluster has 0 GPU\. Add GPUs"):
         cluster.require([{"GPU": 1.0}], "this test", "Add GPUs.", wait_s=2, every_s=1)
     assert 2 <= time.monotonic() - start < 10
     progress = capsys.readouterr().out
     assert progress.count("waiting for the autoscaler: this test needs 1 GPU") == 2, progress
+    # Workers that a fixed cluster refuses at once (check_cpus) are asked for and waited on.
+    cfg = load_config(None, ["train.num_workers=64", "train.resources_wait_s=1"])
+    with pytest.raises(TimeoutError, match="64 workers × train.cpus_per_worker=1, and a CPU"):
+        check_resources(cfg)
+    monkeypatch.setattr(cluster, "can_grow", lambda: False)
+    with pytest.raises(ValueError, match="64 workers × train.cpus_per_worker 1 = 64 CPUs"):
+        check_resources(cfg)
+    # Elastic: the fewest workers it starts on are what must fit now.
+    check_resources(load_config(None, ["train.num_workers=64", "train.min_workers=1"]))
 
 
 def test_ctrl_c_stops_training_and_gives_back_its_cpus(address, digits_dataset, tmp_path):

@@ -9,23 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import threading
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from polymodal.checkpoint import read_meta
-from polymodal.config import ConfigError
+from polymodal.checkpoint import newest_checkpoint, read_meta
 from polymodal.train.run import fit
 from polymodal.train.tracking import attach_run_files
 from tests.reliability.samples import (
     check_exact,
     faulted_run_config,
-    sample_log,
     split_keys,
+    steps_trained,
     wait_until_mid_epoch,
 )
 
@@ -108,33 +105,49 @@ def test_killed_workers_resume_mid_epoch_and_skip_nothing(
     _check_tracking(Path(result.run_dir), meta, result.checkpoint)
 
 
-def test_a_mid_epoch_checkpoint_resumes_with_another_worker_count(
-    killed_run, digits_dataset, spoken_digits, tmp_path
-):
-    """Each rank's place is its own: one worker refuses the 2-worker mid-epoch checkpoint,
-    and with train.resume=force trains that epoch again from its beginning, all of it."""
-    _, result, _, _ = killed_run
-    # The run as it stood at its last mid-epoch checkpoint (kept: the newest two are kept).
-    last, run = Path(result.checkpoint), Path(result.run_dir)
-    snapshot = "checkpoint_manager_snapshot.json"  # Ray's: it would refuse the missing one
-    shutil.copytree(run, tmp_path / "moved", ignore=shutil.ignore_patterns(last.name, snapshot))
-    (mid,) = (tmp_path / "moved").glob("checkpoint_*")
-    position = read_meta(mid).position
-    assert position.world == 2 and position.epoch == 3 and position.steps > 0
-    assert [len(streams) for streams in position.by_source] == [2, 2]  # each rank's sources
+def _kill_a_worker_after(samples: Path, steps: int) -> None:
+    """SIGKILL a training worker once rank 0 has trained `steps` more steps of epoch 1."""
+    from ray.util.state import list_actors
 
-    cfg = faulted_run_config(digits_dataset, tmp_path, "moved", spoken_digits)
-    cfg.train.num_workers = 1
-    with pytest.raises(ConfigError, match="train.num_workers=2"):
-        fit(cfg)
-    cfg.train.resume = "force"
-    resumed = fit(cfg)
-    meta = read_meta(resumed.checkpoint)
-    assert meta.epoch == 3 and resumed.epochs_run == 1
-    assert [row["epoch"] for row in meta.history if "val/loss" in row] == [0, 1, 2, 3]
-    counts = Counter(k for ids in sample_log(tmp_path / "samples")[3].values() for k in ids)
+    assert wait_until_mid_epoch(samples, 1, steps_trained(samples, 1) + steps)
+    alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+    os.kill(list_actors(filters=alive)[-1].pid, signal.SIGKILL)
+
+
+def test_an_epoch_resumed_on_2_then_1_then_2_workers_trains_every_sample_once(
+    ray_cluster, digits_dataset, spoken_digits, tmp_path
+):
+    """Elastic exact resume by kills and resubmission: 2 workers killed 2 steps after a
+    checkpoint, the same run on 1 worker killed likewise, then on 2 again. Each resume deals
+    what the ranks had left over the new ones: the epoch trains every sample once, but for
+    the steps each kill cut short."""
+    from ray.train import TrainingFailedError
+
+    cfg = faulted_run_config(digits_dataset, tmp_path, "elastic", spoken_digits)
+    cfg.train.epochs, cfg.train.max_failures = 1, 0
+    cfg.train.checkpoint_every_steps = EVERY
+    samples = tmp_path / "samples"
+    # Each run is killed 2 steps after its first checkpoint (at epoch steps 5 and 10).
+    for workers in (2, 1):
+        cfg.train.num_workers = workers
+        killer = threading.Thread(target=_kill_a_worker_after, args=(samples, EVERY + 2))
+        killer.start()
+        with pytest.raises(TrainingFailedError):
+            fit(cfg)
+        killer.join()
+    position = read_meta(newest_checkpoint(str(tmp_path / "elastic"))).position
+    assert (position.epoch, position.steps, position.world) == (1, 2 * EVERY, 1)
+    assert [(s.steps, s.world) for s in position.redealt] == [(EVERY, 2)]
+
+    cfg.train.num_workers = 2
+    result = fit(cfg)
+    meta = read_meta(result.checkpoint)
+    assert meta.epoch == 1 and meta.position is None
     train = _train_keys(digits_dataset, spoken_digits)
-    assert set(counts.values()) == {1} and len(train) - len(counts) < 2 * cfg.train.batch_size
+    repeated = check_exact(samples, train, 1, lost_max=2 * cfg.train.batch_size)
+    # Each kill repeats the two steps after its checkpoint, and nothing else.
+    assert 0 < repeated <= 2 * 2 * cfg.train.batch_size
+    print(f"2 -> 1 -> 2 workers: {repeated} sample trainings repeated, none skipped")
 
 
 def _check_tracking(run_dir: Path, meta: dict, checkpoint: str) -> None:

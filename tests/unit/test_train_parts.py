@@ -208,7 +208,7 @@ def test_workers_that_hold_every_cpu_are_refused_with_the_numbers():
     with pytest.raises(ValueError) as err:
         check_cpus(cfg, 2.0)
     message = str(err.value)
-    assert "2 × 1 = 2 CPUs, and the cluster has 2" in message
+    assert "2 workers × train.cpus_per_worker 1 = 2 CPUs, and the cluster has 2" in message
     assert "train.cpus_per_worker=0.5" in message
     check_cpus(cfg, 3.0)  # one left for data: fine
     check_cpus(load_config(None, ["train.cpus_per_worker=0.5"]), 2.0)

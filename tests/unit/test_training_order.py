@@ -12,7 +12,7 @@ import torch
 
 from polymodal.data.decoded_cache import CachedPiece, DecodedCache
 from polymodal.data.format import DatasetWriter, read_manifest
-from polymodal.data.order import epoch_plan, pack, resume_plan, unpack
+from polymodal.data.order import epoch_plan, pack, redeal, resume_plan, unpack
 from polymodal.data.pipeline import BadRows, PieceReader, pieces
 from polymodal.modalities import Preprocessing
 from polymodal.modalities.text import decode_text
@@ -44,6 +44,40 @@ def test_a_resumed_plan_starts_at_the_next_position():
     assert [p["ordinal"] for p in rest] == [p["ordinal"] for p in plan[2:]]
     assert rest[0]["skip"] == 37 and plan[2]["skip"] == 0  # the plan itself is unchanged
     assert unpack(pack(5, 2**32 - 1)) == (5, 2**32 - 1)
+
+
+def _rows(plan: list[dict]) -> list[tuple[tuple, int]]:
+    """A rank's rows in reading order, each with its position: a row group's shuffled rows
+    lo..hi (from skip on), a tar's (here 6 rows, counted as one when dealing) from skip on."""
+    out = []
+    for p in plan:
+        first = max(p.get("lo", 0), p["skip"])
+        for row in range(first, p.get("hi", 6)):
+            out.append(((p["uri"], p["group"], row), pack(p["ordinal"], row)))
+    return out
+
+
+def test_an_epoch_resumed_on_other_worker_counts_reads_every_row_once():
+    """2 -> 1 -> 3 workers, each part stopped after some steps: what each rank had left is
+    dealt over the next part's ranks; over the three parts every row is read once."""
+    pieces = PIECES + [{"uri": "t0.tar", "group": -1}, {"uri": "t1.tar", "group": -1}]
+    plans, read = epoch_plan(pieces, seed=0, epoch=1, world=2), []
+    for steps, world in ((130, 1), (251, 3), (None, None)):
+        nexts = []
+        for plan in plans:
+            rows = _rows(plan)[:steps]
+            read += [key for key, _ in rows]
+            nexts.append(rows[-1][1] + 1 if rows else 0)
+        if world is None:
+            break
+        plans = redeal(plans, nexts, world)
+        each = [len(_rows(plan)) for plan in plans]
+        assert max(each) - min(each) <= 6  # equal rows but for an uncut tar's
+        for plan in plans:
+            assert [p["ordinal"] for p in plan] == list(range(len(plan)))
+    everything = [key for plan in epoch_plan(pieces, 0, 1, 2) for key, _ in _rows(plan)]
+    assert len(read) == len(set(read)) and sorted(read) == sorted(everything)
+    assert len(everything) == 940 + 2 * 6
 
 
 def test_a_reader_shuffles_by_seed_and_resumes_where_it_stopped(tmp_path):

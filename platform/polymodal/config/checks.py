@@ -86,6 +86,11 @@ def training(cfg: Config) -> list[str]:
             f"'train.batch_size' ({t.batch_size}) must divide evenly across "
             f"train.num_workers ({t.num_workers})"
         )
+    if t.min_workers > t.num_workers or (t.min_workers and not t.num_workers):
+        problems.append(
+            f"'train.min_workers' ({t.min_workers}) must be between 1 and train.num_workers "
+            f"({t.num_workers}), or 0 (a fixed worker count)"
+        )
     if t.strategy == "fsdp" and t.grad_cache.chunk_size > 0:
         problems.append(
             "'train.strategy: fsdp' does not run the gradient cache yet: use one or the other"

@@ -210,6 +210,15 @@ class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="Epochs to train.")
     batch_size: int = Field(256, ge=1, description="Global batch, split evenly across workers.")
     num_workers: int = Field(2, ge=0, description="Ray Train workers (0: in the driver).")
+    min_workers: int = Field(
+        0,
+        ge=0,
+        description="Elastic training (0 = off): Ray Train starts on as few as min_workers "
+        "when the cluster holds fewer than num_workers, and grows back as nodes come. Each "
+        "resize resumes from the newest checkpoint, a mid-epoch one with the epoch's rest dealt "
+        "over the new workers (every sample once); a lost worker counts toward max_failures. "
+        "The global batch stays: each worker takes batch_size // workers rows.",
+    )
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: Float = Field(1.0, description="CPUs Ray reserves for each worker.")
     resources_wait_s: Float = Field(

@@ -55,28 +55,57 @@ def epoch_plan(
     pieces: list[dict[str, Any]], seed: int, epoch: int, world: int, salt: tuple[int, ...] = ()
 ) -> list[list[dict[str, Any]]]:
     """Each rank's pieces for `epoch`, in reading order. All pieces in an order drawn from
-    (seed, epoch) make one sequence of rows; rank r takes its r-th equal part, so that ranks
-    hold equal rows: a piece cut between two ranks goes to each as its rows [lo, hi) (after
-    the piece's own shuffle, whose seed every item carries). Tars (rows unknown) count as
-    one row each and are never cut. salt: another stream's draws (a source's, mix=batches)."""
+    (seed, epoch) make one sequence of rows, dealt over the ranks (deal); each item carries
+    its piece's shuffle seed. salt: another stream's draws (a source's, mix=batches)."""
     order = np.random.default_rng([seed, epoch, *salt]).permutation(len(pieces)).tolist()
-    sizes = [max(int(pieces[i].get("rows", 1)), 1) for i in order]
+    items = []
+    for i in order:
+        item = {**pieces[i], "seed": [seed, epoch, *salt, i], "skip": 0}
+        if pieces[i]["group"] >= 0:
+            item |= {"lo": 0, "hi": int(pieces[i].get("rows", 1))}
+        items.append(item)
+    return deal(items, world)
+
+
+def deal(items: list[dict[str, Any]], world: int) -> list[list[dict[str, Any]]]:
+    """The items' rows as one sequence, rank r taking its r-th equal part, so that ranks hold
+    equal rows: an item cut between two ranks goes to each as its rows [lo, hi) (of the
+    piece's shuffled rows). Tars (rows unknown) count as one row each and are never cut."""
+    sizes = [max(it["hi"] - it["lo"] if "hi" in it else int(it.get("rows", 1)), 1) for it in items]
     total = sum(sizes)
     bounds = [total * r // world for r in range(world + 1)]
     ranks: list[list[dict[str, Any]]] = [[] for _ in range(world)]
     start = 0
-    for i, size in zip(order, sizes):
+    for it, size in zip(items, sizes):
         for rank in range(world):
             lo, hi = max(start, bounds[rank]), min(start + size, bounds[rank + 1])
             if lo >= hi:
                 continue
-            item = {**pieces[i], "seed": [seed, epoch, *salt, i], "skip": 0}
-            if pieces[i]["group"] >= 0:
-                item |= {"lo": lo - start, "hi": hi - start}
+            item = dict(it)
+            if "hi" in it:
+                item |= {"lo": it["lo"] + lo - start, "hi": it["lo"] + hi - start}
             item["ordinal"] = len(ranks[rank])
             ranks[rank].append(item)
         start += size
     return ranks
+
+
+def redeal(
+    plans: list[list[dict[str, Any]]], next_positions: list[int], world: int
+) -> list[list[dict[str, Any]]]:
+    """Elastic resume: what the ranks of `plans` had still to read from `next_positions`
+    (one per rank) on, dealt over `world` ranks. Every row left is read once, by one rank;
+    a started row group continues from its next row (a started tar, on one rank, from its
+    next row too)."""
+    rest: list[dict[str, Any]] = []
+    for plan, at in zip(plans, next_positions, strict=True):
+        for item in resume_plan(plan, at):
+            if "hi" in item:  # the rows already read are cut off, not skipped
+                item |= {"lo": max(item["lo"], item.pop("skip")), "skip": 0}
+                if item["lo"] >= item["hi"]:
+                    continue
+            rest.append(item)
+    return deal(rest, world)
 
 
 def rows_of(plan: list[dict[str, Any]]) -> int:
@@ -97,15 +126,17 @@ def source_plans(
 
 
 def batch_order(
-    plans: list[list[list[dict[str, Any]]]], batch: int, seed: int, epoch: int
+    plans: list[list[list[dict[str, Any]]]], batch: int, seed: int, epoch: int, part: int = 0
 ) -> list[int]:
     """data.mix: batches — which source each step of the epoch draws its global batch from:
     every source as many times as each rank has whole batches of it (the fewest over ranks),
     in an order drawn from (seed, epoch). Sources are so drawn in proportion to their weighted
-    rows, and the epoch is one pass over all of them."""
+    rows, and the epoch is one pass over all of them. part: the n-th re-deal of the epoch's
+    rest (redeal), whose order is drawn anew."""
     counts = [min(rows_of(rank) for rank in ranks) // batch for ranks in plans]
     steps = np.repeat(np.arange(len(plans)), counts)
-    return np.random.default_rng([seed, epoch, 0]).permutation(steps).tolist()
+    draw = [seed, epoch, 0] + ([part] if part else [])
+    return np.random.default_rng(draw).permutation(steps).tolist()
 
 
 def resume_plan(plan: list[dict[str, Any]], next_position: int) -> list[dict[str, Any]]:

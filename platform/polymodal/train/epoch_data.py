@@ -10,9 +10,16 @@ import numpy as np
 import torch
 
 from polymodal.config import Config
-from polymodal.data.order import batch_order, epoch_plan, mixture, resume_plan, source_plans
+from polymodal.data.order import (
+    batch_order,
+    epoch_plan,
+    mixture,
+    redeal,
+    resume_plan,
+    source_plans,
+)
 from polymodal.data.pipeline import pieces_dataset
-from polymodal.run_meta import Position
+from polymodal.run_meta import Position, Segment
 from polymodal.train.prepare import LoopInputs
 
 
@@ -30,6 +37,7 @@ class EpochData:
         self.rank, self.world, self.batch = rank, world, batch
         self.by_source = by_source(inputs, cfg)
         self.next: list[int] = []
+        self.redealt: list[Segment] = []  # the epoch's earlier parts (Position.redealt)
         self.source = 0  # the stream of the last batch handed out
         self.from_cache = False  # whether this epoch's streams are read from the cache
 
@@ -37,25 +45,50 @@ class EpochData:
         self, epoch: int, position: Position | None, device: torch.device
     ) -> tuple[Iterator[dict[str, Any]], int]:
         """The batches, and the steps of the epoch already trained (a mid-epoch resume's)."""
-        inputs, seed = self.inputs, self.cfg.train.seed
-        if self.by_source:
-            plans = source_plans(inputs.train_pieces, inputs.weights, seed, epoch, self.world)
-            order = batch_order(plans, self.batch, seed, epoch)
-            mine = [ranks[self.rank] for ranks in plans]
-        else:
-            read = mixture(inputs.train_pieces, inputs.weights, seed, epoch)
-            mine, order = [epoch_plan(read, seed, epoch, self.world)[self.rank]], []
-        done = 0
-        self.next = [0] * len(mine)
-        if position is not None and position.epoch == epoch:
-            self.next, done = position.streams_of(self.rank), position.steps
+        resumed = position if position is not None and position.epoch == epoch else None
+        # The epoch's parts on earlier worker counts, and this one when the count changed:
+        # after each the rest is dealt anew (order.redeal), so that every row is read once.
+        parts = list(resumed.redealt) if resumed else []
+        if resumed and resumed.world != self.world:
+            parts.append(resumed.segment())
+        worlds = [p.world for p in parts] + [self.world]
+        plans, order = self.plans(epoch, worlds[0])
+        for n, part in enumerate(parts, 1):
+            plans = [
+                redeal(ranks, [at[k] for at in part.streams], worlds[n])
+                for k, ranks in enumerate(plans)
+            ]
+            order = self.order(plans, worlds[n], epoch, n)
+        self.redealt = parts
+        mine = [ranks[self.rank] for ranks in plans]
+        self.next, done = [0] * len(mine), 0
+        if resumed:
+            done = resumed.steps
+        if resumed and resumed.world == self.world:
+            self.next = resumed.streams_of(self.rank)
             mine = [resume_plan(plan, at) for plan, at in zip(mine, self.next, strict=True)]
-            order = order[done:]
+            order = order[done - (parts[-1].steps if parts else 0) :]
         self.from_cache = True
         streams = [self.stream(plan, device) for plan in mine]
         if not self.by_source:
             return self.positioned(streams[0], 0), done
         return self.interleaved(streams, order), done
+
+    def plans(self, epoch: int, world: int) -> tuple[list[list[list[dict]]], list[int]]:
+        """Every rank's pieces of the epoch on `world` ranks, per stream ([stream][rank]),
+        and (data.mix: batches) the source of each step."""
+        inputs, seed = self.inputs, self.cfg.train.seed
+        if not self.by_source:
+            read = mixture(inputs.train_pieces, inputs.weights, seed, epoch)
+            return [epoch_plan(read, seed, epoch, world)], []
+        plans = source_plans(inputs.train_pieces, inputs.weights, seed, epoch, world)
+        return plans, self.order(plans, world, epoch, 0)
+
+    def order(self, plans: list, world: int, epoch: int, part: int) -> list[int]:
+        if not self.by_source:
+            return []
+        batch = self.cfg.train.batch_size // max(world, 1)  # the global batch stays
+        return batch_order(plans, batch, self.cfg.train.seed, epoch, part)
 
     def stream(self, plan: list[dict[str, Any]], device: torch.device) -> Iterator[dict]:
         """The plan's rows read here from the node's decoded cache when it holds them all

@@ -82,11 +82,10 @@ class Recipe:
             self.position = self.resumed.position
             self.meta = self.meta.model_copy(update={"calibration": self.resumed.meta.calibration})
             streams = len(inputs.train_pieces) if by_source(inputs, cfg) else 1
-            if self.position and (
-                self.position.world != self.world or len(self.position.streams_of(0)) != streams
-            ):
-                # train.resume: force with another worker count, data.mix or sources (the
-                # driver refuses them otherwise): the interrupted epoch starts again whole.
+            if self.position and len(self.position.streams_of(0)) != streams:
+                # train.resume: force with another data.mix or sources (the driver refuses
+                # them otherwise): the interrupted epoch starts again whole. Another worker
+                # count deals the epoch's rest anew (EpochData.batches).
                 self.step -= self.position.steps
                 self.position = None
         elif cfg.train.init_from:
@@ -340,6 +339,7 @@ class Recipe:
             world=self.world,
             next=[] if by_source else [r[0] for r in ranks],
             by_source=ranks if by_source else [],
+            redealt=self.data.redealt,
         )
         metrics = {"step": self.step, "mid_epoch": epoch}
         self.gather(optimizer=True)

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from polymodal import cluster
 from polymodal.checkpoint import RunMeta, init_weights
 from polymodal.cluster import require
 from polymodal.config import Config
@@ -282,30 +283,43 @@ def ray_cpus() -> float:
 
 
 def check_resources(cfg: Config) -> None:
-    """What one run's workers need, checked against the cluster before Train asks for it:
-    Train would wait for missing GPUs forever."""
-    check_cpus(cfg, ray_cpus())
-    if cfg.train.use_gpu:
+    """What one run's workers need (elastic: the fewest it starts on), checked against the
+    cluster before Train asks for it: Train would wait forever. An autoscaling cluster is
+    asked for it and given train.resources_wait_s; a fixed one fails at once."""
+    t = cfg.train
+    workers = t.min_workers or t.num_workers
+    if cluster.can_grow():
         require(
-            [{"GPU": 1.0}] * max(cfg.train.num_workers, 1),
-            f"train.use_gpu=true with train.num_workers={cfg.train.num_workers}",
+            [{"CPU": t.cpus_per_worker}] * workers + [{"CPU": 1.0}],
+            f"{workers} workers × train.cpus_per_worker={t.cpus_per_worker:g}, and a CPU "
+            "to read and decode data,",
+            "Set fewer workers, or let the autoscaler add more nodes (its max_workers).",
+            wait_s=t.resources_wait_s,
+        )
+    else:
+        check_cpus(cfg, ray_cpus(), workers)
+    if t.use_gpu:
+        require(
+            [{"GPU": 1.0}] * max(workers, 1),
+            f"train.use_gpu=true with {max(workers, 1)} workers",
             "Set train.use_gpu=false, fewer workers, or add GPU nodes.",
-            wait_s=cfg.train.resources_wait_s,
+            wait_s=t.resources_wait_s,
         )
 
 
-def check_cpus(cfg: Config, cluster_cpus: float) -> None:
+def check_cpus(cfg: Config, cluster_cpus: float, workers: int | None = None) -> None:
     """Workers that hold every CPU leave none for reading and decoding data: the run would
-    sit at "0 rows". Refused before it starts, with the numbers and the ways out."""
-    workers = cfg.train.num_workers * cfg.train.cpus_per_worker
-    if workers < cluster_cpus:
+    sit at "0 rows". Refused before it starts, with the numbers and the ways out (workers:
+    the count to check, train.num_workers by default)."""
+    workers = workers or cfg.train.num_workers
+    need = workers * cfg.train.cpus_per_worker
+    if need < cluster_cpus:
         return
-    fit_in = (cluster_cpus - 1) / cfg.train.num_workers
+    fit_in = (cluster_cpus - 1) / workers
     hint = f"train.cpus_per_worker={fit_in:.2g}, " if fit_in > 0 else ""
     raise ValueError(
-        f"train.num_workers × train.cpus_per_worker = {cfg.train.num_workers} × "
-        f"{cfg.train.cpus_per_worker:g} = {workers:g} CPUs, and the cluster has {cluster_cpus:g}: "
-        "none would be left to read and decode data, and training would wait forever. Leave "
-        f"at least one CPU free: {hint}fewer workers, or more nodes (on an autoscaling "
-        "cluster, start them first)."
+        f"{workers} workers × train.cpus_per_worker {cfg.train.cpus_per_worker:g} = "
+        f"{need:g} CPUs, and the cluster has {cluster_cpus:g}: none would be left to read "
+        f"and decode data, and training would wait forever. Leave at least one CPU free: "
+        f"{hint}fewer workers, or more nodes."
     )

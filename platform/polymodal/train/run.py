@@ -66,7 +66,7 @@ def build_trainer(
         train_loop_per_worker,  # type: ignore[arg-type]
         train_loop_config={"inputs": loop},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers,
+            num_workers=workers_range(cfg),
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
             placement_strategy=cfg.train.placement_strategy,
@@ -87,6 +87,12 @@ def build_trainer(
         datasets=inputs.datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # rank 0 reads val whole
     )
+
+
+def workers_range(cfg: Config) -> int | tuple[int, int]:
+    """Train's num_workers: a fixed count, or (elastic) the fewest and most workers."""
+    t = cfg.train
+    return (t.min_workers, t.num_workers) if 0 < t.min_workers < t.num_workers else t.num_workers
 
 
 def fit(cfg: Config, address: str | None = None) -> RunResult:

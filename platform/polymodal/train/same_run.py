@@ -99,27 +99,17 @@ def check_resume(cfg: Config, run_dir: str, new_meta: RunMeta) -> None:
 
 
 def check_world(cfg: Config, found: str, old: RunMeta) -> None:
-    """A mid-epoch checkpoint knows where each of its ranks stands: it resumes with as many
-    workers, or (force) with another count from the start of its epoch."""
+    """A mid-epoch checkpoint resumes on any worker count: with another, the rows its ranks
+    had still to read are dealt anew over the new ones (data/order.redeal), each read once."""
     position = old.position
     workers = max(cfg.train.num_workers, 1)
-    if not position or position.world == workers:
-        return
-    where = f"epoch {position.epoch}, step {position.steps} of it"
-    if cfg.train.resume == "force":
+    if position and position.world != workers:
         print(
-            f"train.resume: force: {found} stopped mid-epoch ({where}) with "
-            f"{position.world} workers; with {workers}, epoch {position.epoch} starts "
-            "again from its beginning",
+            f"{found} stopped mid-epoch (epoch {position.epoch}, step {position.steps} of "
+            f"it) on {position.world} workers: the rest of the epoch is dealt over "
+            f"{workers}, every sample still trained once",
             flush=True,
         )
-        return
-    raise ConfigError(
-        f"run '{cfg.train.name}': {found} stopped mid-epoch ({where}) with "
-        f"{position.world} workers, and each worker's place in the data is its own. Resume "
-        f"with train.num_workers={position.world}, or set train.resume=force to start epoch "
-        f"{position.epoch} again from its beginning with {workers} workers."
-    )
 
 
 def trained_strategy(meta: RunMeta) -> str:
