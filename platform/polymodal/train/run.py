@@ -66,7 +66,7 @@ def build_trainer(
         train_loop_per_worker,  # type: ignore[arg-type]
         train_loop_config={"inputs": loop},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=workers_range(cfg),
+            num_workers=workers_range(cfg),  # type: ignore[arg-type]  # v1 stubs; v2 takes a range
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
             placement_strategy=cfg.train.placement_strategy,
