@@ -212,3 +212,18 @@ def test_workers_that_hold_every_cpu_are_refused_with_the_numbers():
     assert "train.cpus_per_worker=0.5" in message
     check_cpus(cfg, 3.0)  # one left for data: fine
     check_cpus(load_config(None, ["train.cpus_per_worker=0.5"]), 2.0)
+
+
+def test_min_workers_makes_trains_scaling_elastic():
+    import ray.train
+
+    from polymodal.config import ConfigError, load_config
+    from polymodal.train.run import workers_range
+
+    fixed = ray.train.ScalingConfig(num_workers=workers_range(load_config(None, [])))
+    assert not fixed.elasticity_enabled and fixed.num_workers == 2
+    cfg = load_config(None, ["train.num_workers=4", "train.min_workers=1"])
+    elastic = ray.train.ScalingConfig(num_workers=workers_range(cfg))
+    assert elastic.elasticity_enabled and (elastic.min_workers, elastic.max_workers) == (1, 4)
+    with pytest.raises(ConfigError, match="train.min_workers' \\(3\\) must be between 1 and"):
+        load_config(None, ["train.num_workers=2", "train.min_workers=3"])
