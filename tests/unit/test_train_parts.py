@@ -127,6 +127,26 @@ def test_fp16_is_refused_without_cuda_or_with_the_gradient_cache():
         _cfg("train.precision=fp16", "train.use_gpu=true", "train.grad_cache.chunk_size=4")
 
 
+def test_fp16s_loss_scale_is_kept_in_the_train_state_and_resumed(tmp_path):
+    """The GradScaler's scale and growth count ride in train_state.pt (a weights_only
+    load) and a resumed step continues from them, not from 65536. (fp16 trains on CUDA
+    only; its scaler runs on CPU too, which is what is checked here.)"""
+    cfg = _cfg()
+    cfg.train.precision = "fp16"  # past the config check, which wants CUDA for training
+    _, step = _step(DDPStep, cfg)
+    assert step.scaler is not None
+    for _ in range(3):
+        step(_batch())
+    saved = step.state_dict()
+    torch.save(saved, tmp_path / "state.pt")
+    _, resumed = _step(DDPStep, cfg)
+    resumed(_batch())
+    assert resumed.state_dict() != saved  # where a fresh scaler stands after one step
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert resumed.state_dict() == saved
+    assert _step(DDPStep, _cfg())[1].state_dict() == {}  # nothing to keep without fp16
+
+
 def test_compiled_towers_train_as_eager_ones_and_keep_their_checkpoint_keys():
     eager_model, eager = _step(DDPStep, _cfg())
     model, compiled = _step(DDPStep, _cfg("train.compile=true"))

@@ -128,6 +128,8 @@ class Recipe:
                 self.optimizer.load_state_dict(state)
             self.scheduler.load_state_dict(self.resumed.train_state["scheduler"])
         self.take_step = Step(self.model, self.optimizer, self.scheduler, cfg, self.device)
+        if self.resumed is not None:
+            self.take_step.load_state_dict(self.resumed.train_state)
 
         # Each rank reads its own pieces, in an order drawn from (seed, epoch, world): a
         # checkpoint can then say where every rank is (data/order.py).
@@ -367,6 +369,7 @@ class Recipe:
             # under FSDP keyed by parameter name, not number
             "optimizer": self.full_optimizer if self.sharded else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            **self.take_step.state_dict(),
         }
         upload_async = self.cfg.train.checkpoint_upload == "async"
         # async: Ray uploads the directory in the background, then deletes it.

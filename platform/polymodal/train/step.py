@@ -88,6 +88,15 @@ class Step:
         self.device_type, self.dtype = device.type, autocast_dtype(cfg.train.precision, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the step besides optimizer and scheduler: fp16's loss
+        scale, which a resumed run would otherwise learn again from 65536 by overflowing."""
+        return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device_type, self.dtype, enabled=self.dtype is not None)
 
