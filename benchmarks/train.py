@@ -4,7 +4,9 @@
                  the step's peak memory with model.text.activation_checkpointing on vs off
   fsdp_memory    4 processes, a 151M-parameter text tower (12 layers, 1024 wide) trained two
                  AdamW steps: each process's peak memory under FSDP vs DDP, against a 2 GiB
-                 cap per process (weights, gradients and Adam state are 16 bytes a parameter)
+                 cap per process (weights, gradients and Adam state are 16 bytes a parameter);
+                 FSDP with the model built whole on every rank (as before) vs on the meta
+                 device (as now), at setup and over the steps, on 4 and 8 processes
   ray_overhead   jobs/configs/fashion.yaml's model, objective and global batch on 2 CPUs:
                  samples/s of (a) a plain one-process torch loop (2 threads) and (b) DDP over
                  2 gloo processes without Ray (1 thread each), both over the train split
@@ -84,8 +86,11 @@ def _setup(size: dict, *extra: str):
     prep = Preprocessing(
         ["image", "text"], image_size=8, image_channels=1, text_max_len=size["tokens"]
     )
-    torch.manual_seed(0)
-    model = build_model(cfg, prep).train()
+
+    def build():
+        torch.manual_seed(0)
+        return build_model(cfg, prep).train()
+
     words = "a photo of the ankle boot on a plain background, seen from the side " * 20
     n = size["rows"]
     ids = torch.stack([torch.from_numpy(encode_text(words[i:], size["tokens"])) for i in range(n)])
@@ -94,7 +99,7 @@ def _setup(size: dict, *extra: str):
         present={"image": torch.ones(n), "text": torch.ones(n)},
         label=torch.full((n,), -1),
     )
-    return cfg, model, batch, build_optimizer
+    return cfg, build, batch, build_optimizer
 
 
 def _step_stats(recompute: bool, size: dict, steps: int, queue) -> None:
@@ -104,7 +109,8 @@ def _step_stats(recompute: bool, size: dict, steps: int, queue) -> None:
     from polymodal.towers.checkpointing import checkpoint_activations
 
     torch.set_num_threads(2)
-    cfg, model, batch, build_optimizer = _setup(size)
+    cfg, build, batch, build_optimizer = _setup(size)
+    model = build()
     if recompute:
         checkpoint_activations(model.encoders["text"], "model.text")
     optimizer = build_optimizer(model, cfg.optim)
@@ -154,17 +160,29 @@ def _rank(rank: int, world: int, init: str, strategy: str, size: dict, out: str)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     from polymodal.objectives.joint import joint_loss
+    from polymodal.train.sharding import build_on_meta, spread_from_rank0
     from polymodal.train.step import shard_model
 
     torch.set_num_threads(1)
-    cfg, model, batch, build_optimizer = _setup(size)
-    params = sum(p.numel() for p in model.parameters())
-    if strategy == "fsdp":
+    cfg, build, batch, build_optimizer = _setup(size)
+    if strategy == "fsdp_meta":  # as the training loop builds it now
+        whole = build() if rank == 0 else None  # rank 0's plain copy: validation, checkpoints
+        model = build_on_meta(build)
+        shard_model(model)
+        spread_from_rank0(model, whole, torch.device("cpu"))
+        raw = model
+    elif strategy == "fsdp":  # as it did: whole on every rank, sharded, and rank 0's copy
+        model = build()
+        whole = build() if rank == 0 else None
         shard_model(model)
         raw = model
     else:
+        model = build()
         model = torch.nn.parallel.DistributedDataParallel(model)
         raw = model.module
+    params = sum(p.numel() for p in raw.parameters())  # DTensors count their whole size
+    setup = [None] * world  # the peak before the first step: the model built and placed
+    dist.all_gather_object(setup, _status_mb("VmHWM"))
     optimizer = build_optimizer(raw, cfg.optim)
     start = time.perf_counter()
     for _ in range(2):  # the first step creates Adam's state
@@ -176,32 +194,46 @@ def _rank(rank: int, world: int, init: str, strategy: str, size: dict, out: str)
     dist.all_gather_object(peaks, _status_mb("VmHWM"))
     if rank == 0:
         with open(out, "w") as f:
-            json.dump({"params": params, "peaks": peaks, "s": time.perf_counter() - start}, f)
+            took = time.perf_counter() - start
+            json.dump({"params": params, "setup": setup, "peaks": peaks, "s": took}, f)
     dist.barrier()
 
 
-def case_fsdp_memory(size: dict, world: int) -> dict:
+def case_fsdp_memory(size: dict, worlds: tuple[int, ...]) -> dict:
+    """At the first world size DDP and FSDP (the model built whole on every rank, as before,
+    and on the meta device, as now); at the others (DDP would not fit) the two FSDPs."""
     _track_live_tensors()
-    result = {}
-    for strategy in ("ddp", "fsdp"):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "out.json")
-            args = (world, os.path.join(tmp, "init"), strategy, size, out)
-            mp.spawn(_rank, args=args, nprocs=world)
-            with open(out) as f:
-                result[strategy] = json.load(f)
-    ddp, fsdp = result["ddp"], result["fsdp"]
-    return {
-        "case": "fsdp_memory",
-        "world": world,
-        "params": ddp["params"],
-        "peak_mb_per_process": {s: [round(p) for p in r["peaks"]] for s, r in result.items()},
-        "two_steps_s": {s: round(r["s"], 1) for s, r in result.items()},
-        "memory_ratio": round(max(fsdp["peaks"]) / max(ddp["peaks"]), 3),
-        "cap_mb": CAP_MB,
-        "fsdp_within_cap": max(fsdp["peaks"]) <= CAP_MB,
-        "ddp_within_cap": max(ddp["peaks"]) <= CAP_MB,
-    }
+    out: dict = {"case": "fsdp_memory", "cap_mb": CAP_MB}
+    for world in worlds:
+        result = {}
+        for strategy in (
+            ("ddp", "fsdp", "fsdp_meta") if world == worlds[0] else ("fsdp", "fsdp_meta")
+        ):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "out.json")
+                args = (world, os.path.join(tmp, "init"), strategy, size, path)
+                mp.spawn(_rank, args=args, nprocs=world)
+                with open(path) as f:
+                    result[strategy] = json.load(f)
+        whole, meta = result["fsdp"], result["fsdp_meta"]
+        out["params"] = meta["params"]
+        out["unsharded_mb"] = round(meta["params"] * 4 / 2**20)
+        out[f"world_{world}"] = {
+            "setup_peak_mb": {s: [round(p) for p in r["setup"]] for s, r in result.items()},
+            "peak_mb": {s: [round(p) for p in r["peaks"]] for s, r in result.items()},
+            "two_steps_s": {s: round(r["s"], 1) for s, r in result.items()},
+            # rank 0 keeps one whole copy either way (validation, checkpoints)
+            "meta_saves_mb_rank_1_on": {
+                "setup": round(max(whole["setup"][1:]) - max(meta["setup"][1:])),
+                "peak": round(max(whole["peaks"][1:]) - max(meta["peaks"][1:])),
+            },
+            "fsdp_within_cap": max(meta["peaks"]) <= CAP_MB,
+        }
+        if "ddp" in result:
+            out[f"world_{world}"]["memory_ratio"] = round(
+                max(meta["peaks"]) / max(result["ddp"]["peaks"]), 3
+            )
+    return out
 
 
 def _fashion(path: str, *extra: str):
@@ -479,7 +511,7 @@ def main() -> None:
         print(json.dumps(case_checkpointing(size, 3 if args.dry_run else 6)), flush=True)
     if "fsdp_memory" in cases:
         size = SIZES["dry" if args.dry_run else "fsdp_memory"]
-        print(json.dumps(case_fsdp_memory(size, 2 if args.dry_run else 4)), flush=True)
+        print(json.dumps(case_fsdp_memory(size, (2,) if args.dry_run else (4, 8))), flush=True)
     if cases & {"ray_overhead", "sources"}:
         from polymodal.data.ingest import ingest
 

@@ -50,21 +50,36 @@ def _batch(rank: int, step: int, negatives: bool = False):
     )
 
 
-def _build(cfg, fsdp: bool):
+def _build(cfg, fsdp: bool, rank: int = 0, image_size: int = 8):
+    """The model as the training loop builds it: under FSDP on the meta device, sharded,
+    then filled from the whole model only rank 0 builds."""
     from polymodal.modalities import Preprocessing
     from polymodal.models.build import build_model, recompute_activations
     from polymodal.train.optim import build_optimizer, build_scheduler
-    from polymodal.train.step import DDPStep, FSDPStep, shard_model
+    from polymodal.train.sharding import build_on_meta, spread_from_rank0
+    from polymodal.train.step import DDPStep, FSDPStep, has_unused_encoders
 
-    prep = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=10)
+    prep = Preprocessing(
+        ["image", "text"], image_size=image_size, image_channels=1, text_max_len=10
+    )
     torch.manual_seed(0)
-    model = build_model(cfg, prep, num_classes=3).train()
-    recompute_activations(model, cfg)
+
+    def build():
+        return build_model(cfg, prep, num_classes=3).train()
+
     if fsdp:
-        shard_model(model)
+        whole = build() if rank == 0 else None
+        model = build_on_meta(build)
+        assert all(p.is_meta for p in model.parameters())  # no rank builds it whole twice
+        recompute_activations(model, cfg)
+        FSDPStep.prepare(model, cfg)
+        spread_from_rank0(model, whole, torch.device("cpu"))
         raw, kind = model, FSDPStep
     else:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+        model = build()
+        recompute_activations(model, cfg)
+        unused = has_unused_encoders(cfg)
+        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused)
         raw, kind = model.module, DDPStep
     optimizer = build_optimizer(raw, cfg.optim)
     step = kind(
@@ -84,7 +99,7 @@ def _compare(rank: int, world: int, extra: tuple[str, ...], negatives: bool) -> 
     torch.set_num_threads(1)
     cfg = _cfg(*extra)
     plain, ddp = _build(cfg, fsdp=False)
-    sharded, fsdp = _build(cfg, fsdp=True)
+    sharded, fsdp = _build(cfg, fsdp=True, rank=rank)
     torch.manual_seed(rank)  # the same dropout masks for both
     ddp_loss = ddp(_batch(rank, 0, negatives))[0]
     torch.manual_seed(rank)
@@ -98,7 +113,7 @@ def _compare(rank: int, world: int, extra: tuple[str, ...], negatives: bool) -> 
     # Every rank reads the checkpoint's full state into a fresh sharded model: it continues.
     every = [None] * world
     torch.distributed.all_gather_object(every, (saved_model, saved_optim))
-    resumed, resumed_step = _build(cfg, fsdp=True)
+    resumed, resumed_step = _build(cfg, fsdp=True, rank=rank)
     load_model_state(resumed, every[0][0])
     load_optimizer_state(resumed, resumed_step.optimizer, every[0][1])
     resumed_step.scheduler.load_state_dict(fsdp.scheduler.state_dict())
@@ -131,3 +146,46 @@ def test_fsdp_steps_as_ddp_and_resumes_from_its_full_state(world, extra, negativ
         torch.testing.assert_close(sharded[name], value, rtol=1e-5, atol=1e-6, msg=name)
     for name, value in out["continued"].items():
         torch.testing.assert_close(out["resumed"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _lock_then_unlock(rank: int, world: int) -> dict:
+    """A pretrained image tower (EfficientNet-Lite0, its weights read at build time, its
+    normalising buffers in no state_dict) locked for a step, then unlocked: FSDP as DDP."""
+    from polymodal.models.build import unlock_towers
+    from polymodal.train.sharding import full_model_state
+
+    torch.set_num_threads(1)
+    cfg = _cfg(
+        "model.image.encoder=efficientnet_lite0",
+        "model.image.tuning=lock_then_unlock",
+        "model.image.unlock_epoch=1",
+    )
+    plain, ddp = _build(cfg, fsdp=False, image_size=32)
+    sharded, fsdp = _build(cfg, fsdp=True, rank=rank, image_size=32)
+    start = {k: v.clone() for k, v in plain.state_dict().items()}
+    out = {"start": (start, full_model_state(sharded))}
+    for epoch in (1, 2):  # locked in epoch 1, trained from epoch 2
+        for model, step in ((plain, ddp), (sharded, fsdp)):
+            unlock_towers(model, cfg, epoch)
+            g = torch.Generator().manual_seed(10 * rank + epoch)
+            batch = _batch(rank, epoch)
+            batch.inputs["image"] = torch.rand(N, 1, 32, 32, generator=g)
+            torch.manual_seed(rank)
+            step(batch)
+        plain_now = {k: v.clone() for k, v in plain.state_dict().items()}
+        out[epoch] = (plain_now, full_model_state(sharded))
+    return out
+
+
+def test_fsdp_trains_a_lock_then_unlock_tower_as_ddp():
+    out = run_on_ranks(2, _lock_then_unlock)
+    tower = "encoders.image.net."
+    for when in ("start", 1, 2):
+        plain, sharded = out[when]
+        assert list(sharded) == list(plain)
+        for name, value in plain.items():
+            torch.testing.assert_close(sharded[name], value, rtol=1e-4, atol=1e-5, msg=f"{when} {name}")
+    start, locked, unlocked = out["start"][0], out[1][0], out[2][0]
+    weights = [k for k in start if k.startswith(tower) and start[k].is_floating_point()]
+    assert weights and all(torch.equal(locked[k], start[k]) for k in weights)  # locked
+    assert any(not torch.equal(unlocked[k], locked[k]) for k in weights)  # then trained

@@ -25,13 +25,15 @@ from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.prepare import LoopInputs
 from polymodal.train.references import References
-from polymodal.train.resume import resume
+from polymodal.train.resume import report_again, resume
 from polymodal.train.same_run import trained_strategy
 from polymodal.train.sample_log import SampleLog
 from polymodal.train.sharding import (
+    build_on_meta,
     full_model_state,
     full_optimizer_state,
     load_optimizer_state,
+    spread_from_rank0,
 )
 from polymodal.train.stats import EpochStats, LogWindow, all_ranks, any_rank
 from polymodal.train.step import NonFiniteLoss, compile_towers, step_strategy
@@ -67,8 +69,13 @@ class Recipe:
         cfg, inputs = self.cfg, self.inputs
         if not cfg.train.use_gpu:
             torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+        self.per_worker_batch = cfg.train.batch_size // max(self.world, 1)
+        Step = step_strategy(cfg, self.per_worker_batch)
+        # Under FSDP only rank 0 builds the whole model (its plain copy validates and saves,
+        # gather()); every rank builds on the meta device and gets its shards from it.
         torch.manual_seed(cfg.train.seed)  # same init on every rank; DDP broadcasts it anyway
-        model = build_model(cfg, self.prep, self.meta.num_classes)
+        build = lambda: build_model(cfg, self.prep, self.meta.num_classes)  # noqa: E731
+        whole = build() if not Step.sharded or self.rank == 0 else None
         # The same run name started again, or a worker group restarted after a failure.
         self.resumed = resume(ray.train.get_checkpoint(), self.fs, self.run_dir)
         self.start_epoch, self.step = 1, 0
@@ -76,7 +83,8 @@ class Recipe:
         # Where each rank resumes mid-epoch (a mid-epoch checkpoint's).
         self.position: Position | None = None
         if self.resumed is not None:
-            model.load_state_dict(self.resumed.model_state)
+            if whole is not None:
+                whole.load_state_dict(self.resumed.model_state)
             self.start_epoch, self.step = self.resumed.start_epoch, self.resumed.meta.step
             self.history = self.resumed.meta.history
             self.position = self.resumed.position
@@ -88,23 +96,28 @@ class Recipe:
                 # count deals the epoch's rest anew (EpochData.batches).
                 self.step -= self.position.steps
                 self.position = None
-        elif cfg.train.init_from:
-            init_weights(model, cfg.train.init_from)
+        elif cfg.train.init_from and whole is not None:
+            init_weights(whole, cfg.train.init_from)
         self.references = References.from_refs(inputs.references) if inputs.references else None
-        cached = cached_modalities(cfg)
-        self.frozen = (
-            FrozenFeatures(model, cached, cfg, self.prep, self.meta.dataset) if cached else None
-        )
 
+        model = build_on_meta(build) if Step.sharded else whole
+        assert model is not None
         recompute_activations(model, cfg)
         if cfg.train.compile and (failed := compile_towers(model)) and self.rank == 0:
             print(f"train.compile: torch.compile cannot build here ({failed}); towers run eagerly")
-        self.per_worker_batch = cfg.train.batch_size // max(self.world, 1)
-        Step = step_strategy(cfg, self.per_worker_batch)
         self.model = Step.prepare(model, cfg)
         raw = self.model.module if hasattr(self.model, "module") else self.model
         assert isinstance(raw, JointModel)  # DDP wraps it; FSDP2 shards it in place
         self.raw_model = raw
+        self.sharded = Step.sharded
+        self.eval_model = self.raw_model
+        if self.sharded:
+            spread_from_rank0(self.raw_model, whole, self.device)
+            if whole is not None:
+                self.eval_model = whole.to(self.device)
+        self.frozen: FrozenFeatures | None = None
+        if cached := cached_modalities(cfg):
+            self.frozen = FrozenFeatures(self.raw_model, cached, cfg, self.prep, self.meta.dataset)
         self.steps_per_epoch = max(
             inputs.train_rows // max(self.world, 1) // self.per_worker_batch, 1
         )
@@ -112,11 +125,6 @@ class Recipe:
         self.scheduler = build_scheduler(
             self.optimizer, cfg.optim, self.steps_per_epoch * cfg.train.epochs
         )
-        # Under FSDP rank 0 validates and saves a plain copy that gather() fills.
-        self.sharded = Step.sharded
-        self.eval_model = self.raw_model
-        if self.sharded and self.rank == 0:
-            self.eval_model = build_model(cfg, self.prep, self.meta.num_classes).to(self.device)
         self.full_optimizer: dict | None = None
         if self.resumed is not None:
             state = self.resumed.train_state["optimizer"]
@@ -187,7 +195,7 @@ class Recipe:
                 self.history.append(val_losses(0, 0, self.validate()))
                 self.tracked.log(self.history[-1], 0)
         if self.resumed is not None and self.resumed.unregistered:
-            self.report_unregistered()
+            report_again(self.resumed, self.rank)
         for epoch in range(self.start_epoch, self.cfg.train.epochs + 1):
             stats = self.train_epoch(epoch)
             metrics = self.epoch_metrics(epoch, stats)
@@ -203,16 +211,6 @@ class Recipe:
             "epochs_run": self.cfg.train.epochs - self.start_epoch + 1,
             "start_epoch": self.start_epoch,
         }
-
-    def report_unregistered(self) -> None:
-        """Report the resumed checkpoint again, so that Ray (and Tune) know its epoch and keep
-        or delete it with the others; it is in the run directory already."""
-        assert self.resumed is not None, "only a resumed run has a checkpoint to report"
-        ray.train.report(
-            self.resumed.meta.metrics,
-            checkpoint=self.resumed.checkpoint if self.rank == 0 else None,
-            checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
-        )
 
     def agreed(self, batches: Iterable[dict]) -> Iterator[tuple[dict, bool]]:
         """(batch, checkpoint after it?) while every rank has a batch: a rank whose stream

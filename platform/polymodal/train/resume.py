@@ -81,3 +81,13 @@ def resume(latest: ray.train.Checkpoint | None, fs, run_dir: str) -> Resume | No
     if candidates:
         print(f"no intact checkpoint under {run_dir}: starting from scratch", flush=True)
     return None
+
+
+def report_again(resumed: Resume, rank: int) -> None:
+    """Every rank: report an unregistered checkpoint again, so that Ray (and Tune) know its
+    epoch and keep or delete it with the others; it is in the run directory already."""
+    ray.train.report(
+        resumed.meta.metrics,
+        checkpoint=resumed.checkpoint if rank == 0 else None,
+        checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
+    )

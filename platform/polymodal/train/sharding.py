@@ -1,11 +1,15 @@
-"""A sharded (FSDP2) model's full state and back: the weights and optimizer state gathered on
-rank 0 for validation and checkpoints, and a checkpoint's full state spread over the shards."""
+"""A sharded (FSDP2) model's full state and back: built on the meta device and filled from
+rank 0's whole model, its weights and optimizer state gathered on rank 0 for validation and
+checkpoints, and a checkpoint's full state spread over the shards."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -22,6 +26,39 @@ if TYPE_CHECKING:
 # Gathered to the CPU of rank 0 only: the other ranks never hold the whole model.
 GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 SPREAD = StateDictOptions(full_state_dict=True)
+M = TypeVar("M", bound=nn.Module)
+FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+
+
+def build_on_meta(build: Callable[[], M]) -> M:
+    """The model with no memory behind its tensors, to be sharded first (spread_from_rank0
+    fills it): no rank holds the whole model for sharding's sake. A tower that cannot be
+    built so (one reading weights at build time, say) is built whole, as before."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            # A tower that reads its weights at build time copies them into nothing.
+            warnings.filterwarnings("ignore", "copying from a non-meta parameter")
+            return build()
+    except Exception as exc:  # noqa: BLE001 - any failure falls back to the whole build
+        print(f"fsdp: building on the meta device failed ({type(exc).__name__}); built whole")
+        return build()
+
+
+def spread_from_rank0(model: nn.Module, whole: nn.Module | None, device: torch.device) -> None:
+    """Every rank, once its meta-built model is sharded: its shards, and the weights FSDP
+    leaves whole, allocated on `device` and set from rank 0's `whole` model (None on the
+    others); buffers, those no state_dict holds too, likewise."""
+    if not any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        return  # built whole (build_on_meta's fallback): every rank holds the same weights
+    model.to_empty(device=device)
+    state = whole.state_dict() if whole is not None else {}
+    set_model_state_dict(model, cast("dict[str, ValueType]", state), options=FROM_RANK0)
+    buffers = list(model.buffers())
+    if whole is not None:
+        for mine, theirs in zip(buffers, whole.buffers(), strict=True):
+            mine.copy_(theirs)
+    for buffer in buffers:
+        dist.broadcast(buffer, src=0)
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -29,9 +66,10 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     names a model built by build_model loads, and the other ranks an empty dict."""
     # A model's state holds tensors only; torch types it as any state value.
     state = cast(dict[str, torch.Tensor], get_model_state_dict(model, options=GATHER))
-    # The weights FSDP left whole come back as the live tensors: copies, so that the state
-    # stays what it was when training goes on.
-    live = {p.data_ptr() for p in model.parameters() if not isinstance(p, DTensor)}
+    # The weights FSDP left whole and the buffers come back as the live tensors: copies, so
+    # that the state stays what it was when training goes on.
+    tensors = [*model.parameters(), *model.buffers()]
+    live = {t.data_ptr() for t in tensors if not isinstance(t, DTensor)}
     return {k: v.clone() if v.data_ptr() in live else v for k, v in state.items()}
 
 

@@ -181,6 +181,9 @@ class FSDPStep(DDPStep):
 
     @staticmethod
     def prepare(model: JointModel, cfg: Config) -> nn.Module:
+        if any(p.is_meta for p in model.parameters()):  # sharding.build_on_meta's
+            shard_model(model)  # then sharding.spread_from_rank0 fills it
+            return model
         placed = ray.train.torch.prepare_model(model, parallel_strategy=None)  # its device
         assert isinstance(placed, JointModel)  # moved, not wrapped
         shard_model(placed)
