@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from polymodal import commands
+from polymodal import commands, console
 from polymodal.cli_errors import report
 from polymodal.cli_types import add_address, number
 from polymodal.data_cli import add_data_parser
@@ -323,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--verbose" in extra:  # also accepted after the subcommand, where users type it
         extra.remove("--verbose")
         args.verbose = True
+    console.from_cli(args.verbose)
     if extra and args.command != "submit":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:

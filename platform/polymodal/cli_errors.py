@@ -9,6 +9,8 @@ import tempfile
 import time
 import traceback
 
+from polymodal.console import tail
+
 
 def report(exc: BaseException, command: str, verbose: bool = False) -> int:
     """Print exc as the user should see it; the exit code: 130 for Ctrl-C, 2 for a mistake
@@ -24,6 +26,8 @@ def report(exc: BaseException, command: str, verbose: bool = False) -> int:
     if verbose:
         traceback.print_exception(exc)
         return 1
+    if ray_lines := tail():  # what Ray said before it went wrong, kept off the terminal
+        print(ray_lines, file=sys.stderr)
     log = _save_traceback(exc, command)
     print(
         f"polymodal: error: {type(exc).__name__}: {_first_line(exc)} "

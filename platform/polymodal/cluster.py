@@ -7,7 +7,7 @@ import json
 import math
 import os
 
-from polymodal import storage
+from polymodal import console, storage
 
 # Read by the job's own workers, so set on any cluster (the job's runtime env).
 JOB_ENV = {
@@ -39,13 +39,14 @@ def ensure_ray(
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return
+    console.quiet()
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         # S3 endpoint and region go along; keys must already be on the cluster's nodes. In a
         # submitted job, Ray refuses a variable that the job's runtime env already sets.
         job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
         job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
-        wanted = JOB_ENV | storage.public_settings()
+        wanted = JOB_ENV | console.job_env() | storage.public_settings()
         settings = {k: v for k, v in wanted.items() if k not in job_env}
         ray.init(address=address, runtime_env={"env_vars": settings} if settings else None)
         return
@@ -54,7 +55,7 @@ def ensure_ray(
     # never starts.
     ray.init(
         num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
-        runtime_env={"env_vars": RAY_ENV},
+        runtime_env={"env_vars": RAY_ENV | console.job_env()},
         include_dashboard=dashboard,
         _metrics_export_port=metrics_port,
     )

@@ -184,7 +184,8 @@ def test_fsdp_trains_a_lock_then_unlock_tower_as_ddp():
         plain, sharded = out[when]
         assert list(sharded) == list(plain)
         for name, value in plain.items():
-            torch.testing.assert_close(sharded[name], value, rtol=1e-4, atol=1e-5, msg=f"{when} {name}")
+            where = f"{when} {name}"
+            torch.testing.assert_close(sharded[name], value, rtol=1e-4, atol=1e-5, msg=where)
     start, locked, unlocked = out["start"][0], out[1][0], out[2][0]
     weights = [k for k in start if k.startswith(tower) and start[k].is_floating_point()]
     assert weights and all(torch.equal(locked[k], start[k]) for k in weights)  # locked

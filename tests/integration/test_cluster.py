@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -207,6 +208,13 @@ def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
     job_id = out.split("submitted train job ", 1)[1].split()[0]
     assert f"job {job_id}: SUCCEEDED" in out
     assert "[epoch 2/2] done" in out  # the driver's logs were streamed back
+    # Each of rank 0's lines printed once. The two nodes share one log directory on this
+    # host, so each node's log monitor forwards it: it arrives twice (four times with Train's
+    # print patch on). Ray's INFO lines and Ray Data's bars stay off the terminal.
+    shown = Counter(line for line in out.splitlines() if "[epoch 1/2]" in line)
+    assert set(shown.values()) == {2} and any("step 5/" in line for line in shown), shown
+    for noise in ("Reporting training result", "Running Dataset", "Starting execution"):
+        assert noise not in out, noise
     checkpoint = out.split("checkpoint: ", 1)[1].split()[0]
     assert checkpoint.startswith(f"s3://cluster/runs/{RUN}/checkpoint_")
 

@@ -15,6 +15,7 @@ import torch
 
 from polymodal.batch import Batch
 from polymodal.checkpoint import Position, init_weights, save_checkpoint, upload
+from polymodal.console import quiet
 from polymodal.data.pipeline import configure_ray_data
 from polymodal.models.build import build_model, recompute_activations, unlock_towers
 from polymodal.models.joint import JointModel
@@ -45,6 +46,7 @@ SHOWN = ("train/loss", "val/loss", "val/accuracy", "val/answer_accuracy", "val/z
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    quiet(to_file=False)  # as the driver: Ray's lines stay in Ray's files unless --verbose
     recipe = Recipe(config["inputs"])
     recipe.setup()
     return recipe.train()
@@ -277,13 +279,9 @@ class Recipe:
         train = {f"train/{k}": v for k, v in (window.means | window.sources).items()}
         self.history.append({"step": self.step, "epoch": epoch, **train})
         self.tracked.log(train, self.step)
-        print(
-            f"[epoch {epoch}/{self.cfg.train.epochs}] step {self.epoch_step}/"
-            f"{self.steps_per_epoch} "
-            f"loss {window.means['loss']:.4f}  {window.samples_per_s(self.world):,.0f} "
-            "samples/s",
-            flush=True,
-        )
+        rate = f"loss {window.means['loss']:.4f}  {window.samples_per_s(self.world):,.0f} samples/s"
+        where = f"step {self.epoch_step}/{self.steps_per_epoch}"
+        print(f"[epoch {epoch}/{self.cfg.train.epochs}] {where} {rate}", flush=True)
 
     def epoch_metrics(self, epoch: int, stats: EpochStats) -> dict[str, Any]:
         """Every rank reaches here with the same step count (equal shards, drop_last): the

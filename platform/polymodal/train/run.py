@@ -4,12 +4,14 @@ the TorchTrainer, fit, then write metrics.json and the loss-curve PNG into the r
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from polymodal import storage
+from polymodal import console, storage
 from polymodal.checkpoint import fetch_checkpoint, load_model, read_meta
 from polymodal.cluster import ensure_ray
 from polymodal.config import Config
@@ -75,6 +77,7 @@ def build_trainer(
             name=name,
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level=console.train_log_level()),  # type: ignore[call-arg]
             # Ray deletes the others (it must: a resumed run checks that every checkpoint it
             # registered still exists); by a metric, the best N are kept, the latest always.
             checkpoint_config=ray.train.CheckpointConfig(
@@ -100,6 +103,7 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
     cfg = with_init_model(cfg)
     sources, prep = check_run(cfg)
     check_resume(cfg, run_dir_of(cfg), run_meta(cfg, sources, prep))
+    keep_log(run_dir_of(cfg))
     ensure_ray(address, cfg.train.num_workers * cfg.train.cpus_per_worker + 1)
     check_resources(cfg)
     inputs = prepare_inputs(cfg, sources, prep)
@@ -119,6 +123,18 @@ def fit(cfg: Config, address: str | None = None) -> RunResult:
     checkpoint = storage.uri_of(result.checkpoint.path, run_dir)
     return_value = getattr(result, "return_value", None) or {}
     return finish_run(run_dir, checkpoint, return_value.get("epochs_run", 0))
+
+
+def keep_log(run_dir: str) -> None:
+    """Ray's lines kept off the terminal go to the run directory's logs/ (a local one), when
+    this command starts Ray (console.quiet)."""
+    import ray
+
+    if console.verbose() or ray.is_initialized() or storage.is_remote(run_dir):
+        return
+    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+    name = f"driver-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    os.environ[console.LOG_FILE] = os.path.join(run_dir, "logs", name)
 
 
 def fit_interruptibly(trainer: Any, run_dir: str) -> Any:
