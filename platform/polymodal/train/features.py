@@ -15,6 +15,7 @@ import hashlib
 import json
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,17 @@ class FeatureTable:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(path, timeout=120, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        # Switching to WAL takes the lock without waiting: the node's other workers, opening
+        # the same table at the same moment, make it fail now and then.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS f (key INTEGER PRIMARY KEY, v BLOB)")
 
