@@ -279,7 +279,9 @@ def _served(checkpoint: str, device: torch.device, requests: int) -> dict:
     }
 
 
-def case_serve(sizes: dict, vit_dir: Path, device: torch.device, secs: float) -> list[dict]:
+def case_serve(
+    sizes: dict, vit_dir: Path, device: torch.device, secs: float, loads: list
+) -> list[dict]:
     """The ViT image tower and the real MiniLM text tower in one checkpoint behind `polymodal
     serve` (its replica on the device), under benchmarks/serve.py's loads, against the offline
     encoder on the same device: items/s per load and their ratio to the offline limit."""
@@ -303,7 +305,7 @@ def case_serve(sizes: dict, vit_dir: Path, device: torch.device, secs: float) ->
             first = bench._wait_first(url, checkpoint.name, values["text"][0], proc, 600)
             rows = []
             for m, v in values.items():
-                for load in bench.LOADS:
+                for load in loads:
                     r = asyncio.run(bench._load(url, checkpoint.name, v, load, secs, secs / 4))
                     row = {"case": "serve", "num_gpus": gpus, "route": m, "load": load}
                     row |= {k: round(x, 2) for k, x in r.items()}
@@ -349,6 +351,13 @@ def case_train_serve(sizes: dict, vit_dir: Path, device: torch.device, data: str
     }
 
 
+def bench_loads() -> list[tuple[int, int]]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.serve import LOADS
+
+    return LOADS
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="precision,largest_batch,train_serve,serve")
@@ -379,7 +388,9 @@ def main() -> None:
         if "train_serve" in cases:
             print(json.dumps(case_train_serve(sizes, vit_dir, device, args.data)), flush=True)
         if "serve" in cases:
-            for row in case_serve(sizes, vit_dir, device, 1.5 if args.dry_run else 6.0):
+            # a dry run checks the script: the lightest and the heaviest load, briefly
+            secs, loads = (0.75, bench_loads()[::3]) if args.dry_run else (6.0, bench_loads())
+            for row in case_serve(sizes, vit_dir, device, secs, loads):
                 print(json.dumps(row), flush=True)
 
 

@@ -13,6 +13,7 @@ LOG_FILE = "POLYMODAL_LOG_FILE"  # where this command's quiet lines go
 # Ray's loggers in a driver or a Train worker; ray.data does not propagate to ray.
 LOGGERS = ("ray", "ray.data", "ray.train")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_chosen = ""  # this process's log file, once chosen (log_file)
 
 
 def verbose() -> bool:
@@ -39,14 +40,22 @@ def train_log_level() -> str:
     return "INFO" if verbose() else "ERROR"
 
 
+def use_log_file(path: str) -> None:
+    """Where this process's quiet lines go (a run's logs/), unless POLYMODAL_LOG_FILE says."""
+    global _chosen
+    _chosen = os.environ.get(LOG_FILE) or path
+
+
 def log_file() -> str:
-    """This command's log file: POLYMODAL_LOG_FILE, else one in the temp directory."""
-    if LOG_FILE not in os.environ:
+    """This command's log file: POLYMODAL_LOG_FILE, use_log_file's, else one in the temp
+    directory. Kept in this process only: a command it starts chooses its own."""
+    global _chosen
+    if not _chosen:
         folder = os.path.join(tempfile.gettempdir(), "polymodal-logs")
-        os.makedirs(folder, exist_ok=True)
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        os.environ[LOG_FILE] = os.path.join(folder, name)
-    return os.environ[LOG_FILE]
+        _chosen = os.environ.get(LOG_FILE) or os.path.join(folder, name)
+    os.makedirs(os.path.dirname(_chosen) or ".", exist_ok=True)
+    return _chosen
 
 
 def quiet(to_file: bool = True) -> None:
@@ -77,7 +86,7 @@ def quiet(to_file: bool = True) -> None:
 
 def tail(lines: int = 15) -> str:
     """The last lines of this command's log file, to show beside an error ("" when none)."""
-    path = os.environ.get(LOG_FILE, "")
+    path = _chosen
     if verbose() or not path or not os.path.isfile(path):
         return ""
     with open(path, errors="replace") as f:

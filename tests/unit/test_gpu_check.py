@@ -23,7 +23,7 @@ def test_the_gpu_check_runs_dry_on_the_cpu():
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     cases = ["device", "precision", "precision", "largest_batch", "train_serve"]
-    assert [r["case"] for r in rows] == cases + ["serve"] * 9
+    assert [r["case"] for r in rows] == cases + ["serve"] * 5
     assert rows[0]["device"] == "cpu"
     assert {r["loss"] for r in rows[1:3]} == {"infonce", "sigmoid"}
     for row in rows[1:3]:
@@ -45,9 +45,9 @@ def test_the_gpu_check_runs_dry_on_the_cpu():
         "text",
     }
     assert [(r["route"], r["load"]) for r in rows[6:]] == [
-        (m, load) for m in ("image", "text") for load in ([1, 1], [8, 1], [32, 1], [8, 32])
+        (m, load) for m in ("image", "text") for load in ([1, 1], [8, 32])
     ]
-    # A loaded host may answer nothing inside a dry run's 1.5 s window, but every client's
+    # A loaded host may answer nothing inside a dry run's 0.75 s window, but every client's
     # requests are answered, without error.
     assert all(r["errors"] == 0 and r["answered"] >= r["load"][0] for r in rows[6:])
 

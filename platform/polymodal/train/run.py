@@ -132,9 +132,8 @@ def keep_log(run_dir: str) -> None:
 
     if console.verbose() or ray.is_initialized() or storage.is_remote(run_dir):
         return
-    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
     name = f"driver-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    os.environ[console.LOG_FILE] = os.path.join(run_dir, "logs", name)
+    console.use_log_file(os.path.join(run_dir, "logs", name))
 
 
 def fit_interruptibly(trainer: Any, run_dir: str) -> Any:
