@@ -61,9 +61,7 @@ class EpochData:
             order = self.order(plans, worlds[n], epoch, n)
         self.redealt = parts
         mine = [ranks[self.rank] for ranks in plans]
-        self.next, done = [0] * len(mine), 0
-        if resumed:
-            done = resumed.steps
+        self.next, done = [0] * len(mine), resumed.steps if resumed else 0
         if resumed and resumed.world == self.world:
             self.next = resumed.streams_of(self.rank)
             mine = [resume_plan(plan, at) for plan, at in zip(mine, self.next, strict=True)]

@@ -11,7 +11,6 @@ from typing import Any
 
 from polymodal import cluster
 from polymodal.checkpoint import RunMeta, init_weights
-from polymodal.cluster import require
 from polymodal.config import Config
 from polymodal.data.dataset import (
     DataSource,
@@ -289,7 +288,7 @@ def check_resources(cfg: Config) -> None:
     t = cfg.train
     workers = t.min_workers or t.num_workers
     if cluster.can_grow():
-        require(
+        cluster.require(
             [{"CPU": t.cpus_per_worker}] * workers + [{"CPU": 1.0}],
             f"{workers} workers × train.cpus_per_worker={t.cpus_per_worker:g}, and a CPU "
             "to read and decode data,",
@@ -299,7 +298,7 @@ def check_resources(cfg: Config) -> None:
     else:
         check_cpus(cfg, ray_cpus(), workers)
     if t.use_gpu:
-        require(
+        cluster.require(
             [{"GPU": 1.0}] * max(workers, 1),
             f"train.use_gpu=true with {max(workers, 1)} workers",
             "Set train.use_gpu=false, fewer workers, or add GPU nodes.",
