@@ -213,11 +213,10 @@ class TrainConfig(Section):
     min_workers: int = Field(
         0,
         ge=0,
-        description="Elastic training (0 = off): Ray Train starts on as few as min_workers "
-        "when the cluster holds fewer than num_workers, and grows back as nodes come. Each "
-        "resize resumes from the newest checkpoint, a mid-epoch one with the epoch's rest dealt "
-        "over the new workers (every sample once); a lost worker counts toward max_failures. "
-        "The global batch stays: each worker takes batch_size // workers rows.",
+        description="Elastic training (0 = off): Ray Train runs on min_workers..num_workers "
+        "as the cluster allows; each resize resumes from the newest checkpoint, the epoch's "
+        "rest dealt over the new workers (every sample once). A lost worker counts toward "
+        "max_failures; the global batch stays (each worker: batch_size // workers rows).",
     )
     use_gpu: bool = Field(False, description="One GPU per worker.")
     cpus_per_worker: Float = Field(1.0, description="CPUs Ray reserves for each worker.")
