@@ -78,9 +78,7 @@ def quiet(to_file: bool = True) -> None:
             handler = logging.FileHandler(path)
             handler.polymodal = True  # type: ignore[attr-defined]
             handler.setLevel(logging.INFO)
-            handler.setFormatter(
-                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-            )
+            handler.setFormatter(logging.Formatter(FORMAT))
             logger.addHandler(handler)
 
 
