@@ -27,6 +27,11 @@ RAY_ENV = {
 }
 
 
+def job_settings() -> dict[str, str]:
+    """What a job's processes read on any cluster: JOB_ENV and the command's --verbose."""
+    return JOB_ENV | console.job_env()
+
+
 def ensure_ray(
     address: str | None = None,
     min_cpus: float = 1,
@@ -49,7 +54,7 @@ def ensure_ray(
         # submitted job, Ray refuses a variable that the job's runtime env already sets.
         job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
         job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
-        wanted = JOB_ENV | console.job_env() | storage.public_settings()
+        wanted = job_settings() | storage.public_settings()
         settings = {k: v for k, v in wanted.items() if k not in job_env}
         ray.init(address=address, runtime_env={"env_vars": settings} if settings else None)
         return
@@ -58,7 +63,7 @@ def ensure_ray(
     # never starts.
     ray.init(
         num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
-        runtime_env={"env_vars": RAY_ENV | console.job_env()},
+        runtime_env={"env_vars": RAY_ENV | job_settings()},
         include_dashboard=dashboard,
         _metrics_export_port=metrics_port,
     )

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from polymodal import cluster, console, storage
+from polymodal import cluster, storage
 from polymodal.config import load_config
 
 if TYPE_CHECKING:
@@ -88,13 +88,8 @@ def runtime_env(root: Path) -> dict:
         "excludes": EXCLUDES,
         "py_modules": [str(root / "platform" / "polymodal")],
         # S3 endpoint and region only: keys belong in the cluster's environment (a Secret).
-        "env_vars": {**JOB_ENV, **job_settings(), **storage.public_settings()},
+        "env_vars": {**JOB_ENV, **cluster.job_settings(), **storage.public_settings()},
     }
-
-
-def job_settings() -> dict[str, str]:
-    """What the job's processes print, as a local run's would (cluster.JOB_ENV, --verbose)."""
-    return {**cluster.JOB_ENV, **console.job_env()}
 
 
 def submit(
