@@ -2,13 +2,14 @@
 answers HTTP and gRPC at the given ports itself (direct ingress), with the offline encoder's
 embeddings and the HTTP route's errors, at the priority of any server, and stops on SIGTERM."""
 
+import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
+import urllib.parse
 from pathlib import Path
 
 import grpc
@@ -25,11 +26,22 @@ TEXTS = ["a red shirt", "sneakers with white soles"]
 
 
 def _post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(
-        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    """POST on a connection this side closes: the server's port then holds no TIME_WAIT
+    connections, which would keep a replacement replica from binding it for ~60 s (Serve binds
+    it without SO_REUSEADDR); urllib asks the server to close instead."""
+    where = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    try:
+        connection.request(
+            "POST", where.path, json.dumps(body), {"Content-Type": "application/json"}
+        )
+        response = connection.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise OSError(f"HTTP {response.status}: {payload[:300]!r}")
+        return json.loads(payload)
+    finally:
+        connection.close()
 
 
 def _replica(root: int) -> tuple[int, int]:
@@ -106,6 +118,23 @@ def test_http_and_grpc_answer_at_their_ports_with_the_offline_embeddings(served)
         assert empty.value.details().startswith("items[1]: empty text")
 
 
+def test_a_killed_replica_is_replaced_at_the_same_port(served):
+    # Before the mteb test: its client's pooled connections, closed by the dying replica, would
+    # hold the port in TIME_WAIT (~60 s), as urllib's would (see _post).
+    proc, url, _ = served
+    pid, _ = _replica(proc.pid)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 150
+    while True:  # refused while no replica listens, then answered by the new one
+        try:
+            reply = _post(url, {"model": CHECKPOINT.name, "input": TEXTS[0]})
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "no replica answered again within 150 s"
+            time.sleep(0.5)
+    assert len(reply["data"][0]["embedding"]) > 0 and _replica(proc.pid)[0] != pid
+
+
 def test_mteb_openai_wrapper_gets_the_offline_embeddings(served, digits_dataset):
     """mteb's OpenAIAPIEncodeWrapper sends images (and, with its chat template, texts) in
     vLLM's chat `messages` form: the served embeddings and scores are the offline ones."""
@@ -153,23 +182,6 @@ def test_mteb_openai_wrapper_gets_the_offline_embeddings(served, digits_dataset)
     text = loaded.embed("text", TEXTS)
     both = text[0] + loaded.embed("image", [png.getvalue()])[0]
     np.testing.assert_allclose(got, [*text, both / np.linalg.norm(both)], atol=1e-5)
-
-
-def test_a_killed_replica_is_replaced_at_the_same_port(served):
-    # Serve binds the replica's port without SO_REUSEADDR: the replacement binds once the dead
-    # one's connections leave TIME_WAIT (~60 s on Linux).
-    proc, url, _ = served
-    pid, _ = _replica(proc.pid)
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 150
-    while True:  # refused while no replica listens, then answered by the new one
-        try:
-            reply = _post(url, {"model": CHECKPOINT.name, "input": TEXTS[0]})
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "no replica answered again within 150 s"
-            time.sleep(0.5)
-    assert len(reply["data"][0]["embedding"]) > 0 and _replica(proc.pid)[0] != pid
 
 
 def test_the_model_runs_at_normal_priority_and_sigterm_stops_everything(served):
