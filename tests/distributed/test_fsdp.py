@@ -57,7 +57,7 @@ def _build(cfg, fsdp: bool, rank: int = 0, image_size: int = 8):
     from polymodal.models.build import build_model, recompute_activations
     from polymodal.train.optim import build_optimizer, build_scheduler
     from polymodal.train.sharding import build_on_meta, spread_from_rank0
-    from polymodal.train.step import DDPStep, FSDPStep, has_unused_encoders
+    from polymodal.train.step import DDPStep, FSDPGradCacheStep, FSDPStep, has_unused_encoders
 
     prep = Preprocessing(
         ["image", "text"], image_size=image_size, image_channels=1, text_max_len=10
@@ -72,9 +72,10 @@ def _build(cfg, fsdp: bool, rank: int = 0, image_size: int = 8):
         model = build_on_meta(build)
         assert all(p.is_meta for p in model.parameters())  # no rank builds it whole twice
         recompute_activations(model, cfg)
-        FSDPStep.prepare(model, cfg)
+        kind = FSDPGradCacheStep if cfg.train.grad_cache.chunk_size else FSDPStep
+        kind.prepare(model, cfg)
         spread_from_rank0(model, whole, torch.device("cpu"))
-        raw, kind = model, FSDPStep
+        raw = model
     else:
         model = build()
         recompute_activations(model, cfg)
@@ -190,3 +191,41 @@ def test_fsdp_trains_a_lock_then_unlock_tower_as_ddp():
     weights = [k for k in start if k.startswith(tower) and start[k].is_floating_point()]
     assert weights and all(torch.equal(locked[k], start[k]) for k in weights)  # locked
     assert any(not torch.equal(unlocked[k], locked[k]) for k in weights)  # then trained
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient, whole (a shard's gathered)."""
+    return {
+        name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+        for name, p in model.named_parameters()
+        if p.grad is not None
+    }
+
+
+def _grad_cache(rank: int, world: int) -> dict:
+    """Two steps of FSDP with the gradient cache (chunks of 3 of a rank's 8 rows) against
+    DDP on the whole batch: their losses and (clipped) gradients."""
+    from polymodal.train.step import FSDPGradCacheStep, step_strategy
+
+    torch.set_num_threads(1)
+    cached = _cfg("train.strategy=fsdp", "train.grad_cache.chunk_size=3")
+    assert step_strategy(cached, N) is FSDPGradCacheStep
+    plain, ddp = _build(_cfg(), fsdp=False)
+    sharded, fsdp = _build(cached, fsdp=True, rank=rank)
+    out = []
+    for step_no in (0, 1):
+        row = []
+        for model, step in ((plain, ddp), (sharded, fsdp)):
+            row.append((step(_batch(rank, step_no))[0], _grads(model)))
+        out.append(row)
+    return {"steps": out}
+
+
+def test_fsdp_with_the_gradient_cache_steps_as_ddp_on_the_whole_batch():
+    # Gradients, not weights: AdamW turns the zero gradient of attention's key bias (any
+    # value leaves softmax unchanged) into a step of ±lr whose sign is float noise.
+    for (ddp_loss, ddp), (cached_loss, cached) in run_on_ranks(2, _grad_cache)["steps"]:
+        assert cached_loss == pytest.approx(ddp_loss, rel=1e-6)
+        assert sorted(cached) == sorted(ddp)
+        for name, grad in ddp.items():
+            torch.testing.assert_close(cached[name], grad, rtol=1e-4, atol=1e-6, msg=name)

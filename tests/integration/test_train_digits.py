@@ -48,6 +48,7 @@ def first_run(ray_cluster, damaged_digits, tmp_path_factory):
         "train.num_workers=2",
         "train.cpus_per_worker=0.5",
         "train.strategy=fsdp",
+        "train.grad_cache.chunk_size=16",  # over FSDP's shards, in chunks of a worker's 32 rows
         "model.text.activation_checkpointing=true",
     ]
     cfg = load_config(CONFIG, overrides)

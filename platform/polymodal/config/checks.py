@@ -91,10 +91,6 @@ def training(cfg: Config) -> list[str]:
             f"'train.min_workers' ({t.min_workers}) must be between 1 and train.num_workers "
             f"({t.num_workers}), or 0 (a fixed worker count)"
         )
-    if t.strategy == "fsdp" and t.grad_cache.chunk_size > 0:
-        problems.append(
-            "'train.strategy: fsdp' does not run the gradient cache yet: use one or the other"
-        )
     if t.precision == "fp16" and not t.use_gpu:
         problems.append(
             "'train.precision: fp16' needs CUDA (train.use_gpu: true): CPU autocast has no "

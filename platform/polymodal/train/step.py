@@ -9,7 +9,7 @@ from typing import Any
 import ray.train.torch
 import torch
 from torch import nn
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
 from polymodal.batch import Batch
 from polymodal.config import Config
@@ -191,7 +191,32 @@ class FSDPStep(DDPStep):
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
-        average_gradients([p for p in self.model.parameters() if p.ndim == 0 and p.requires_grad])
+        average_scalar_gradients(self.model)
+
+
+class FSDPGradCacheStep(GradCacheStep):
+    """The gradient cache over FSDP's shards: each chunk's backward reduce-scatters its
+    gradients, which add up in the shards, so no rank holds a whole gradient; the scalars,
+    left whole, are averaged here."""
+
+    sharded = True
+
+    @staticmethod
+    def prepare(model: JointModel, cfg: Config) -> nn.Module:
+        sharded = FSDPStep.prepare(model, cfg)
+        # The cache embeds chunks through project_present, not forward: FSDP gathers the
+        # root's weights (the projections) around it as around forward.
+        register_fsdp_forward_method(sharded, "project_present")
+        return sharded
+
+    def backward(self, loss: torch.Tensor) -> None:
+        average_scalar_gradients(self.model)
+
+
+def average_scalar_gradients(model: nn.Module) -> None:
+    """Average the gradients of the scalars fully_shard leaves whole (FSDP averages the rest
+    when it reduce-scatters)."""
+    average_gradients([p for p in model.parameters() if p.ndim == 0 and p.requires_grad])
 
 
 def shard_model(model: JointModel) -> None:
@@ -214,5 +239,5 @@ def step_strategy(cfg: Config, per_worker_batch: int) -> type[Step]:
     """The one place the strategy is chosen: train.strategy, or the gradient cache when its
     chunks are smaller than a worker's batch."""
     if 0 < cfg.train.grad_cache.chunk_size < per_worker_batch:
-        return GradCacheStep
+        return FSDPGradCacheStep if cfg.train.strategy == "fsdp" else GradCacheStep
     return STRATEGIES[cfg.train.strategy]
