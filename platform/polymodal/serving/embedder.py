@@ -16,7 +16,7 @@ from polymodal.modalities import MODALITIES
 from polymodal.run_meta import list_models
 from polymodal.serving.batcher import Batcher
 from polymodal.serving.metrics import embedder_metrics
-from polymodal.serving.settings import BACKPRESSURE, DEFAULTS, limits
+from polymodal.serving.settings import BACKPRESSURE, DEFAULTS, HEALTH_CHECK_PERIOD_S, limits
 
 if TYPE_CHECKING:
     from polymodal.inference.model import LoadedModel
@@ -138,5 +138,6 @@ EmbedderDeployment: Deployment = serve.deployment(
     max_ongoing_requests=limits(DEFAULTS).ongoing,
     max_queued_requests=limits(DEFAULTS).queued,
     backpressure_config=BACKPRESSURE,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
     ray_actor_options={"num_cpus": DEFAULTS.num_cpus, "num_gpus": DEFAULTS.num_gpus},
 )(Embedder)

@@ -45,7 +45,7 @@ from polymodal.serving.schemas import (
     Status,
     errors,
 )
-from polymodal.serving.settings import BACKPRESSURE, DEFAULTS, limits
+from polymodal.serving.settings import BACKPRESSURE, DEFAULTS, HEALTH_CHECK_PERIOD_S, limits
 
 # The statuses a route that runs a model may answer besides 200 (its OpenAPI `responses`).
 MODEL_ERRORS = (400, 401, 404, 413, 503)
@@ -302,5 +302,6 @@ GatewayDeployment: Deployment = serve.deployment(
     max_ongoing_requests=limits(DEFAULTS).gateway_ongoing,
     max_queued_requests=limits(DEFAULTS).queued,
     backpressure_config=BACKPRESSURE,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
     ray_actor_options={"num_cpus": DEFAULTS.num_cpus, "num_gpus": DEFAULTS.num_gpus},
 )(serve.ingress()(Gateway))

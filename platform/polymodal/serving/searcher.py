@@ -15,7 +15,7 @@ from polymodal.retrieval.index import INDEX_FILE, Index, open_index
 from polymodal.retrieval.search import search_rows
 from polymodal.serving.errors import NoIndex, SearchFailed
 from polymodal.serving.metrics import searcher_metrics
-from polymodal.serving.settings import BACKPRESSURE, DEFAULTS, limits
+from polymodal.serving.settings import BACKPRESSURE, DEFAULTS, HEALTH_CHECK_PERIOD_S, limits
 
 logger = logging.getLogger("ray.serve")
 
@@ -123,5 +123,6 @@ SearcherDeployment: Deployment = serve.deployment(
     max_ongoing_requests=limits(DEFAULTS).ongoing,
     max_queued_requests=limits(DEFAULTS).queued,
     backpressure_config=BACKPRESSURE,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
     ray_actor_options={"num_cpus": DEFAULTS.num_cpus / 2},
 )(Searcher)

@@ -11,23 +11,26 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.distributed.tensor import DTensor
 
 if TYPE_CHECKING:
-    from torch.distributed.checkpoint.state_dict import ValueType
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, ValueType
 
-# Gathered to the CPU of rank 0 only: the other ranks never hold the whole model.
-GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
-SPREAD = StateDictOptions(full_state_dict=True)
 M = TypeVar("M", bound=nn.Module)
-FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+# Full state dicts: gathered to the CPU of rank 0 only (the other ranks never hold the whole
+# model), spread from one every rank holds, or from rank 0's alone.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "gather": {"full_state_dict": True, "cpu_offload": True},
+    "spread": {"full_state_dict": True},
+    "from_rank0": {"full_state_dict": True, "broadcast_from_rank0": True},
+}
+
+
+def _options(kind: str) -> StateDictOptions:
+    # torch.distributed.checkpoint (with DTensor) is imported here, not at the top: it takes
+    # ~0.6 s, which every Train worker of a DDP run would pay at start for nothing.
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(**OPTIONS[kind])
 
 
 def build_on_meta(build: Callable[[], M]) -> M:
@@ -52,7 +55,9 @@ def spread_from_rank0(model: nn.Module, whole: nn.Module | None, device: torch.d
         return  # built whole (build_on_meta's fallback): every rank holds the same weights
     model.to_empty(device=device)
     state = whole.state_dict() if whole is not None else {}
-    set_model_state_dict(model, cast("dict[str, ValueType]", state), options=FROM_RANK0)
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, cast("dict[str, ValueType]", state), options=_options("from_rank0"))
     buffers = list(model.buffers())
     if whole is not None:
         for mine, theirs in zip(buffers, whole.buffers(), strict=True):
@@ -64,8 +69,11 @@ def spread_from_rank0(model: nn.Module, whole: nn.Module | None, device: torch.d
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every rank calls it (a collective); rank 0 gets the plain model's state_dict, with the
     names a model built by build_model loads, and the other ranks an empty dict."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.tensor import DTensor
+
     # A model's state holds tensors only; torch types it as any state value.
-    state = cast(dict[str, torch.Tensor], get_model_state_dict(model, options=GATHER))
+    state = cast(dict[str, torch.Tensor], get_model_state_dict(model, options=_options("gather")))
     # The weights FSDP left whole and the buffers come back as the live tensors: copies, so
     # that the state stays what it was when training goes on.
     tensors = [*model.parameters(), *model.buffers()]
@@ -75,16 +83,22 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """As full_model_state, for the optimizer: its state keyed by parameter name."""
-    return get_optimizer_state_dict(model, optimizer, options=GATHER)
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_options("gather"))
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Every rank, with the full state: each keeps its own shards."""
     # torch asks for a dict of any state value (dict is invariant: a dict of tensors is not one).
-    set_model_state_dict(model, cast("dict[str, ValueType]", state), options=SPREAD)
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, cast("dict[str, ValueType]", state), options=_options("spread"))
 
 
 def load_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
-    set_optimizer_state_dict(model, optimizer, state, options=SPREAD)
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=_options("spread"))

@@ -9,7 +9,6 @@ from typing import Any
 import ray.train.torch
 import torch
 from torch import nn
-from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
 from polymodal.batch import Batch
 from polymodal.config import Config
@@ -203,6 +202,8 @@ class FSDPGradCacheStep(GradCacheStep):
 
     @staticmethod
     def prepare(model: JointModel, cfg: Config) -> nn.Module:
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
         sharded = FSDPStep.prepare(model, cfg)
         # The cache embeds chunks through project_present, not forward: FSDP gathers the
         # root's weights (the projections) around it as around forward.
@@ -222,6 +223,9 @@ def average_scalar_gradients(model: nn.Module) -> None:
 def shard_model(model: JointModel) -> None:
     """fully_shard bottom-up (blocks, towers, the root), as FSDP2 wants: a module's weights
     then travel together, one block at a time. Scalars and frozen weights stay whole."""
+    # Imported here: FSDP (with DTensor) takes ~0.6 s that a DDP run's workers need not pay.
+    from torch.distributed.fsdp import fully_shard
+
     whole = {p for p in model.parameters() if p.ndim == 0 or not p.requires_grad}
     for tower in model.encoders.values():
         if not any(p.requires_grad for p in tower.parameters()):
