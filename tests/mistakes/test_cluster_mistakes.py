@@ -5,6 +5,7 @@ promptly, giving back what it held."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,7 +81,39 @@ def test_an_autoscaling_cluster_gets_a_bounded_wait(ray_cluster, monkeypatch, ca
     check_resources(load_config(None, ["train.num_workers=64", "train.min_workers=1"]))
 
 
+def _on_a_terminal(cmd: list[str], env: dict) -> tuple[subprocess.Popen, list[bytes]]:
+    """cmd with a pseudo-terminal (120 columns) for its stdout and stderr, as a person runs
+    it; what it writes collects in the returned list."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=child, stderr=child, env=env)
+    os.close(child)
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(main)
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, chunks
+
+
 def test_ctrl_c_stops_training_and_gives_back_its_cpus(address, digits_dataset, tmp_path):
+    """On a terminal, as a person runs it: a progress bar over each epoch's steps, and Ctrl-C
+    stops the run promptly."""
     import ray
 
     def free_cpus() -> float:
@@ -89,28 +122,27 @@ def test_ctrl_c_stops_training_and_gives_back_its_cpus(address, digits_dataset, 
     before = free_cpus()  # other tests' actors may hold some
     env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
     args = [*_run_args(digits_dataset, tmp_path), "train.epochs=200", "--address", address]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "polymodal.cli", "train", CONFIG, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    cmd = [sys.executable, "-m", "polymodal.cli", "train", CONFIG, *args]
+    proc, chunks = _on_a_terminal(cmd, env)
     run_dir = tmp_path / "contrastive"
     try:
         deadline = time.monotonic() + 240
         # Training is under way once the first epoch's checkpoint is in.
         while not list(run_dir.glob("checkpoint_*")) and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert proc.poll() is None, b"".join(chunks)[-3000:]
             time.sleep(0.5)
         assert list(run_dir.glob("checkpoint_*")), "no checkpoint within 240 s"
         assert free_cpus() < before
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
         stopped = time.monotonic() - sent
     finally:
         proc.kill()
+    time.sleep(0.5)  # the last output reaches the reader
+    out = b"".join(chunks).decode(errors="replace")
+    # tqdm's frames, drawn by the driver: "epoch 1/200:  40%|████    | 2.00/5.00 [00:01<..."
+    assert re.search(r"epoch \d+/200: +\d+%\|.+?\| [\d.]+/[\d.]+ \[", out), out[-3000:]
     assert proc.returncode == 130, out[-3000:]
     assert stopped < 15, stopped
     assert "polymodal: stopped (Ctrl-C)" in out and "the same command resumes" in out

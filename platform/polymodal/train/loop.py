@@ -25,6 +25,7 @@ from polymodal.train.features import FrozenFeatures, cached_modalities
 from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.prepare import LoopInputs
+from polymodal.train.progress import EpochBar
 from polymodal.train.references import References
 from polymodal.train.resume import report_again, resume
 from polymodal.train.same_run import trained_strategy
@@ -82,8 +83,7 @@ class Recipe:
         self.resumed = resume(ray.train.get_checkpoint(), self.fs, self.run_dir)
         self.start_epoch, self.step = 1, 0
         self.history: list[dict[str, Any]] = []
-        # Where each rank resumes mid-epoch (a mid-epoch checkpoint's).
-        self.position: Position | None = None
+        self.position: Position | None = None  # where a mid-epoch checkpoint left each rank
         if self.resumed is not None:
             if whole is not None:
                 whole.load_state_dict(self.resumed.model_state)
@@ -239,6 +239,8 @@ class Recipe:
         batches, self.epoch_step = self.data.batches(epoch, self.position, self.device)
         self.position = None
         sample_log = SampleLog(cfg.train.sample_log_dir, epoch, self.rank)
+        shown = self.rank == 0 and self.inputs.progress
+        bar = EpochBar(shown, epoch, cfg.train.epochs, self.steps_per_epoch, self.epoch_step)
         frozen = set(self.frozen.tables) if self.frozen else set()
         for raw, due in self.agreed(stats.timed(batches)):
             batch = Batch.from_dict(raw)
@@ -250,6 +252,7 @@ class Recipe:
                 loss, logs = self.optimize(batch, epoch)
             self.step += 1
             self.epoch_step += 1
+            bar.step()
             sample_log.write(batch)
             log_step = self.step % cfg.train.log_every_steps == 0
             if log_step:  # fail early, not at the end
@@ -264,6 +267,7 @@ class Recipe:
                 self.save_mid_epoch(epoch)
         stats.finish()
         sample_log.close()
+        bar.close()
         return stats
 
     def optimize(self, batch: Batch, epoch: int) -> tuple[float, dict[str, Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,11 +172,16 @@ class LoopInputs:
     references: dict[str, Any] = field(default_factory=dict)
     sweep: str = ""  # the Tune sweep whose trial this is (trackers group by it)
     tracking_env: dict[str, str] = field(default_factory=dict)  # trackers' settings
+    progress: bool = False  # rank 0 draws a progress bar (train/progress.py)
 
     def for_run(self, cfg: Config, sweep: str, tracking_env: dict[str, str]) -> LoopInputs:
-        """These inputs for a run of cfg (a sweep's trial: the sampled values)."""
+        """These inputs for a run of cfg (a sweep's trial: the sampled values). A run, not a
+        sweep's trials, shows a progress bar when its driver is on a terminal."""
         meta = self.meta.model_copy(update={"config": cfg.to_dict()})
-        return dataclasses.replace(self, meta=meta, sweep=sweep, tracking_env=tracking_env)
+        progress = not sweep and sys.stderr.isatty()
+        return dataclasses.replace(
+            self, meta=meta, sweep=sweep, tracking_env=tracking_env, progress=progress
+        )
 
 
 @dataclass
