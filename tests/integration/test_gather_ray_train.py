@@ -1,5 +1,5 @@
-"""A real 2-worker Ray Train step with gathered negatives equals a 1-worker step on the same
-global batch: the weights after one optimiser step match."""
+"""A real 2-worker Ray Train step with gathered negatives equals one process's step on the
+same global batch: the weights after one optimiser step match."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ pytestmark = pytest.mark.integration
 GLOBAL_BATCH = 32
 
 
-def _one_step(config: dict) -> None:
-    import ray.train
-    import ray.train.torch
-
+def _step(config: dict, rank: int = 0, world: int = 1, place=lambda model: model) -> dict:
+    """One SGD step of this rank's share of the global batch; the model's weights after it."""
     from polymodal.config import config_from_dict
     from polymodal.evaluation.evaluate import decoded_batches
     from polymodal.modalities import Preprocessing
@@ -24,20 +22,28 @@ def _one_step(config: dict) -> None:
 
     cfg = config_from_dict(config["cfg"])
     prep = Preprocessing(["image", "text"], image_size=8, image_channels=1, text_max_len=40)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     batch = next(decoded_batches(config["data"], "train", prep, batch_size=GLOBAL_BATCH))
     rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     local = batch.slice(rows)
     torch.manual_seed(0)
-    model = ray.train.torch.prepare_model(build_model(cfg, prep, num_classes=10))
+    model = place(build_model(cfg, prep, num_classes=10))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     loss, _ = joint_loss(model(local), local, cfg)
     loss.backward()
     opt.step()
+    raw = model.module if hasattr(model, "module") else model
+    return raw.state_dict()
+
+
+def _one_step(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    state = _step(config, rank, world, ray.train.torch.prepare_model)
     if rank == 0:
-        raw = model.module if hasattr(model, "module") else model
-        torch.save(raw.state_dict(), config["out"])
+        torch.save(state, config["out"])
 
 
 def _fit(workers: int, cfg, data, out) -> dict:
@@ -69,7 +75,7 @@ def test_two_workers_gather_local_matches_one_worker(ray_cluster, digits_dataset
             "objective.weights.classification=1",
         ],
     )
-    one = _fit(1, cfg, digits_dataset, tmp_path / "one.pt")
+    one = _step({"cfg": cfg.to_dict(), "data": str(digits_dataset)})  # the whole batch, here
     two = _fit(2, cfg, digits_dataset, tmp_path / "two.pt")
     for name, value in one.items():
         torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
