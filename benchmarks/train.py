@@ -7,6 +7,9 @@
                  cap per process (weights, gradients and Adam state are 16 bytes a parameter);
                  FSDP with the model built whole on every rank (as before) vs on the meta
                  device (as now), at setup and over the steps, on 4 and 8 processes
+  fsdp_grad_cache  the same tower on 4 processes with 32 rows each, where activations outweigh
+                 a rank's shard: FSDP's peak memory per process with the gradient cache
+                 (chunks of 4 rows) vs without, and their step times
   ray_overhead   jobs/configs/fashion.yaml's model, objective and global batch on 2 CPUs:
                  samples/s of (a) a plain one-process torch loop (2 threads) and (b) DDP over
                  2 gloo processes without Ray (1 thread each), both over the train split
@@ -19,7 +22,8 @@
   sources        the same model and data as one source and as two sources (data.sources,
                  weights 0.5 each: as many rows per epoch): samples/s; target: within noise
 
-Run: .venv/bin/python benchmarks/train.py [--cases checkpointing,fsdp_memory,ray_overhead,sources]
+Run: .venv/bin/python benchmarks/train.py [--cases checkpointing,fsdp_memory,fsdp_grad_cache,
+     ray_overhead,sources]
      [--dry-run] [--data data/fashion-mnist]
 Prints one JSON line per case. --dry-run: tiny sizes, a check that the script runs.
 """
@@ -43,7 +47,8 @@ CAP_MB = 2048
 SIZES = {  # text tower width, layers, tokens per row, rows per step
     "checkpointing": {"width": 512, "layers": 6, "tokens": 256, "rows": 32},
     "fsdp_memory": {"width": 1024, "layers": 12, "tokens": 32, "rows": 4},
-    "dry": {"width": 32, "layers": 2, "tokens": 16, "rows": 4},
+    "fsdp_grad_cache": {"width": 1024, "layers": 12, "tokens": 16, "rows": 32, "chunk": 4},
+    "dry": {"width": 32, "layers": 2, "tokens": 16, "rows": 4, "chunk": 2},
 }
 
 
@@ -159,16 +164,23 @@ def case_checkpointing(size: dict, steps: int) -> dict:
 def _rank(rank: int, world: int, init: str, strategy: str, size: dict, out: str) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    from polymodal.objectives.grad_cache import grad_cache_backward
     from polymodal.objectives.joint import joint_loss
     from polymodal.train.sharding import build_on_meta, spread_from_rank0
-    from polymodal.train.step import shard_model
+    from polymodal.train.step import (
+        FSDPGradCacheStep,
+        FSDPStep,
+        average_scalar_gradients,
+        shard_model,
+    )
 
     torch.set_num_threads(1)
     cfg, build, batch, build_optimizer = _setup(size)
-    if strategy == "fsdp_meta":  # as the training loop builds it now
+    cached = strategy == "fsdp_meta_cache"  # the gradient cache over the shards
+    if strategy.startswith("fsdp_meta"):  # as the training loop builds it now
         whole = build() if rank == 0 else None  # rank 0's plain copy: validation, checkpoints
         model = build_on_meta(build)
-        shard_model(model)
+        (FSDPGradCacheStep if cached else FSDPStep).prepare(model, cfg)
         spread_from_rank0(model, whole, torch.device("cpu"))
         raw = model
     elif strategy == "fsdp":  # as it did: whole on every rank, sharded, and rank 0's copy
@@ -187,8 +199,12 @@ def _rank(rank: int, world: int, init: str, strategy: str, size: dict, out: str)
     start = time.perf_counter()
     for _ in range(2):  # the first step creates Adam's state
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = joint_loss(model(batch), batch, cfg)
-        loss.backward()
+        if cached:
+            grad_cache_backward(raw, batch, cfg, size["chunk"])
+            average_scalar_gradients(raw)
+        else:
+            loss, _ = joint_loss(model(batch), batch, cfg)
+            loss.backward()
         optimizer.step()
     peaks = [None] * world
     dist.all_gather_object(peaks, _status_mb("VmHWM"))
@@ -197,6 +213,15 @@ def _rank(rank: int, world: int, init: str, strategy: str, size: dict, out: str)
             took = time.perf_counter() - start
             json.dump({"params": params, "setup": setup, "peaks": peaks, "s": took}, f)
     dist.barrier()
+
+
+def _ranks(world: int, strategy: str, size: dict) -> dict:
+    """_rank on `world` processes; rank 0's report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "out.json")
+        mp.spawn(_rank, args=(world, os.path.join(tmp, "init"), strategy, size, path), nprocs=world)
+        with open(path) as f:
+            return json.load(f)
 
 
 def case_fsdp_memory(size: dict, worlds: tuple[int, ...]) -> dict:
@@ -209,12 +234,7 @@ def case_fsdp_memory(size: dict, worlds: tuple[int, ...]) -> dict:
         for strategy in (
             ("ddp", "fsdp", "fsdp_meta") if world == worlds[0] else ("fsdp", "fsdp_meta")
         ):
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "out.json")
-                args = (world, os.path.join(tmp, "init"), strategy, size, path)
-                mp.spawn(_rank, args=args, nprocs=world)
-                with open(path) as f:
-                    result[strategy] = json.load(f)
+            result[strategy] = _ranks(world, strategy, size)
         whole, meta = result["fsdp"], result["fsdp_meta"]
         out["params"] = meta["params"]
         out["unsharded_mb"] = round(meta["params"] * 4 / 2**20)
@@ -234,6 +254,26 @@ def case_fsdp_memory(size: dict, worlds: tuple[int, ...]) -> dict:
                 max(meta["peaks"]) / max(result["ddp"]["peaks"]), 3
             )
     return out
+
+
+def case_fsdp_grad_cache(size: dict, world: int) -> dict:
+    """FSDP as the loop builds it, on a batch whose activations outweigh a rank's shard:
+    without and with the gradient cache (the same two AdamW steps)."""
+    _track_live_tensors()
+    plain, cached = (_ranks(world, s, size) for s in ("fsdp_meta", "fsdp_meta_cache"))
+    return {
+        "case": "fsdp_grad_cache",
+        "params": plain["params"],
+        "world": world,
+        "rows_per_rank": size["rows"],
+        "chunk": size["chunk"],
+        "peak_mb": {"fsdp": [round(p) for p in plain["peaks"]],
+                    "fsdp_grad_cache": [round(p) for p in cached["peaks"]]},
+        "two_steps_s": {"fsdp": round(plain["s"], 1), "fsdp_grad_cache": round(cached["s"], 1)},
+        # ranks 1 and up: rank 0 also keeps the whole model for validation and checkpoints
+        "saves_mb_rank_1_on": round(max(plain["peaks"][1:]) - max(cached["peaks"][1:])),
+        "time_ratio": round(cached["s"] / plain["s"], 3),
+    }  # fmt: skip
 
 
 def _fashion(path: str, *extra: str):
@@ -512,6 +552,9 @@ def main() -> None:
     if "fsdp_memory" in cases:
         size = SIZES["dry" if args.dry_run else "fsdp_memory"]
         print(json.dumps(case_fsdp_memory(size, (2,) if args.dry_run else (4, 8))), flush=True)
+    if "fsdp_grad_cache" in cases:
+        size = SIZES["dry" if args.dry_run else "fsdp_grad_cache"]
+        print(json.dumps(case_fsdp_grad_cache(size, 2 if args.dry_run else 4)), flush=True)
     if cases & {"ray_overhead", "sources"}:
         from polymodal.data.ingest import ingest
 
