@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from polymodal.cluster import JOB_ENV
+from polymodal.cluster import RAY_ENV
 from polymodal.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,11 +86,8 @@ def ray_cluster(s3_endpoint, metrics_port):
         _metrics_export_port=metrics_port,
         _system_config={"metrics_report_interval_ms": 1000},
         runtime_env={
-            "env_vars": {
-                **JOB_ENV,  # as polymodal's own clusters: print once, poll workers often
-                "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
-                "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
-            }
+            # polymodal's own cluster settings (print once, poll workers often, ...)
+            "env_vars": {**RAY_ENV, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
         },
     )
     yield ray
