@@ -387,6 +387,9 @@ def main() -> None:
             print(json.dumps(case_largest_batch(sizes, vit_dir, device)), flush=True)
         if "train_serve" in cases:
             print(json.dumps(case_train_serve(sizes, vit_dir, device, args.data)), flush=True)
+            import ray
+
+            ray.shutdown()  # its cluster; `polymodal serve` below starts one of its own
         if "serve" in cases:
             # a dry run checks the script: the lightest and the heaviest load, briefly
             secs, loads = (0.75, bench_loads()[::3]) if args.dry_run else (6.0, bench_loads())

@@ -32,6 +32,9 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_SERVE_USE_GRPC_BY_DEFAULT", "1")  # as polymodal's own clusters
+# No test preempts a node, and Train's preemption watcher is one more actor process a run
+# (~1.6 s of CPU of the ~30 a 1-epoch digits run costs on 2 cores).
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @pytest.fixture(scope="session")

@@ -157,6 +157,7 @@ def _watch(proc: subprocess.Popen, urls: list[str], names: set[str]) -> dict[str
 
 def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
     import boto3
+    from ray.job_submission import JobSubmissionClient
     from ray.util.state import list_actors
 
     from polymodal import storage
@@ -304,9 +305,8 @@ def test_submitted_training_spreads_over_two_nodes(two_nodes, s3_endpoint):
     stop_id = queued.stdout.split("submitted train job ", 1)[1].split()[0]
     stopped = _polymodal("jobs", "stop", stop_id, "--address", address, env=env)
     assert stopped.returncode == 0 and "stop requested" in stopped.stdout
-    deadline = time.monotonic() + 60
-    status = ""
-    while "STOPPED" not in status and time.monotonic() < deadline:
-        time.sleep(1)
-        status = _polymodal("jobs", "status", stop_id, "--address", address, env=env).stdout
+    jobs, deadline = JobSubmissionClient(address), time.monotonic() + 60
+    while jobs.get_job_status(stop_id) != "STOPPED" and time.monotonic() < deadline:
+        time.sleep(0.5)  # the SDK here: each `polymodal jobs status` is a process start
+    status = _polymodal("jobs", "status", stop_id, "--address", address, env=env).stdout
     assert "STOPPED" in status

@@ -45,7 +45,7 @@ def test_sweep_on_s3_stops_weak_trials_and_writes_results(ray_cluster, s3_endpoi
         digits_dataset,
         "s3://sweeps/runs",
         "sweep",
-        ["train.epochs=2", "tune.num_samples=2", "tune.max_concurrent_trials=2"]
+        ["train.epochs=2", "tune.num_samples=1", "tune.max_concurrent_trials=2"]
         # two trials side by side on 2 CPUs, one CPU left for their data
         + ["train.cpus_per_worker=0.45"]
         # mid-epoch checkpoints: their reports carry no val metric, and reach Train only
@@ -55,14 +55,15 @@ def test_sweep_on_s3_stops_weak_trials_and_writes_results(ray_cluster, s3_endpoi
     )
     # Without the contrastive term text and images never align: zero-shot stays near
     # chance, so ASHA must stop those trials at the first rung once a good one is recorded.
+    # The first two run side by side; the third starts after one of them has, at the latest.
     cfg.tune.space = {
-        "objective.weights.contrastive": {"grid": [1.0, 0.0]},
+        "objective.weights.contrastive": {"grid": [1.0, 0.0, 0.0]},
         "objective.weights.reconstruction": {"loguniform": [0.01, 1.0]},
     }
     result = run_sweep(cfg, progress=False)
 
     rows = result.rows
-    assert len(rows) == 4
+    assert len(rows) == 3
     reasons = [r["stop_reason"] for r in rows]
     assert "stopped early (asha)" in reasons and "completed" in reasons, rows
     assert all(r["epochs_run"] in (1, 2) for r in rows)
@@ -74,8 +75,8 @@ def test_sweep_on_s3_stops_weak_trials_and_writes_results(ray_cluster, s3_endpoi
     sweep = result.sweep_dir
     assert sweep == "s3://sweeps/runs/sweep"
     table = pq.read_table(io.BytesIO(storage.read_bytes(f"{sweep}/trials.parquet")))
-    assert table.num_rows == 4 and "objective.weights.reconstruction" in table.column_names
-    assert storage.read_bytes(f"{sweep}/trials.csv").count(b"\n") == 5
+    assert table.num_rows == 3 and "objective.weights.reconstruction" in table.column_names
+    assert storage.read_bytes(f"{sweep}/trials.csv").count(b"\n") == 4
     png = storage.read_bytes(f"{sweep}/metric_vs_space.png")
     assert png[:4] == b"\x89PNG" and len(png) > 5_000
 
