@@ -117,6 +117,16 @@ def spoken_digits_dataset(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def trimodal_digits_dataset(tmp_path_factory) -> Path:
+    """The digits with caption and the spoken digit of their class, some rows missing one."""
+    from polymodal.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("data") / "digits-trimodal"
+    ingest("builtin:digits-trimodal", out, progress=False)
+    return out
+
+
 def write_tars(out: Path, rows, per_tar: int, damaged: dict[int, dict[str, bytes]] | None = None):
     """Real rows (RawRow) as img2dataset-style tars: key.png, key.txt, key.cls, key.json.
     damaged maps a row index to files that replace that sample's own. Returns the tar paths."""

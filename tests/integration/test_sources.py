@@ -13,7 +13,6 @@ import pytest
 
 from polymodal.config import load_config
 from polymodal.data.format import read_manifest, shard_paths
-from polymodal.data.ingest import ingest
 from polymodal.data.pipeline import sample_key
 from polymodal.evaluation.report import write_report
 from polymodal.evaluation.run import evaluate_checkpoint
@@ -34,10 +33,9 @@ def _train_ids(path: Path) -> set[int]:
 
 
 def test_two_sources_train_as_weighted_and_bind_audio_to_images(
-    ray_cluster, digits_dataset, spoken_digits_dataset, tmp_path
+    ray_cluster, digits_dataset, spoken_digits_dataset, trimodal_digits_dataset, tmp_path
 ):
-    spoken, trimodal = spoken_digits_dataset, tmp_path / "digits-trimodal"
-    ingest("builtin:digits-trimodal", trimodal, progress=False)
+    spoken, trimodal = spoken_digits_dataset, trimodal_digits_dataset
     sources = (
         f"[{{path: {digits_dataset}, name: images}}, {{path: {spoken}, weight: 0.5}}, "
         f"{{path: {trimodal}, name: heldout, weight: 0}}]"  # validation only

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from polymodal.config import load_config
-from polymodal.data.ingest import ingest
+from polymodal.data.format import read_manifest
 from polymodal.evaluation.report import write_report
 from polymodal.evaluation.run import evaluate_checkpoint
 from polymodal.inference.model import LoadedModel
@@ -23,10 +23,11 @@ CONFIG = REPO / "jobs" / "configs" / "digits-trimodal.yaml"
 pytestmark = pytest.mark.integration
 
 
-def test_trimodal_digits_train_and_evaluate_every_direction(ray_cluster, tmp_path):
-    data = tmp_path / "digits-trimodal"
-    report = ingest("builtin:digits-trimodal", data, progress=False)
-    assert report.rows_written == 1797
+def test_trimodal_digits_train_and_evaluate_every_direction(
+    ray_cluster, trimodal_digits_dataset, tmp_path
+):
+    data = trimodal_digits_dataset
+    assert sum(s["rows"] for s in read_manifest(data).splits.values()) == 1797
     cfg = load_config(
         CONFIG,
         [f"data.path={data}", f"train.storage_path={tmp_path / 'runs'}", "train.epochs=2"]
