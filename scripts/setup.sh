@@ -48,4 +48,4 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ constraints.txt -nt
 fi
 # Byte-compile our own code (unchanged files are skipped): every Ray worker imports it, and
 # where the environment sets PYTHONDONTWRITEBYTECODE no process would cache it (~0.3 s each).
-"$VENV/bin/python" -m compileall -q platform jobs tests benchmarks serve scripts >/dev/null
+"$VENV/bin/python" -m compileall -q platform jobs tests benchmarks serve scripts
