@@ -55,7 +55,8 @@ def test_sweep_on_s3_stops_weak_trials_and_writes_results(ray_cluster, s3_endpoi
     )
     # Without the contrastive term text and images never align: zero-shot stays near
     # chance, so ASHA must stop those trials at the first rung once a good one is recorded.
-    # The first two run side by side; the third starts after one of them has, at the latest.
+    # The first two run side by side. The third starts when one of them ends, so a result is
+    # recorded at the first rung before the third gets there.
     cfg.tune.space = {
         "objective.weights.contrastive": {"grid": [1.0, 0.0, 0.0]},
         "objective.weights.reconstruction": {"loguniform": [0.01, 1.0]},
