@@ -114,6 +114,13 @@ def upload(
                 time.sleep(wait)
 
 
+def checkpoint_name() -> str:
+    """A new checkpoint's directory name, as Ray Train names them (names sort by time)."""
+    stamp = time.time()
+    name = time.strftime("checkpoint_%Y-%m-%d_%H-%M-%S", time.localtime(stamp))
+    return name + f".{int(stamp % 1 * 1e6):06d}"
+
+
 def newest_first(names: Iterable[str]) -> list[str]:
     """The checkpoint directories among names or paths of one directory (Ray's
     checkpoint_<time>), newest first."""

@@ -30,8 +30,7 @@ def _config(data: Path, runs: Path, name: str, *extra: str):
             f"train.storage_path={runs}",
             f"train.name={name}",
             "train.epochs=1",
-            "train.num_workers=1",
-            "train.cpus_per_worker=1",
+            "train.num_workers=0",
             *extra,
         ],
     )
@@ -43,7 +42,7 @@ def test_too_many_bad_rows_fail_the_run(ray_cluster, damaged_digits, tmp_path):
     with pytest.raises(BadDataError, match=r"could not be used \(") as err:
         fit(cfg)
     # As many as were read when a check saw the limit passed: all 10 when Ray Data decoded
-    # ahead of the step, fewer when the worker reads rows from the decoded cache as it goes.
+    # ahead of the step, fewer when the loop reads rows from the decoded cache as it goes.
     bad, seen = map(int, re.search(r"(\d+) of (\d+) rows read", str(err.value)).groups())
     assert 1 <= bad <= 10 and bad / seen > 0.002
     report = json.loads((tmp_path / "strict" / "bad_rows.json").read_text())

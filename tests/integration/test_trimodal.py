@@ -1,6 +1,6 @@
 """Three modalities on a real local Ray cluster: digit images, captions and spoken digits
-(some rows missing one) → a 2-worker run → recall in all six directions → the audio served
-through the same decoding."""
+(some rows missing one) → a run in the driver (Train's local mode) → recall in all six
+directions → the audio served through the same decoding."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_trimodal_digits_train_and_evaluate_every_direction(
     cfg = load_config(
         CONFIG,
         [f"data.path={data}", f"train.storage_path={tmp_path / 'runs'}", "train.epochs=2"]
-        + ["train.num_workers=2", "train.cpus_per_worker=0.5", "train.name=trimodal-it"],
+        + ["train.num_workers=0", "train.name=trimodal-it"],
     )
     result = fit(cfg)
     metrics = json.loads((Path(result.run_dir) / "metrics.json").read_text())

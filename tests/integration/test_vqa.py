@@ -1,5 +1,5 @@
-"""Visual question answering end to end: builtin:shapes-vqa → a fusion model trained on 2 Ray
-Train workers → its answers per question type in `polymodal eval` → /v1/classify answering an
+"""Visual question answering end to end: builtin:shapes-vqa → a fusion model trained in the driver
+(Train's local mode) → its answers per question type in `polymodal eval` → /v1/classify answering an
 image and a question over HTTP to Serve (top answers), refusing a request without the question,
 while the official openai client still gets embeddings."""
 
@@ -35,7 +35,7 @@ def vqa_run(ray_cluster, tmp_path_factory):
     cfg = load_config(
         CONFIG,
         [f"data.path={tmp / 'data'}", f"train.storage_path={tmp / 'runs'}", "train.epochs=1"]
-        + ["train.batch_size=64", "train.cpus_per_worker=0.5", "objective.fusion.width=32"],
+        + ["train.batch_size=64", "train.num_workers=0", "objective.fusion.width=32"],
     )
     return fit(cfg), tmp / "data"
 

@@ -67,8 +67,7 @@ def test_train_directly_from_tars(ray_cluster, tars, tmp_path):
             f"train.storage_path={tmp_path}",
             "train.name=wds",
             "train.epochs=1",
-            "train.num_workers=1",
-            "train.cpus_per_worker=1",
+            "train.num_workers=0",
         ],
     )
     cfg.data.label_names = list(FASHION_LABELS)

@@ -247,3 +247,22 @@ def test_min_workers_makes_trains_scaling_elastic():
     assert elastic.elasticity_enabled and (elastic.min_workers, elastic.max_workers) == (1, 4)
     with pytest.raises(ConfigError, match="train.min_workers' \\(3\\) must be between 1 and"):
         load_config(None, ["train.num_workers=2", "train.min_workers=3"])
+
+
+def test_local_mode_keeps_checkpoints_as_train_does_and_refuses_fsdp():
+    from polymodal.train.local_mode import kept
+
+    paths = ["c5", "c4", "c3", "c2", "c1"]  # newest first
+    newest = load_config(None, ["train.keep_checkpoints=2"]).train
+    assert kept(paths, newest, lambda p: {}) == {"c5", "c4"}
+    accuracy = {"c5": 0.5, "c4": None, "c3": 0.9, "c2": 0.7, "c1": 0.8}
+
+    def metrics(path: str) -> dict:  # c4: a mid-epoch checkpoint, without the metric
+        return {} if accuracy[path] is None else {"val/accuracy": accuracy[path]}
+
+    by = ["train.keep_checkpoints=2", "train.keep_best_metric=val/accuracy"]
+    assert kept(paths, load_config(None, by).train, metrics) == {"c5", "c3", "c1"}
+    lowest = load_config(None, [*by, "train.keep_best_mode=min"]).train
+    assert kept(paths, lowest, metrics) == {"c5", "c2"}  # the newest always
+    with pytest.raises(ConfigError, match="'train.strategy: fsdp' shards over Train workers"):
+        load_config(None, ["train.num_workers=0", "train.strategy=fsdp"])

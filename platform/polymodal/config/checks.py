@@ -91,6 +91,11 @@ def training(cfg: Config) -> list[str]:
             f"'train.min_workers' ({t.min_workers}) must be between 1 and train.num_workers "
             f"({t.num_workers}), or 0 (a fixed worker count)"
         )
+    if not t.num_workers and t.strategy == "fsdp":
+        problems.append(
+            "'train.strategy: fsdp' shards over Train workers; train.num_workers: 0 runs the "
+            "loop in the driver alone (use ddp, or 2 or more workers)"
+        )
     if t.precision == "fp16" and not t.use_gpu:
         problems.append(
             "'train.precision: fp16' needs CUDA (train.use_gpu: true): CPU autocast has no "

@@ -14,7 +14,7 @@ import ray.train.torch
 import torch
 
 from polymodal.batch import Batch
-from polymodal.checkpoint import Position, init_weights, save_checkpoint, upload
+from polymodal.checkpoint import Position, checkpoint_name, init_weights, save_checkpoint, upload
 from polymodal.console import quiet
 from polymodal.data.pipeline import configure_ray_data
 from polymodal.models.build import build_model, recompute_activations, unlock_towers
@@ -22,6 +22,7 @@ from polymodal.models.joint import JointModel
 from polymodal.train.bad_rows import BadRowCheck
 from polymodal.train.epoch_data import EpochData, by_source
 from polymodal.train.features import FrozenFeatures, cached_modalities
+from polymodal.train.local_mode import keep_checkpoint, run_storage
 from polymodal.train.metrics import live_metrics
 from polymodal.train.optim import build_optimizer, build_scheduler
 from polymodal.train.prepare import LoopInputs
@@ -64,13 +65,13 @@ class Recipe:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
-        store = ctx.get_storage()  # the run directory: where Ray keeps this run's checkpoints
-        self.fs, self.run_dir = store.storage_filesystem, store.experiment_fs_path
+        self.local = cfg.train.num_workers == 0  # Train's local mode: this loop in the driver
+        self.fs, self.run_dir = run_storage(ctx, inputs.run_dir)  # where the checkpoints go
 
     # ---- setup ----
     def setup(self) -> None:
         cfg, inputs = self.cfg, self.inputs
-        if not cfg.train.use_gpu:
+        if not (cfg.train.use_gpu or self.local):  # the driver keeps its own threads
             torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
         self.per_worker_batch = cfg.train.batch_size // max(self.world, 1)
         Step = step_strategy(cfg, self.per_worker_batch)
@@ -371,25 +372,24 @@ class Recipe:
             "scheduler": self.scheduler.state_dict(),
             **self.take_step.state_dict(),
         }
-        upload_async = self.cfg.train.checkpoint_upload == "async"
-        # async: Ray uploads the directory in the background, then deletes it.
         tmp = tempfile.mkdtemp(prefix="polymodal-checkpoint-")
         save_checkpoint(tmp, self.eval_model, meta, train_state)
-        # Named here, as Ray would (names sort by time): an async upload names it later.
-        stamp = time.time()
-        name = time.strftime("checkpoint_%Y-%m-%d_%H-%M-%S", time.localtime(stamp))
-        name += f".{int(stamp % 1 * 1e6):06d}"
+        name = checkpoint_name()  # named here: an async upload names it later
         self.checkpoint = f"{self.run_dir}/{name}"
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name=name,
-            checkpoint_upload_fn=self.upload,
-            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC
-            if upload_async
-            else ray.train.CheckpointUploadMode.SYNC,
-            delete_local_checkpoint_after_upload=True,
-        )
+        if self.local:  # Train's local mode neither uploads nor deletes checkpoints
+            kept = keep_checkpoint(tmp, name, self.upload, self.fs, self.run_dir, self.cfg.train)
+            ray.train.report(metrics, checkpoint=kept)
+        else:
+            mode = self.cfg.train.checkpoint_upload
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=name,
+                checkpoint_upload_fn=self.upload,
+                # async: Ray uploads the directory in the background, then deletes it.
+                checkpoint_upload_mode=ray.train.CheckpointUploadMode[mode.upper()],
+                delete_local_checkpoint_after_upload=True,
+            )
         self.pause_s += time.perf_counter() - began
         self.tracked.checkpointed(self.checkpoint)
 

@@ -173,14 +173,22 @@ class LoopInputs:
     sweep: str = ""  # the Tune sweep whose trial this is (trackers group by it)
     tracking_env: dict[str, str] = field(default_factory=dict)  # trackers' settings
     progress: bool = False  # rank 0 draws a progress bar (train/progress.py)
+    run_dir: str = ""  # the run's directory, for Train's local mode (no storage context)
 
-    def for_run(self, cfg: Config, sweep: str, tracking_env: dict[str, str]) -> LoopInputs:
+    def for_run(
+        self, cfg: Config, sweep: str, tracking_env: dict[str, str], run_dir: str
+    ) -> LoopInputs:
         """These inputs for a run of cfg (a sweep's trial: the sampled values). A run, not a
         sweep's trials, shows a progress bar when its driver is on a terminal."""
         meta = self.meta.model_copy(update={"config": cfg.to_dict()})
         progress = not sweep and sys.stderr.isatty()
         return dataclasses.replace(
-            self, meta=meta, sweep=sweep, tracking_env=tracking_env, progress=progress
+            self,
+            meta=meta,
+            sweep=sweep,
+            tracking_env=tracking_env,
+            progress=progress,
+            run_dir=run_dir,
         )
 
 

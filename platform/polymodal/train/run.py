@@ -61,7 +61,7 @@ def build_trainer(
 
     from polymodal.train.loop import train_loop_per_worker
 
-    loop = inputs.loop.for_run(cfg, sweep, tracking_env())
+    loop = inputs.loop.for_run(cfg, sweep, tracking_env(), f"{storage_path}/{name}")
     return TorchTrainer(
         # The stubs mypy reads are Train v1's (None returned); Train v2, what ray.train gives at
         # run time, hands the return value back as Result.return_value (fit reads it).
