@@ -52,14 +52,15 @@ def test_train_resume_and_eval_on_s3(ray_cluster, s3_endpoint, digits_dataset, m
         f"storage.endpoint_url={s3_endpoint}",
         f"storage.secret_access_key={secret}",
     ]
-    first = fit(load_config(CONFIG, [*overrides, "train.epochs=1"]))
+    # The first epoch in the driver (Train's local mode: polymodal uploads its checkpoints)...
+    first = fit(load_config(CONFIG, [*overrides, "train.epochs=1", "train.num_workers=0"]))
     assert first.checkpoint.startswith("s3://runs/team/digits-s3/checkpoint_")
     assert first.run_dir == "s3://runs/team/digits-s3"
     metrics = json.loads(storage.read_bytes(f"{first.run_dir}/metrics.json"))
     assert metrics["epoch"] == 1 and metrics["checkpoint"] == first.checkpoint
     assert storage.read_bytes(f"{first.run_dir}/loss_curves.png")[:4] == b"\x89PNG"
 
-    # The same name with more epochs resumes from the checkpoint on S3.
+    # ... and the same name with more epochs resumes from its checkpoint on S3, on 2 workers.
     second = fit(load_config(CONFIG, [*overrides, "train.epochs=2"]))
     assert second.epochs_run == 1
     meta = read_meta(fetch_checkpoint(second.checkpoint))
