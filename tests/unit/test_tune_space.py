@@ -45,6 +45,7 @@ def test_valid_space_becomes_tune_domains_and_trial_configs():
         ({"train.epochs": {"choice": ["many"]}}, [], "train.epochs"),
         ({"optim.lr": {"choice": [0.1]}}, ["tune.mode=maximum"], "tune.mode"),
         ({"optim.lr": {"choice": [0.1]}}, ["tune.scheduler=hyperband"], "tune.scheduler"),
+        ({"optim.lr": {"choice": [0.1]}}, ["train.num_workers=0"], "inside a Tune trial"),
     ],
 )
 def test_bad_space_is_a_clear_error(space, extra, message):

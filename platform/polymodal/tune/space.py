@@ -42,6 +42,11 @@ def check_tune(cfg: Config) -> None:
         raise ConfigError(
             "'tune.num_samples' >= 1, 'tune.grace_period' >= 1, 'tune.reduction_factor' >= 2"
         )
+    if not cfg.train.num_workers:
+        raise ConfigError(
+            "'train.num_workers: 0' (Train's local mode) does not run inside a Tune trial: "
+            "Ray 2.60 refuses Train's calls there; give each trial 1 or more workers"
+        )
     sample = {}
     for key, spec in t.space.items():
         if key.startswith(("data.", "tune.")):
