@@ -37,6 +37,22 @@ os.environ.setdefault("RAY_SERVE_USE_GRPC_BY_DEFAULT", "1")  # as polymodal's ow
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
+# Tests that need the session's Ray cluster, start clusters of their own or keep every core
+# busy with process groups: under `make test` (pytest -n 2 --dist loadgroup) they run one after
+# the other in one process, and the rest (mostly single-threaded CLI and unit checks) in a
+# second one, in the CPU time the first leaves idle (its Ray processes wait on each other).
+CLUSTER_DIRS = ("integration", "reliability", "distributed")
+
+
+def pytest_collection_modifyitems(config, items):
+    cluster = pytest.mark.xdist_group("cluster")
+    for item in items:
+        if item.path.parent.name in CLUSTER_DIRS or "ray_cluster" in item.fixturenames:
+            item.add_marker(cluster)
+    # The distributed tests last: CPU-bound throughout, they leave nothing idle to share.
+    items.sort(key=lambda item: item.path.parent.name == "distributed")
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto) on 127.0.0.1. A test may stop it and start it
