@@ -44,6 +44,7 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 CLUSTER_DIRS = ("integration", "reliability", "distributed")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups
 def pytest_collection_modifyitems(config, items):
     cluster = pytest.mark.xdist_group("cluster")
     for item in items:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -27,11 +28,22 @@ def _entry(rank: int, world: int, init_file: str, fn: Callable, out: str, args: 
     os._exit(0)
 
 
+# Ranks are forked from one server process that imported torch and polymodal's models once
+# (Python's forkserver), not started as fresh interpreters that import them again (spawn:
+# ~3 s of CPU a rank). The server is single-threaded, unlike a test process that runs Ray.
+multiprocessing.set_forkserver_preload(["torch", "polymodal.models.build", __name__])
+
+
 def run_on_ranks(world: int, fn: Callable, *args):
     """fn(rank, world, *args) on `world` processes; returns rank 0's return value."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.pt")
-        mp.spawn(_entry, args=(world, os.path.join(tmp, "init"), fn, out, args), nprocs=world)
+        mp.start_processes(
+            _entry,
+            args=(world, os.path.join(tmp, "init"), fn, out, args),
+            nprocs=world,
+            start_method="forkserver",
+        )
         return torch.load(out, weights_only=False)  # written by our own test process
 
 
