@@ -11,8 +11,9 @@ setup:
 demo: setup
 	bash scripts/demo.sh $(DEMO_ARGS)
 
+# Two processes: the tests that need a Ray cluster in one, the rest beside them (tests/conftest.py).
 test: setup
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check platform tests jobs benchmarks serve scripts
