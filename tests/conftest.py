@@ -37,18 +37,29 @@ os.environ.setdefault("RAY_SERVE_USE_GRPC_BY_DEFAULT", "1")  # as polymodal's ow
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
-# `make test` runs the suite in two processes (pytest -n 2 --dist loadgroup): one runs every
-# test that needs a Ray cluster (the session's or its own) or keeps every core busy with
-# process groups, one after the other; the other runs the rest (mostly single-threaded CLI
-# and unit checks) in the CPU time the first leaves idle while its Ray processes wait on each
-# other. (xdist's own xdist_group marks are lost under pytest 9, which ignores the nodeid
-# they rewrite: the split is by path here.)
-CLUSTER_TESTS = (
+# `make test` runs the suite in two processes (pytest -n 2 --dist loadgroup). One runs the
+# tests that use the session's Ray cluster, one after the other, then the distributed ones
+# (CPU-bound throughout); the other runs everything else beside them — the single-threaded CLI
+# and unit checks, and the tests that start clusters of their own — in the CPU time the first
+# leaves idle while its Ray processes wait on each other. (xdist_group marks are lost under
+# pytest 9, which ignores the nodeids xdist rewrites: the split is by path, checked below.)
+SESSION_CLUSTER_TESTS = (
+    "tests/distributed/",
     "tests/integration/",
     "tests/reliability/",
-    "tests/distributed/",
-    "tests/mistakes/test_cluster_mistakes.py",  # the session's cluster
+    "tests/mistakes/test_cluster_mistakes.py",
 )
+OWN_CLUSTER_TESTS = (
+    "tests/integration/test_cli.py",
+    "tests/integration/test_cluster.py",
+    "tests/integration/test_harnesses.py",
+    "tests/integration/test_serve_cli.py",
+    "tests/reliability/test_node_kill.py",
+)
+
+
+def _with_session_cluster(nodeid: str) -> bool:
+    return nodeid.startswith(SESSION_CLUSTER_TESTS) and not nodeid.startswith(OWN_CLUSTER_TESTS)
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -56,15 +67,21 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class ClusterTestsTogether(LoadScopeScheduling):
+    class SessionClusterTestsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "cluster" if nodeid.startswith(CLUSTER_TESTS) else nodeid
+            return "session-cluster" if _with_session_cluster(nodeid) else nodeid
 
-    return ClusterTestsTogether(config, log)
+    return SessionClusterTestsTogether(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    # The distributed tests last: CPU-bound throughout, they leave nothing idle to share.
+    stray = [i.nodeid for i in items if "ray_cluster" in i.fixturenames]
+    stray = [n for n in stray if not _with_session_cluster(n)]
+    if stray:  # it would start a second session cluster beside the first
+        raise pytest.UsageError(
+            "these use the session's cluster: in tests/conftest.py, list them under "
+            f"SESSION_CLUSTER_TESTS and not OWN_CLUSTER_TESTS: {stray}"
+        )
     items.sort(key=lambda item: item.path.parent.name == "distributed")
 
 
