@@ -58,6 +58,14 @@ OWN_CLUSTER_TESTS = (
 )
 
 
+def session_address() -> str:
+    """The session cluster's address, for Ray's State API: without one it looks for a single
+    cluster on this host, and fails while a test in the other process runs its own."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
 def _with_session_cluster(nodeid: str) -> bool:
     return nodeid.startswith(SESSION_CLUSTER_TESTS) and not nodeid.startswith(OWN_CLUSTER_TESTS)
 

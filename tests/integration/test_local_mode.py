@@ -18,8 +18,11 @@ pytestmark = pytest.mark.integration
 def _train_actors() -> int:
     from ray.util.state import list_actors
 
+    from tests.conftest import session_address
+
     names = ("TrainController", "RayTrainWorker")
-    return sum(len(list_actors(filters=[("class_name", "=", n)], limit=1000)) for n in names)
+    filters = [[("class_name", "=", n)] for n in names]
+    return sum(len(list_actors(session_address(), filters=f, limit=1000)) for f in filters)
 
 
 def test_a_run_in_the_driver_checkpoints_keeps_the_newest_and_resumes(

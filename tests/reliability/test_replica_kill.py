@@ -29,9 +29,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 def _embedder_replicas(app: str) -> list:
     from ray.util.state import list_actors
 
+    from tests.conftest import session_address
+
+    alive = list_actors(session_address(), filters=[("state", "=", "ALIVE")], limit=1000)
     return [
         a
-        for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+        for a in alive
         if a.class_name.startswith("ServeReplica") and f":{app}:Embedder" in a.class_name
     ]
 

@@ -18,6 +18,7 @@ import pytest
 from polymodal.checkpoint import newest_checkpoint, read_meta
 from polymodal.train.run import fit
 from polymodal.train.tracking import attach_run_files
+from tests.conftest import session_address
 from tests.reliability.samples import (
     check_exact,
     faulted_run_config,
@@ -37,7 +38,7 @@ def _kill_a_worker_after(samples: Path, epoch: int, steps: int, killed: list) ->
 
     assert wait_until_mid_epoch(samples, epoch, steps_trained(samples, epoch) + steps)
     alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
-    pid = list_actors(filters=alive)[-1].pid
+    pid = list_actors(session_address(), filters=alive)[-1].pid
     os.kill(pid, signal.SIGKILL)
     killed.append(pid)
 

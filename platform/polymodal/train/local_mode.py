@@ -34,8 +34,9 @@ def keep_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     found = fs.get_file_info(pafs.FileSelector(run_dir))
     paths = newest_first(i.path for i in found if i.type == pafs.FileType.Directory)
-    for path in paths[1:]:
-        if path not in kept(paths, t, lambda p: _metrics(fs, p)):
+    keep = kept(paths, t, lambda p: _metrics(fs, p))
+    for path in paths:
+        if path not in keep:
             fs.delete_dir(path)
     return checkpoint
 
