@@ -106,8 +106,9 @@ def test_an_epoch_resumed_on_2_then_1_then_2_workers_trains_every_sample_once(
     batch = cfg.train.batch_size
     train = _train_keys(digits_dataset, spoken_digits)
     first = check_exact(root / "samples", train, 1, lost_max=2 * batch)
-    # Each kill repeats the steps after its checkpoint it cut short, and nothing else.
-    assert 0 < first <= 2 * 2 * batch
+    # Each kill repeats the steps after its checkpoint it cut short, and nothing else: fewer
+    # than a checkpoint interval each (2 steps here, more when a busy host kills late).
+    assert 0 < first <= 2 * EVERY * batch
     print(f"2 -> 1 -> 2 workers: {first} sample trainings repeated, none skipped")
 
 
