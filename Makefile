@@ -11,7 +11,7 @@ setup:
 demo: setup
 	bash scripts/demo.sh $(DEMO_ARGS)
 
-# Two processes: the tests that need a Ray cluster in one, the rest beside them (tests/conftest.py).
+# Two processes: the tests on the session's Ray cluster in one, the rest beside them (tests/conftest.py).
 test: setup
 	$(VENV)/bin/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
