@@ -209,11 +209,7 @@ class TrainConfig(Section):
     storage_path: str = Field("runs", description="Where run directories go (local or s3://).")
     epochs: int = Field(10, ge=1, description="Epochs to train.")
     batch_size: int = Field(256, ge=1, description="Global batch, split evenly across workers.")
-    num_workers: int = Field(
-        2,
-        ge=0,
-        description="Ray Train workers (0: Train's local mode, the loop in the driver process).",
-    )
+    num_workers: int = Field(2, ge=0, description="Ray Train workers (0: in the driver).")
     min_workers: int = Field(
         0,
         ge=0,
