@@ -39,9 +39,9 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 # `make test` runs the suite in two processes (pytest -n 2 --dist loadgroup). One runs the
 # tests that use the session's Ray cluster, one after the other, then the distributed ones
-# (CPU-bound throughout); the other runs everything else beside them — the single-threaded CLI
-# and unit checks, and the tests that start clusters of their own — in the CPU time the first
-# leaves idle while its Ray processes wait on each other. (xdist_group marks are lost under
+# (CPU-bound throughout); the other runs everything else beside them — the single-threaded
+# CLI and unit checks, and the tests with a cluster of their own or none — in the CPU time the
+# first leaves idle while its Ray processes wait on each other. (xdist_group marks are lost under
 # pytest 9, which ignores the nodeids xdist rewrites: the split is by path, checked below.)
 SESSION_CLUSTER_TESTS = (
     "tests/distributed/",
@@ -49,7 +49,7 @@ SESSION_CLUSTER_TESTS = (
     "tests/reliability/",
     "tests/mistakes/test_cluster_mistakes.py",
 )
-OWN_CLUSTER_TESTS = (
+NO_SESSION_CLUSTER_TESTS = (  # in those folders, but with a cluster of their own or none
     "tests/integration/test_cli.py",
     "tests/integration/test_cluster.py",
     "tests/integration/test_harnesses.py",
@@ -67,7 +67,9 @@ def session_address() -> str:
 
 
 def _with_session_cluster(nodeid: str) -> bool:
-    return nodeid.startswith(SESSION_CLUSTER_TESTS) and not nodeid.startswith(OWN_CLUSTER_TESTS)
+    return nodeid.startswith(SESSION_CLUSTER_TESTS) and not nodeid.startswith(
+        NO_SESSION_CLUSTER_TESTS
+    )
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -88,7 +90,7 @@ def pytest_collection_modifyitems(config, items):
     if stray:  # it would start a second session cluster beside the first
         raise pytest.UsageError(
             "these use the session's cluster: in tests/conftest.py, list them under "
-            f"SESSION_CLUSTER_TESTS and not OWN_CLUSTER_TESTS: {stray}"
+            f"SESSION_CLUSTER_TESTS and not NO_SESSION_CLUSTER_TESTS: {stray}"
         )
     items.sort(key=lambda item: item.path.parent.name == "distributed")
 

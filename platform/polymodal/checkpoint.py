@@ -128,6 +128,14 @@ def newest_first(names: Iterable[str]) -> list[str]:
     return sorted(found, reverse=True)
 
 
+def checkpoint_dirs(fs, run_dir: str) -> list[str]:
+    """The checkpoint directories of a run directory on pyarrow filesystem fs, newest first."""
+    import pyarrow.fs as pafs
+
+    found = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
+    return newest_first(i.path.rstrip("/") for i in found if i.type == pafs.FileType.Directory)
+
+
 def newest_checkpoint(run_dir: str) -> str | None:
     """The newest complete checkpoint (meta written) of a run directory, local or s3://."""
     for name in newest_first(storage.list_dirs(run_dir)):

@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import ray.train
 
 from polymodal import storage
-from polymodal.checkpoint import META, newest_first
+from polymodal.checkpoint import META, checkpoint_dirs
 from polymodal.config.schema import TrainConfig
 
 
@@ -32,8 +32,7 @@ def keep_checkpoint(
     tmp, and delete the run's checkpoints that train.keep_checkpoints no longer keeps."""
     checkpoint = upload(ray.train.Checkpoint.from_directory(tmp), name)
     shutil.rmtree(tmp, ignore_errors=True)
-    found = fs.get_file_info(pafs.FileSelector(run_dir))
-    paths = newest_first(i.path for i in found if i.type == pafs.FileType.Directory)
+    paths = checkpoint_dirs(fs, run_dir)
     keep = kept(paths, t, lambda p: _metrics(fs, p))
     for path in paths:
         if path not in keep:

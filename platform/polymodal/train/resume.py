@@ -12,9 +12,9 @@ from polymodal.checkpoint import (
     CheckpointError,
     Position,
     RunMeta,
+    checkpoint_dirs,
     load_model_state,
     load_train_state,
-    newest_first,
     read_meta,
     verify,
 )
@@ -47,10 +47,7 @@ def _name(checkpoint: ray.train.Checkpoint) -> str:
 def _checkpoints_newest_first(
     latest: ray.train.Checkpoint | None, fs, run_dir: str
 ) -> list[ray.train.Checkpoint]:
-    import pyarrow.fs as pafs
-
-    found = fs.get_file_info(pafs.FileSelector(run_dir, allow_not_found=True))
-    names = newest_first(i.path.rstrip("/") for i in found if i.type == pafs.FileType.Directory)
+    names = checkpoint_dirs(fs, run_dir)
     candidates = [ray.train.Checkpoint(p, filesystem=fs) for p in names]
     if latest is not None and latest.path.rstrip("/") not in names:
         candidates.insert(0, latest)
