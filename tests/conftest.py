@@ -38,13 +38,14 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 # `make test` runs the suite in two processes (pytest -n 2 --dist loadgroup). One runs the
-# tests that use the session's Ray cluster, one after the other, then the distributed ones
-# (CPU-bound throughout); the other runs everything else beside them — the single-threaded
-# CLI and unit checks, and the tests with a cluster of their own or none — in the CPU time the
-# first leaves idle while its Ray processes wait on each other. (xdist_group marks are lost under
-# pytest 9, which ignores the nodeids xdist rewrites: the split is by path, checked below.)
+# tests that use the session's Ray cluster, one after the other (CPU-bound throughout). The
+# other runs everything else beside them, in the CPU time the first leaves idle while its Ray
+# processes wait on each other: the single-threaded CLI and unit checks, the tests with a
+# cluster of their own or none, the distributed ones, and last the sweeps, which start a
+# session cluster of their own there (a sweep is ~15% of the first process's work: alone
+# there it would finish minutes after the second). xdist_group marks are lost under pytest 9,
+# which ignores the nodeids xdist rewrites: the split is by path, checked below.
 SESSION_CLUSTER_TESTS = (
-    "tests/distributed/",
     "tests/integration/",
     "tests/reliability/",
     "tests/mistakes/test_cluster_mistakes.py",
@@ -56,6 +57,7 @@ NO_SESSION_CLUSTER_TESTS = (  # in those folders, but with a cluster of their ow
     "tests/integration/test_serve_cli.py",
     "tests/reliability/test_node_kill.py",
 )
+SWEEPS = "tests/integration/test_tune.py"  # its own group: last in the other process
 
 
 def session_address() -> str:
@@ -68,8 +70,18 @@ def session_address() -> str:
 
 def _with_session_cluster(nodeid: str) -> bool:
     return nodeid.startswith(SESSION_CLUSTER_TESTS) and not nodeid.startswith(
-        NO_SESSION_CLUSTER_TESTS
+        (*NO_SESSION_CLUSTER_TESTS, SWEEPS)
     )
+
+
+def _rank(nodeid: str) -> int:
+    """Run order: the session cluster's group first (one process takes it whole), then the
+    other process's tests, the distributed ones, the sweeps."""
+    if nodeid.startswith(SWEEPS):
+        return 3
+    if nodeid.startswith("tests/distributed/"):
+        return 2
+    return 0 if _with_session_cluster(nodeid) else 1
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -79,20 +91,25 @@ def pytest_xdist_make_scheduler(config, log):
 
     class SessionClusterTestsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith(SWEEPS):
+                return "sweeps"
             return "session-cluster" if _with_session_cluster(nodeid) else nodeid
 
+    # Groups in the order collected (by _rank), not largest first: the first process takes
+    # the session cluster's group, the second the rest in turn, the sweeps last.
+    config.option.loadscopereorder = False
     return SessionClusterTestsTogether(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
     stray = [i.nodeid for i in items if "ray_cluster" in i.fixturenames]
-    stray = [n for n in stray if not _with_session_cluster(n)]
+    stray = [n for n in stray if not (_with_session_cluster(n) or n.startswith(SWEEPS))]
     if stray:  # it would start a second session cluster beside the first
         raise pytest.UsageError(
             "these use the session's cluster: in tests/conftest.py, list them under "
             f"SESSION_CLUSTER_TESTS and not NO_SESSION_CLUSTER_TESTS: {stray}"
         )
-    items.sort(key=lambda item: item.path.parent.name == "distributed")
+    items.sort(key=lambda item: _rank(item.nodeid))
 
 
 @pytest.fixture(scope="session")
