@@ -8,7 +8,8 @@ polymodal's hf tower) and a 12-layer, 512-wide text tower, trained one device, o
                  peak memory at it (torch.cuda.max_memory_allocated)
   train_serve    the towers trained on digits (ingested here; --data another dataset) by a
                  bare loop over batches decoded once onto the device, and by `polymodal
-                 train` (1 worker on the device, its second epoch): samples/s and the ratio;
+                 train` (1 worker on the device, its second epoch; a dry run trains in
+                 Train's local mode): samples/s and the ratio;
                  then the checkpoint served by a replica with num_gpus=1, answering image
                  embedding requests at concurrency 8 (items/s, median latency)
   serve          the ViT image tower and the real MiniLM text tower served by `polymodal
@@ -47,6 +48,7 @@ FULL = {  # ViT-B/32 and a CLIP-sized text tower
     "batch": 256,
     "max_batch": 65536,
     "train_batch": 64,  # digits has 1,617 train rows: 25 steps an epoch
+    "train_workers": 1,
     "requests": 256,
 }
 DRY = {
@@ -62,6 +64,7 @@ DRY = {
     "batch": 8,
     "max_batch": 16,
     "train_batch": 64,
+    "train_workers": 0,  # Train's local mode: the loop in this process, no worker to start
     "requests": 16,
 }
 
@@ -330,7 +333,7 @@ def case_train_serve(sizes: dict, vit_dir: Path, device: torch.device, data: str
             f"data.path={data}",
             f"train.batch_size={sizes['train_batch']}",
             "train.epochs=2",
-            "train.num_workers=1",
+            f"train.num_workers={sizes['train_workers']}",
             f"train.use_gpu={device.type == 'cuda'}",
             f"train.storage_path={tmp}/runs",
             "train.name=gpu",

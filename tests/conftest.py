@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from polymodal.cluster import RAY_ENV
+from polymodal.cluster import RAY_ENV, api_server_env
 from polymodal.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,18 +154,22 @@ def ray_cluster(s3_endpoint, metrics_port):
     paths = [str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     temp_dir = tempfile.mkdtemp(prefix="ray-pm-", dir="/tmp")  # short: socket paths are limited
+    dashboard = free_port()
     ray.init(
         num_cpus=2,
         # The dashboard's State API frees a trial's placement group when ASHA stops it;
         # without it the next trial waits forever (costs ~2 s and ~0.9 GB).
         include_dashboard=True,
+        dashboard_port=dashboard,
         _temp_dir=temp_dir,
         # Prometheus /metrics on this port, refreshed every second instead of every 10.
         _metrics_export_port=metrics_port,
         _system_config={"metrics_report_interval_ms": 1000},
         runtime_env={
             # polymodal's own cluster settings (print once, poll workers often, ...)
-            "env_vars": {**RAY_ENV, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+            "env_vars": RAY_ENV
+            | api_server_env(dashboard)  # the other test process may run a cluster too
+            | {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
         },
     )
     yield ray

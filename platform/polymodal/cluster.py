@@ -8,6 +8,7 @@ import math
 import os
 
 from polymodal import console, storage
+from polymodal.ports import free_port
 
 # Read by the job's own workers, so set on any cluster (the job's runtime env).
 JOB_ENV = {
@@ -58,15 +59,26 @@ def ensure_ray(
         settings = {k: v for k, v in wanted.items() if k not in job_env}
         ray.init(address=address, runtime_env={"env_vars": settings} if settings else None)
         return
+    port = free_port() if dashboard else None
     # Logical CPUs: what the caller needs (training: one per worker plus one for Ray Data's
     # decoding). With only the physical count (2 here) workers take every CPU and reading
     # never starts.
     ray.init(
         num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
-        runtime_env={"env_vars": RAY_ENV | job_settings()},
+        runtime_env={"env_vars": RAY_ENV | job_settings() | api_server_env(port)},
         include_dashboard=dashboard,
+        dashboard_port=port,
         _metrics_export_port=metrics_port,
     )
+
+
+def api_server_env(dashboard_port: int | None) -> dict[str, str]:
+    """For the workers of a cluster started here: its State API's address. Ray's own calls
+    in them (Train's placement-group cleaner, which frees the workers of a trial that Tune
+    stopped) otherwise look for "the" cluster on this host, and fail while there are two."""
+    if dashboard_port is None:
+        return {}
+    return {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
 
 
 def can_grow() -> bool:

@@ -80,7 +80,7 @@ class EmbedBatch:
 def embedded_split(
     checkpoint: str,
     dataset: str,
-    split: str = "val",
+    split: str | tuple[str, ...] = "val",
     modalities: list[str] | None = None,
     batch_size: int = 256,
     num_cpus: float = 1.0,
@@ -88,7 +88,8 @@ def embedded_split(
     hashes: bool = False,
 ) -> ray.data.Dataset:
     """A lazy Dataset of id, label (when labelled) and `{m}_embedding` per modality, null
-    where a row has no such value (and `{m}_hash` with hashes, see EmbedBatch)."""
+    where a row has no such value (and `{m}_hash` with hashes, see EmbedBatch), of the split
+    (or of several, one after the other)."""
     manifest = read_manifest(dataset)
     columns = None
     if modalities:
@@ -99,7 +100,8 @@ def embedded_split(
     # One read task per row group, asking for a fraction of a CPU, as is the actor: on a
     # busy cluster (a Serve app beside it) less than one CPU may be free, and read_parquet
     # lists its files in a task that asks for a whole one, so the job waited forever.
-    items = pieces(dataset, manifest, split)  # checks each shard's schema too
+    splits = (split,) if isinstance(split, str) else split
+    items = [p for sp in splits for p in pieces(dataset, manifest, sp)]  # checks schemas too
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         # Ray types fn as taking the batch alone, though fn_kwargs (documented) gives the rest.
         read_row_groups,  # type: ignore[arg-type]

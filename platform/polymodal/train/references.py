@@ -68,26 +68,33 @@ def embed_references(cfg: Config, sources: list[DataSource], actors: int = 1) ->
     from polymodal.inference.offline import column_vectors, embedded_split
 
     refs: dict[str, Any] = {}
+    tables: dict[tuple[str, ...], Any] = {}  # a checkpoint in two roles is embedded once
     for role, (setting, checkpoint, modalities) in reference_checkpoints(cfg).items():
+        key = (checkpoint, *modalities)
+        if key in tables:
+            print(f"{setting}: the embeddings of {checkpoint} above", flush=True)
+            refs[role] = tables[key]
+            continue
         parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {m: [] for m in modalities}
         dim = model_card(checkpoint)["dimension"]
         rows = sum(s.manifest.rows(sp) for s in sources for sp in ("train", "val"))
         print(f"{setting}: embedding {rows:,} rows with {checkpoint}", flush=True)
         for s in sources:
             held = [m for m in modalities if m in s.manifest.modalities]
-            for split in ("train", "val"):
-                if not held or not s.manifest.rows(split):
-                    continue
-                ds = embedded_split(checkpoint, s.path, split, held, actors=actors, hashes=True)
-                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    assert isinstance(batch, pa.Table)  # Ray types a batch as any format
-                    for m in held:
-                        vectors, present = column_vectors(batch, f"{m}_embedding", dim)
-                        hashes = batch.column(f"{m}_hash").to_numpy()
-                        parts[m].append((hashes[present], vectors[present]))
+            splits = tuple(sp for sp in ("train", "val") if s.manifest.rows(sp))
+            if not held or not splits:
+                continue
+            # both splits in one pass: each pass starts the embedding actors anew
+            ds = embedded_split(checkpoint, s.path, splits, held, actors=actors, hashes=True)
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                assert isinstance(batch, pa.Table)  # Ray types a batch as any format
+                for m in held:
+                    vectors, present = column_vectors(batch, f"{m}_embedding", dim)
+                    hashes = batch.column(f"{m}_hash").to_numpy()
+                    parts[m].append((hashes[present], vectors[present]))
         table = {m: _table(p) for m, p in parts.items() if sum(len(h) for h, _ in p)}
         check_negatives(setting, sources, table)
-        refs[role] = ray.put(table)
+        refs[role] = tables[key] = ray.put(table)
     return refs
 
 
