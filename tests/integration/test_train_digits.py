@@ -201,18 +201,17 @@ def test_same_run_name_resumes_from_the_newest_intact_checkpoint(first_run):
     assert read_meta(latest).epoch == 2 and read_meta(previous).epoch == 1
     weights = (latest / "model.pt").read_bytes()
     (latest / "model.pt").write_bytes(weights[: len(weights) // 3])  # a torn upload
-    cfg = load_config(CONFIG, overrides + ["train.epochs=3"])
-    second = fit(cfg)
+    second = fit(load_config(CONFIG, overrides))
     # Ray offered the damaged epoch-2 checkpoint; the run went on from epoch 1's instead
-    # (epochs 2-3 ran), not from scratch.
-    assert second.epochs_run == 2
+    # (epoch 2 ran again), neither from scratch nor from the damaged one.
+    assert second.epochs_run == 1
     meta = read_meta(second.checkpoint)
-    assert meta.epoch == 3
-    # one more epoch of 806 // 32 steps per rank, or one fewer where damaged rows fell
-    assert 1612 // 2 // 32 - 1 <= meta.step - first_meta.step <= 1612 // 2 // 32
+    assert meta.epoch == 2
+    # epoch 2's 806 // 32 steps per rank again, one fewer where damaged rows fell
+    assert abs(meta.step - first_meta.step) <= 1
     first_epoch = [row for row in first_meta.history if row["epoch"] <= 1]
     assert meta.history[: len(first_epoch)] == first_epoch
-    assert [row["epoch"] for row in meta.history if "val/loss" in row] == [0, 1, 2, 3]
+    assert [row["epoch"] for row in meta.history if "val/loss" in row] == [0, 1, 2]
 
 
 def test_a_checkpoint_ray_never_registered_is_reported_on_resume(first_run):
