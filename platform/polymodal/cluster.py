@@ -8,7 +8,7 @@ import math
 import os
 
 from polymodal import console, storage
-from polymodal.ports import free_port
+from polymodal.ports import this_or_free_port
 
 # Read by the job's own workers, so set on any cluster (the job's runtime env).
 JOB_ENV = {
@@ -59,7 +59,8 @@ def ensure_ray(
         settings = {k: v for k, v in wanted.items() if k not in job_env}
         ray.init(address=address, runtime_env={"env_vars": settings} if settings else None)
         return
-    port = free_port() if dashboard else None
+    # Ray's own default (8265) where free; chosen here to name it to the workers
+    port = this_or_free_port(8265) if dashboard else None
     # Logical CPUs: what the caller needs (training: one per worker plus one for Ray Data's
     # decoding). With only the physical count (2 here) workers take every CPU and reading
     # never starts.

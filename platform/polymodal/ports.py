@@ -39,3 +39,9 @@ def free_port() -> int:
     with socket.socket() as s:  # no room below the ephemeral range: take the kernel's pick
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def this_or_free_port(port: int) -> int:
+    """`port` when nothing listens there (a well-known one, where users look first), else
+    free_port()'s."""
+    return port if _bindable(port) else free_port()
