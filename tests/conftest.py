@@ -47,9 +47,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # other runs everything else beside them, in the CPU time the first leaves idle while its Ray
 # processes wait on each other: the single-threaded CLI and unit checks, the tests with a
 # cluster of their own or none, the distributed ones, and last the sweeps, on a session
-# cluster started there: so each process has ~half the suite's ~1,750 core-seconds (with the
-# sweeps, the first had 987 s of tests, the second 563). xdist_group marks are lost under
-# pytest 9, which ignores the nodeids xdist rewrites: the split is by path, checked below.
+# cluster started there: so each process has ~half the suite's ~1,750 core-seconds (with
+# the sweeps and the distributed tests, the first had 987 s of tests, the second 563).
+# xdist_group marks are lost under pytest 9, which ignores the nodeids xdist rewrites: the
+# split is by path, checked below.
 SESSION_CLUSTER_TESTS = (
     "tests/integration/",
     "tests/reliability/",
